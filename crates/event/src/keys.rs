@@ -1,0 +1,265 @@
+//! Redis channel and key naming.
+//!
+//! Channel and token-key names are configurable [`Template`]s such as `c:{id}` or
+//! `users:{id}:token:{token}` (the names the original Gleepost backend used, see
+//! [`DEFAULT_CHANNELS`] and [`DEFAULT_TOKEN_KEY`]).
+//!
+//! Keys introduced by the gateway itself ([`history_key`], [`epoch_key`]) put the user id inside a
+//! Redis Cluster *hash tag* (`{…}`): Redis Cluster hashes only the part between the first `{` and
+//! the following `}`, so every such key of one user maps to the same slot. That keeps multi-key
+//! operations on one user's keys (scripts, `MULTI`) legal on a cluster and on a single node alike.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Default channel templates the gateway subscribes to for each user: `c:{id}` (messages and
+/// conversation events) and `n:{id}` (notifications, video-ready).
+pub const DEFAULT_CHANNELS: &[&str] = &["c:{id}", "n:{id}"];
+/// Default template of the Redis key whose existence makes a Gleepost token valid.
+pub const DEFAULT_TOKEN_KEY: &str = "users:{id}:token:{token}";
+/// Default channel [`crate::Publisher`] publishes to.
+pub const DEFAULT_PUBLISH_CHANNEL: &str = "c:{id}";
+/// Prefix of the channels used by gateway nodes to probe the broker end to end (readiness).
+pub const PROBE_CHANNEL_PREFIX: &str = "gp:probe:";
+
+/// Error parsing a [`Template`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// The template has no `{id}` placeholder.
+    #[error("template {0:?} must contain {{id}}")]
+    MissingId(String),
+    /// A token-key template has no `{token}` placeholder.
+    #[error("token key template {0:?} must contain {{token}}")]
+    MissingToken(String),
+    /// A channel template contains `{token}`.
+    #[error("channel template {0:?} must not contain {{token}}")]
+    UnexpectedToken(String),
+    /// A placeholder other than `{id}` / `{token}`.
+    #[error(
+        "template {template:?} has unknown placeholder {{{name}}}; known are {{id}} and {{token}}"
+    )]
+    UnknownPlaceholder {
+        /// The template.
+        template: String,
+        /// The unknown placeholder name.
+        name: String,
+    },
+    /// A placeholder appears more than once.
+    #[error("template {template:?} contains {{{name}}} more than once")]
+    DuplicatePlaceholder {
+        /// The template.
+        template: String,
+        /// The repeated placeholder name.
+        name: &'static str,
+    },
+    /// A `{` without `}` or a `}` without `{`.
+    #[error("template {0:?} has an unbalanced brace")]
+    UnbalancedBrace(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Lit(String),
+    Id,
+    Token,
+}
+
+/// A parsed name template with an `{id}` and optionally a `{token}` placeholder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    parts: Vec<Part>,
+}
+
+impl Template {
+    /// Parses a template. It must contain `{id}` exactly once and may contain `{token}` at most
+    /// once; any other `{placeholder}` or an unbalanced brace is an error.
+    pub fn parse(s: &str) -> Result<Template, TemplateError> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        let (mut ids, mut tokens) = (0, 0);
+        while !rest.is_empty() {
+            let open = rest.find('{');
+            let close = rest.find('}');
+            match (open, close) {
+                (None, None) => {
+                    parts.push(Part::Lit(rest.to_owned()));
+                    break;
+                }
+                (Some(o), Some(c)) if o < c => {
+                    if o > 0 {
+                        parts.push(Part::Lit(rest[..o].to_owned()));
+                    }
+                    let name = &rest[o + 1..c];
+                    match name {
+                        "id" => {
+                            ids += 1;
+                            parts.push(Part::Id);
+                        }
+                        "token" => {
+                            tokens += 1;
+                            parts.push(Part::Token);
+                        }
+                        _ if name.contains('{') => {
+                            return Err(TemplateError::UnbalancedBrace(s.to_owned()))
+                        }
+                        _ => {
+                            return Err(TemplateError::UnknownPlaceholder {
+                                template: s.to_owned(),
+                                name: name.to_owned(),
+                            })
+                        }
+                    }
+                    rest = &rest[c + 1..];
+                }
+                _ => return Err(TemplateError::UnbalancedBrace(s.to_owned())),
+            }
+        }
+        for (count, name) in [(ids, "id"), (tokens, "token")] {
+            if count > 1 {
+                return Err(TemplateError::DuplicatePlaceholder {
+                    template: s.to_owned(),
+                    name,
+                });
+            }
+        }
+        if ids == 0 {
+            return Err(TemplateError::MissingId(s.to_owned()));
+        }
+        Ok(Template {
+            source: s.to_owned(),
+            parts,
+        })
+    }
+
+    /// Parses a channel template: like [`Template::parse`], but `{token}` is rejected.
+    pub fn parse_channel(s: &str) -> Result<Template, TemplateError> {
+        let t = Template::parse(s)?;
+        if t.has_token() {
+            return Err(TemplateError::UnexpectedToken(s.to_owned()));
+        }
+        Ok(t)
+    }
+
+    /// Parses a token-key template: like [`Template::parse`], but `{token}` is required.
+    pub fn parse_token_key(s: &str) -> Result<Template, TemplateError> {
+        let t = Template::parse(s)?;
+        if !t.has_token() {
+            return Err(TemplateError::MissingToken(s.to_owned()));
+        }
+        Ok(t)
+    }
+
+    /// The template text as given.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the template contains `{token}`.
+    pub fn has_token(&self) -> bool {
+        self.parts.contains(&Part::Token)
+    }
+
+    /// Renders the name for a user. A `{token}` placeholder, if any, renders as empty.
+    pub fn render_id(&self, user: u64) -> String {
+        self.render_token(user, "")
+    }
+
+    /// Renders the name for a user and token (e.g. `users:9:token:abc`).
+    pub fn render_token(&self, user: u64, token: &str) -> String {
+        let mut out = String::with_capacity(self.source.len() + 20 + token.len());
+        for part in &self.parts {
+            match part {
+                Part::Lit(s) => out.push_str(s),
+                Part::Id => {
+                    use fmt::Write;
+                    // Infallible: fmt::Write for String never returns an error.
+                    let _ = write!(out, "{user}");
+                }
+                Part::Token => out.push_str(token),
+            }
+        }
+        out
+    }
+
+    /// A Redis glob pattern matching every rendered channel (`{id}` becomes `*`, glob
+    /// metacharacters in literals are escaped), e.g. for `PSUBSCRIBE`.
+    pub fn glob_pattern(&self) -> String {
+        let mut out = String::with_capacity(self.source.len());
+        for part in &self.parts {
+            match part {
+                Part::Lit(s) => {
+                    for c in s.chars() {
+                        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                            out.push('\\');
+                        }
+                        out.push(c);
+                    }
+                }
+                Part::Id | Part::Token => out.push('*'),
+            }
+        }
+        out
+    }
+
+    /// Recognises a channel rendered by [`Template::render_id`] and returns its user id.
+    ///
+    /// Only canonical decimal ids match (no sign, no leading zeros, fits in `u64`). Always `None`
+    /// for templates containing `{token}`. Does not allocate.
+    pub fn match_id(&self, channel: &[u8]) -> Option<u64> {
+        let (prefix, suffix) = match self.parts.as_slice() {
+            [Part::Id] => ("", ""),
+            [Part::Lit(p), Part::Id] => (p.as_str(), ""),
+            [Part::Id, Part::Lit(s)] => ("", s.as_str()),
+            [Part::Lit(p), Part::Id, Part::Lit(s)] => (p.as_str(), s.as_str()),
+            _ => return None,
+        };
+        let digits = channel
+            .strip_prefix(prefix.as_bytes())?
+            .strip_suffix(suffix.as_bytes())?;
+        parse_canonical_u64(digits)
+    }
+}
+
+/// Parses a canonical decimal `u64`: non-empty, ASCII digits only, no leading zero (except "0").
+fn parse_canonical_u64(digits: &[u8]) -> Option<u64> {
+    match digits {
+        [] => None,
+        [b'0'] => Some(0),
+        [b'0', ..] => None,
+        _ => digits.iter().try_fold(0u64, |acc, &b| {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        }),
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+impl FromStr for Template {
+    type Err = TemplateError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Template::parse(s)
+    }
+}
+
+/// Key of a user's event history: `gp:hist:{<id>}`.
+///
+/// The id is a Redis Cluster hash tag so all `gp:*:{<id>}` keys of one user share a slot.
+pub fn history_key(user: u64) -> String {
+    format!("gp:hist:{{{user}}}")
+}
+
+/// Key of a user's history epoch: `gp:epoch:{<id>}`.
+///
+/// The id is a Redis Cluster hash tag, so it lands in the same slot as [`history_key`] and both
+/// can be updated atomically by one script.
+pub fn epoch_key(user: u64) -> String {
+    format!("gp:epoch:{{{user}}}")
+}

@@ -1,0 +1,218 @@
+//! Publisher against a real `redis-server` started by the test on a free port.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use gleepost_event::payload::{Message, User};
+use gleepost_event::{
+    check_broker_payload, Event, Limits, PublishError, PublishReport, Publisher, RawValue,
+    Template, ValidationError,
+};
+
+/// A `redis-server` child process, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port. Retries with another port if the chosen one was taken by
+    /// someone else in the meantime (the server then exits, or another process answers).
+    fn start() -> RedisServer {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            match RedisServer::try_start() {
+                Ok(server) => return server,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("cannot start redis-server: {last_error}");
+    }
+
+    fn try_start() -> Result<RedisServer, String> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free local port: {e}"))?
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!("spawning redis-server failed (is it installed and on PATH?): {e}")
+            })?;
+        let mut server = RedisServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = server.child.try_wait().map_err(|e| e.to_string())? {
+                return Err(format!(
+                    "redis-server exited early with {status} (port {port})"
+                ));
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Make sure the server answering is ours, not another test's on a reused port.
+                let pid = server_pid(&server.url())?;
+                if pid != server.child.id() {
+                    return Err(format!("port {port} is served by another process ({pid})"));
+                }
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no connection on port {port} within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// The `process_id` reported by `INFO server`.
+fn server_pid(url: &str) -> Result<u32, String> {
+    let mut conn = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .map_err(|e| format!("connecting to {url}: {e}"))?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut conn)
+        .map_err(|e| format!("INFO on {url}: {e}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+        .ok_or_else(|| format!("no process_id in INFO from {url}"))
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn seed_message() -> Event {
+    Message {
+        id: 1173,
+        by: User {
+            id: 9,
+            username: "Patrick".into(),
+            profile_image: "https://example/p.jpg".into(),
+        },
+        text: "caf\u{e9} \"quoted\"".into(),
+        timestamp: "2013-12-12T15:20:54.665361234Z".into(),
+        seen: false,
+    }
+    .into_event(67)
+}
+
+async fn recv(stream: &mut (impl StreamExt<Item = redis::Msg> + Unpin)) -> (String, Vec<u8>) {
+    let msg = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("timed out waiting for a published message")
+        .expect("pubsub stream ended");
+    (
+        msg.get_channel_name().to_owned(),
+        msg.get_payload_bytes().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn publishes_to_every_user_in_one_pipeline() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("c:9").await.unwrap();
+    pubsub.subscribe("c:10").await.unwrap();
+    let mut messages = pubsub.into_on_message();
+
+    let publisher = Publisher::connect(&server.url()).await.unwrap();
+    let event = seed_message();
+    let report = publisher.publish(&[9, 10], &event).await.unwrap();
+    assert_eq!(
+        report,
+        PublishReport {
+            users: 2,
+            receivers: 2
+        }
+    );
+
+    let mut got = [recv(&mut messages).await, recv(&mut messages).await];
+    got.sort();
+    assert_eq!(got[0].0, "c:10");
+    assert_eq!(got[1].0, "c:9");
+    assert_eq!(got[0].1, got[1].1, "both users get byte-identical payloads");
+    assert_eq!(&got[0].1[..], &event.encode()[..]);
+    check_broker_payload(&got[0].1, &Limits::default()).unwrap();
+    let back = Event::from_json(&got[0].1).unwrap();
+    assert_eq!(back.data.get(), event.data.get());
+
+    // Duplicates are published once; users without subscribers count as zero receivers.
+    let report = publisher.publish(&[9, 9, 11], &event).await.unwrap();
+    assert_eq!(
+        report,
+        PublishReport {
+            users: 2,
+            receivers: 1
+        }
+    );
+    let (channel, _) = recv(&mut messages).await;
+    assert_eq!(channel, "c:9");
+
+    // Empty user list: nothing to do.
+    let report = publisher.publish(&[], &event).await.unwrap();
+    assert_eq!(report, PublishReport::default());
+}
+
+#[tokio::test]
+async fn custom_channel_and_validation() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("n:9").await.unwrap();
+    let mut messages = pubsub.into_on_message();
+
+    let publisher = Publisher::connect(&server.url())
+        .await
+        .unwrap()
+        .with_channel(Template::parse_channel("n:{id}").unwrap())
+        .with_limits(Limits {
+            max_event_bytes: 100,
+        });
+
+    // Invalid events are rejected before anything is sent.
+    let bad = Event::new("Bad", None, RawValue::from_string("{}".into()).unwrap());
+    match publisher.publish(&[9], &bad).await {
+        Err(PublishError::Invalid(ValidationError::TypeInvalidChar { ch: 'B', .. })) => {}
+        other => panic!("expected an invalid-type error, got {other:?}"),
+    }
+    let big = Event::new(
+        "x",
+        None,
+        RawValue::from_string(format!("\"{}\"", "a".repeat(100))).unwrap(),
+    );
+    assert!(matches!(
+        publisher.publish(&[9], &big).await,
+        Err(PublishError::Invalid(ValidationError::TooLarge {
+            max: 100,
+            ..
+        }))
+    ));
+
+    let ok = Event::new("x", None, RawValue::from_string("[1.0e3]".into()).unwrap());
+    let report = publisher.publish(&[9], &ok).await.unwrap();
+    assert_eq!(report.receivers, 1);
+    let (channel, payload) = recv(&mut messages).await;
+    assert_eq!(channel, "n:9");
+    assert_eq!(payload, br#"{"type":"x","data":[1.0e3]}"#);
+}
+
+#[tokio::test]
+async fn bad_url_is_a_redis_error() {
+    let err = Publisher::connect("not-a-url").await.unwrap_err();
+    assert!(matches!(err, PublishError::Redis(_)), "{err:?}");
+}

@@ -1,0 +1,119 @@
+//! Client authentication, checked before the WebSocket upgrade.
+//!
+//! Credentials are tried in this order: `Authorization: Bearer <jwt>`, `?access_token=<jwt>`,
+//! `X-GP-Auth: <id>-<token>`, `?id=<id>&token=<token>`. JWTs are verified locally; Gleepost tokens
+//! are valid while their Redis key exists (Redis mode only).
+
+mod gleepost;
+mod jwt;
+
+use std::time::SystemTime;
+
+use http::HeaderMap;
+
+pub use gleepost::GleepostAuth;
+pub use jwt::{parse_user_id, JwtAuth};
+
+use crate::registry::UserId;
+
+/// An authenticated client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// The user the connection belongs to.
+    pub user: UserId,
+    /// When the credentials stop being valid (the connection is closed then), if they expire.
+    pub expires: Option<SystemTime>,
+}
+
+/// Why a client was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Credentials missing, malformed or wrong (HTTP 401); the label names the reason.
+    #[error("invalid credentials ({0})")]
+    Invalid(&'static str),
+    /// The credential store did not answer in time (HTTP 503).
+    #[error("credential store unavailable")]
+    Unavailable,
+}
+
+impl AuthError {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthError::Invalid(reason) => reason,
+            AuthError::Unavailable => "store_unavailable",
+        }
+    }
+}
+
+/// Tries every configured credential kind.
+pub struct Authenticator {
+    jwt: JwtAuth,
+    gleepost: Option<GleepostAuth>,
+}
+
+impl Authenticator {
+    /// JWT always; Gleepost tokens when a Redis-backed checker is given.
+    pub fn new(jwt: JwtAuth, gleepost: Option<GleepostAuth>) -> Self {
+        Authenticator { jwt, gleepost }
+    }
+
+    /// Authenticate a request from its headers and query string.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let param = |name: &str| {
+            query.and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+            })
+        };
+        if let Some(value) = header("authorization") {
+            let token = value
+                .strip_prefix("Bearer ")
+                .ok_or(AuthError::Invalid("bad_authorization_header"))?;
+            return self.jwt(token.trim());
+        }
+        if let Some(token) = param("access_token") {
+            return self.jwt(&token);
+        }
+        if let Some(value) = header("x-gp-auth") {
+            let (id, token) = value
+                .split_once('-')
+                .ok_or(AuthError::Invalid("bad_gp_auth_header"))?;
+            return self.gleepost(id, token).await;
+        }
+        if let (Some(id), Some(token)) = (param("id"), param("token")) {
+            return self.gleepost(&id, &token).await;
+        }
+        Err(AuthError::Invalid("missing"))
+    }
+
+    fn jwt(&self, token: &str) -> Result<Identity, AuthError> {
+        let (user, expires) = self.jwt.verify(token)?;
+        Ok(Identity {
+            user,
+            expires: Some(expires),
+        })
+    }
+
+    async fn gleepost(&self, id: &str, token: &str) -> Result<Identity, AuthError> {
+        let checker = self
+            .gleepost
+            .as_ref()
+            .ok_or(AuthError::Invalid("gleepost_tokens_need_redis"))?;
+        let user = parse_user_id(id).ok_or(AuthError::Invalid("gp_bad_user_id"))?;
+        if token.is_empty() {
+            return Err(AuthError::Invalid("gp_empty_token"));
+        }
+        checker.check(user, token).await?;
+        Ok(Identity {
+            user,
+            expires: None,
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! Command line and environment configuration.
+//!
+//! Every setting is a CLI flag with a `GATEWAY_*` environment twin (plus `REDIS_URL`). Defaults are
+//! safe for production: without `--dev` the gateway refuses to start without a JWT secret and an
+//! API key. The README's configuration table mirrors this file.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Top-level command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gleepost-gateway",
+    version,
+    about = "Gleepost realtime WebSocket gateway"
+)]
+pub struct Cli {
+    /// Gateway settings (used by every subcommand).
+    #[command(flatten)]
+    pub config: Config,
+    /// What to do; default: serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands besides serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mint a JWT for a user from the configured secret (`GATEWAY_JWT_SECRET`).
+    Token {
+        /// User id (the `sub` claim).
+        #[arg(long)]
+        user: u64,
+        /// Lifetime of the token, e.g. `1h`, `30m`.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+    /// Publish one event to users through the broker (Redis with `REDIS_URL`).
+    Publish {
+        /// Recipient user ids, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        users: Vec<u64>,
+        /// The event envelope as JSON: `{"type":…, "location":…, "data":…}`.
+        #[arg(long)]
+        event: String,
+    },
+    /// Connect to a gateway WebSocket URL and print every event received (a tiny test client).
+    Client {
+        /// e.g. `ws://127.0.0.1:8080/ws?access_token=<jwt>`.
+        url: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Development mode: embedded broker allowed, generated JWT secret and API key, prints a token
+    /// and ready-to-paste commands.
+    #[arg(long, env = "GATEWAY_DEV", default_value_t = false)]
+    pub dev: bool,
+
+    /// Public listen address (WebSocket endpoint `GET /ws`).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Admin listen address (publish API, metrics, health).
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Redis URL; unset means the embedded single-node broker.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// HS256 secret for client JWTs. Required unless `--dev`.
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Bearer key for the publish API. Required unless `--dev`.
+    #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Interval between WebSocket pings to each client.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A client that has not answered a ping within this time is disconnected.
+    #[arg(long, env = "GATEWAY_PONG_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub pong_timeout: Duration,
+
+    /// Largest accepted event (encoded envelope), in bytes.
+    #[arg(long, env = "GATEWAY_MAX_EVENT_BYTES", default_value_t = 65_536)]
+    pub max_event_bytes: usize,
+
+    /// Most recipients in one publish request.
+    #[arg(long, env = "GATEWAY_MAX_PUBLISH_USERS", default_value_t = 10_000)]
+    pub max_publish_users: usize,
+
+    /// Largest publish request body, in bytes (413 beyond).
+    #[arg(long, env = "GATEWAY_MAX_PUBLISH_BODY", default_value_t = 1_048_576)]
+    pub max_publish_body: u64,
+
+    /// Largest client frame/message accepted, in bytes (close 1009 beyond).
+    #[arg(long, env = "GATEWAY_MAX_CLIENT_FRAME", default_value_t = 4_096)]
+    pub max_client_frame: usize,
+
+    /// Per-connection outbound queue bound, in events (slow consumer beyond).
+    #[arg(long, env = "GATEWAY_QUEUE_EVENTS", default_value_t = 1_024)]
+    pub queue_events: usize,
+
+    /// Per-connection outbound queue bound, in bytes (slow consumer beyond).
+    #[arg(long, env = "GATEWAY_QUEUE_BYTES", default_value_t = 4_194_304)]
+    pub queue_bytes: usize,
+
+    /// Comma-separated channel templates a user's connections receive (`{id}` = user id).
+    #[arg(
+        long,
+        env = "GATEWAY_CHANNELS",
+        value_delimiter = ',',
+        default_value = "c:{id},n:{id}"
+    )]
+    pub channels: Vec<String>,
+
+    /// Redis key template whose existence makes a Gleepost token valid.
+    #[arg(
+        long,
+        env = "GATEWAY_TOKEN_KEY",
+        default_value = "users:{id}:token:{token}"
+    )]
+    pub token_key: String,
+
+    /// Timeout of a Redis command on the request path (token check, publish).
+    #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Interval between broker probes (a message this node publishes to itself).
+    #[arg(long, env = "GATEWAY_PROBE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub probe_interval: Duration,
+
+    /// The node is unready when no probe came back within this time.
+    #[arg(long, env = "GATEWAY_PROBE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub probe_timeout: Duration,
+
+    /// After SIGTERM, keep serving (unready) this long so load balancers notice.
+    #[arg(long, env = "GATEWAY_PRE_DRAIN_DELAY", value_parser = parse_duration)]
+    pub pre_drain_delay: Option<Duration>,
+
+    /// Spread the closing of connections over this window after the pre-drain delay.
+    #[arg(long, env = "GATEWAY_DRAIN_WINDOW", value_parser = parse_duration)]
+    pub drain_window: Option<Duration>,
+}
+
+/// Production defaults of the drain settings (dev mode uses zero so Ctrl-C is instant).
+pub const DEFAULT_PRE_DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// See [`DEFAULT_PRE_DRAIN_DELAY`].
+pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(20);
+
+impl Config {
+    /// Effective pre-drain delay.
+    pub fn pre_drain_delay(&self) -> Duration {
+        self.pre_drain_delay.unwrap_or(if self.dev {
+            Duration::ZERO
+        } else {
+            DEFAULT_PRE_DRAIN_DELAY
+        })
+    }
+
+    /// Effective drain window.
+    pub fn drain_window(&self) -> Duration {
+        self.drain_window.unwrap_or(if self.dev {
+            Duration::ZERO
+        } else {
+            DEFAULT_DRAIN_WINDOW
+        })
+    }
+}
+
+/// Parse `30s`, `1h`, `250ms`… (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let cli = Cli::try_parse_from(["gleepost-gateway"]).unwrap();
+        assert_eq!(cli.config.listen.port(), 8080);
+        assert_eq!(cli.config.admin_listen.port(), 9090);
+        assert_eq!(cli.config.channels, vec!["c:{id}", "n:{id}"]);
+        assert_eq!(cli.config.ping_interval, Duration::from_secs(30));
+        assert_eq!(cli.config.drain_window(), DEFAULT_DRAIN_WINDOW);
+    }
+
+    #[test]
+    fn token_subcommand() {
+        let cli = Cli::try_parse_from(["gleepost-gateway", "token", "--user", "9", "--ttl", "2h"])
+            .unwrap();
+        match cli.command {
+            Some(Command::Token { user, ttl }) => {
+                assert_eq!(user, 9);
+                assert_eq!(ttl, Duration::from_secs(7200));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Every metric of the gateway, registered once in one Prometheus registry.
+//!
+//! Names carry the `gleepost_gateway_` prefix; `docs/operations.md` explains each one.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+const NS: &str = "gleepost_gateway";
+
+/// All gateway metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: IntGauge,
+    /// WebSocket connections opened (upgrade completed).
+    pub connections_opened: IntCounter,
+    /// Connections closed, by reason.
+    pub connections_closed: IntCounterVec,
+    /// Rejected connection attempts, by reason.
+    pub auth_failures: IntCounterVec,
+    /// Publish API requests, by HTTP status.
+    pub publish_requests: IntCounterVec,
+    /// Events accepted for publishing (one per recipient user).
+    pub events_published: IntCounter,
+    /// Frames written to client sockets.
+    pub events_delivered: IntCounter,
+    /// Events not delivered to a connection, by reason.
+    pub events_dropped: IntCounterVec,
+    /// Time from an event entering this node (publish accepted or broker receive) to its frame
+    /// being written.
+    pub delivery_latency: Histogram,
+    /// Broker channels this node is subscribed to (users × channel templates, plus the probe).
+    pub subscribed_channels: IntGauge,
+    /// Broker (re)connections after a failure.
+    pub broker_reconnects: IntCounter,
+    /// Messages received from the broker subscription.
+    pub broker_messages: IntCounter,
+    /// Broker payloads dropped because they are not valid events, by reason.
+    pub broker_malformed: IntCounterVec,
+    /// Round trip of the node's self-probe through the broker.
+    pub probe_rtt: Histogram,
+    /// 1 while the node is ready (broker works end to end, not draining).
+    pub ready: IntGauge,
+}
+
+impl Metrics {
+    /// Create and register every metric (and process metrics on Linux).
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::with_opts(Opts::new(name, help).namespace(NS))?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::with_opts(Opts::new(name, help).namespace(NS))?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let counter_vec =
+            |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help).namespace(NS), &[label])?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, prometheus::Error> {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(name, help)
+                        .namespace(NS)
+                        .buckets(buckets),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let latency_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0,
+        ];
+        let metrics = Metrics {
+            connections: gauge("connections", "Open WebSocket connections")?,
+            connections_opened: counter(
+                "connections_opened_total",
+                "WebSocket connections opened",
+            )?,
+            connections_closed: counter_vec(
+                "connections_closed_total",
+                "WebSocket connections closed, by reason",
+                "reason",
+            )?,
+            auth_failures: counter_vec(
+                "auth_failures_total",
+                "Rejected connection attempts, by reason",
+                "reason",
+            )?,
+            publish_requests: counter_vec(
+                "publish_requests_total",
+                "Publish API requests, by HTTP status",
+                "status",
+            )?,
+            events_published: counter(
+                "events_published_total",
+                "Events accepted for publishing, one per recipient user",
+            )?,
+            events_delivered: counter(
+                "events_delivered_total",
+                "Event frames written to client sockets",
+            )?,
+            events_dropped: counter_vec(
+                "events_dropped_total",
+                "Events not delivered to a connection, by reason",
+                "reason",
+            )?,
+            delivery_latency: histogram(
+                "delivery_latency_seconds",
+                "Event entering this node to frame written, in seconds",
+                latency_buckets.clone(),
+            )?,
+            subscribed_channels: gauge(
+                "broker_subscribed_channels",
+                "Broker channels this node is subscribed to",
+            )?,
+            broker_reconnects: counter(
+                "broker_reconnects_total",
+                "Broker reconnections after a failure",
+            )?,
+            broker_messages: counter(
+                "broker_messages_received_total",
+                "Messages received from the broker subscription",
+            )?,
+            broker_malformed: counter_vec(
+                "broker_malformed_payloads_total",
+                "Broker payloads dropped as malformed, by reason",
+                "reason",
+            )?,
+            probe_rtt: histogram(
+                "broker_probe_rtt_seconds",
+                "Round trip of the self-probe through the broker, in seconds",
+                latency_buckets,
+            )?,
+            ready: gauge("ready", "1 while the node is ready to serve")?,
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let process =
+                prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, NS);
+            metrics.registry.register(Box::new(process))?;
+        }
+        Ok(metrics)
+    }
+
+    /// Render every metric in the Prometheus text format.
+    pub fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,218 @@
+//! A connection's bounded outbound queue.
+//!
+//! The broker reader pushes frames without ever waiting; the connection's socket task drains them
+//! in batches. The queue is bounded in events and in bytes: a push beyond either bound marks the
+//! connection as a slow consumer, which closes it (the client reconnects and resumes). An idle
+//! connection's queue holds no heap allocation.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// One event frame, shared (reference counted) by every recipient of a publish.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// The encoded event, sent as one text frame.
+    pub text: Utf8Bytes,
+    /// When the event entered this node, for the delivery-latency histogram.
+    pub entered: Instant,
+}
+
+/// Why the gateway closes a connection; each maps to a documented WebSocket close code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Node shutting down or draining: reconnect (to another node).
+    GoingAway,
+    /// The client did not read fast enough; reconnect and resume.
+    SlowConsumer,
+    /// The client's credentials expired; reconnect with fresh ones.
+    AuthExpired,
+}
+
+impl CloseReason {
+    /// The WebSocket close code sent to the client.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::GoingAway => 1001,
+            CloseReason::SlowConsumer => 4000,
+            CloseReason::AuthExpired => 4001,
+        }
+    }
+
+    /// The close frame's reason text.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::GoingAway => "server going away, reconnect",
+            CloseReason::SlowConsumer => "slow consumer, reconnect",
+            CloseReason::AuthExpired => "credentials expired",
+        }
+    }
+
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::GoingAway => "going_away",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::AuthExpired => "auth_expired",
+        }
+    }
+}
+
+/// Bounds of one outbox.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    /// Most queued events.
+    pub max_events: usize,
+    /// Most queued bytes.
+    pub max_bytes: usize,
+}
+
+/// Result of a push that did not enqueue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue was full: the connection is now closing as a slow consumer.
+    Overflow,
+    /// The connection is already closing.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Frame>,
+    bytes: usize,
+    closing: Option<CloseReason>,
+}
+
+/// The bounded queue between the broker reader and one socket writer.
+pub struct Outbox {
+    state: Mutex<State>,
+    wake: Notify,
+    limits: QueueLimits,
+}
+
+impl Outbox {
+    /// An empty outbox.
+    pub fn new(limits: QueueLimits) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every critical
+        // section is a few field updates), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enqueue a frame without waiting.
+    pub fn push(&self, frame: Frame) -> Result<(), PushError> {
+        let mut st = self.lock();
+        if st.closing.is_some() {
+            return Err(PushError::Closed);
+        }
+        let len = frame.text.len();
+        if st.queue.len() >= self.limits.max_events || st.bytes + len > self.limits.max_bytes {
+            st.closing = Some(CloseReason::SlowConsumer);
+            st.queue = VecDeque::new();
+            st.bytes = 0;
+            drop(st);
+            self.wake.notify_one();
+            return Err(PushError::Overflow);
+        }
+        st.bytes += len;
+        st.queue.push_back(frame);
+        let was_empty = st.queue.len() == 1;
+        drop(st);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Ask the connection to close with `reason` (frames already queued are still sent for
+    /// [`CloseReason::GoingAway`]). The first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let mut st = self.lock();
+        if st.closing.is_none() {
+            st.closing = Some(reason);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Move every queued frame into `batch` (which must be empty); returns the close reason if
+    /// the connection should close after sending them.
+    pub fn take(&self, batch: &mut Vec<Frame>) -> Option<CloseReason> {
+        let mut st = self.lock();
+        batch.extend(st.queue.drain(..));
+        st.bytes = 0;
+        if st.queue.capacity() > 64 {
+            // Give memory back after a burst; idle connections keep none.
+            st.queue = VecDeque::new();
+        }
+        st.closing
+    }
+
+    /// Wait until something was pushed or a close was requested.
+    pub async fn ready(&self) {
+        self.wake.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &'static str) -> Frame {
+        Frame {
+            text: Utf8Bytes::from_static(s),
+            entered: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn overflow_by_count_closes_as_slow_consumer() {
+        let ob = Outbox::new(QueueLimits {
+            max_events: 2,
+            max_bytes: 1000,
+        });
+        ob.push(frame("a")).unwrap();
+        ob.push(frame("b")).unwrap();
+        assert_eq!(ob.push(frame("c")), Err(PushError::Overflow));
+        assert_eq!(ob.push(frame("d")), Err(PushError::Closed));
+        let mut batch = Vec::new();
+        assert_eq!(ob.take(&mut batch), Some(CloseReason::SlowConsumer));
+        assert!(batch.is_empty(), "a slow consumer's queue is discarded");
+    }
+
+    #[test]
+    fn overflow_by_bytes() {
+        let ob = Outbox::new(QueueLimits {
+            max_events: 100,
+            max_bytes: 5,
+        });
+        ob.push(frame("abc")).unwrap();
+        assert_eq!(ob.push(frame("def")), Err(PushError::Overflow));
+    }
+
+    #[test]
+    fn take_drains_in_order_and_keeps_going_away_frames() {
+        let ob = Outbox::new(QueueLimits {
+            max_events: 10,
+            max_bytes: 100,
+        });
+        ob.push(frame("1")).unwrap();
+        ob.push(frame("2")).unwrap();
+        ob.close(CloseReason::GoingAway);
+        ob.close(CloseReason::AuthExpired);
+        let mut batch = Vec::new();
+        assert_eq!(ob.take(&mut batch), Some(CloseReason::GoingAway));
+        let texts: Vec<&str> = batch.iter().map(|f| f.text.as_str()).collect();
+        assert_eq!(texts, ["1", "2"]);
+    }
+}

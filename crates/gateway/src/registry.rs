@@ -1,0 +1,214 @@
+//! The node's live connections, by user.
+//!
+//! A `DashMap` from user id to that user's connections on this node. The first connection of a
+//! user subscribes the node to the user's channels and the last one unsubscribes; both calls are
+//! made while the user's map entry is locked, so subscribe/unsubscribe requests for one user reach
+//! the broker in the same order as the registry changes (no lost or leaked subscription when a
+//! user connects and disconnects concurrently).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::outbox::{Frame, Outbox, PushError, QueueLimits};
+
+/// A Gleepost user id.
+pub type UserId = u64;
+
+/// Becomes `true` once the broker confirmed the subscription to a user's channels.
+pub type Subscribed = watch::Receiver<bool>;
+
+/// Subscription hooks the registry calls under the user's entry lock. Implementations must not
+/// block: they enqueue the request and return at once.
+pub trait Subscriptions: Send + Sync {
+    /// The user's first connection on this node registered.
+    fn subscribe(&self, user: UserId) -> Subscribed;
+    /// The user's last connection on this node left.
+    fn unsubscribe(&self, user: UserId);
+}
+
+/// One client connection as seen by the event path.
+pub struct Conn {
+    /// Node-unique connection id.
+    pub id: u64,
+    /// The authenticated user.
+    pub user: UserId,
+    /// Frames waiting for the socket.
+    pub outbox: Outbox,
+}
+
+struct UserConns {
+    conns: Vec<Arc<Conn>>,
+    subscribed: Subscribed,
+}
+
+/// Live connections of this node.
+pub struct Registry {
+    users: DashMap<UserId, UserConns>,
+    next_id: AtomicU64,
+    limits: QueueLimits,
+}
+
+impl Registry {
+    /// An empty registry whose connections get outboxes bounded by `limits`.
+    pub fn new(limits: QueueLimits) -> Self {
+        Registry {
+            users: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            limits,
+        }
+    }
+
+    /// Register a new connection of `user`; returns it and a receiver that turns `true` when the
+    /// node's subscription to the user's channels is confirmed.
+    pub fn insert(&self, user: UserId, subs: &dyn Subscriptions) -> (Arc<Conn>, Subscribed) {
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user,
+            outbox: Outbox::new(self.limits),
+        });
+        let subscribed = match self.users.entry(user) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().conns.push(conn.clone());
+                e.get().subscribed.clone()
+            }
+            Entry::Vacant(e) => {
+                let subscribed = subs.subscribe(user);
+                e.insert(UserConns {
+                    conns: vec![conn.clone()],
+                    subscribed: subscribed.clone(),
+                });
+                subscribed
+            }
+        };
+        (conn, subscribed)
+    }
+
+    /// Remove a connection; the user's last one unsubscribes the node.
+    pub fn remove(&self, conn: &Conn, subs: &dyn Subscriptions) {
+        if let Entry::Occupied(mut e) = self.users.entry(conn.user) {
+            e.get_mut().conns.retain(|c| c.id != conn.id);
+            if e.get().conns.is_empty() {
+                subs.unsubscribe(conn.user);
+                e.remove();
+            }
+        }
+    }
+
+    /// Queue `frame` on every connection of `user`; returns how many connections took it.
+    /// Never waits: a full queue closes that connection as a slow consumer.
+    pub fn dispatch(&self, user: UserId, frame: &Frame, metrics: &Metrics) -> usize {
+        let Some(entry) = self.users.get(&user) else {
+            return 0;
+        };
+        let mut queued = 0;
+        for conn in &entry.conns {
+            match conn.outbox.push(frame.clone()) {
+                Ok(()) => queued += 1,
+                Err(PushError::Overflow) => {
+                    metrics
+                        .events_dropped
+                        .with_label_values(&["slow_consumer"])
+                        .inc();
+                    tracing::warn!(user, conn = conn.id, "slow consumer, closing connection");
+                }
+                Err(PushError::Closed) => {
+                    metrics.events_dropped.with_label_values(&["closing"]).inc();
+                }
+            }
+        }
+        queued
+    }
+
+    /// Users with at least one connection on this node.
+    pub fn users(&self) -> Vec<UserId> {
+        self.users.iter().map(|e| *e.key()).collect()
+    }
+
+    /// A snapshot of every live connection (for draining).
+    pub fn connections(&self) -> Vec<Arc<Conn>> {
+        self.users
+            .iter()
+            .flat_map(|e| e.value().conns.clone())
+            .collect()
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        self.users.iter().map(|e| e.value().conns.len()).sum()
+    }
+
+    /// True when no connection is registered.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Log(Mutex<Vec<(bool, UserId)>>);
+    impl Subscriptions for Log {
+        fn subscribe(&self, user: UserId) -> Subscribed {
+            self.0.lock().unwrap().push((true, user));
+            watch::channel(true).1
+        }
+        fn unsubscribe(&self, user: UserId) {
+            self.0.lock().unwrap().push((false, user));
+        }
+    }
+
+    fn registry() -> Registry {
+        Registry::new(QueueLimits {
+            max_events: 8,
+            max_bytes: 1024,
+        })
+    }
+
+    #[test]
+    fn first_subscribes_last_unsubscribes() {
+        let reg = registry();
+        let log = Log::default();
+        let (a, _) = reg.insert(9, &log);
+        let (b, _) = reg.insert(9, &log);
+        let (c, _) = reg.insert(10, &log);
+        assert_eq!(reg.len(), 3);
+        reg.remove(&a, &log);
+        reg.remove(&c, &log);
+        reg.remove(&b, &log);
+        assert!(reg.is_empty());
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            [(true, 9), (true, 10), (false, 10), (false, 9)]
+        );
+    }
+
+    #[test]
+    fn dispatch_reaches_only_the_users_connections() {
+        let reg = registry();
+        let log = Log::default();
+        let metrics = Metrics::new().unwrap();
+        let (a, _) = reg.insert(9, &log);
+        let (b, _) = reg.insert(9, &log);
+        let (other, _) = reg.insert(10, &log);
+        let frame = Frame {
+            text: "x".into(),
+            entered: std::time::Instant::now(),
+        };
+        assert_eq!(reg.dispatch(9, &frame, &metrics), 2);
+        assert_eq!(reg.dispatch(11, &frame, &metrics), 0);
+        let mut batch = Vec::new();
+        for (conn, n) in [(&a, 1), (&b, 1), (&other, 0)] {
+            batch.clear();
+            conn.outbox.take(&mut batch);
+            assert_eq!(batch.len(), n);
+        }
+    }
+}

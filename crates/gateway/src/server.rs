@@ -1,0 +1,197 @@
+//! Startup and shutdown order of one gateway node.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use gleepost_event::keys::Template;
+use gleepost_event::Limits;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::auth::{Authenticator, GleepostAuth, JwtAuth};
+use crate::broker::{Broker, Dispatcher, MemoryBroker, RedisBroker, RedisSettings};
+use crate::config::{Config, LogFormat};
+use crate::metrics::Metrics;
+use crate::node::{ConnSettings, Node, PublishSettings};
+use crate::outbox::QueueLimits;
+use crate::registry::Registry;
+use crate::shutdown::{self, Signals};
+use crate::{admin, dev, transport};
+
+/// Longest wait for connections to finish their close handshake after the drain.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Initialise logging from the configuration.
+pub fn init_logging(config: &Config) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .with_context(|| format!("invalid log filter {:?}", config.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))
+}
+
+/// The JWT secret and API key: configured, or generated in dev mode.
+fn credentials(config: &Config) -> Result<(String, String)> {
+    let generate = || dev::random_secret();
+    let secret = match (&config.jwt_secret, config.dev) {
+        (Some(s), _) if !s.is_empty() => s.clone(),
+        (_, true) => generate(),
+        _ => bail!("GATEWAY_JWT_SECRET is required (or run with --dev for generated credentials)"),
+    };
+    let key = match (&config.api_key, config.dev) {
+        (Some(k), _) if !k.is_empty() => k.clone(),
+        (_, true) => generate(),
+        _ => bail!("GATEWAY_API_KEY is required (or run with --dev for generated credentials)"),
+    };
+    if secret.len() < 32 {
+        tracing::warn!("GATEWAY_JWT_SECRET is shorter than 32 bytes; use a longer random secret");
+    }
+    Ok((secret, key))
+}
+
+/// Run a node until SIGTERM/SIGINT, then drain and return.
+pub async fn run(config: Config) -> Result<()> {
+    init_logging(&config)?;
+    let mut signals = Signals::install().context("installing signal handlers")?;
+    let (jwt_secret, api_key) = credentials(&config)?;
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let limits = Limits {
+        max_event_bytes: config.max_event_bytes,
+    };
+    let registry = Arc::new(Registry::new(QueueLimits {
+        max_events: config.queue_events,
+        max_bytes: config.queue_bytes,
+    }));
+    let dispatcher = Dispatcher::new(registry.clone(), metrics.clone());
+    let (broker, gleepost) = match &config.redis_url {
+        Some(url) => {
+            let channels = config
+                .channels
+                .iter()
+                .map(|c| Template::parse(c).with_context(|| format!("channel template {c:?}")))
+                .collect::<Result<Vec<_>>>()?;
+            let settings = RedisSettings {
+                url: url.clone(),
+                channels,
+                timeout: config.redis_timeout,
+                probe_interval: config.probe_interval,
+                probe_timeout: config.probe_timeout,
+                limits,
+            };
+            let broker = RedisBroker::start(settings, dispatcher)
+                .await
+                .context("connecting to Redis")?;
+            let token_key = Template::parse(&config.token_key)
+                .with_context(|| format!("token key template {:?}", config.token_key))?;
+            let gleepost = GleepostAuth::new(broker.commands(), token_key, config.redis_timeout);
+            (Broker::Redis(broker), Some(gleepost))
+        }
+        None => {
+            if !config.dev {
+                tracing::info!(
+                    "no REDIS_URL: embedded broker, this node delivers only its own publishes"
+                );
+            }
+            (Broker::Memory(MemoryBroker::new(dispatcher)), None)
+        }
+    };
+    let jwt = JwtAuth::new(jwt_secret.as_bytes());
+    let node = Node::new(
+        registry.clone(),
+        broker,
+        metrics,
+        Authenticator::new(jwt.clone(), gleepost),
+        limits,
+        PublishSettings {
+            api_key: api_key.clone(),
+            max_users: config.max_publish_users,
+            max_body: config.max_publish_body,
+        },
+        ConnSettings {
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            subscribe_timeout: config.redis_timeout * 5,
+            websocket: websocket_config(&config),
+        },
+    );
+
+    let public = bind(config.listen, "public").await?;
+    let admin = bind(config.admin_listen, "admin").await?;
+    let public_addr = public.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    tracing::info!(public = %public_addr, admin = %admin_addr, redis = config.redis_url.is_some(), "listening");
+    if config.dev {
+        dev::print_banner(&jwt, &api_key, public_addr, admin_addr)?;
+    }
+
+    let (stop_public, stop_public_rx) = watch::channel(false);
+    let public_task = tokio::spawn(transport::public::serve(
+        public,
+        node.clone(),
+        stop_public_rx,
+    ));
+    let (stop_admin, mut stop_admin_rx) = watch::channel(false);
+    let admin_server = warp::serve(admin::routes(node.clone()))
+        .incoming(admin)
+        .graceful(async move {
+            let _ = stop_admin_rx.wait_for(|s| *s).await;
+        });
+    let admin_task = tokio::spawn(admin_server.run());
+
+    let signal = signals.recv().await;
+    let pre_drain = config.pre_drain_delay();
+    let window = config.drain_window();
+    tracing::info!(
+        signal,
+        ?pre_drain,
+        ?window,
+        connections = registry.len(),
+        "shutting down: unready, draining"
+    );
+    node.start_draining();
+    let mut forced = false;
+    tokio::select! {
+        _ = tokio::time::sleep(pre_drain) => {}
+        s = signals.recv() => { forced = true; tracing::info!(signal = s, "second signal: closing now"); }
+    }
+    let _ = stop_public.send(true);
+    let _ = public_task.await;
+    let window = if forced { Duration::ZERO } else { window };
+    tokio::select! {
+        n = shutdown::drain(&registry, window) => tracing::info!(closed = n, "drain finished"),
+        s = signals.recv() => {
+            tracing::info!(signal = s, "second signal: closing now");
+            shutdown::drain(&registry, Duration::ZERO).await;
+        }
+    }
+    if !shutdown::wait_closed(&registry, CLOSE_WAIT).await {
+        tracing::warn!(left = registry.len(), "connections still open at exit");
+    }
+    let _ = stop_admin.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    tracing::info!("bye");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener to {addr}"))
+}
+
+/// Small buffers keep idle connections cheap; client messages are bounded.
+fn websocket_config(config: &Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_client_frame))
+        .max_frame_size(Some(config.max_client_frame))
+}

@@ -1,0 +1,68 @@
+//! Shutdown: signals and the staggered drain of connections.
+
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{sleep_until, Instant};
+
+use crate::outbox::CloseReason;
+use crate::registry::Registry;
+
+/// Resolves on SIGTERM or SIGINT, with the signal's name.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Install the handlers (do this before serving, so no signal is missed).
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Wait for the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Close every connection with [`CloseReason::GoingAway`], spread evenly over `window` in random
+/// order (so reconnects to other nodes arrive as a steady trickle, not a storm). Connections
+/// registered while draining are closed at the end. Returns how many were asked to close.
+pub async fn drain(registry: &Registry, window: Duration) -> usize {
+    let mut conns = registry.connections();
+    conns.shuffle(&mut rand::rng());
+    let n = conns.len();
+    let start = Instant::now();
+    for (i, conn) in conns.iter().enumerate() {
+        let at = start + window.mul_f64(i as f64 / n as f64);
+        if at > Instant::now() {
+            sleep_until(at).await;
+        }
+        conn.outbox.close(CloseReason::GoingAway);
+    }
+    let late = registry.connections();
+    for conn in &late {
+        conn.outbox.close(CloseReason::GoingAway);
+    }
+    n + late.len()
+}
+
+/// Wait until every connection has left the registry, at most `limit`.
+pub async fn wait_closed(registry: &Registry, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !registry.is_empty() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}

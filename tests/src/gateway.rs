@@ -1,0 +1,268 @@
+//! A real `gleepost-gateway` process on free loopback ports.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::http::{self, HttpResponse};
+
+/// JWT secret every test gateway uses.
+pub const JWT_SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
+/// Publish API key every test gateway uses.
+pub const API_KEY: &str = "e2e-test-api-key";
+
+/// How to start a gateway.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayOptions {
+    /// `REDIS_URL`, or the embedded broker.
+    pub redis_url: Option<String>,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+}
+
+impl GatewayOptions {
+    /// Options for a gateway on `redis_url`.
+    pub fn redis(redis_url: String) -> Self {
+        GatewayOptions {
+            redis_url: Some(redis_url),
+            args: Vec::new(),
+        }
+    }
+
+    /// Add command-line arguments.
+    pub fn arg(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+}
+
+/// A running gateway process; SIGKILLed on drop if still running.
+pub struct Gateway {
+    child: Child,
+    /// Public address (`127.0.0.1:port`).
+    pub public: String,
+    /// Admin address.
+    pub admin: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Path of the gateway binary built by `cargo build` (the Makefile builds it before tests).
+pub fn gateway_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary> → target/<profile>/gleepost-gateway
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .context("unexpected test binary location")?;
+    let bin = dir.join("gleepost-gateway");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it first (`cargo build -p gleepost-gateway`; `make test` does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+impl Gateway {
+    /// Start a gateway and wait until it listens.
+    pub async fn start(options: GatewayOptions) -> Result<Gateway> {
+        let mut cmd = Command::new(gateway_binary()?);
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--log", "info,gleepost_gateway=debug"])
+            .env("GATEWAY_JWT_SECRET", JWT_SECRET)
+            .env("GATEWAY_API_KEY", API_KEY)
+            .env_remove("REDIS_URL")
+            .args(&options.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(url) = &options.redis_url {
+            cmd.env("REDIS_URL", url);
+        }
+        let mut child = cmd.spawn().context("spawning gleepost-gateway")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["message"] == "listening" {
+                            let _ = tx.send((
+                                v["public"].as_str().unwrap_or_default().to_string(),
+                                v["admin"].as_str().unwrap_or_default().to_string(),
+                            ));
+                        }
+                    }
+                    logs.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
+        let addrs = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+            .await?;
+        let (public, admin) = match addrs {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let _ = child.kill();
+                let logs = logs.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+                bail!("gateway did not start listening; logs:\n{logs}");
+            }
+        };
+        Ok(Gateway {
+            child,
+            public,
+            admin,
+            logs,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `ws://…/ws` without credentials.
+    pub fn ws_base(&self) -> String {
+        format!("ws://{}/ws", self.public)
+    }
+
+    /// `ws://…/ws?access_token=<jwt for user>`.
+    pub fn ws_url(&self, user: u64) -> String {
+        format!("{}?access_token={}", self.ws_base(), token(user))
+    }
+
+    /// Connect a WebSocket client as `user` (JWT).
+    pub async fn connect(&self, user: u64) -> Result<Client> {
+        Client::connect(&self.ws_url(user)).await
+    }
+
+    /// POST /v1/publish with the right key; `body` is the whole request JSON.
+    pub async fn publish_raw(&self, body: &str) -> Result<HttpResponse> {
+        let auth = format!("Bearer {API_KEY}");
+        http::request(
+            &self.admin,
+            "POST",
+            "/v1/publish",
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+    }
+
+    /// Publish `event` (JSON text) to `users`; fails unless 200.
+    pub async fn publish(&self, users: &[u64], event: &str) -> Result<serde_json::Value> {
+        let body = format!("{{\"users\":{},\"event\":{event}}}", serde_json::to_string(users)?);
+        let res = self.publish_raw(&body).await?;
+        if res.status != 200 {
+            bail!("publish failed: {} {}", res.status, res.body_text());
+        }
+        Ok(serde_json::from_slice(&res.body)?)
+    }
+
+    /// GET an admin path.
+    pub async fn admin_get(&self, path: &str) -> Result<HttpResponse> {
+        http::request(&self.admin, "GET", path, &[], b"").await
+    }
+
+    /// `/readyz` answered 200.
+    pub async fn is_ready(&self) -> bool {
+        matches!(self.admin_get("/readyz").await, Ok(r) if r.status == 200)
+    }
+
+    /// Wait until `/readyz` equals `ready` (bounded).
+    pub async fn wait_ready(&self, ready: bool, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while self.is_ready().await != ready {
+            if Instant::now() > deadline {
+                bail!("gateway did not become ready={ready} within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// The value of a metric sample (e.g. `gleepost_gateway_connections` or
+    /// `gleepost_gateway_auth_failures_total{reason="missing"}`), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> Result<f64> {
+        let text = self.admin_get("/metrics").await?.body_text();
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == sample).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0))
+    }
+
+    /// Send a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Wait for the process to exit (bounded).
+    pub async fn wait_exit(&mut self, limit: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("gateway did not exit within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Serialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+}
+
+/// A JWT for `user` signed with [`JWT_SECRET`], valid for an hour.
+pub fn token(user: u64) -> String {
+    token_with(user, 3600, JWT_SECRET.as_bytes(), jsonwebtoken::Algorithm::HS256)
+}
+
+/// A JWT with a chosen lifetime (negative = expired), secret and algorithm.
+pub fn token_with(user: u64, ttl_secs: i64, secret: &[u8], alg: jsonwebtoken::Algorithm) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let claims = Claims {
+        sub: user.to_string(),
+        exp: (now + ttl_secs).max(0) as u64,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_default()
+}

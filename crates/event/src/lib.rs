@@ -41,12 +41,14 @@
 #![deny(missing_docs)]
 
 pub mod envelope;
+pub mod history;
 pub mod keys;
 pub mod payload;
 pub mod publisher;
 pub mod validate;
 
 pub use envelope::{Event, EventError};
+pub use history::{EventId, HistoryConfig};
 pub use keys::{
     epoch_key, history_key, Template, TemplateError, DEFAULT_CHANNELS, DEFAULT_TOKEN_KEY,
     PROBE_CHANNEL_PREFIX,

@@ -1,15 +1,20 @@
 //! Publishing events straight to Redis from Rust backend services.
 //!
 //! Semantics match the gateway's `POST /v1/publish`: the event is validated once, encoded once,
-//! and `PUBLISH`ed to each user's channel (default `c:{id}`) in a single pipeline. Every gateway
-//! node subscribed to those channels delivers the payload verbatim to the users' connections.
+//! and sent to each user's channel (default `c:{id}`) in a single pipeline. With history on (the
+//! default) each user's copy goes through [`PUBLISH_SCRIPT`], which appends it to the user's
+//! history and publishes it with its id atomically; with history off it is a plain `PUBLISH`.
+//! Every gateway node subscribed to those channels delivers the payload verbatim.
 
 use std::collections::HashSet;
+
+use redis::Script;
 
 use redis::aio::ConnectionManager;
 
 use crate::envelope::Event;
-use crate::keys::{Template, DEFAULT_PUBLISH_CHANNEL};
+use crate::history::{new_epoch, HistoryConfig, PUBLISH_SCRIPT};
+use crate::keys::{epoch_key, history_key, Template, DEFAULT_PUBLISH_CHANNEL};
 use crate::validate::{validate, Limits, ValidationError};
 
 /// Error returned by [`Publisher`].
@@ -25,13 +30,15 @@ pub enum PublishError {
 }
 
 /// Outcome of [`Publisher::publish`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PublishReport {
     /// Number of distinct users the event was published to.
     pub users: usize,
     /// Sum of the `PUBLISH` replies: how many subscriptions (gateway nodes) received it. Zero
     /// means no node currently has a subscription for any of the users.
     pub receivers: u64,
+    /// `(user, event id)` for each user, when history is on.
+    pub ids: Vec<(u64, String)>,
 }
 
 /// Publishes events to users through Redis. Cheap to clone; clones share one connection.
@@ -40,6 +47,8 @@ pub struct Publisher {
     conn: ConnectionManager,
     channel: Template,
     limits: Limits,
+    history: HistoryConfig,
+    script: Script,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -66,6 +75,8 @@ impl Publisher {
             conn,
             channel: default_channel(),
             limits: Limits::default(),
+            history: HistoryConfig::default(),
+            script: Script::new(PUBLISH_SCRIPT),
         }
     }
 
@@ -82,39 +93,103 @@ impl Publisher {
         self
     }
 
+    /// Sets the per-user history (default on: 1,000 events, 24 h). [`HistoryConfig::OFF`] sends
+    /// plain `PUBLISH`es: such events carry no id and cannot be recovered after a disconnect.
+    pub fn with_history(mut self, history: HistoryConfig) -> Publisher {
+        self.history = history;
+        self
+    }
+
     /// The channel template in use.
     pub fn channel(&self) -> &Template {
         &self.channel
     }
 
-    /// Validates and encodes `event` once, then sends one `PUBLISH` per distinct user in a
-    /// single pipeline. Duplicate ids in `users` are published to once. An empty `users` list
+    /// Validates and encodes `event` once, then publishes it to each distinct user in a single
+    /// pipeline (duplicate ids in `users` are published to once). An empty `users` list
     /// validates the event and returns an empty report without contacting Redis.
+    ///
+    /// If the pipeline fails part way, some users may already have the event.
     pub async fn publish(
         &self,
         users: &[u64],
         event: &Event,
     ) -> Result<PublishReport, PublishError> {
         validate(event, &self.limits)?;
-        let payload = event.encode();
+        Ok(self.publish_encoded(users, &event.encode()).await?)
+    }
+
+    /// Publishes an already validated and encoded envelope (as produced by [`Event::encode`],
+    /// without an `id`). Used by the gateway, which validates and encodes once per request.
+    pub async fn publish_encoded(
+        &self,
+        users: &[u64],
+        payload: &[u8],
+    ) -> Result<PublishReport, redis::RedisError> {
         let mut seen = HashSet::with_capacity(users.len());
-        let mut pipe = redis::pipe();
-        for &user in users {
-            if seen.insert(user) {
-                pipe.cmd("PUBLISH")
-                    .arg(self.channel.render_id(user))
-                    .arg(payload.as_ref());
-            }
-        }
-        if seen.is_empty() {
+        let distinct: Vec<u64> = users.iter().copied().filter(|u| seen.insert(*u)).collect();
+        if distinct.is_empty() {
             return Ok(PublishReport::default());
         }
-        let mut conn = self.conn.clone();
-        let replies: Vec<u64> = pipe.query_async(&mut conn).await?;
+        if !self.history.enabled() {
+            let mut pipe = redis::pipe();
+            for &user in &distinct {
+                pipe.cmd("PUBLISH")
+                    .arg(self.channel.render_id(user))
+                    .arg(payload);
+            }
+            let mut conn = self.conn.clone();
+            let replies: Vec<u64> = pipe.query_async(&mut conn).await?;
+            return Ok(PublishReport {
+                users: distinct.len(),
+                receivers: replies.iter().sum(),
+                ids: Vec::new(),
+            });
+        }
+        let replies = match self.publish_with_history(&distinct, payload).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Script cache empty (restart, SCRIPT FLUSH): nothing ran; load and retry.
+                let mut conn = self.conn.clone();
+                self.script.prepare_invoke().load_async(&mut conn).await?;
+                self.publish_with_history(&distinct, payload).await?
+            }
+            other => other?,
+        };
+        let receivers = replies.iter().map(|(_, r)| *r).sum();
+        let ids = distinct
+            .iter()
+            .zip(replies)
+            .map(|(&user, (id, _))| (user, id))
+            .collect();
         Ok(PublishReport {
-            users: seen.len(),
-            receivers: replies.iter().sum(),
+            users: distinct.len(),
+            receivers,
+            ids,
         })
+    }
+
+    async fn publish_with_history(
+        &self,
+        users: &[u64],
+        payload: &[u8],
+    ) -> Result<Vec<(String, u64)>, redis::RedisError> {
+        let epoch = new_epoch();
+        let ttl = self.history.ttl.as_secs().max(1);
+        let mut pipe = redis::pipe();
+        for &user in users {
+            pipe.cmd("EVALSHA")
+                .arg(self.script.get_hash())
+                .arg(2)
+                .arg(history_key(user))
+                .arg(epoch_key(user))
+                .arg(self.channel.render_id(user))
+                .arg(payload)
+                .arg(self.history.size)
+                .arg(ttl)
+                .arg(&epoch);
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await
     }
 }
 

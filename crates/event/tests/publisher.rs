@@ -5,11 +5,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use gleepost_event::history::{frame_id, splice_id};
+use gleepost_event::keys::{epoch_key, history_key};
 use gleepost_event::payload::{Message, User};
 use gleepost_event::{
     check_broker_payload, Event, Limits, PublishError, PublishReport, Publisher, RawValue,
     Template, ValidationError,
 };
+use gleepost_event::{EventId, HistoryConfig};
 
 /// A `redis-server` child process, killed on drop.
 struct RedisServer {
@@ -130,14 +133,18 @@ async fn publishes_to_every_user_in_one_pipeline() {
     pubsub.subscribe("c:10").await.unwrap();
     let mut messages = pubsub.into_on_message();
 
-    let publisher = Publisher::connect(&server.url()).await.unwrap();
+    let publisher = Publisher::connect(&server.url())
+        .await
+        .unwrap()
+        .with_history(HistoryConfig::OFF);
     let event = seed_message();
     let report = publisher.publish(&[9, 10], &event).await.unwrap();
     assert_eq!(
         report,
         PublishReport {
             users: 2,
-            receivers: 2
+            receivers: 2,
+            ids: vec![],
         }
     );
 
@@ -157,7 +164,8 @@ async fn publishes_to_every_user_in_one_pipeline() {
         report,
         PublishReport {
             users: 2,
-            receivers: 1
+            receivers: 1,
+            ids: vec![],
         }
     );
     let (channel, _) = recv(&mut messages).await;
@@ -179,6 +187,7 @@ async fn custom_channel_and_validation() {
     let publisher = Publisher::connect(&server.url())
         .await
         .unwrap()
+        .with_history(HistoryConfig::OFF)
         .with_channel(Template::parse_channel("n:{id}").unwrap())
         .with_limits(Limits {
             max_event_bytes: 100,
@@ -209,6 +218,59 @@ async fn custom_channel_and_validation() {
     let (channel, payload) = recv(&mut messages).await;
     assert_eq!(channel, "n:9");
     assert_eq!(payload, br#"{"type":"x","data":[1.0e3]}"#);
+}
+
+#[tokio::test]
+async fn history_appends_and_publishes_with_ids_atomically() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("c:9").await.unwrap();
+    let mut messages = pubsub.into_on_message();
+
+    let publisher = Publisher::connect(&server.url())
+        .await
+        .unwrap()
+        .with_history(HistoryConfig {
+            size: 10,
+            ttl: std::time::Duration::from_secs(60),
+        });
+    let event = seed_message();
+    let first = publisher.publish(&[9], &event).await.unwrap();
+    assert_eq!(first.receivers, 1);
+    let (user, id1) = first.ids[0].clone();
+    assert_eq!(user, 9);
+    let (_, payload) = recv(&mut messages).await;
+    assert_eq!(payload, &splice_id(&event.encode(), &id1)[..]);
+    assert_eq!(
+        frame_id(&payload).map(|(e, _, _)| e.to_string()),
+        Some(id1.split('-').next().unwrap().to_string())
+    );
+
+    let second = publisher.publish(&[9], &event).await.unwrap();
+    let id2 = EventId::parse(&second.ids[0].1).unwrap();
+    let id1 = EventId::parse(&id1).unwrap();
+    assert_eq!(id1.epoch, id2.epoch, "one epoch while the history lives");
+    assert!(id2.position() > id1.position(), "ids increase per user");
+
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg(history_key(9))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 2);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(epoch_key(9))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 60);
+
+    // History lost (flush): the next id has a new epoch, so old ids cannot look current.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let third = publisher.publish(&[9], &event).await.unwrap();
+    assert_ne!(EventId::parse(&third.ids[0].1).unwrap().epoch, id1.epoch);
 }
 
 #[tokio::test]

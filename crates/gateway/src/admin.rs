@@ -112,10 +112,7 @@ struct PublishRequest<'a> {
 async fn publish(authorization: Option<String>, body: Bytes, node: Arc<Node>) -> Response {
     let res = publish_inner(authorization.as_deref(), &body, &node).await;
     let (status, response) = match res {
-        Ok(users) => (
-            StatusCode::OK,
-            reply::json(&serde_json::json!({ "published": users })).into_response(),
-        ),
+        Ok(result) => (StatusCode::OK, reply::json(&result).into_response()),
         Err((status, message)) => (status, error(status, &message)),
     };
     node.metrics
@@ -129,7 +126,7 @@ async fn publish_inner(
     authorization: Option<&str>,
     body: &[u8],
     node: &Node,
-) -> Result<usize, (StatusCode, String)> {
+) -> Result<serde_json::Value, (StatusCode, String)> {
     let authorized = authorization
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|key| {
@@ -139,14 +136,23 @@ async fn publish_inner(
         return Err((StatusCode::UNAUTHORIZED, "Invalid API key".into()));
     }
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    // serde would also accept a struct written as an array (`[[9], {…}]`): require an object.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(bad(
+            "Invalid request body: expected a JSON object {\"users\": […], \"event\": {…}}".into(),
+        ));
+    }
     let request: PublishRequest =
         serde_json::from_slice(body).map_err(|e| bad(format!("Invalid request body: {e}")))?;
     let users = parse_users(request.users, node.publish.max_users).map_err(bad)?;
     let event = request.event.ok_or_else(|| bad("Missing `event`".into()))?;
     let event = parse_and_validate(event.get().as_bytes(), &node.limits)
         .map_err(|e| bad(format!("Invalid event: {e}")))?;
+    if event.id.is_some() {
+        return Err(bad("Invalid event: `id` is assigned by the gateway".into()));
+    }
     let encoded = event.encode();
-    node.broker.publish(&users, encoded).await.map_err(|e| {
+    let ids = node.broker.publish(&users, encoded).await.map_err(|e| {
         tracing::warn!(error = %e, "publish failed");
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -154,7 +160,15 @@ async fn publish_inner(
         )
     })?;
     node.metrics.events_published.inc_by(users.len() as u64);
-    Ok(users.len())
+    let mut result = serde_json::json!({ "published": users.len() });
+    if !ids.is_empty() {
+        let ids: serde_json::Map<String, serde_json::Value> = ids
+            .into_iter()
+            .map(|(user, id)| (user.to_string(), id.into()))
+            .collect();
+        result["ids"] = ids.into();
+    }
+    Ok(result)
 }
 
 /// `users` must be a non-empty array of distinct user ids, at most `max`.

@@ -159,6 +159,18 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_PROBE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub probe_timeout: Duration,
 
+    /// Events kept per user for resume and gap repair; 0 turns history off.
+    #[arg(long, env = "GATEWAY_HISTORY_SIZE", default_value_t = 1_000)]
+    pub history_size: usize,
+
+    /// How long a user's history lives after their last event.
+    #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
+    /// Most events replayed on one resume; more means `resync` instead.
+    #[arg(long, env = "GATEWAY_MAX_REPLAY", default_value_t = 1_000)]
+    pub max_replay: usize,
+
     /// After SIGTERM, keep serving (unready) this long so load balancers notice.
     #[arg(long, env = "GATEWAY_PRE_DRAIN_DELAY", value_parser = parse_duration)]
     pub pre_drain_delay: Option<Duration>,
@@ -174,6 +186,14 @@ pub const DEFAULT_PRE_DRAIN_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(20);
 
 impl Config {
+    /// The history settings.
+    pub fn history(&self) -> gleepost_event::HistoryConfig {
+        gleepost_event::HistoryConfig {
+            size: self.history_size,
+            ttl: self.history_ttl,
+        }
+    }
+
     /// Effective pre-drain delay.
     pub fn pre_drain_delay(&self) -> Duration {
         self.pre_drain_delay.unwrap_or(if self.dev {

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 mod dev;
+pub mod history;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub broker_messages: IntCounter,
     /// Broker payloads dropped because they are not valid events, by reason.
     pub broker_malformed: IntCounterVec,
+    /// `resync` events sent to resuming clients, by reason.
+    pub resyncs: IntCounterVec,
+    /// Events replayed from history to resuming clients.
+    pub events_replayed: IntCounter,
     /// Round trip of the node's self-probe through the broker.
     pub probe_rtt: Histogram,
     /// 1 while the node is ready (broker works end to end, not draining).
@@ -134,6 +138,15 @@ impl Metrics {
                 "broker_malformed_payloads_total",
                 "Broker payloads dropped as malformed, by reason",
                 "reason",
+            )?,
+            resyncs: counter_vec(
+                "resyncs_total",
+                "resync events sent to resuming clients, by reason",
+                "reason",
+            )?,
+            events_replayed: counter(
+                "events_replayed_total",
+                "Events replayed from history to resuming clients",
             )?,
             probe_rtt: histogram(
                 "broker_probe_rtt_seconds",

@@ -85,6 +85,8 @@ pub async fn run(config: Config) -> Result<()> {
                 probe_interval: config.probe_interval,
                 probe_timeout: config.probe_timeout,
                 limits,
+                history: config.history(),
+                max_replay: config.max_replay,
             };
             let broker = RedisBroker::start(settings, dispatcher)
                 .await
@@ -100,7 +102,14 @@ pub async fn run(config: Config) -> Result<()> {
                     "no REDIS_URL: embedded broker, this node delivers only its own publishes"
                 );
             }
-            (Broker::Memory(MemoryBroker::new(dispatcher)), None)
+            (
+                Broker::Memory(MemoryBroker::new(
+                    dispatcher,
+                    config.history(),
+                    config.max_replay,
+                )),
+                None,
+            )
         }
     };
     let jwt = JwtAuth::new(jwt_secret.as_bytes());

@@ -1,12 +1,19 @@
-//! The embedded broker: publishing hands the event straight to this node's registry.
+//! The embedded broker: publishing hands the event straight to this node's registry, and keeps
+//! a per-user in-memory ring with the same id, resume and resync semantics as Redis history.
 
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dashmap::DashMap;
+use gleepost_event::history::{new_epoch, splice_id};
+use gleepost_event::{EventId, HistoryConfig};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Dispatcher;
+use crate::history::Replay;
 use crate::registry::{Subscribed, Subscriptions, UserId};
 
 /// In-process broker for a single node.
@@ -15,36 +22,156 @@ pub struct MemoryBroker {
     /// Subscriptions are immediate: every user shares this already-confirmed receiver.
     confirmed: Subscribed,
     _confirmed_tx: watch::Sender<bool>,
+    history: Option<Arc<Rings>>,
+}
+
+/// Per-user rings of recent events (frames with their ids).
+struct Rings {
+    epoch: String,
+    config: HistoryConfig,
+    max_replay: usize,
+    users: DashMap<UserId, Ring>,
+}
+
+struct Ring {
+    next: u64,
+    touched: Instant,
+    events: VecDeque<(u64, Utf8Bytes)>,
 }
 
 impl MemoryBroker {
-    /// A broker delivering into `dispatcher`.
-    pub fn new(dispatcher: Dispatcher) -> Self {
+    /// A broker delivering into `dispatcher`, keeping history per `history`.
+    pub fn new(dispatcher: Dispatcher, history: HistoryConfig, max_replay: usize) -> Self {
         let (tx, rx) = watch::channel(true);
+        let history = history.enabled().then(|| {
+            let rings = Arc::new(Rings {
+                epoch: new_epoch(),
+                config: history,
+                max_replay,
+                users: DashMap::new(),
+            });
+            tokio::spawn(sweep(Arc::downgrade(&rings)));
+            rings
+        });
         MemoryBroker {
             dispatcher,
             confirmed: rx,
             _confirmed_tx: tx,
+            history,
         }
     }
 
-    /// Deliver an encoded event to every local connection of each user.
-    pub fn publish(&self, users: &[UserId], event: Bytes) {
+    /// Deliver an encoded event (no id) to every local connection of each user; returns the
+    /// ids assigned (empty when history is off).
+    pub fn publish(&self, users: &[UserId], event: Bytes) -> Vec<(UserId, String)> {
         let entered = Instant::now();
-        match Utf8Bytes::try_from(event) {
-            Ok(text) => {
+        let Some(rings) = &self.history else {
+            if let Some(text) = self.utf8(event) {
                 for &user in users {
                     self.dispatcher.dispatch(user, text.clone(), entered);
                 }
             }
-            // Encoded events are serde_json output, always UTF-8; count it if that ever breaks.
-            Err(_) => self
-                .dispatcher
-                .metrics()
-                .events_dropped
-                .with_label_values(&["not_utf8"])
-                .inc(),
+            return Vec::new();
+        };
+        let mut ids = Vec::with_capacity(users.len());
+        for &user in users {
+            let mut ring = rings.users.entry(user).or_insert_with(|| Ring {
+                next: 1,
+                touched: entered,
+                events: VecDeque::new(),
+            });
+            if entered.duration_since(ring.touched) > rings.config.ttl {
+                ring.events.clear();
+            }
+            let seq = ring.next;
+            ring.next += 1;
+            ring.touched = entered;
+            let id = format!("{}-{seq}-0", rings.epoch);
+            let Some(text) = self.utf8(splice_id(&event, &id)) else {
+                continue;
+            };
+            ring.events.push_back((seq, text.clone()));
+            while ring.events.len() > rings.config.size {
+                ring.events.pop_front();
+            }
+            // Dispatch while holding the user's ring: concurrent publishes to one user reach
+            // its connections in id order.
+            self.dispatcher.dispatch(user, text, entered);
+            drop(ring);
+            ids.push((user, id));
         }
+        ids
+    }
+
+    fn utf8(&self, bytes: Bytes) -> Option<Utf8Bytes> {
+        match Utf8Bytes::try_from(bytes) {
+            Ok(text) => Some(text),
+            // Encoded events are serde_json output, always UTF-8; count it if that ever breaks.
+            Err(_) => {
+                self.dispatcher
+                    .metrics()
+                    .events_dropped
+                    .with_label_values(&["not_utf8"])
+                    .inc();
+                None
+            }
+        }
+    }
+
+    /// Events of `user` after the wire id `since`.
+    pub fn replay(&self, user: UserId, since: &str) -> Replay {
+        let Some(rings) = &self.history else {
+            return Replay::Resync {
+                reason: "history_off",
+                latest: None,
+            };
+        };
+        let ring = rings.users.get(&user);
+        let latest = ring
+            .as_ref()
+            .and_then(|r| r.events.back())
+            .map(|(seq, _)| format!("{}-{seq}-0", rings.epoch));
+        let resync = |reason| Replay::Resync {
+            reason,
+            latest: latest.clone(),
+        };
+        let Some(id) = EventId::parse(since) else {
+            return resync("unknown_id");
+        };
+        if id.epoch != rings.epoch {
+            return resync("epoch_changed");
+        }
+        let Some(ring) = ring else {
+            return resync("trimmed");
+        };
+        if ring.touched.elapsed() > rings.config.ttl {
+            return resync("trimmed");
+        }
+        let Some(pos) = ring.events.iter().position(|(seq, _)| *seq == id.ms) else {
+            return resync("trimmed");
+        };
+        let after = ring.events.len() - pos - 1;
+        if after > rings.max_replay {
+            return resync("too_many");
+        }
+        Replay::Events(
+            ring.events
+                .iter()
+                .skip(pos + 1)
+                .map(|(_, t)| t.clone())
+                .collect(),
+        )
+    }
+}
+
+/// Drop rings whose TTL passed, once a minute, while the broker lives.
+async fn sweep(rings: Weak<Rings>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let Some(rings) = rings.upgrade() else { return };
+        let ttl = rings.config.ttl;
+        rings.users.retain(|_, ring| ring.touched.elapsed() <= ttl);
     }
 }
 

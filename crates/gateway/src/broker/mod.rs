@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub use self::memory::MemoryBroker;
 pub use self::redis::{RedisBroker, RedisSettings};
 
+use crate::history::Replay;
 use crate::metrics::Metrics;
 use crate::outbox::Frame;
 use crate::registry::{Registry, Subscriptions, UserId};
@@ -50,14 +51,24 @@ impl Broker {
         }
     }
 
-    /// Publish one encoded event to every user in `users`.
-    pub async fn publish(&self, users: &[UserId], event: Bytes) -> Result<(), BrokerError> {
+    /// Publish one encoded event (no id) to every user in `users`; returns the ids assigned
+    /// per user (empty when history is off).
+    pub async fn publish(
+        &self,
+        users: &[UserId],
+        event: Bytes,
+    ) -> Result<Vec<(UserId, String)>, BrokerError> {
         match self {
-            Broker::Memory(b) => {
-                b.publish(users, event);
-                Ok(())
-            }
-            Broker::Redis(b) => b.publish(users, event).await,
+            Broker::Memory(b) => Ok(b.publish(users, event)),
+            Broker::Redis(b) => b.publish(users, &event).await,
+        }
+    }
+
+    /// What a connection of `user` resuming after `since` gets before live events.
+    pub async fn replay(&self, user: UserId, since: &str) -> Replay {
+        match self {
+            Broker::Memory(b) => b.replay(user, since),
+            Broker::Redis(b) => b.replay(user, since).await,
         }
     }
 
@@ -88,6 +99,16 @@ impl Dispatcher {
     pub fn dispatch(&self, user: UserId, text: Utf8Bytes, entered: Instant) -> usize {
         let frame = Frame { text, entered };
         self.registry.dispatch(user, &frame, &self.metrics)
+    }
+
+    /// Queue a frame on every local connection of `user` (history replays, resync events).
+    pub fn dispatch_frame(&self, user: UserId, frame: &Frame) -> usize {
+        self.registry.dispatch(user, frame, &self.metrics)
+    }
+
+    /// Users with connections on this node.
+    pub fn users(&self) -> Vec<UserId> {
+        self.registry.users()
     }
 
     /// The node's metrics.

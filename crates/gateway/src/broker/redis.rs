@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use gleepost_event::keys::Template;
-use gleepost_event::Limits;
+use gleepost_event::{HistoryConfig, Limits, Publisher};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, watch};
 
 use super::subscriber::{self, SubCommand};
 use super::{BrokerError, Dispatcher};
+use crate::history::{RedisHistory, Replay};
 use crate::registry::{Subscribed, Subscriptions, UserId};
 
 /// Settings of the Redis broker.
@@ -33,6 +33,10 @@ pub struct RedisSettings {
     pub probe_timeout: Duration,
     /// Limits applied to payloads arriving on channels.
     pub limits: Limits,
+    /// Per-user history written by publishes.
+    pub history: HistoryConfig,
+    /// Most events replayed on one resume or repair.
+    pub max_replay: usize,
 }
 
 /// State shared between the broker handle, the subscriber task and the probe task.
@@ -49,6 +53,13 @@ pub(super) struct Shared {
     pub(super) subscribed: AtomicBool,
     /// Nanoseconds since `base` when a probe last came back.
     pub(super) last_probe_back: AtomicU64,
+    /// Newest Redis time (ms) known to have been delivered on the subscription: from event ids
+    /// and probes. Gap repair after a reconnect reads history from there.
+    pub(super) delivered_ms: AtomicU64,
+    /// Publishes (with history when enabled).
+    pub(super) publisher: Publisher,
+    /// History reader (None when history is off).
+    pub(super) history: Option<RedisHistory>,
 }
 
 impl Shared {
@@ -95,7 +106,20 @@ impl RedisBroker {
             std::process::id(),
             rand::random::<u64>()
         );
+        let mut publisher = Publisher::from_manager(commands.clone())
+            .with_limits(settings.limits)
+            .with_history(settings.history);
+        if let Some(channel) = settings.channels.first() {
+            publisher = publisher.with_channel(channel.clone());
+        }
+        let history = settings
+            .history
+            .enabled()
+            .then(|| RedisHistory::new(commands.clone(), settings.max_replay, settings.timeout));
         let shared = Arc::new(Shared {
+            publisher,
+            history,
+            delivered_ms: AtomicU64::new(0),
             settings,
             client,
             commands,
@@ -119,26 +143,29 @@ impl RedisBroker {
         self.shared.commands.clone()
     }
 
-    /// PUBLISH the encoded event to each user's primary channel, in one pipeline.
-    pub async fn publish(&self, users: &[UserId], event: Bytes) -> Result<(), BrokerError> {
-        let Some(channel) = self.shared.settings.channels.first() else {
-            return Ok(());
-        };
-        let mut pipe = redis::pipe();
-        for &user in users {
-            pipe.cmd("PUBLISH")
-                .arg(channel.render_id(user))
-                .arg(&event[..])
-                .ignore();
+    /// Publish the encoded event (no id) to each user's primary channel, in one pipeline,
+    /// through the history script when history is on; returns the ids assigned.
+    pub async fn publish(
+        &self,
+        users: &[UserId],
+        event: &[u8],
+    ) -> Result<Vec<(UserId, String)>, BrokerError> {
+        let publish = self.shared.publisher.publish_encoded(users, event);
+        let report = tokio::time::timeout(self.shared.settings.timeout, publish)
+            .await
+            .map_err(|_| BrokerError::Timeout)??;
+        Ok(report.ids)
+    }
+
+    /// Events of `user` after `since`, from Redis history.
+    pub async fn replay(&self, user: UserId, since: &str) -> Replay {
+        match &self.shared.history {
+            Some(history) => history.replay(user, since).await,
+            None => Replay::Resync {
+                reason: "history_off",
+                latest: None,
+            },
         }
-        let mut conn = self.shared.commands.clone();
-        tokio::time::timeout(
-            self.shared.settings.timeout,
-            pipe.query_async::<()>(&mut conn),
-        )
-        .await
-        .map_err(|_| BrokerError::Timeout)??;
-        Ok(())
     }
 
     /// Subscribed, and the self-probe comes back in time.

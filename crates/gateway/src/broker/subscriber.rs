@@ -14,11 +14,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use gleepost_event::check_broker_payload;
+use gleepost_event::history::frame_id;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::redis::Shared;
+use crate::history::{resync_frame, ReadError, Replay};
+use crate::outbox::Frame;
 use crate::registry::UserId;
 
 /// Users per SUBSCRIBE/UNSUBSCRIBE command.
@@ -68,14 +71,19 @@ enum SessionError {
     Closed,
     #[error("self-probe did not come back: subscription presumed dead")]
     ProbeLost,
+    #[error("gap repair: {0}")]
+    Repair(#[from] ReadError),
 }
 
 /// Run the subscriber until the broker handle is dropped.
 pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<SubCommand>) {
     let mut wanted = Wanted::default();
     let mut attempt: u32 = 0;
+    let mut reconnect = false;
     loop {
-        let err = match session(&shared, &mut requests, &mut wanted, &mut attempt).await {
+        let result = session(&shared, &mut requests, &mut wanted, &mut attempt, reconnect).await;
+        reconnect = true;
+        let err = match result {
             Ok(()) => return,
             Err(e) => e,
         };
@@ -103,6 +111,7 @@ async fn session(
     requests: &mut mpsc::UnboundedReceiver<SubCommand>,
     wanted: &mut Wanted,
     attempt: &mut u32,
+    reconnect: bool,
 ) -> Result<(), SessionError> {
     let settings = &shared.settings;
     let pubsub = tokio::time::timeout(settings.timeout * 5, shared.client.get_async_pubsub())
@@ -118,6 +127,11 @@ async fn session(
     }
     wanted.dirty = wanted.users.clone();
     sync(shared, &mut sink, wanted, &mut current).await?;
+    if reconnect {
+        // Messages arriving from now on wait in the subscription's buffer until the repair is
+        // queued, so every connection sees history first, then live (duplicates filtered).
+        repair(shared, &current).await?;
+    }
     shared.subscribed.store(true, Ordering::Release);
     let connected = Instant::now();
     if *attempt > 0 {
@@ -206,6 +220,49 @@ async fn sync(
     Ok(())
 }
 
+/// After a reconnect, queue for every connected user the events published while the
+/// subscription was down: history from the newest Redis time known delivered.
+async fn repair(shared: &Shared, users: &HashSet<UserId>) -> Result<(), SessionError> {
+    let Some(history) = &shared.history else {
+        return Ok(());
+    };
+    let from = shared.delivered_ms.load(Ordering::Acquire);
+    if from == 0 {
+        tracing::warn!("nothing was delivered before the outage: no gap repair point");
+        return Ok(());
+    }
+    let users: Vec<UserId> = users.iter().copied().collect();
+    let replays = history.since_ms(&users, from).await?;
+    let entered = Instant::now();
+    let (mut events, mut resyncs) = (0usize, 0usize);
+    for (user, replay) in replays {
+        match replay {
+            Replay::Events(frames) => {
+                events += frames.len();
+                for text in frames {
+                    shared.dispatcher.dispatch(user, text, entered);
+                }
+            }
+            Replay::Resync { reason, latest } => {
+                resyncs += 1;
+                let frame = Frame {
+                    text: resync_frame(reason, latest.as_deref()),
+                    entered,
+                };
+                shared.dispatcher.dispatch_frame(user, &frame);
+            }
+        }
+    }
+    tracing::info!(
+        users = users.len(),
+        from_ms = from,
+        events,
+        resyncs,
+        "gap repair queued"
+    );
+    Ok(())
+}
+
 fn handle_message(shared: &Shared, msg: &redis::Msg, malformed_log: &mut LogLimiter) {
     let metrics = shared.dispatcher.metrics();
     metrics.broker_messages.inc();
@@ -237,6 +294,9 @@ fn handle_message(shared: &Shared, msg: &redis::Msg, malformed_log: &mut LogLimi
     let reason = match check_broker_payload(payload, &shared.settings.limits) {
         Ok(()) => match Utf8Bytes::try_from(Bytes::copy_from_slice(payload)) {
             Ok(text) => {
+                if let Some((_, ms, _)) = frame_id(payload) {
+                    shared.delivered_ms.fetch_max(ms, Ordering::AcqRel);
+                }
                 shared.dispatcher.dispatch(user, text, entered);
                 return;
             }
@@ -279,6 +339,13 @@ impl LogLimiter {
     }
 }
 
+/// Publishes the probe with Redis's clock appended (ARGV: channel, sender's timestamp).
+const PROBE_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+return redis.call('PUBLISH', ARGV[1], ARGV[2] .. ':' .. ms)
+"#;
+
 /// Publish the node's probe periodically through the command connection; the subscriber marks
 /// its return. Ends when the broker is dropped.
 pub(crate) async fn probe(shared: Weak<Shared>) {
@@ -288,6 +355,7 @@ pub(crate) async fn probe(shared: Weak<Shared>) {
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let script = redis::Script::new(PROBE_SCRIPT);
     loop {
         tick.tick().await;
         let Some(shared) = shared.upgrade() else {
@@ -295,9 +363,9 @@ pub(crate) async fn probe(shared: Weak<Shared>) {
         };
         let mut conn = shared.commands.clone();
         let sent = shared.now_nanos().to_string();
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(&shared.probe_channel).arg(sent);
-        let publish = cmd.query_async::<i64>(&mut conn);
+        let mut invocation = script.arg(&shared.probe_channel);
+        invocation.arg(sent);
+        let publish = invocation.invoke_async::<i64>(&mut conn);
         match tokio::time::timeout(shared.settings.timeout, publish).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "probe publish failed"),

@@ -17,9 +17,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::Identity;
+use crate::history::{resync_frame, Dedup, Replay};
 use crate::node::Node;
 use crate::outbox::{CloseReason, Frame};
 use crate::registry::{Conn, Subscribed, UserId};
+use gleepost_event::EventId;
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -80,7 +82,12 @@ impl End {
 }
 
 /// Finish the upgrade and serve the connection until it ends.
-pub async fn run(on_upgrade: OnUpgrade, registration: Registration, identity: Identity) {
+pub async fn run(
+    on_upgrade: OnUpgrade,
+    registration: Registration,
+    identity: Identity,
+    since: Option<String>,
+) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
@@ -98,7 +105,7 @@ pub async fn run(on_upgrade: OnUpgrade, registration: Registration, identity: Id
     let metrics = &node.metrics;
     metrics.connections.inc();
     metrics.connections_opened.inc();
-    let end = session(ws, &registration.conn, identity.expires, &node).await;
+    let end = session(ws, &registration.conn, identity.expires, since, &node).await;
     metrics.connections.dec();
     metrics
         .connections_closed
@@ -112,8 +119,20 @@ pub async fn run(on_upgrade: OnUpgrade, registration: Registration, identity: Id
     drop(registration);
 }
 
-async fn session(mut ws: Socket, conn: &Conn, expires: Option<SystemTime>, node: &Node) -> End {
+async fn session(
+    mut ws: Socket,
+    conn: &Conn,
+    expires: Option<SystemTime>,
+    since: Option<String>,
+    node: &Node,
+) -> End {
     let settings = &node.conn;
+    let mut dedup = Dedup::default();
+    if let Some(since) = since {
+        if let Err(end) = resume(&mut ws, conn.user, &since, &mut dedup, node).await {
+            return end;
+        }
+    }
     let far_future = TokioInstant::now() + std::time::Duration::from_secs(100 * 365 * 86_400);
     let expiry = expires.map_or(far_future, |at| {
         TokioInstant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
@@ -133,7 +152,7 @@ async fn session(mut ws: Socket, conn: &Conn, expires: Option<SystemTime>, node:
                     batch.clear();
                     return close(ws, CloseReason::SlowConsumer).await;
                 }
-                if let Err(end) = write_batch(&mut ws, &mut batch, node).await {
+                if let Err(end) = write_batch(&mut ws, &mut batch, &mut dedup, node).await {
                     return end;
                 }
                 if let Some(reason) = closing {
@@ -175,8 +194,43 @@ async fn session(mut ws: Socket, conn: &Conn, expires: Option<SystemTime>, node:
     }
 }
 
-/// Write every frame of `batch` and flush once.
-async fn write_batch(ws: &mut Socket, batch: &mut Vec<Frame>, node: &Node) -> Result<(), End> {
+/// Send what the client missed after `since` (or a `resync` event) before any live event.
+async fn resume(
+    ws: &mut Socket,
+    user: UserId,
+    since: &str,
+    dedup: &mut Dedup,
+    node: &Node,
+) -> Result<(), End> {
+    let frames = match node.broker.replay(user, since).await {
+        Replay::Events(frames) => {
+            if let Some(id) = EventId::parse(since) {
+                *dedup = Dedup::after(&id);
+            }
+            frames
+        }
+        Replay::Resync { reason, latest } => {
+            node.metrics.resyncs.with_label_values(&[reason]).inc();
+            vec![resync_frame(reason, latest.as_deref())]
+        }
+    };
+    let entered = Instant::now();
+    let mut batch: Vec<Frame> = frames
+        .into_iter()
+        .map(|text| Frame { text, entered })
+        .collect();
+    node.metrics.events_replayed.inc_by(batch.len() as u64);
+    write_batch(ws, &mut batch, dedup, node).await
+}
+
+/// Write every frame of `batch` not already sent and flush once.
+async fn write_batch(
+    ws: &mut Socket,
+    batch: &mut Vec<Frame>,
+    dedup: &mut Dedup,
+    node: &Node,
+) -> Result<(), End> {
+    batch.retain(|frame| dedup.admit(frame.text.as_bytes()));
     if batch.is_empty() {
         return Ok(());
     }

@@ -120,7 +120,8 @@ async fn handle(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Full<By
     }
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(connection::run(on_upgrade, registration, identity));
+    let since = resume_point(req.headers(), req.uri().query());
+    tokio::spawn(connection::run(on_upgrade, registration, identity, since));
 
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -129,6 +130,21 @@ async fn handle(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Full<By
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     res
+}
+
+/// The id the client resumes after: `?since=<id>` or header `Last-Event-ID`.
+fn resume_point(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let from_query = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "since")
+            .map(|(_, v)| v.into_owned())
+    });
+    from_query.or_else(|| {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    })
 }
 
 /// Check the upgrade headers; returns the `Sec-WebSocket-Accept` value.

@@ -1,0 +1,226 @@
+//! Per-user event history: event ids, and the Redis scripts that append-and-notify atomically and
+//! read back for resume and gap repair.
+//!
+//! Each user has a bounded Redis stream `gp:hist:{<id>}` and an epoch key `gp:epoch:{<id>}`
+//! (one hash slot per user). Publishing runs [`PUBLISH_SCRIPT`]: it XADDs the event, refreshes
+//! both TTLs and PUBLISHes the event with its id in one atomic step, so storage and notification
+//! cannot diverge. An event id on the wire is `<epoch>-<ms>-<seq>`: the stream entry id prefixed
+//! by the epoch, a random word created when the user's history is (re)created. A Redis that lost
+//! its data, or a history that expired, gets a new epoch, so an old id never looks like
+//! "nothing happened since".
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Defaults: 1,000 events per user, kept 24 hours.
+pub const DEFAULT_HISTORY_SIZE: usize = 1_000;
+/// See [`DEFAULT_HISTORY_SIZE`].
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How much history to keep per user; `size == 0` disables history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// Most events kept per user (approximate in Redis: trimming is `MAXLEN ~`).
+    pub size: usize,
+    /// Time the history lives after the user's last event.
+    pub ttl: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: DEFAULT_HISTORY_SIZE,
+            ttl: DEFAULT_HISTORY_TTL,
+        }
+    }
+}
+
+impl HistoryConfig {
+    /// History turned off: events carry no id and cannot be recovered.
+    pub const OFF: HistoryConfig = HistoryConfig {
+        size: 0,
+        ttl: Duration::ZERO,
+    };
+
+    /// True when events are stored.
+    pub fn enabled(&self) -> bool {
+        self.size > 0
+    }
+}
+
+/// An event id `<epoch>-<ms>-<seq>`; ordered by `(ms, seq)` within one epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventId {
+    /// The history's epoch (`[a-z0-9]+`).
+    pub epoch: String,
+    /// Milliseconds part of the stream id.
+    pub ms: u64,
+    /// Sequence part of the stream id.
+    pub seq: u64,
+}
+
+impl EventId {
+    /// Parse a wire id; `None` when malformed.
+    pub fn parse(s: &str) -> Option<EventId> {
+        let (epoch, stream) = s.split_once('-')?;
+        if epoch.is_empty()
+            || !epoch
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return None;
+        }
+        let (ms, seq) = parse_stream_id(stream)?;
+        Some(EventId {
+            epoch: epoch.to_string(),
+            ms,
+            seq,
+        })
+    }
+
+    /// The Redis stream entry id `<ms>-<seq>`.
+    pub fn stream_id(&self) -> String {
+        format!("{}-{}", self.ms, self.seq)
+    }
+
+    /// `(ms, seq)`, the order within an epoch.
+    pub fn position(&self) -> (u64, u64) {
+        (self.ms, self.seq)
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}-{}", self.epoch, self.ms, self.seq)
+    }
+}
+
+/// Parse a stream entry id `<ms>-<seq>` (plain decimal parts).
+pub fn parse_stream_id(s: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = s.split_once('-')?;
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(ms) || !digits(seq) {
+        return None;
+    }
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// A fresh random epoch word (10 characters of `[a-z0-9]`).
+pub fn new_epoch() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..10)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Add `"id":"<id>"` as the last member of an encoded envelope (which must end with `}`).
+pub fn splice_id(encoded: &[u8], id: &str) -> Bytes {
+    let body = encoded.strip_suffix(b"}").unwrap_or(encoded);
+    let mut out = BytesMut::with_capacity(body.len() + id.len() + 9);
+    out.put_slice(body);
+    out.put_slice(b",\"id\":\"");
+    out.put_slice(id.as_bytes());
+    out.put_slice(b"\"}");
+    out.freeze()
+}
+
+/// The id of an event frame, read cheaply from its tail: frames with an id end with
+/// `"id":"<epoch>-<ms>-<seq>"}` (the gateway and the publish script put it last).
+/// Returns `(epoch, ms, seq)`.
+pub fn frame_id(frame: &[u8]) -> Option<(&str, u64, u64)> {
+    let rest = frame.strip_suffix(b"\"}")?;
+    let start = rest.iter().rposition(|&b| b == b'"')?;
+    let id = std::str::from_utf8(&rest[start + 1..]).ok()?;
+    if !rest[..start].ends_with(b"\"id\":") {
+        return None;
+    }
+    let (epoch, stream) = id.split_once('-')?;
+    let (ms, seq) = parse_stream_id(stream)?;
+    Some((epoch, ms, seq))
+}
+
+/// Append and notify in one atomic step.
+///
+/// KEYS: stream, epoch key. ARGV: channel, encoded event (no id), max length, TTL seconds,
+/// epoch to create if none exists. Returns `{id, receivers}`.
+pub const PUBLISH_SCRIPT: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('SET', KEYS[2], epoch)
+end
+local sid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+local id = epoch .. '-' .. sid
+local payload = string.sub(ARGV[2], 1, -2) .. ',"id":"' .. id .. '"}'
+local receivers = redis.call('PUBLISH', ARGV[1], payload)
+return {id, receivers}
+"#;
+
+/// Read a user's history.
+///
+/// KEYS: stream, epoch key. ARGV: range start (`(<ms>-<seq>` exclusive or `<ms>` inclusive),
+/// stream id that must still exist (or empty), most entries to return.
+/// Returns `{epoch or false, found (1/0), last stream id or '', id1, event1, id2, event2, …}`.
+pub const READ_SCRIPT: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then return {false, 0, ''} end
+local found = 1
+if ARGV[2] ~= '' then
+  if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then found = 0 end
+end
+local last = ''
+local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #tail > 0 then last = tail[1][1] end
+local out = {epoch, found, last}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[3])) do
+  out[#out + 1] = entry[1]
+  out[#out + 1] = entry[2][2]
+end
+return out
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_order() {
+        let id = EventId::parse("k3x9-1732752000000-7").unwrap();
+        assert_eq!(id.epoch, "k3x9");
+        assert_eq!(id.position(), (1732752000000, 7));
+        assert_eq!(id.to_string(), "k3x9-1732752000000-7");
+        assert_eq!(id.stream_id(), "1732752000000-7");
+        assert!(
+            EventId::parse("k3x9-1-8").unwrap().position()
+                > EventId::parse("a-1-7").unwrap().position()
+        );
+        for bad in [
+            "", "abc", "a-1", "A-1-2", "a-1-x", "a--1-2", "-1-2", "a-1-2-3",
+        ] {
+            assert!(EventId::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn splice_and_read_back() {
+        let framed = splice_id(br#"{"type":"t","data":{"id":"x-1-1"}}"#, "ep-5-0");
+        assert_eq!(
+            &framed[..],
+            br#"{"type":"t","data":{"id":"x-1-1"},"id":"ep-5-0"}"#
+        );
+        assert_eq!(frame_id(&framed), Some(("ep", 5, 0)));
+        assert_eq!(frame_id(br#"{"type":"t","data":{"id":"x-1-1"}}"#), None);
+        assert_eq!(frame_id(br#"{"type":"t","data":"x","id":"nope"}"#), None);
+    }
+
+    #[test]
+    fn epochs_are_id_safe() {
+        let e = new_epoch();
+        assert_eq!(e.len(), 10);
+        assert!(EventId::parse(&format!("{e}-1-0")).is_some());
+    }
+}

@@ -48,7 +48,12 @@ pub async fn drain(registry: &Registry, window: Duration) -> usize {
         }
         conn.outbox.close(CloseReason::GoingAway);
     }
-    let late = registry.connections();
+    let first: std::collections::HashSet<u64> = conns.iter().map(|c| c.id).collect();
+    let late: Vec<_> = registry
+        .connections()
+        .into_iter()
+        .filter(|c| !first.contains(&c.id))
+        .collect();
     for conn in &late {
         conn.outbox.close(CloseReason::GoingAway);
     }

@@ -166,6 +166,9 @@ tokenKey: GATEWAY_TOKEN_KEY
 redisTimeout: GATEWAY_REDIS_TIMEOUT
 probeInterval: GATEWAY_PROBE_INTERVAL
 probeTimeout: GATEWAY_PROBE_TIMEOUT
+historySize: GATEWAY_HISTORY_SIZE
+historyTtl: GATEWAY_HISTORY_TTL
+maxReplay: GATEWAY_MAX_REPLAY
 {{- end }}
 
 {{/* A config value as a ConfigMap string (integers without float formatting). */}}

@@ -102,6 +102,11 @@ impl Client {
         Ok(self.ws.send(Message::text(text)).await?)
     }
 
+    /// Send a binary frame (ignored by the gateway, like text).
+    pub async fn send_binary(&mut self, data: Vec<u8>) -> Result<()> {
+        Ok(self.ws.send(Message::binary(data)).await?)
+    }
+
     /// Close politely.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

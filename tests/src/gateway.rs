@@ -75,7 +75,12 @@ impl Gateway {
     pub async fn start(options: GatewayOptions) -> Result<Gateway> {
         let mut cmd = Command::new(gateway_binary()?);
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--log-format", "json", "--log", "info,gleepost_gateway=debug"])
+            .args([
+                "--log-format",
+                "json",
+                "--log",
+                "info,gleepost_gateway=debug",
+            ])
             .env("GATEWAY_JWT_SECRET", JWT_SECRET)
             .env("GATEWAY_API_KEY", API_KEY)
             .env_remove("REDIS_URL")
@@ -106,8 +111,8 @@ impl Gateway {
                 }
             });
         }
-        let addrs = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
-            .await?;
+        let addrs =
+            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20))).await?;
         let (public, admin) = match addrs {
             Ok(addrs) => addrs,
             Err(_) => {
@@ -151,7 +156,10 @@ impl Gateway {
             &self.admin,
             "POST",
             "/v1/publish",
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             body.as_bytes(),
         )
         .await
@@ -159,7 +167,10 @@ impl Gateway {
 
     /// Publish `event` (JSON text) to `users`; fails unless 200.
     pub async fn publish(&self, users: &[u64], event: &str) -> Result<serde_json::Value> {
-        let body = format!("{{\"users\":{},\"event\":{event}}}", serde_json::to_string(users)?);
+        let body = format!(
+            "{{\"users\":{},\"event\":{event}}}",
+            serde_json::to_string(users)?
+        );
         let res = self.publish_raw(&body).await?;
         if res.status != 200 {
             bail!("publish failed: {} {}", res.status, res.body_text());
@@ -246,7 +257,12 @@ struct Claims {
 
 /// A JWT for `user` signed with [`JWT_SECRET`], valid for an hour.
 pub fn token(user: u64) -> String {
-    token_with(user, 3600, JWT_SECRET.as_bytes(), jsonwebtoken::Algorithm::HS256)
+    token_with(
+        user,
+        3600,
+        JWT_SECRET.as_bytes(),
+        jsonwebtoken::Algorithm::HS256,
+    )
 }
 
 /// A JWT with a chosen lifetime (negative = expired), secret and algorithm.

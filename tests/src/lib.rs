@@ -4,7 +4,10 @@
 pub mod client;
 pub mod gateway;
 pub mod http;
+pub mod metrics;
 pub mod redis;
+pub mod redis_mode;
+pub mod resume;
 
 pub use client::{Client, Closed, WAIT};
 pub use gateway::{token, token_with, Gateway, GatewayOptions, API_KEY, JWT_SECRET};
@@ -49,5 +52,7 @@ pub fn data_text(frame: &str) -> Option<&str> {
 
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -62,7 +62,10 @@ impl RedisServer {
 
     async fn query_info(&self) -> Result<String> {
         let mut conn = self.connection().await?;
-        Ok(redis::cmd("INFO").arg("server").query_async(&mut conn).await?)
+        Ok(redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await?)
     }
 
     /// `redis://127.0.0.1:<port>/`.

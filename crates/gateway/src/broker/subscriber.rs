@@ -67,6 +67,8 @@ enum SessionError {
     Redis(#[from] redis::RedisError),
     #[error("connect timed out")]
     ConnectTimeout,
+    #[error("subscription command timed out")]
+    CommandTimeout,
     #[error("subscription connection closed")]
     Closed,
     #[error("self-probe did not come back: subscription presumed dead")]
@@ -118,7 +120,9 @@ async fn session(
         .await
         .map_err(|_| SessionError::ConnectTimeout)??;
     let (mut sink, mut stream) = pubsub.split();
-    sink.subscribe(&shared.probe_channel).await?;
+    tokio::time::timeout(settings.timeout * 5, sink.subscribe(&shared.probe_channel))
+        .await
+        .map_err(|_| SessionError::CommandTimeout)??;
 
     // Everything wanted is (re)subscribed on a fresh connection.
     let mut current: HashSet<UserId> = HashSet::new();
@@ -191,12 +195,19 @@ async fn sync(
             .flat_map(|&u| templates.iter().map(move |t| t.render_id(u)))
             .collect()
     };
+    // A Redis that stops answering must not wedge the subscriber: time out and reconnect.
+    let limit = shared.settings.timeout * 5;
+    let timed = |_: tokio::time::error::Elapsed| SessionError::CommandTimeout;
     for chunk in add.chunks(BATCH_USERS) {
-        sink.subscribe(names(chunk).as_slice()).await?;
+        tokio::time::timeout(limit, sink.subscribe(names(chunk).as_slice()))
+            .await
+            .map_err(timed)??;
         current.extend(chunk);
     }
     for chunk in remove.chunks(BATCH_USERS) {
-        sink.unsubscribe(names(chunk).as_slice()).await?;
+        tokio::time::timeout(limit, sink.unsubscribe(names(chunk).as_slice()))
+            .await
+            .map_err(timed)??;
         for user in chunk {
             current.remove(user);
         }
@@ -269,9 +280,10 @@ fn handle_message(shared: &Shared, msg: &redis::Msg, malformed_log: &mut LogLimi
     let channel = msg.get_channel_name();
     let payload = msg.get_payload_bytes();
     if channel == shared.probe_channel {
+        // Payload: "<sent nanos>:<redis ms>" (see PROBE_SCRIPT).
         if let Some(sent) = std::str::from_utf8(payload)
             .ok()
-            .and_then(|s| s.parse::<u64>().ok())
+            .and_then(|s| s.split(':').next()?.parse::<u64>().ok())
         {
             let now = shared.now_nanos();
             metrics

@@ -1,0 +1,166 @@
+//! `POST /v1/publish` over a few keep-alive HTTP/1.1 connections (hyper client). Events for a
+//! given user always go through the same connection, one request at a time, so per-user publish
+//! order equals sequence order.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::{push_u64, Acks, EventSpec};
+use crate::cli::PublishArgs;
+use crate::stats::now_ns;
+use crate::target::{self, Target};
+
+/// Jobs queued per connection before the rate loop waits.
+const QUEUE: usize = 4096;
+
+struct Endpoint {
+    target: Target,
+    uri: Uri,
+    host: HeaderValue,
+    auth: HeaderValue,
+}
+
+/// HTTP publishing backend.
+pub(crate) struct HttpPublisher {
+    workers: Vec<mpsc::Sender<(u32, u64)>>,
+}
+
+impl HttpPublisher {
+    /// Validates the endpoint, opens the connections and starts one worker per connection.
+    pub(crate) async fn connect(
+        args: &PublishArgs,
+        spec: EventSpec,
+        first_user: u64,
+        acks: Arc<Acks>,
+    ) -> Result<Self> {
+        let Some(key) = &args.api_key else {
+            bail!("--publish http needs --api-key (or GATEWAY_API_KEY)");
+        };
+        let target = target::parse(&args.admin_url, "http", 80)?;
+        let base = target.path.trim_end_matches('/');
+        let ep = Arc::new(Endpoint {
+            uri: format!("{base}/v1/publish")
+                .parse()
+                .context("admin URL path")?,
+            host: HeaderValue::from_str(&target.host_header).context("admin URL host")?,
+            auth: HeaderValue::from_str(&format!("Bearer {key}")).context("API key")?,
+            target,
+        });
+        let spec = Arc::new(spec);
+        let mut workers = Vec::new();
+        for _ in 0..args.http_connections.max(1) {
+            let sender = open(&ep)
+                .await
+                .with_context(|| format!("connecting to the admin API at {}", ep.target.addr))?;
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(worker(
+                ep.clone(),
+                sender,
+                rx,
+                acks.clone(),
+                spec.clone(),
+                first_user,
+            ));
+            workers.push(tx);
+        }
+        Ok(HttpPublisher { workers })
+    }
+
+    /// Queues a batch (waits when a connection's queue is full).
+    pub(crate) async fn send(&mut self, batch: &[(u32, u64)]) -> Result<()> {
+        let k = self.workers.len();
+        for &job in batch {
+            self.workers[job.0 as usize % k]
+                .send(job)
+                .await
+                .context("HTTP publish worker stopped")?;
+        }
+        Ok(())
+    }
+}
+
+async fn open(ep: &Endpoint) -> Result<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(ep.target.addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+async fn worker(
+    ep: Arc<Endpoint>,
+    sender: SendRequest<Full<Bytes>>,
+    mut rx: mpsc::Receiver<(u32, u64)>,
+    acks: Arc<Acks>,
+    spec: Arc<EventSpec>,
+    first_user: u64,
+) {
+    let mut sender = Some(sender);
+    let mut body = Vec::with_capacity(1024);
+    while let Some((ui, seq)) = rx.recv().await {
+        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+            match open(&ep).await {
+                Ok(s) => sender = Some(s),
+                Err(e) => {
+                    acks.error(|| format!("connecting to the admin API: {e:#}"));
+                    sender = None;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = sender.as_mut() else { continue };
+        let user = first_user + u64::from(ui);
+        body.clear();
+        body.extend_from_slice(b"{\"users\":[");
+        push_u64(&mut body, user);
+        body.extend_from_slice(b"],\"event\":");
+        spec.write_event(&mut body, seq, now_ns(), user);
+        body.push(b'}');
+        match publish_one(&ep, s, &body).await {
+            Ok(()) => {
+                acks.ok(1);
+                acks.accepted(ui);
+            }
+            Err(e) => {
+                acks.error(|| format!("{e:#}"));
+                if s.is_closed() {
+                    sender = None;
+                }
+            }
+        }
+    }
+}
+
+async fn publish_one(ep: &Endpoint, s: &mut SendRequest<Full<Bytes>>, body: &[u8]) -> Result<()> {
+    let mut req = Request::new(Full::new(Bytes::copy_from_slice(body)));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = ep.uri.clone();
+    let h = req.headers_mut();
+    h.insert(HOST, ep.host.clone());
+    h.insert(AUTHORIZATION, ep.auth.clone());
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    s.ready().await.context("admin API connection")?;
+    let resp = s.send_request(req).await.context("publish request")?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .context("publish response")?;
+    if status != StatusCode::OK {
+        let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+        bail!("publish API answered {status}: {}", text.trim());
+    }
+    Ok(())
+}

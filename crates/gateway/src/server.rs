@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use gleepost_event::keys::Template;
 use gleepost_event::Limits;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -132,8 +132,8 @@ pub async fn run(config: Config) -> Result<()> {
         },
     );
 
-    let public = bind(config.listen, "public").await?;
-    let admin = bind(config.admin_listen, "admin").await?;
+    let public = bind(config.listen, "public")?;
+    let admin = bind(config.admin_listen, "admin")?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     tracing::info!(public = %public_addr, admin = %admin_addr, redis = config.redis_url.is_some(), "listening");
@@ -190,10 +190,22 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {what} listener to {addr}"))
+/// Listen backlog: large enough that a reconnect storm queues in the kernel instead of
+/// overflowing (the default of 128 made clients retry after 1 s under bursts).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    let bound = (|| {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    })();
+    bound.with_context(|| format!("binding the {what} listener to {addr}"))
 }
 
 /// Small buffers keep idle connections cheap; client messages are bounded.

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod redis;
 pub mod redis_mode;
 pub mod resume;
+pub mod stream;
 
 pub use client::{Client, Closed, WAIT};
 pub use gateway::{token, token_with, Gateway, GatewayOptions, API_KEY, JWT_SECRET};

@@ -90,6 +90,7 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     wake: Notify,
+    overflow: Notify,
     limits: QueueLimits,
 }
 
@@ -99,6 +100,7 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            overflow: Notify::new(),
             limits,
         }
     }
@@ -122,6 +124,7 @@ impl Outbox {
             st.bytes = 0;
             drop(st);
             self.wake.notify_one();
+            self.overflow.notify_one();
             return Err(PushError::Overflow);
         }
         st.bytes += len;
@@ -161,6 +164,12 @@ impl Outbox {
     /// Wait until something was pushed or a close was requested.
     pub async fn ready(&self) {
         self.wake.notified().await
+    }
+
+    /// Wait until the queue overflowed (the socket writer may be stuck on a client that stopped
+    /// reading: it must give up rather than wait for the socket).
+    pub async fn overflowed(&self) {
+        self.overflow.notified().await
     }
 }
 

@@ -211,8 +211,10 @@ fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 /// Small buffers keep idle connections cheap; client messages are bounded.
 fn websocket_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        // Client data is tiny (pongs): a small read buffer, grown only for larger frames.
+        .read_buffer_size(512)
+        // Frames of one batch accumulate up to this size before a write; flush sends the rest.
+        .write_buffer_size(16 * 1024)
         .max_message_size(Some(config.max_client_frame))
         .max_frame_size(Some(config.max_client_frame))
 }

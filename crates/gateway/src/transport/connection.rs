@@ -152,8 +152,15 @@ async fn session(
                     batch.clear();
                     return close(ws, CloseReason::SlowConsumer).await;
                 }
-                if let Err(end) = write_batch(&mut ws, &mut batch, &mut dedup, node).await {
-                    return end;
+                let written = tokio::select! {
+                    written = write_batch(&mut ws, &mut batch, &mut dedup, node) => written,
+                    // The client stopped reading and its queue overflowed meanwhile.
+                    _ = conn.outbox.overflowed() => Err(End::Closed(CloseReason::SlowConsumer)),
+                };
+                match written {
+                    Ok(()) => {}
+                    Err(End::Closed(reason)) => return close(ws, reason).await,
+                    Err(end) => return end,
                 }
                 if let Some(reason) = closing {
                     return close(ws, reason).await;
@@ -259,15 +266,16 @@ async fn close(mut ws: Socket, reason: CloseReason) -> End {
         code: CloseCode::from(reason.code()),
         reason: reason.text().into(),
     };
-    if ws.send(Message::Close(Some(frame))).await.is_ok() {
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+    // Bounded: a client that stopped reading may never take the close frame.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if ws.send(Message::Close(Some(frame))).await.is_ok() {
             while let Some(Ok(msg)) = ws.next().await {
                 if msg.is_close() {
                     break;
                 }
             }
-        })
-        .await;
-    }
+        }
+    })
+    .await;
     End::Closed(reason)
 }

@@ -1,0 +1,200 @@
+//! Redis failures (issue 3): a node whose subscription is down — Redis killed and restarted, the
+//! pub/sub connection killed, or Redis frozen with its TCP connections still up — reports
+//! unready, reconnects with backoff, resubscribes every connected user, becomes ready again and
+//! delivers to the same WebSocket connections, which never had to reconnect.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use gleepost_tests::redis_mode::{
+    ensure_same_event, eventually, user_channels, user_channels_subscribed,
+};
+use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
+
+const READY: Duration = Duration::from_secs(30);
+const RECONNECTS: &str = "gleepost_gateway_broker_reconnects_total";
+const OPENED: &str = "gleepost_gateway_connections_opened_total";
+
+/// A node that probes every 100 ms and is unready when no probe came back for 500 ms.
+async fn node(redis: &RedisServer) -> Result<Gateway> {
+    let gw = Gateway::start(GatewayOptions::redis(redis.url()).arg(&[
+        "--probe-interval",
+        "100ms",
+        "--probe-timeout",
+        "500ms",
+        "--redis-timeout",
+        "300ms",
+    ]))
+    .await?;
+    gw.wait_ready(true, READY).await?;
+    Ok(gw)
+}
+
+/// The client's next event is `event`; `resync` control frames before it (history lost with
+/// the old Redis) are allowed, anything else is not.
+async fn next_is(client: &mut Client, event: &str, who: &str) -> Result<()> {
+    loop {
+        let frame = client.next_text().await.context(who.to_string())?;
+        let value: serde_json::Value = serde_json::from_str(&frame)?;
+        if value["type"] == "resync" {
+            continue;
+        }
+        return ensure_same_event(&frame, event).with_context(|| who.to_string());
+    }
+}
+
+fn event(label: &str) -> String {
+    format!(r#"{{"type":"message","location":"/conversations/1","data":{{"label":"{label}"}}}}"#)
+}
+
+/// Users 9 (on both nodes) and 10 (on node B) — the clients of the fault scenarios.
+struct Clients {
+    nine_a: Client,
+    nine_b: Client,
+    ten_b: Client,
+}
+
+impl Clients {
+    async fn connect(a: &Gateway, b: &Gateway) -> Result<Clients> {
+        Ok(Clients {
+            nine_a: a.connect(9).await?,
+            nine_b: b.connect(9).await?,
+            ten_b: b.connect(10).await?,
+        })
+    }
+
+    /// Publish through node A's API and check that every client gets it.
+    async fn all_receive(&mut self, a: &Gateway, label: &str) -> Result<()> {
+        let event = event(label);
+        a.publish(&[9, 10], &event).await?;
+        next_is(&mut self.nine_a, &event, "user 9 on node A").await?;
+        next_is(&mut self.nine_b, &event, "user 9 on node B").await?;
+        next_is(&mut self.ten_b, &event, "user 10 on node B").await?;
+        Ok(())
+    }
+}
+
+async fn metrics(a: &Gateway, b: &Gateway, name: &str) -> Result<[f64; 2]> {
+    Ok([a.metric(name).await?, b.metric(name).await?])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_restart_makes_nodes_unready_then_ready_and_delivery_resumes_without_reconnecting(
+) -> Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let (a, b) = (node(&redis).await?, node(&redis).await?);
+    let mut clients = Clients::connect(&a, &b).await?;
+    clients.all_receive(&a, "before").await?;
+    let reconnects = metrics(&a, &b, RECONNECTS).await?;
+    let opened = metrics(&a, &b, OPENED).await?;
+
+    redis.kill();
+    a.wait_ready(false, READY)
+        .await
+        .context("node A with Redis down")?;
+    b.wait_ready(false, READY)
+        .await
+        .context("node B with Redis down")?;
+    redis.restart().await?; // same port, empty: every subscription must be re-made
+    a.wait_ready(true, READY)
+        .await
+        .context("node A after restart")?;
+    b.wait_ready(true, READY)
+        .await
+        .context("node B after restart")?;
+
+    let subscribed = user_channels_subscribed(&redis).await?;
+    let expected = user_channels(9)
+        .into_iter()
+        .chain(user_channels(10))
+        .collect();
+    ensure!(
+        subscribed == expected,
+        "resubscribed channels: {subscribed:?}"
+    );
+    clients.all_receive(&a, "after restart").await?;
+
+    let now = metrics(&a, &b, RECONNECTS).await?;
+    ensure!(
+        now[0] > reconnects[0] && now[1] > reconnects[1],
+        "{RECONNECTS} did not increase: {reconnects:?} → {now:?}"
+    );
+    let now = metrics(&a, &b, OPENED).await?;
+    ensure!(
+        now == opened,
+        "clients reconnected: {OPENED} {opened:?} → {now:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_subscription_connections_are_reestablished_with_every_channel() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let (a, b) = (node(&redis).await?, node(&redis).await?);
+    let mut clients = Clients::connect(&a, &b).await?;
+    let reconnects = metrics(&a, &b, RECONNECTS).await?;
+
+    let killed: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
+    ensure!(
+        killed == 2,
+        "expected one pub/sub connection per node, killed {killed}"
+    );
+    eventually(READY, "both nodes reconnected", || async {
+        let now = metrics(&a, &b, RECONNECTS).await?;
+        ensure!(
+            now[0] > reconnects[0] && now[1] > reconnects[1],
+            "{RECONNECTS}: {reconnects:?} → {now:?}"
+        );
+        Ok(())
+    })
+    .await?;
+    a.wait_ready(true, READY).await?;
+    b.wait_ready(true, READY).await?;
+    clients.all_receive(&a, "after kill").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_redis_is_detected_by_the_probe_and_delivery_resumes_after_thaw() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let (a, b) = (node(&redis).await?, node(&redis).await?);
+    let mut clients = Clients::connect(&a, &b).await?;
+    let reconnects = metrics(&a, &b, RECONNECTS).await?;
+
+    // TCP connections stay up, nothing arrives: only the self-probe can tell. Both nodes turn
+    // unready and give up their (silent) subscription while Redis is still frozen.
+    redis.signal(libc::SIGSTOP);
+    let frozen = async {
+        a.wait_ready(false, READY)
+            .await
+            .context("node A, Redis frozen")?;
+        b.wait_ready(false, READY)
+            .await
+            .context("node B, Redis frozen")?;
+        eventually(
+            READY,
+            "both nodes replace the dead subscription",
+            || async {
+                let now = metrics(&a, &b, RECONNECTS).await?;
+                ensure!(
+                    now[0] > reconnects[0] && now[1] > reconnects[1],
+                    "{RECONNECTS}: {reconnects:?} → {now:?}"
+                );
+                Ok(())
+            },
+        )
+        .await
+    }
+    .await;
+    redis.signal(libc::SIGCONT);
+    frozen?;
+
+    a.wait_ready(true, READY)
+        .await
+        .context("node A after thaw")?;
+    b.wait_ready(true, READY)
+        .await
+        .context("node B after thaw")?;
+    clients.all_receive(&a, "after thaw").await?;
+    Ok(())
+}

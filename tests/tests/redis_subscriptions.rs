@@ -1,0 +1,271 @@
+//! The shared Redis subscription of each node (issue 3): a fixed handful of Redis connections per
+//! node whatever the client count, per-user channels subscribed while the user has a connection on
+//! the node and unsubscribed after its last one (also under connect/disconnect races), and the
+//! broker metrics that show it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use futures_util::{StreamExt, TryStreamExt};
+use gleepost_tests::redis_mode::{
+    client_list, ensure_same_event, eventually, node_redis_clients, numsub,
+    probe_channels_subscribed, user_channels, user_channels_subscribed,
+};
+use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const READY: Duration = Duration::from_secs(15);
+/// Bound for asynchronous effects (unsubscribe after a disconnect, gauges) to show.
+const SETTLE: Duration = Duration::from_secs(15);
+const EVENT: &str = r#"{"type":"post","location":"/posts/5","data":{"id":5,"text":"fan-out"}}"#;
+const CHANNELS: &str = "gleepost_gateway_broker_subscribed_channels";
+
+async fn two_nodes(redis: &RedisServer) -> Result<(Gateway, Gateway)> {
+    let options = GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms"]);
+    let a = Gateway::start(options.clone()).await.context("node A")?;
+    let b = Gateway::start(options).await.context("node B")?;
+    a.wait_ready(true, READY).await.context("node A")?;
+    b.wait_ready(true, READY).await.context("node B")?;
+    Ok((a, b))
+}
+
+/// Wait until the node's subscribed-channels gauge equals `want`.
+async fn channels_gauge_reaches(gw: &Gateway, want: f64) -> Result<()> {
+    eventually(SETTLE, "subscribed channels gauge", || async {
+        let got = gw.metric(CHANNELS).await?;
+        ensure!(got == want, "{CHANNELS} = {got}, expected {want}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousand_clients_over_two_nodes_use_at_most_four_redis_connections_per_node() -> Result<()>
+{
+    let redis = RedisServer::start().await?;
+    let (a, b) = two_nodes(&redis).await?;
+    let idle = [
+        node_redis_clients(&redis, &a).await?.len(),
+        node_redis_clients(&redis, &b).await?.len(),
+    ];
+
+    // 500 users, each connected once to each node: 1,000 WebSocket clients.
+    const USERS: u64 = 500;
+    let nodes = [&a, &b];
+    let mut clients: Vec<(u64, Client)> =
+        futures_util::stream::iter((1..=USERS).flat_map(|u| [(u, 0), (u, 1)]))
+            .map(|(user, node)| async move {
+                let client = nodes[node]
+                    .connect(user)
+                    .await
+                    .with_context(|| format!("user {user} on node {node}"))?;
+                anyhow::Ok((user, client))
+            })
+            .buffer_unordered(64)
+            .try_collect()
+            .await?;
+    ensure!(clients.len() == 1_000);
+
+    for (name, gw, idle) in [("A", &a, idle[0]), ("B", &b, idle[1])] {
+        let conns = node_redis_clients(&redis, gw).await?;
+        let lines: Vec<&str> = conns.iter().map(|c| c.line.as_str()).collect();
+        ensure!(
+            (1..=4).contains(&conns.len()),
+            "node {name} holds {} Redis connections with 500 users connected (idle: {idle}):\n{}",
+            conns.len(),
+            lines.join("\n")
+        );
+        // All of the node's 1,000 channels are on one pub/sub connection.
+        ensure!(
+            conns.iter().any(|c| c.sub == 2 * USERS + 1),
+            "no connection of node {name} carries the 1,001 channels:\n{}",
+            lines.join("\n")
+        );
+        channels_gauge_reaches(gw, (2 * USERS + 1) as f64).await?;
+    }
+    let others = client_list(&redis).await?;
+    ensure!(
+        others.len() <= 8,
+        "{} Redis connections for two nodes: {others:#?}",
+        others.len()
+    );
+
+    // One publish to every user through node A reaches all 1,000 clients.
+    let users: Vec<u64> = (1..=USERS).collect();
+    a.publish(&users, EVENT).await?;
+    futures_util::future::try_join_all(clients.iter_mut().map(|(user, client)| async move {
+        let frame = client
+            .next_text()
+            .await
+            .with_context(|| format!("a client of user {user}"))?;
+        ensure_same_event(&frame, EVENT)
+    }))
+    .await?;
+    Ok(())
+}
+
+/// What one churn task did: the clients it still holds, as (node, user, client).
+type Held = Vec<(usize, u64, Client)>;
+
+/// Connect and disconnect random users of `pool` on random nodes, `ops` times.
+async fn churn(urls: [String; 2], pool: u64, ops: usize, seed: u64) -> Result<Held> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut held: Held = Vec::new();
+    for _ in 0..ops {
+        let roll: f64 = rng.random();
+        let (node, user) = (rng.random_range(0..2usize), rng.random_range(1..=pool));
+        let url = format!(
+            "{}?access_token={}",
+            urls[node],
+            gleepost_tests::token(user)
+        );
+        if roll < 0.10 {
+            // A connection abandoned in the middle of its handshake (a race with the broker's
+            // subscription confirmation); completed or not, it ends disconnected.
+            let cut = Duration::from_micros(rng.random_range(0..3_000));
+            let _ = tokio::time::timeout(cut, Client::connect(&url)).await;
+        } else if roll < 0.55 || held.is_empty() {
+            held.push((node, user, Client::connect(&url).await?));
+        } else {
+            let (_, _, client) = held.swap_remove(rng.random_range(0..held.len()));
+            if rng.random_bool(0.5) {
+                client.close().await; // close handshake
+            } else {
+                drop(client); // TCP connection just dropped
+            }
+        }
+    }
+    Ok(held)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interleaved_connects_and_disconnects_leave_exactly_the_connected_users_subscribed(
+) -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let (a, b) = two_nodes(&redis).await?;
+    let nodes = [&a, &b];
+    const POOL: u64 = 40;
+    const TASKS: u64 = 20;
+    const OPS: usize = 25; // 20 tasks × 25 = 500 connects/disconnects
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|seed| tokio::spawn(churn([a.ws_base(), b.ws_base()], POOL, OPS, seed)))
+        .collect();
+    let mut held: Held = Vec::new();
+    for task in tasks {
+        held.extend(task.await??);
+    }
+
+    // Who is still connected where.
+    let mut on_node: [BTreeSet<u64>; 2] = Default::default();
+    for (node, user, _) in &held {
+        on_node[*node].insert(*user);
+    }
+    let connected: BTreeSet<u64> = on_node[0].union(&on_node[1]).copied().collect();
+    ensure!(
+        !connected.is_empty() && connected.len() < POOL as usize,
+        "the churn should leave some, not all, users connected: {connected:?}"
+    );
+    let expected: BTreeSet<String> = connected.iter().flat_map(|&u| user_channels(u)).collect();
+
+    // Unsubscribing follows a disconnect asynchronously: wait (bounded) for Redis to agree.
+    eventually(
+        SETTLE,
+        "PUBSUB CHANNELS = connected users' channels",
+        || async {
+            let got = user_channels_subscribed(&redis).await?;
+            if got != expected {
+                let leaked: Vec<_> = got.difference(&expected).collect();
+                let missing: Vec<_> = expected.difference(&got).collect();
+                bail!("leaked subscriptions {leaked:?}, missing subscriptions {missing:?}");
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    // Per node, not just overall: each channel has one subscriber per node holding its user.
+    let pool_channels: Vec<String> = (1..=POOL).flat_map(user_channels).collect();
+    let want: BTreeMap<String, i64> = (1..=POOL)
+        .flat_map(|u| {
+            let n = on_node.iter().filter(|s| s.contains(&u)).count() as i64;
+            user_channels(u).map(|c| (c, n))
+        })
+        .collect();
+    let got: BTreeMap<String, i64> = numsub(&redis, &pool_channels).await?.into_iter().collect();
+    ensure!(
+        got == want,
+        "PUBSUB NUMSUB per channel:\n got  {got:?}\n want {want:?}"
+    );
+    let probes = probe_channels_subscribed(&redis).await?;
+    ensure!(probes.len() == 2, "probe channels: {probes:?}");
+    for (node, gw) in nodes.iter().enumerate() {
+        channels_gauge_reaches(gw, (2 * on_node[node].len() + 1) as f64).await?;
+    }
+
+    // Every client still connected still receives.
+    let users: Vec<u64> = connected.iter().copied().collect();
+    a.publish(&users, EVENT).await?;
+    futures_util::future::try_join_all(held.iter_mut().map(|(node, user, client)| async move {
+        let frame = client
+            .next_text()
+            .await
+            .with_context(|| format!("client of user {user} on node {node}"))?;
+        ensure_same_event(&frame, EVENT)
+    }))
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_metrics_count_channels_messages_and_probe_round_trips() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let gw = Gateway::start(GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms"]))
+        .await?;
+    gw.wait_ready(true, READY).await?;
+
+    // Ready means a probe came back: its round trip was measured.
+    let rtt = gw
+        .metric("gleepost_gateway_broker_probe_rtt_seconds_count")
+        .await?;
+    ensure!(rtt > 0.0, "no probe round trip recorded while ready");
+    channels_gauge_reaches(&gw, 1.0).await?; // the probe channel alone
+
+    // Users 9 (twice), 10 and 11: 3 users × 2 channels + the probe channel.
+    let mut clients: HashMap<&str, Client> = HashMap::new();
+    for (name, user) in [("9a", 9), ("9b", 9), ("10", 10), ("11", 11)] {
+        clients.insert(name, gw.connect(user).await?);
+    }
+    channels_gauge_reaches(&gw, 7.0).await?;
+
+    let received = "gleepost_gateway_broker_messages_received_total";
+    let before = gw.metric(received).await?;
+    redis.publish("c:10", EVENT.as_bytes()).await?;
+    let frame = clients
+        .get_mut("10")
+        .context("client 10")?
+        .next_text()
+        .await?;
+    ensure!(frame == EVENT, "unexpected frame {frame}");
+    let after = gw.metric(received).await?;
+    ensure!(
+        after > before,
+        "{received} did not move: {before} → {after}"
+    );
+
+    // One of user 9's two connections leaving keeps its channels; user 11 leaving drops them.
+    for name in ["9a", "11"] {
+        clients.remove(name).context(name)?.close().await;
+    }
+    channels_gauge_reaches(&gw, 5.0).await?;
+    for (_, client) in clients.drain() {
+        client.close().await;
+    }
+    channels_gauge_reaches(&gw, 1.0).await?;
+    ensure!(
+        user_channels_subscribed(&redis).await?.is_empty(),
+        "channels left subscribed after every client left"
+    );
+    Ok(())
+}

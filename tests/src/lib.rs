@@ -4,6 +4,7 @@
 pub mod client;
 pub mod gateway;
 pub mod http;
+pub mod loadgen;
 pub mod metrics;
 pub mod redis;
 pub mod redis_mode;

@@ -217,9 +217,9 @@ impl RawClient {
                 while let Some((opcode, payload, used)) = parse_ws_frame(&self.buf)? {
                     self.buf.drain(..used);
                     match opcode {
-                        0x1 => out.texts.push(
-                            String::from_utf8(payload).context("text frame is not UTF-8")?,
-                        ),
+                        0x1 => out
+                            .texts
+                            .push(String::from_utf8(payload).context("text frame is not UTF-8")?),
                         0x8 => {
                             out.close_code = (payload.len() >= 2)
                                 .then(|| u16::from_be_bytes([payload[0], payload[1]]));
@@ -261,5 +261,9 @@ fn parse_ws_frame(buf: &[u8]) -> Result<Option<(u8, Vec<u8>, usize)>> {
     if buf.len() < header + len {
         return Ok(None);
     }
-    Ok(Some((opcode, buf[header..header + len].to_vec(), header + len)))
+    Ok(Some((
+        opcode,
+        buf[header..header + len].to_vec(),
+        header + len,
+    )))
 }

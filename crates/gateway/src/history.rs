@@ -124,6 +124,27 @@ impl RedisHistory {
         read.replay_after(&id.epoch, self.max_replay)
     }
 
+    /// Events of each user after the id last delivered to it, for gap repair: the same rules
+    /// as a resume (`resync` when trimmed past it, epoch changed, or too many), but read
+    /// errors fail the repair instead of becoming `unavailable`.
+    pub async fn since_ids(
+        &self,
+        users: &[(UserId, EventId)],
+    ) -> Result<Vec<(UserId, Replay)>, ReadError> {
+        let mut out = Vec::with_capacity(users.len());
+        for chunk in users.chunks(256) {
+            let reads = futures_util::future::join_all(chunk.iter().map(|(u, id)| {
+                let sid = id.stream_id();
+                async move { self.read(*u, &format!("({sid}"), &sid).await }
+            }))
+            .await;
+            for ((user, id), read) in chunk.iter().zip(reads) {
+                out.push((*user, read?.replay_after(&id.epoch, self.max_replay)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Events of each user from stream time `ms` on (inclusive), for gap repair.
     pub async fn since_ms(
         &self,

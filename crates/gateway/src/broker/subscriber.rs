@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use gleepost_event::check_broker_payload;
 use gleepost_event::history::frame_id;
+use gleepost_event::EventId;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -43,6 +44,10 @@ struct Wanted {
     waiters: HashMap<UserId, Vec<watch::Sender<bool>>>,
     /// Users whose wanted state changed since the last sync.
     dirty: HashSet<UserId>,
+    /// Id of the last event delivered to each subscribed user through the subscription: gap
+    /// repair resumes each user from there, so a trimmed or reset history gives a `resync`
+    /// instead of a silent gap.
+    delivered: HashMap<UserId, EventId>,
 }
 
 impl Wanted {
@@ -55,6 +60,7 @@ impl Wanted {
             }
             SubCommand::Unsubscribe(user) => {
                 self.users.remove(&user);
+                self.delivered.remove(&user);
                 self.dirty.insert(user);
             }
         }
@@ -134,7 +140,7 @@ async fn session(
     if reconnect {
         // Messages arriving from now on wait in the subscription's buffer until the repair is
         // queued, so every connection sees history first, then live (duplicates filtered).
-        repair(shared, &current).await?;
+        repair(shared, &current, &mut wanted.delivered).await?;
     }
     shared.subscribed.store(true, Ordering::Release);
     let connected = Instant::now();
@@ -160,7 +166,7 @@ async fn session(
             }
             msg = stream.next() => {
                 let Some(msg) = msg else { return Err(SessionError::Closed) };
-                handle_message(shared, &msg, &mut malformed_log);
+                handle_message(shared, &msg, &mut malformed_log, wanted);
             }
             _ = check.tick() => {
                 if connected.elapsed() > settings.probe_timeout && !shared.probe_fresh() {
@@ -232,21 +238,45 @@ async fn sync(
 }
 
 /// After a reconnect, queue for every connected user the events published while the
-/// subscription was down: history from the newest Redis time known delivered.
-async fn repair(shared: &Shared, users: &HashSet<UserId>) -> Result<(), SessionError> {
+/// subscription was down: history after the last event delivered to the user (exact resume
+/// semantics, `resync` when that cannot be proved), or, for users that got no event yet, from
+/// the newest Redis time known delivered (events and probes).
+async fn repair(
+    shared: &Shared,
+    users: &HashSet<UserId>,
+    delivered: &mut HashMap<UserId, EventId>,
+) -> Result<(), SessionError> {
     let Some(history) = &shared.history else {
         return Ok(());
     };
     let from = shared.delivered_ms.load(Ordering::Acquire);
+    let (known, fresh): (Vec<UserId>, Vec<UserId>) =
+        users.iter().partition(|u| delivered.contains_key(u));
+    let known: Vec<(UserId, EventId)> = known
+        .into_iter()
+        .filter_map(|u| Some((u, delivered.get(&u)?.clone())))
+        .collect();
+    let mut replays = history.since_ids(&known).await?;
     if from == 0 {
         tracing::warn!("nothing was delivered before the outage: no gap repair point");
-        return Ok(());
+    } else {
+        replays.extend(history.since_ms(&fresh, from).await?);
     }
-    let users: Vec<UserId> = users.iter().copied().collect();
-    let replays = history.since_ms(&users, from).await?;
     let entered = Instant::now();
     let (mut events, mut resyncs) = (0usize, 0usize);
     for (user, replay) in replays {
+        // What the user's connections have after this repair: the next repair starts there.
+        let last = match &replay {
+            Replay::Events(frames) => frames.last().and_then(|t| {
+                let (epoch, ms, seq) = frame_id(t.as_bytes())?;
+                let epoch = epoch.to_string();
+                Some(EventId { epoch, ms, seq })
+            }),
+            Replay::Resync { latest, .. } => latest.as_deref().and_then(EventId::parse),
+        };
+        if let Some(last) = last {
+            delivered.insert(user, last);
+        }
         match replay {
             Replay::Events(frames) => {
                 events += frames.len();
@@ -274,7 +304,12 @@ async fn repair(shared: &Shared, users: &HashSet<UserId>) -> Result<(), SessionE
     Ok(())
 }
 
-fn handle_message(shared: &Shared, msg: &redis::Msg, malformed_log: &mut LogLimiter) {
+fn handle_message(
+    shared: &Shared,
+    msg: &redis::Msg,
+    malformed_log: &mut LogLimiter,
+    wanted: &mut Wanted,
+) {
     let metrics = shared.dispatcher.metrics();
     metrics.broker_messages.inc();
     let channel = msg.get_channel_name();
@@ -291,6 +326,13 @@ fn handle_message(shared: &Shared, msg: &redis::Msg, malformed_log: &mut LogLimi
                 .observe(now.saturating_sub(sent) as f64 / 1e9);
             shared.last_probe_back.store(now, Ordering::Release);
         }
+        // Everything published before the probe was delivered before it: a repair point.
+        if let Some(ms) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.split(':').nth(1)?.parse::<u64>().ok())
+        {
+            shared.delivered_ms.fetch_max(ms, Ordering::AcqRel);
+        }
         return;
     }
     let Some(user) = shared
@@ -306,8 +348,17 @@ fn handle_message(shared: &Shared, msg: &redis::Msg, malformed_log: &mut LogLimi
     let reason = match check_broker_payload(payload, &shared.settings.limits) {
         Ok(()) => match Utf8Bytes::try_from(Bytes::copy_from_slice(payload)) {
             Ok(text) => {
-                if let Some((_, ms, _)) = frame_id(payload) {
+                if let Some((epoch, ms, seq)) = frame_id(payload) {
                     shared.delivered_ms.fetch_max(ms, Ordering::AcqRel);
+                    match wanted.delivered.get_mut(&user) {
+                        Some(last) if last.epoch == epoch => (last.ms, last.seq) = (ms, seq),
+                        // Only users still wanted (entries leave with the user).
+                        _ if wanted.users.contains(&user) => {
+                            let epoch = epoch.to_string();
+                            wanted.delivered.insert(user, EventId { epoch, ms, seq });
+                        }
+                        _ => {}
+                    }
                 }
                 shared.dispatcher.dispatch(user, text, entered);
                 return;

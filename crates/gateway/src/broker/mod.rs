@@ -6,7 +6,9 @@
 //! Either way an event is encoded once per publish and the same bytes reach every recipient.
 
 mod memory;
+mod probe;
 mod redis;
+mod repair;
 mod subscriber;
 
 use std::sync::Arc;

@@ -13,6 +13,7 @@ use gleepost_event::{HistoryConfig, Limits, Publisher};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, watch};
 
+use super::probe;
 use super::subscriber::{self, SubCommand};
 use super::{BrokerError, Dispatcher};
 use crate::history::{RedisHistory, Replay};
@@ -131,7 +132,7 @@ impl RedisBroker {
         });
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         tokio::spawn(subscriber::run(shared.clone(), commands_rx));
-        tokio::spawn(subscriber::probe(Arc::downgrade(&shared)));
+        tokio::spawn(probe::run(Arc::downgrade(&shared)));
         Ok(RedisBroker {
             shared,
             commands_tx,

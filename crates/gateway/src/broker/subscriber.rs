@@ -1,5 +1,5 @@
 //! The node's shared Redis pub/sub connection: per-user channel subscriptions, the message
-//! reader, reconnection, and the self-probe that proves delivery end to end.
+//! reader and reconnection (gap repair after a reconnect: `repair.rs`; the self-probe: `probe.rs`).
 //!
 //! Subscribe/unsubscribe requests arrive in registry order on one queue. The task applies every
 //! request waiting in the queue at once (so a connection storm becomes a few large SUBSCRIBE
@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::redis::Shared;
-use crate::history::{resync_frame, ReadError, Replay};
-use crate::outbox::Frame;
+use super::{probe, repair};
+use crate::history::ReadError;
 use crate::registry::UserId;
 
 /// Users per SUBSCRIBE/UNSUBSCRIBE command.
@@ -140,7 +140,7 @@ async fn session(
     if reconnect {
         // Messages arriving from now on wait in the subscription's buffer until the repair is
         // queued, so every connection sees history first, then live (duplicates filtered).
-        repair(shared, &current, &mut wanted.delivered).await?;
+        repair::repair(shared, &current, &mut wanted.delivered).await?;
     }
     shared.subscribed.store(true, Ordering::Release);
     let connected = Instant::now();
@@ -237,73 +237,6 @@ async fn sync(
     Ok(())
 }
 
-/// After a reconnect, queue for every connected user the events published while the
-/// subscription was down: history after the last event delivered to the user (exact resume
-/// semantics, `resync` when that cannot be proved), or, for users that got no event yet, from
-/// the newest Redis time known delivered (events and probes).
-async fn repair(
-    shared: &Shared,
-    users: &HashSet<UserId>,
-    delivered: &mut HashMap<UserId, EventId>,
-) -> Result<(), SessionError> {
-    let Some(history) = &shared.history else {
-        return Ok(());
-    };
-    let from = shared.delivered_ms.load(Ordering::Acquire);
-    let (known, fresh): (Vec<UserId>, Vec<UserId>) =
-        users.iter().partition(|u| delivered.contains_key(u));
-    let known: Vec<(UserId, EventId)> = known
-        .into_iter()
-        .filter_map(|u| Some((u, delivered.get(&u)?.clone())))
-        .collect();
-    let mut replays = history.since_ids(&known).await?;
-    if from == 0 {
-        tracing::warn!("nothing was delivered before the outage: no gap repair point");
-    } else {
-        replays.extend(history.since_ms(&fresh, from).await?);
-    }
-    let entered = Instant::now();
-    let (mut events, mut resyncs) = (0usize, 0usize);
-    for (user, replay) in replays {
-        // What the user's connections have after this repair: the next repair starts there.
-        let last = match &replay {
-            Replay::Events(frames) => frames.last().and_then(|t| {
-                let (epoch, ms, seq) = frame_id(t.as_bytes())?;
-                let epoch = epoch.to_string();
-                Some(EventId { epoch, ms, seq })
-            }),
-            Replay::Resync { latest, .. } => latest.as_deref().and_then(EventId::parse),
-        };
-        if let Some(last) = last {
-            delivered.insert(user, last);
-        }
-        match replay {
-            Replay::Events(frames) => {
-                events += frames.len();
-                for text in frames {
-                    shared.dispatcher.dispatch(user, text, entered);
-                }
-            }
-            Replay::Resync { reason, latest } => {
-                resyncs += 1;
-                let frame = Frame {
-                    text: resync_frame(reason, latest.as_deref()),
-                    entered,
-                };
-                shared.dispatcher.dispatch_frame(user, &frame);
-            }
-        }
-    }
-    tracing::info!(
-        users = users.len(),
-        from_ms = from,
-        events,
-        resyncs,
-        "gap repair queued"
-    );
-    Ok(())
-}
-
 fn handle_message(
     shared: &Shared,
     msg: &redis::Msg,
@@ -315,24 +248,7 @@ fn handle_message(
     let channel = msg.get_channel_name();
     let payload = msg.get_payload_bytes();
     if channel == shared.probe_channel {
-        // Payload: "<sent nanos>:<redis ms>" (see PROBE_SCRIPT).
-        if let Some(sent) = std::str::from_utf8(payload)
-            .ok()
-            .and_then(|s| s.split(':').next()?.parse::<u64>().ok())
-        {
-            let now = shared.now_nanos();
-            metrics
-                .probe_rtt
-                .observe(now.saturating_sub(sent) as f64 / 1e9);
-            shared.last_probe_back.store(now, Ordering::Release);
-        }
-        // Everything published before the probe was delivered before it: a repair point.
-        if let Some(ms) = std::str::from_utf8(payload)
-            .ok()
-            .and_then(|s| s.split(':').nth(1)?.parse::<u64>().ok())
-        {
-            shared.delivered_ms.fetch_max(ms, Ordering::AcqRel);
-        }
+        probe::on_probe(shared, payload);
         return;
     }
     let Some(user) = shared
@@ -398,41 +314,6 @@ impl LogLimiter {
                 self.last = Some(now);
                 Some(std::mem::take(&mut self.suppressed))
             }
-        }
-    }
-}
-
-/// Publishes the probe with Redis's clock appended (ARGV: channel, sender's timestamp).
-const PROBE_SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-return redis.call('PUBLISH', ARGV[1], ARGV[2] .. ':' .. ms)
-"#;
-
-/// Publish the node's probe periodically through the command connection; the subscriber marks
-/// its return. Ends when the broker is dropped.
-pub(crate) async fn probe(shared: Weak<Shared>) {
-    let interval = match shared.upgrade() {
-        Some(s) => s.settings.probe_interval,
-        None => return,
-    };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let script = redis::Script::new(PROBE_SCRIPT);
-    loop {
-        tick.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let mut conn = shared.commands.clone();
-        let sent = shared.now_nanos().to_string();
-        let mut invocation = script.arg(&shared.probe_channel);
-        invocation.arg(sent);
-        let publish = invocation.invoke_async::<i64>(&mut conn);
-        match tokio::time::timeout(shared.settings.timeout, publish).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "probe publish failed"),
-            Err(_) => tracing::debug!("probe publish timed out"),
         }
     }
 }

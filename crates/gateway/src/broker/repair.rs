@@ -1,0 +1,82 @@
+//! Gap repair: after the node's subscription was down, queue for every connected user the events
+//! published meanwhile, from history, before any live event (duplicates are filtered per
+//! connection by event id).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use gleepost_event::history::frame_id;
+use gleepost_event::EventId;
+
+use super::redis::Shared;
+use crate::history::{resync_frame, ReadError, Replay};
+use crate::outbox::Frame;
+use crate::registry::UserId;
+
+/// After a reconnect, queue for every connected user the events published while the
+/// subscription was down: history after the last event delivered to the user (exact resume
+/// semantics, `resync` when that cannot be proved), or, for users that got no event yet, from
+/// the newest Redis time known delivered (events and probes).
+pub(super) async fn repair(
+    shared: &Shared,
+    users: &HashSet<UserId>,
+    delivered: &mut HashMap<UserId, EventId>,
+) -> Result<(), ReadError> {
+    let Some(history) = &shared.history else {
+        return Ok(());
+    };
+    let from = shared.delivered_ms.load(Ordering::Acquire);
+    let (known, fresh): (Vec<UserId>, Vec<UserId>) =
+        users.iter().partition(|u| delivered.contains_key(u));
+    let known: Vec<(UserId, EventId)> = known
+        .into_iter()
+        .filter_map(|u| Some((u, delivered.get(&u)?.clone())))
+        .collect();
+    let mut replays = history.since_ids(&known).await?;
+    if from == 0 {
+        tracing::warn!("nothing was delivered before the outage: no gap repair point");
+    } else {
+        replays.extend(history.since_ms(&fresh, from).await?);
+    }
+    let entered = Instant::now();
+    let (mut events, mut resyncs) = (0usize, 0usize);
+    for (user, replay) in replays {
+        // What the user's connections have after this repair: the next repair starts there.
+        let last = match &replay {
+            Replay::Events(frames) => frames.last().and_then(|t| {
+                let (epoch, ms, seq) = frame_id(t.as_bytes())?;
+                let epoch = epoch.to_string();
+                Some(EventId { epoch, ms, seq })
+            }),
+            Replay::Resync { latest, .. } => latest.as_deref().and_then(EventId::parse),
+        };
+        if let Some(last) = last {
+            delivered.insert(user, last);
+        }
+        match replay {
+            Replay::Events(frames) => {
+                events += frames.len();
+                for text in frames {
+                    shared.dispatcher.dispatch(user, text, entered);
+                }
+            }
+            Replay::Resync { reason, latest } => {
+                resyncs += 1;
+                let frame = Frame {
+                    text: resync_frame(reason, latest.as_deref()),
+                    entered,
+                };
+                shared.dispatcher.dispatch_frame(user, &frame);
+            }
+        }
+    }
+    tracing::info!(
+        users = users.len(),
+        from_ms = from,
+        events,
+        resyncs,
+        "gap repair queued"
+    );
+    Ok(())
+}

@@ -1,7 +1,7 @@
 # Gleepost realtime gateway — developer commands.
 CARGO ?= cargo
 
-.PHONY: run test lint build chart-check
+.PHONY: run test lint build chart-check bench
 
 ## run: the gateway in dev mode on the embedded broker (prints a token and commands)
 run:
@@ -20,6 +20,10 @@ lint:
 ## build: release build of every binary
 build:
 	$(CARGO) build --release --workspace --bins
+
+## bench: benchmark suite (release build, own redis-server + 2 gateways, pinned; ~10 min) → docs/benchmarks.md
+bench:
+	python3 scripts/bench.py
 
 ## chart-check: offline Helm chart checks (helm lint/template, k8s schemas, yamllint, promtool)
 chart-check:

@@ -45,8 +45,12 @@ pub enum AuthMode {
 pub enum PublishVia {
     /// `POST /v1/publish` on the admin port (one event per user per request).
     Http,
-    /// Pipelined `PUBLISH <prefix><uid> <json>` on one Redis connection.
+    /// Pipelined `PUBLISH <prefix><uid> <json>` on one Redis connection (no history, no id).
     Redis,
+    /// Pipelined `EVALSHA` of the gateway's history publish script on one Redis connection:
+    /// each event is appended to the user's history stream and published with an `id`, exactly
+    /// like the publish API and `Publisher` do.
+    RedisHistory,
 }
 
 /// Flags shared by every mode: targets, connections, auth, bounds and output.
@@ -131,6 +135,12 @@ pub struct PublishArgs {
     /// Redis channel prefix; the channel is prefix + user id.
     #[arg(long, default_value = "c:")]
     pub channel_prefix: String,
+    /// `redis-history`: most events kept per user's stream (`XADD MAXLEN ~`).
+    #[arg(long, default_value_t = 1000)]
+    pub history_maxlen: u64,
+    /// `redis-history`: lifetime of the history keys after the user's last event.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub history_ttl: Duration,
     /// Event `type`.
     #[arg(long, default_value = "bench")]
     pub event_type: String,
@@ -206,6 +216,11 @@ pub struct MaxRateArgs {
     /// Maximum number of steps.
     #[arg(long, default_value_t = 30)]
     pub max_steps: u32,
+    /// Run a failing step again, at the same rate, up to this many times before stopping: a
+    /// transient stall on a shared machine fails one attempt, a real ceiling fails them all.
+    /// Every attempt is reported in `steps` and counts towards `--max-steps`.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
 }
 
 /// `connect-rate` mode flags.

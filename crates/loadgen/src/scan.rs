@@ -92,6 +92,22 @@ mod tests {
     }
 
     #[test]
+    fn tolerates_the_history_id() {
+        // What the history publish script delivers: the event with `"id"` appended last.
+        let event = br#"{"type":"bench","data":{"seq":7,"t":99,"u":12,"pad":"xx"}}"#;
+        let framed = gleepost_event::history::splice_id(event, "k3x9q0abcd-1732752000000-3");
+        assert!(framed.ends_with(br#","id":"k3x9q0abcd-1732752000000-3"}"#));
+        assert_eq!(
+            scan(&framed),
+            Some(Fields {
+                seq: 7,
+                t: 99,
+                u: 12
+            })
+        );
+    }
+
+    #[test]
     fn finds_fields_in_other_orders() {
         let p = br#"{"type":"typing","location":"/x","data":{"u": 7, "t":5,"seq":3}}"#;
         assert_eq!(scan(p), Some(Fields { seq: 3, t: 5, u: 7 }));

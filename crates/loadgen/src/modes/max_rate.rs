@@ -37,6 +37,7 @@ pub async fn run(a: &MaxRateArgs, deadline: Instant) -> Result<Report> {
     let mut steps: Vec<Step> = Vec::new();
     let mut best: Option<usize> = None;
     let mut rate = a.start_rate;
+    let mut failed_attempts = 0;
     let stop_reason = loop {
         if steps.len() as u32 >= a.max_steps {
             break format!("--max-steps {} reached", a.max_steps);
@@ -60,8 +61,18 @@ pub async fn run(a: &MaxRateArgs, deadline: Instant) -> Result<Report> {
             delivery: d,
         });
         if let Some(r) = reason {
-            break format!("step at {rate:.0}/s failed: {r}");
+            if failed_attempts < a.retries {
+                failed_attempts += 1;
+                continue;
+            }
+            let attempts = if failed_attempts > 0 {
+                format!(" ({} attempts)", failed_attempts + 1)
+            } else {
+                String::new()
+            };
+            break format!("step at {rate:.0}/s failed{attempts}: {r}");
         }
+        failed_attempts = 0;
         best = Some(steps.len() - 1);
         rate *= a.factor;
     };
@@ -76,6 +87,7 @@ pub async fn run(a: &MaxRateArgs, deadline: Instant) -> Result<Report> {
     params["step_warmup_s"] = a.step_warmup.as_secs_f64().into();
     params["max_p99_ms"] = a.max_p99_ms.into();
     params["max_loss_pct"] = a.max_loss_pct.into();
+    params["retries"] = a.retries.into();
     Ok(Report {
         mode: "max-rate",
         params,

@@ -59,7 +59,7 @@ pub fn validate(mode: &Mode) -> Result<()> {
     if let Some(p) = publish {
         match p.publish {
             crate::cli::PublishVia::Http => target::parse(&p.admin_url, "http", 80).map(drop)?,
-            crate::cli::PublishVia::Redis => {
+            crate::cli::PublishVia::Redis | crate::cli::PublishVia::RedisHistory => {
                 target::parse(&p.redis_url, "redis", 6379).map(drop)?
             }
         }
@@ -240,7 +240,9 @@ pub fn common_params(c: &Common) -> serde_json::Value {
 
 /// Adds the publish parameters to `params`.
 pub fn publish_params(params: &mut serde_json::Value, p: &PublishArgs) {
-    params["publish"] = format!("{:?}", p.publish).to_lowercase().into();
+    params["publish"] = clap::ValueEnum::to_possible_value(&p.publish)
+        .map_or_else(String::new, |v| v.get_name().to_string())
+        .into();
     params["payload_bytes"] = p.payload_bytes.into();
     params["event_type"] = p.event_type.clone().into();
     params["drain_s"] = p.drain.as_secs_f64().into();
@@ -252,6 +254,12 @@ pub fn publish_params(params: &mut serde_json::Value, p: &PublishArgs) {
         crate::cli::PublishVia::Redis => {
             params["redis_url"] = p.redis_url.clone().into();
             params["channel_prefix"] = p.channel_prefix.clone().into();
+        }
+        crate::cli::PublishVia::RedisHistory => {
+            params["redis_url"] = p.redis_url.clone().into();
+            params["channel_prefix"] = p.channel_prefix.clone().into();
+            params["history_maxlen"] = p.history_maxlen.into();
+            params["history_ttl_s"] = p.history_ttl.as_secs().into();
         }
     }
 }

@@ -140,7 +140,7 @@ pub struct Totals {
 
 enum Backend {
     Http(http::HttpPublisher),
-    Redis(redis::RedisPublisher),
+    Redis(Box<redis::RedisPublisher>),
 }
 
 /// Rate-controlled publisher; keeps the per-user sequence numbers across runs.
@@ -163,9 +163,9 @@ impl Publisher {
             PublishVia::Http => Backend::Http(
                 http::HttpPublisher::connect(args, spec, first_user, acks.clone()).await?,
             ),
-            PublishVia::Redis => Backend::Redis(
-                redis::RedisPublisher::connect(args, spec, first_user, acks.clone()).await?,
-            ),
+            PublishVia::Redis | PublishVia::RedisHistory => Backend::Redis(Box::new(
+                redis::RedisPublisher::connect(args, spec, first_user, users, acks.clone()).await?,
+            )),
         };
         Ok(Publisher {
             backend,

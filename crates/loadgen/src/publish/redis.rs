@@ -1,18 +1,38 @@
-//! Pipelined Redis `PUBLISH` over one connection, hand-encoded RESP (no per-command
+//! Pipelined Redis publishing over one connection, hand-encoded RESP (no per-command
 //! allocation): every tick's batch is written with a single `write`, and a reader task counts
-//! the integer (or error) replies.
+//! the replies.
+//!
+//! Two command shapes: raw `PUBLISH <prefix><uid> <json>` (`--publish redis`, no history), and
+//! `EVALSHA` of [`gleepost_event::history::PUBLISH_SCRIPT`] (`--publish redis-history`), which
+//! appends the event to the user's history stream and publishes it with an `id`, as the publish
+//! API and the Rust `Publisher` do. The script is loaded with `SCRIPT LOAD` before the first
+//! event, so `EVALSHA` never meets `NOSCRIPT` unless the script cache is flushed mid-run (then
+//! the replies are counted as publish errors).
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use gleepost_event::history::{new_epoch, PUBLISH_SCRIPT};
+use gleepost_event::keys::{epoch_key, history_key};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::{push_u64, Acks, EventSpec};
-use crate::cli::PublishArgs;
+use crate::cli::{PublishArgs, PublishVia};
 use crate::stats::now_ns;
 use crate::target;
+
+/// What `EVALSHA` needs besides the event: the script's SHA1, per-user keys (built once, so
+/// publishing does not allocate) and the constant arguments.
+struct HistoryScript {
+    sha: Vec<u8>,
+    /// `(history_key, epoch_key)` per user index.
+    keys: Vec<(Vec<u8>, Vec<u8>)>,
+    maxlen: Vec<u8>,
+    ttl: Vec<u8>,
+    epoch: Vec<u8>,
+}
 
 /// Redis publishing backend.
 pub(crate) struct RedisPublisher {
@@ -21,17 +41,20 @@ pub(crate) struct RedisPublisher {
     prefix: Vec<u8>,
     first_user: u64,
     acks: Arc<Acks>,
+    history: Option<HistoryScript>,
     buf: Vec<u8>,
     json: Vec<u8>,
     channel: Vec<u8>,
 }
 
 impl RedisPublisher {
-    /// Connects (and authenticates if the URL carries a password).
+    /// Connects (and authenticates if the URL carries a password); with `redis-history` also
+    /// loads the publish script.
     pub(crate) async fn connect(
         args: &PublishArgs,
         spec: EventSpec,
         first_user: u64,
+        users: u32,
         acks: Arc<Acks>,
     ) -> Result<Self> {
         let t = target::parse(&args.redis_url, "redis", 6379)?;
@@ -57,6 +80,28 @@ impl RedisPublisher {
                 bail!("Redis AUTH failed: {}", line.trim_end());
             }
         }
+        let history = if args.publish == PublishVia::RedisHistory {
+            let sha = load_script(&mut read, &mut writer, PUBLISH_SCRIPT).await?;
+            let keys = (0..u64::from(users.max(1)))
+                .map(|i| {
+                    let user = first_user + i;
+                    (history_key(user).into_bytes(), epoch_key(user).into_bytes())
+                })
+                .collect();
+            let mut maxlen = Vec::new();
+            push_u64(&mut maxlen, args.history_maxlen);
+            let mut ttl = Vec::new();
+            push_u64(&mut ttl, args.history_ttl.as_secs().max(1));
+            Some(HistoryScript {
+                sha,
+                keys,
+                maxlen,
+                ttl,
+                epoch: new_epoch().into_bytes(),
+            })
+        } else {
+            None
+        };
         tokio::spawn(count_replies(read, acks.clone()));
         Ok(RedisPublisher {
             writer,
@@ -64,13 +109,14 @@ impl RedisPublisher {
             prefix: args.channel_prefix.as_bytes().to_vec(),
             first_user,
             acks,
+            history,
             buf: Vec::with_capacity(64 * 1024),
             json: Vec::with_capacity(1024),
             channel: Vec::with_capacity(64),
         })
     }
 
-    /// Sends one pipelined batch of `PUBLISH` commands.
+    /// Sends one pipelined batch of `PUBLISH` (or `EVALSHA`) commands.
     pub(crate) async fn send(&mut self, batch: &[(u32, u64)]) -> Result<()> {
         self.buf.clear();
         let t = now_ns();
@@ -81,7 +127,27 @@ impl RedisPublisher {
             self.channel.clear();
             self.channel.extend_from_slice(&self.prefix);
             push_u64(&mut self.channel, user);
-            encode_command(&mut self.buf, &[b"PUBLISH", &self.channel, &self.json]);
+            match &self.history {
+                None => encode_command(&mut self.buf, &[b"PUBLISH", &self.channel, &self.json]),
+                Some(h) => {
+                    let (stream, epoch_key) = &h.keys[ui as usize];
+                    encode_command(
+                        &mut self.buf,
+                        &[
+                            b"EVALSHA",
+                            &h.sha,
+                            b"2",
+                            stream,
+                            epoch_key,
+                            &self.channel,
+                            &self.json,
+                            &h.maxlen,
+                            &h.ttl,
+                            &h.epoch,
+                        ],
+                    )
+                }
+            }
             self.acks.accepted(ui);
         }
         self.writer
@@ -89,6 +155,33 @@ impl RedisPublisher {
             .await
             .context("writing to Redis")
     }
+}
+
+/// `SCRIPT LOAD`s `script` and returns its SHA1 (hex) from the bulk reply.
+async fn load_script(
+    read: &mut BufReader<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+    script: &str,
+) -> Result<Vec<u8>> {
+    let mut cmd = Vec::new();
+    encode_command(&mut cmd, &[b"SCRIPT", b"LOAD", script.as_bytes()]);
+    writer.write_all(&cmd).await?;
+    let mut header = String::new();
+    read.read_line(&mut header).await?;
+    let len: usize = match header.strip_prefix('$') {
+        Some(n) => n.trim_end().parse().context("SCRIPT LOAD reply length")?,
+        None => bail!("Redis SCRIPT LOAD failed: {}", header.trim_end()),
+    };
+    let mut sha = vec![0u8; len + 2];
+    read.read_exact(&mut sha).await?;
+    sha.truncate(len);
+    if len != 40 || !sha.iter().all(u8::is_ascii_hexdigit) {
+        bail!(
+            "unexpected SCRIPT LOAD reply {:?}",
+            String::from_utf8_lossy(&sha)
+        );
+    }
+    Ok(sha)
 }
 
 /// Appends a RESP array of bulk strings.
@@ -105,7 +198,7 @@ pub(crate) fn encode_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
     }
 }
 
-/// Counts single-line replies (`:n` = ok, `-ERR …` = error) until the connection closes.
+/// Counts replies (`:n` or an array = ok, `-ERR …` = error) until the connection closes.
 async fn count_replies(mut read: BufReader<OwnedReadHalf>, acks: Arc<Acks>) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut counter = ReplyCounter::default();
@@ -130,11 +223,17 @@ async fn count_replies(mut read: BufReader<OwnedReadHalf>, acks: Arc<Acks>) {
     }
 }
 
-/// Incremental counter of single-line RESP replies.
+/// Incremental counter of complete top-level RESP replies: simple strings, integers and
+/// errors, bulk strings (skipped by length) and arrays of those, nested. A top-level error
+/// counts as an error; anything else (including an array holding an error) as ok.
 #[derive(Debug, Default)]
 pub(crate) struct ReplyCounter {
-    mid_line: bool,
-    is_error: bool,
+    /// Header line read so far (type byte and length; never the body of a bulk string).
+    line: Vec<u8>,
+    /// Bytes of a bulk string body (plus its CRLF) still to skip.
+    skip: usize,
+    /// Elements still expected by each open array, outermost first.
+    open: Vec<u64>,
     last_error: String,
 }
 
@@ -143,33 +242,83 @@ impl ReplyCounter {
     pub(crate) fn feed(&mut self, mut data: &[u8]) -> (u64, u64) {
         let (mut ok, mut errors) = (0, 0);
         while !data.is_empty() {
-            if !self.mid_line {
-                self.is_error = data[0] == b'-';
-                if self.is_error {
-                    self.last_error.clear();
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                if self.skip == 0 {
+                    self.element_done(false, &mut ok, &mut errors);
                 }
-                self.mid_line = true;
+                continue;
             }
             let end = memchr::memchr(b'\n', data);
-            let line = &data[..end.unwrap_or(data.len())];
-            if self.is_error && self.last_error.len() < 200 {
-                self.last_error
-                    .push_str(String::from_utf8_lossy(line).trim_end_matches('\r'));
-            }
-            match end {
-                Some(i) => {
-                    if self.is_error {
-                        errors += 1;
-                    } else {
-                        ok += 1;
-                    }
-                    self.mid_line = false;
-                    data = &data[i + 1..];
-                }
-                None => break,
-            }
+            let part = &data[..end.unwrap_or(data.len())];
+            // Keep the type byte, lengths and the start of an error message; a long simple
+            // string or error line is consumed without growing the buffer.
+            let room = 256usize.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&part[..part.len().min(room)]);
+            let Some(i) = end else { break };
+            data = &data[i + 1..];
+            self.header_done(&mut ok, &mut errors);
+            self.line.clear();
         }
         (ok, errors)
+    }
+
+    fn header_done(&mut self, ok: &mut u64, errors: &mut u64) {
+        let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+        let Some((&kind, rest)) = line.split_first() else {
+            return;
+        };
+        let len = || -> i64 {
+            std::str::from_utf8(rest)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(-1)
+        };
+        match kind {
+            b'$' | b'=' | b'!' => match usize::try_from(len()) {
+                Ok(n) => self.skip = n + 2,
+                Err(_) => self.element_done(false, ok, errors),
+            },
+            b'*' | b'~' | b'>' | b'%' => {
+                let n = len();
+                let n = if kind == b'%' { n.saturating_mul(2) } else { n };
+                match u64::try_from(n) {
+                    Ok(n) if n > 0 => self.open.push(n),
+                    _ => self.element_done(false, ok, errors),
+                }
+            }
+            b'-' => {
+                if self.open.is_empty() {
+                    self.last_error = String::from_utf8_lossy(line).into_owned();
+                }
+                self.element_done(true, ok, errors);
+            }
+            _ => self.element_done(false, ok, errors),
+        }
+    }
+
+    /// One element finished: closes the arrays it completes and counts a finished top-level
+    /// reply.
+    fn element_done(&mut self, is_error: bool, ok: &mut u64, errors: &mut u64) {
+        let mut top_level_error = is_error;
+        loop {
+            let Some(left) = self.open.last_mut() else {
+                if top_level_error {
+                    *errors += 1;
+                } else {
+                    *ok += 1;
+                }
+                return;
+            };
+            *left -= 1;
+            if *left > 0 {
+                return;
+            }
+            self.open.pop();
+            top_level_error = false;
+        }
     }
 }
 
@@ -191,5 +340,27 @@ mod tests {
         assert_eq!(c.feed(b"\n-ERR wr"), (1, 0));
         assert_eq!(c.feed(b"ong type\r\n:2\r\n"), (1, 1));
         assert_eq!(c.last_error, "-ERR wrong type");
+    }
+
+    #[test]
+    fn script_replies_are_counted_whole() {
+        // EVALSHA of the publish script answers {id, receivers}; NOSCRIPT is an error.
+        let replies: &[u8] = b"*2\r\n$19\r\nabc-1700000000000-0\r\n:2\r\n\
+            -NOSCRIPT No matching script.\r\n\
+            *2\r\n$5\r\na\r\nb\n\r\n:0\r\n\
+            *0\r\n$-1\r\n*3\r\n*1\r\n:1\r\n-ERR inner\r\n+OK\r\n";
+        let mut whole = ReplyCounter::default();
+        assert_eq!(whole.feed(replies), (5, 1));
+        assert_eq!(whole.last_error, "-NOSCRIPT No matching script.");
+        // Byte by byte: same counts, whatever the split.
+        let mut c = ReplyCounter::default();
+        let (mut ok, mut err) = (0, 0);
+        for b in replies.chunks(1) {
+            let (o, e) = c.feed(b);
+            ok += o;
+            err += e;
+        }
+        assert_eq!((ok, err), (5, 1));
+        assert!(c.open.is_empty() && c.skip == 0 && c.line.is_empty());
     }
 }

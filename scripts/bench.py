@@ -1,0 +1,1088 @@
+#!/usr/bin/env python3
+"""Benchmark suite of the Gleepost realtime gateway (issue 6); `make bench` runs it.
+
+Builds the release binaries, starts its own redis-server and two gateway nodes on free loopback
+ports, runs every scenario several times with `gleepost-loadgen` and writes the medians to
+docs/benchmarks.md (raw JSON reports and logs go to .bench/).
+
+Pinning (2-core machine): the gateways run on core 0 (`taskset -c 0`), the load generator and
+Redis on core 1 (`taskset -c 1`). Every scenario run gets a fresh Redis and fresh gateways.
+
+Python 3 standard library only. Everything is bounded in time; every process started here is
+stopped on exit, on Ctrl-C and on errors (and gets SIGKILL if this script dies: PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import re
+import resource
+import secrets
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+GATEWAY_BIN = RELEASE / "gleepost-gateway"
+LOADGEN_BIN = RELEASE / "gleepost-loadgen"
+GATEWAY_CORE = "0"
+CLIENT_CORE = "1"
+
+JWT_SECRET = "bench-" + secrets.token_hex(16)
+API_KEY = "bench-" + secrets.token_hex(12)
+
+# Issue 6 targets.
+TARGET_RSS_KIB = 4.0
+TARGET_DELIVERIES = 130_000.0
+TARGET_MAXRATE_P99_MS = 50.0
+TARGET_FANOUT_P99_MS = 1.0
+TARGET_ACCEPTS = 10_000.0
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    """SIGINT / SIGTERM received."""
+
+
+def _on_signal(signum, _frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _die_with_parent():
+    """Child pre-exec: SIGKILL when this script dies (PR_SET_PDEATHSIG = 1)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+
+
+class Procs:
+    """Every long-running process started by the suite; stopped by pid, never by name."""
+
+    def __init__(self) -> None:
+        self.live: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], env: dict | None = None, log: Path | None = None):
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches only this script, which cleans up
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if log:
+                out.close()
+        self.live.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 5.0) -> None:
+        if proc.poll() is None:
+            try:
+                proc.terminate()
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        self.live = [(n, p) for (n, p) in self.live if p is not proc]
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(list(self.live)):
+            try:
+                self.stop(proc)
+            except Exception as e:  # noqa: BLE001 - keep cleaning up
+                print(f"warning: could not stop pid {proc.pid}: {e}", file=sys.stderr)
+
+
+PROCS = Procs()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what: str, check, limit: float, interval: float = 0.05):
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception:  # noqa: BLE001 - not there yet
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {limit:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+def redis_cli(port: int, *args: str, timeout: float = 30.0) -> str:
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return out.stdout
+
+
+def redis_info(port: int, section: str) -> dict[str, str]:
+    info = {}
+    for line in redis_cli(port, "INFO", section).splitlines():
+        if ":" in line and not line.startswith("#"):
+            k, v = line.strip().split(":", 1)
+            info[k] = v
+    return info
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Redis:
+    def __init__(self, run_dir: Path, tag: str) -> None:
+        self.port = free_port()
+        self.argv = [
+            "taskset", "-c", CLIENT_CORE, "redis-server",
+            "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no",
+            "--dir", str(run_dir), "--loglevel", "warning",
+        ]
+        self.proc = PROCS.start(f"redis-{tag}", self.argv, log=run_dir / f"redis-{tag}.log")
+        wait_until("redis-server", lambda: redis_cli(self.port, "PING").strip() == "PONG", 10)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        PROCS.stop(self.proc)
+
+
+class Gateway:
+    def __init__(self, run_dir: Path, tag: str, redis_url: str | None) -> None:
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.argv = [
+            "taskset", "-c", GATEWAY_CORE, str(GATEWAY_BIN),
+            "--listen", f"127.0.0.1:{self.port}",
+            "--admin-listen", f"127.0.0.1:{self.admin_port}",
+            "--log-format", "json", "--log", "warn",
+            "--pre-drain-delay", "0s", "--drain-window", "0s",
+        ]
+        env = dict(os.environ, GATEWAY_JWT_SECRET=JWT_SECRET, GATEWAY_API_KEY=API_KEY)
+        env.pop("REDIS_URL", None)
+        if redis_url:
+            env["REDIS_URL"] = redis_url
+        self.proc = PROCS.start(f"gateway-{tag}", self.argv, env=env, log=run_dir / f"gateway-{tag}.log")
+        wait_until(
+            f"gateway {tag} /readyz",
+            lambda: self.proc.poll() is None and http_get(self.admin_url + "/readyz")[0] == 200,
+            30,
+            0.1,
+        )
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"gateway {tag} exited; see {run_dir}/gateway-{tag}.log")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid  # taskset execs the gateway: same pid
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def connections(self) -> int:
+        _, text = http_get(self.admin_url + "/metrics")
+        m = re.search(r"^gleepost_gateway_connections (\d+)", text, re.M)
+        return int(m.group(1)) if m else -1
+
+    def stop(self) -> None:
+        PROCS.stop(self.proc, timeout=10)
+
+
+class Env:
+    """A fresh Redis and `nodes` gateways for one run."""
+
+    def __init__(self, run_dir: Path, nodes: int, redis: bool = True) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.redis = Redis(run_dir, "r") if redis else None
+        self.gateways: list[Gateway] = []
+        try:
+            for i in range(nodes):
+                self.gateways.append(Gateway(run_dir, f"n{i + 1}", self.redis.url if self.redis else None))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for g in self.gateways:
+            g.stop()
+        if self.redis:
+            self.redis.stop()
+
+    def __enter__(self) -> Env:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Load generator
+# --------------------------------------------------------------------------------------------
+
+COMMANDS: dict[str, list[str]] = {}
+
+
+def shown(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def loadgen(scenario: str, run_dir: Path, args: list[str], max_seconds: int, extra_env=None) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    json_path = run_dir / "report.json"
+    argv = [
+        "taskset", "-c", CLIENT_CORE, str(LOADGEN_BIN), *args,
+        "--max-seconds", str(max_seconds), "--json", str(json_path),
+    ]
+    env = dict(os.environ, GATEWAY_JWT_SECRET=JWT_SECRET, GATEWAY_API_KEY=API_KEY)
+    env.update(extra_env or {})
+    COMMANDS.setdefault(scenario, [])
+    generic = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:$PORT", shown(argv).replace(str(ROOT) + "/", ""))
+    generic = re.sub(r"--server-pid \d+", "--server-pid $PID", generic)
+    generic = re.sub(r"\S*/report\.json", "report.json", generic)
+    if generic not in COMMANDS[scenario]:
+        COMMANDS[scenario].append(generic)
+    log = run_dir / "loadgen.log"
+    p = PROCS.start("loadgen", argv, env=env, log=log)
+    try:
+        rc = p.wait(timeout=max_seconds + 30)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{scenario}: loadgen did not finish; see {log}") from None
+    finally:
+        PROCS.stop(p)
+    if rc != 0:
+        tail = (run_dir / "loadgen.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{scenario}: loadgen exited with {rc}:\n{tail}")
+    return json.loads(json_path.read_text())
+
+
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(wall, idle + iowait CPU seconds of the machine, CPU seconds of this script and its
+    waited-for children)."""
+    cols = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    idle = (int(cols[3]) + int(cols[4])) / os.sysconf("SC_CLK_TCK")
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ours = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return time.monotonic(), idle, ours
+
+
+def foreign_cpu_percent(before, after) -> float:
+    """≈ CPU used by processes this suite did not start, in % of all cores, between snapshots:
+    (capacity − idle) − our CPU (ours includes the network interrupt work done for our sockets)."""
+    ncpu = os.cpu_count() or 1
+    wall = max(after[0] - before[0], 1e-9)
+    busy = wall * ncpu - (after[1] - before[1])
+    other = busy - (after[2] - before[2])
+    return max(0.0, other * 100 / (wall * ncpu))
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------------------------
+
+
+class Suite:
+    def __init__(self, opts) -> None:
+        self.o = opts
+        self.out = ROOT / ".bench" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.results: dict[str, dict] = {}
+        self.loads: dict[str, str] = {}
+        self.foreign: dict[str, float] = {}
+
+    def dir(self, scenario: str, run: int) -> Path:
+        return self.out / scenario / f"run{run}"
+
+    def log(self, msg: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    # a. RSS per idle connection ---------------------------------------------------------------
+    def idle_rss(self) -> None:
+        n = self.o.idle_connections
+        runs = []
+        for r in range(self.o.runs):
+            d = self.dir("a-idle-rss", r)
+            with Env(d, nodes=1) as env:
+                g = env.gateways[0]
+                rep = loadgen("a", d, [
+                    "idle", "-n", str(n), "--url", g.ws, "--server-pid", str(g.pid),
+                    "--settle", "2s", "--hold", "2s",
+                ], 90)
+            self.log(f"a run {r}: {rep['established']}/{n} established, "
+                     f"{rep['server_rss_kib_per_conn']} KiB/conn, loadgen {rep['loadgen_cpu_percent']} %")
+            runs.append(rep)
+        self.results["a"] = {
+            "runs": runs,
+            "kib_per_conn": median(r["server_rss_kib_per_conn"] for r in runs),
+            "established": median(r["established"] for r in runs),
+            "rss_before": median(r["server_rss_kib_before"] for r in runs),
+            "rss_after": median(r["server_rss_kib_after"] for r in runs),
+            "loadgen_cpu": median(r["connect_cpu"]["loadgen_cpu_percent"] for r in runs),
+            "loadgen_cpu_hold": median(r["hold_cpu"]["loadgen_cpu_percent"] for r in runs),
+            "server_cpu_hold": median(r["hold_cpu"].get("server_cpu_percent") for r in runs),
+        }
+
+    # b. max deliveries/s through Redis -------------------------------------------------------
+    def max_rate(self) -> None:
+        """b (history off) and b2 (history on), runs interleaved so that slow and fast periods
+        of the host affect both alike."""
+        runs: dict[str, list[dict]] = {"b": [], "b2": []}
+        plan = (("b", "redis", self.o.start_rate), ("b2", "redis-history", self.o.start_rate_history))
+        for r in range(self.o.runs_max_rate):
+            for key, publish, start_rate in plan:
+                runs[key].append(self.max_rate_run(key, publish, start_rate, r))
+        for key, publish, _ in plan:
+            self.summarize_max_rate(key, publish, runs[key])
+
+    def max_rate_run(self, key: str, publish: str, start_rate: float, r: int) -> dict:
+        d = self.dir(f"{key}-max-rate-{publish}", r)
+        with Env(d, nodes=2) as env:
+            g1, g2 = env.gateways
+            port = env.redis.port
+            redis_cli(port, "CONFIG", "RESETSTAT")
+            rcpu0 = proc_cpu_seconds(env.redis.proc.pid)
+            t0 = time.monotonic()
+            rep = loadgen(key, d, [
+                "max-rate", "-n", str(self.o.conns), "-u", str(self.o.conns // 2),
+                "--url", g1.ws, "--url", g2.ws,
+                "--publish", publish, "--redis-url", env.redis.url,
+                "--start-rate", str(start_rate), "--factor", str(self.o.factor),
+                "--step", self.o.step, "--step-warmup", "1s", "--drain", "2s",
+                "--max-steps", str(self.o.max_steps), "--retries", str(self.o.retries),
+                "--server-pid", str(g1.pid), "--server-pid", str(g2.pid),
+            ], 240)
+            wall = time.monotonic() - t0
+            rep["redis_cpu_percent_avg"] = round(
+                (proc_cpu_seconds(env.redis.proc.pid) - rcpu0) * 100 / wall, 1)
+            stats = redis_info(port, "commandstats")
+            rep["redis_commandstats"] = {
+                k: v for k, v in stats.items() if k in ("cmdstat_publish", "cmdstat_evalsha")
+            }
+        best = rep.get("delivered_per_sec")
+        p99 = (rep.get("latency_us") or {}).get("p99")
+        self.log(f"{key} run {r}: {best} deliveries/s p99 {p99} µs; stop: {rep.get('stop_reason')}")
+        return rep
+
+    def summarize_max_rate(self, key: str, publish: str, runs: list[dict]) -> None:
+        def usec(rep, cmd):
+            s = rep["redis_commandstats"].get(f"cmdstat_{cmd}", "")
+            m = re.search(r"usec_per_call=([\d.]+)", s)
+            return float(m.group(1)) if m else None
+
+        passing = [r for r in runs if r.get("delivered_per_sec") is not None]
+        self.results[key] = {
+            "publish": publish,
+            "runs": runs,
+            "deliveries": median(r.get("delivered_per_sec") for r in runs),
+            "deliveries_range": (
+                min((r.get("delivered_per_sec") or 0) for r in runs),
+                max((r.get("delivered_per_sec") or 0) for r in runs),
+            ),
+            "events": median(r.get("publish_rate") for r in passing),
+            "p99_us": median((r.get("latency_us") or {}).get("p99") for r in passing),
+            "p50_us": median((r.get("latency_us") or {}).get("p50") for r in passing),
+            "loadgen_cpu": median(r.get("loadgen_cpu_percent") for r in passing),
+            "server_cpu": median((r.get("cpu") or {}).get("server_cpu_percent") for r in passing),
+            "per_cpu": median(
+                r["delivered_per_sec"] * 100 / r["cpu"]["server_cpu_percent"]
+                for r in passing
+                if (r.get("cpu") or {}).get("server_cpu_percent")
+            ),
+            "stops": [r.get("stop_reason") for r in runs],
+            "redis_cpu_avg": median(r["redis_cpu_percent_avg"] for r in runs),
+            "usec_publish": median(usec(r, "publish") for r in runs),
+            "usec_evalsha": median(usec(r, "evalsha") for r in runs),
+        }
+
+    # c. p99 at 5,000 events/s over 2,000 connections ------------------------------------------
+    def fanout(self) -> None:
+        runs = []
+        for r in range(self.o.runs):
+            d = self.dir("c-fanout", r)
+            with Env(d, nodes=2) as env:
+                g1, g2 = env.gateways
+                rep = loadgen("c", d, [
+                    "fanout", "-n", "2000", "-u", "1000", "--url", g1.ws, "--url", g2.ws,
+                    "--publish", "redis", "--redis-url", env.redis.url,
+                    "--rate", "5000", "--warmup", "2s", "--duration", self.o.fanout_duration,
+                    "--server-pid", str(g1.pid), "--server-pid", str(g2.pid),
+                ], 90)
+            lat = rep["latency_us"]
+            self.log(f"c run {r}: p50 {lat['p50']} p99 {lat['p99']} p99.9 {lat['p999']} µs, "
+                     f"{rep['delivered_per_sec']} deliveries/s, lost {rep['lost']}")
+            runs.append(rep)
+        self.results["c"] = {
+            "runs": runs,
+            "p50_us": median(r["latency_us"]["p50"] for r in runs),
+            "p99_us": median(r["latency_us"]["p99"] for r in runs),
+            "p999_us": median(r["latency_us"]["p999"] for r in runs),
+            "max_us": median(r["latency_us"]["max"] for r in runs),
+            "deliveries": median(r["delivered_per_sec"] for r in runs),
+            "lost": median(r["lost"] for r in runs),
+            "loadgen_cpu": median(r["loadgen_cpu_percent"] for r in runs),
+            "server_cpu": median(r["cpu"].get("server_cpu_percent") for r in runs),
+        }
+
+    # d. connection accepts per second ---------------------------------------------------------
+    def connect_rate(self) -> None:
+        n = self.o.accept_connections
+        runs = []
+        for r in range(self.o.runs):
+            d = self.dir("d-connect-rate", r)
+            with Env(d, nodes=1) as env:
+                g = env.gateways[0]
+                rep = loadgen("d", d, [
+                    "connect-rate", "-n", str(n), "--url", g.ws, "--server-pid", str(g.pid),
+                    "--concurrency", "256", "--settle", "0s",
+                ], 90)
+            self.log(f"d run {r}: {rep['accepts_per_sec']} accepts/s, {rep['established']}/{n}, "
+                     f"handshake p99 {rep['handshake_us']['p99']} µs")
+            runs.append(rep)
+        self.results["d"] = {
+            "runs": runs,
+            "accepts": median(r["accepts_per_sec"] for r in runs),
+            "established": median(r["established"] for r in runs),
+            "failed": median(r["failed"] for r in runs),
+            "hs_p50": median(r["handshake_us"]["p50"] for r in runs),
+            "hs_p99": median(r["handshake_us"]["p99"] for r in runs),
+            "loadgen_cpu": median(r["connect_cpu"]["loadgen_cpu_percent"] for r in runs),
+            "server_cpu": median(r["connect_cpu"].get("server_cpu_percent") for r in runs),
+        }
+
+    # e. Redis connections per node ------------------------------------------------------------
+    def redis_conns(self) -> None:
+        counts = {}
+        d = self.dir("e-redis-connections", 0)
+        with Env(d, nodes=2) as env:
+            for n in (100, self.o.idle_connections):
+                per_node = []
+                for r in range(self.o.runs):
+                    rd = d / f"n{n}-run{r}"
+                    rd.mkdir(parents=True, exist_ok=True)
+                    argv = [
+                        "taskset", "-c", CLIENT_CORE, str(LOADGEN_BIN), "idle", "-n", str(n),
+                        "-u", str(max(1, n // 2)),
+                        "--url", env.gateways[0].ws, "--url", env.gateways[1].ws,
+                        "--settle", "1s", "--hold", "6s", "--max-seconds", "90",
+                        "--json", str(rd / "report.json"),
+                    ]
+                    generic = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:$PORT",
+                                     shown(argv).replace(str(ROOT) + "/", ""))
+                    generic = re.sub(r"\S*/report\.json", "report.json", generic)
+                    if generic not in COMMANDS.setdefault("e", []):
+                        COMMANDS["e"].append(generic)
+                    env_vars = dict(os.environ, GATEWAY_JWT_SECRET=JWT_SECRET)
+                    p = PROCS.start("loadgen", argv, env=env_vars, log=rd / "loadgen.log")
+                    try:
+                        wait_until(
+                            f"{n} connections",
+                            lambda: sum(g.connections() for g in env.gateways) >= n,
+                            60, 0.2,
+                        )
+                        per_node.append(self.count_redis_clients(env))
+                        p.wait(timeout=120)
+                    finally:
+                        PROCS.stop(p)
+                    self.log(f"e {n} connections run {r}: Redis connections per node {per_node[-1]}")
+                counts[n] = per_node
+        self.results["e"] = {"counts": counts, "command": "redis-cli CLIENT LIST"}
+
+    def count_redis_clients(self, env: Env) -> list[int]:
+        """Redis clients per gateway node: CLIENT LIST addresses mapped to pids with `ss`."""
+        clients = redis_cli(env.redis.port, "CLIENT", "LIST").splitlines()
+        ports = set()
+        for line in clients:
+            m = re.search(r"\baddr=127\.0\.0\.1:(\d+)", line)
+            if m:
+                ports.add(int(m.group(1)))
+        ss = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True,
+                            text=True, timeout=30, check=True).stdout
+        per_pid: dict[int, int] = {}
+        for line in ss.splitlines():
+            cols = line.split()
+            if len(cols) < 4:
+                continue
+            local, peer = cols[2], cols[3]
+            if not peer.endswith(f":{env.redis.port}"):
+                continue
+            try:
+                lport = int(local.rsplit(":", 1)[1])
+            except ValueError:
+                continue
+            m = re.search(r"pid=(\d+)", line)
+            if lport in ports and m:
+                pid = int(m.group(1))
+                per_pid[pid] = per_pid.get(pid, 0) + 1
+        return [per_pid.get(g.pid, 0) for g in env.gateways]
+
+    # f. Redis memory and cost of history ------------------------------------------------------
+    def redis_costs(self) -> None:
+        runs = []
+        users, events = 100, self.o.history_events
+        for r in range(self.o.runs):
+            d = self.dir("f-redis-history-memory", r)
+            with Env(d, nodes=1) as env:
+                g = env.gateways[0]
+                port = env.redis.port
+                before = int(redis_info(port, "memory")["used_memory"])
+                rate = 25_000
+                duration = events / rate
+                rep = loadgen("f", d, [
+                    "fanout", "-n", str(users), "-u", str(users), "--url", g.ws,
+                    "--publish", "redis-history", "--redis-url", env.redis.url,
+                    "--payload-bytes", "176", "--rate", str(rate), "--warmup", "0s",
+                    "--duration", f"{duration}s", "--drain", "3s",
+                ], 90)
+                after = int(redis_info(port, "memory")["used_memory"])
+                stored = sum(
+                    int(redis_cli(port, "XLEN", f"gp:hist:{{{u}}}").strip() or 0)
+                    for u in range(1, users + 1)
+                )
+            per_1000 = (after - before) / max(stored, 1) * 1000
+            self.log(f"f run {r}: {stored} events stored, used_memory {before} -> {after}, "
+                     f"{per_1000 / 1024:.1f} KiB per 1,000 events")
+            runs.append({"report": rep, "before": before, "after": after, "stored": stored,
+                         "kib_per_1000": per_1000 / 1024})
+        # Publish cost, Redis alone on core 1, redis-benchmark on core 0, no subscribers.
+        bench = []
+        d = self.dir("f-redis-publish-cost", 0)
+        d.mkdir(parents=True, exist_ok=True)
+        redis = Redis(d, "cost")
+        try:
+            sha = redis_cli(redis.port, "SCRIPT", "LOAD", publish_script()).strip()
+            event = '{"type":"bench","data":{"seq":1,"t":2,"u":3,"pad":"' + "x" * 150 + '"}}'
+            variants = {
+                "PUBLISH": ["PUBLISH", "c:__rand_int__", event],
+                "EVALSHA": ["EVALSHA", sha, "2", "gp:hist:{__rand_int__}", "gp:epoch:{__rand_int__}",
+                            "c:__rand_int__", event, "1000", "86400", "benchepoch0"],
+            }
+            for r in range(self.o.runs):
+                row = {}
+                for name, cmd in variants.items():
+                    redis_cli(redis.port, "FLUSHALL")
+                    redis_cli(redis.port, "CONFIG", "RESETSTAT")
+                    argv = ["taskset", "-c", GATEWAY_CORE, "redis-benchmark", "-p", str(redis.port),
+                            "-n", str(self.o.bench_requests), "-P", "32", "-c", "4", "-r", "1000",
+                            "-q", "--csv", *cmd]
+                    generic = shown(argv).replace(str(redis.port), "$PORT").replace(sha, "$SHA")
+                    if generic not in COMMANDS.setdefault("f", []):
+                        COMMANDS["f"].append(generic)
+                    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True).stdout
+                    rps = float(re.findall(r'"([\d.]+)"', out)[0])
+                    stat = redis_info(redis.port, "commandstats").get(f"cmdstat_{name.lower()}", "")
+                    m = re.search(r"usec_per_call=([\d.]+)", stat)
+                    row[name] = {"rps": rps, "usec_per_call": float(m.group(1)) if m else None}
+                self.log(f"f cost run {r}: {row}")
+                bench.append(row)
+        finally:
+            redis.stop()
+        self.results["f"] = {
+            "runs": runs,
+            "kib_per_1000": median(r["kib_per_1000"] for r in runs),
+            "stored": median(r["stored"] for r in runs),
+            "loadgen_cpu": median(r["report"]["loadgen_cpu_percent"] for r in runs),
+            "bench": bench,
+            "publish_rps": median(b["PUBLISH"]["rps"] for b in bench),
+            "evalsha_rps": median(b["EVALSHA"]["rps"] for b in bench),
+            "publish_usec": median(b["PUBLISH"]["usec_per_call"] for b in bench),
+            "evalsha_usec": median(b["EVALSHA"]["usec_per_call"] for b in bench),
+        }
+
+    def run(self, only: set[str]) -> None:
+        steps = [
+            ("a", self.idle_rss),
+            ("b", self.max_rate),
+            ("c", self.fanout),
+            ("d", self.connect_rate),
+            ("e", self.redis_conns),
+            ("f", self.redis_costs),
+        ]
+        for key, fn in steps:
+            if only and key not in only:
+                continue
+            self.loads[key] = loadavg()
+            self.log(f"scenario {key} (load average {self.loads[key]})")
+            started = time.monotonic()
+            snap = cpu_snapshot()
+            fn()
+            self.results.setdefault(key, {})["seconds"] = round(time.monotonic() - started, 1)
+            self.foreign[key] = foreign_cpu_percent(snap, cpu_snapshot())
+            self.log(f"scenario {key}: other processes used {self.foreign[key]:.1f} % of the machine")
+            (self.out / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
+
+
+def publish_script() -> str:
+    """gleepost_event::history::PUBLISH_SCRIPT, read from the source (single source of truth)."""
+    src = (ROOT / "crates/event/src/history.rs").read_text()
+    m = re.search(r'pub const PUBLISH_SCRIPT: &str = r#"(.*?)"#;', src, re.S)
+    if not m:
+        raise RuntimeError("PUBLISH_SCRIPT not found in crates/event/src/history.rs")
+    return m.group(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_version(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception as e:  # noqa: BLE001
+        return f"unknown ({e})"
+
+
+def machine() -> dict[str, str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    m = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
+    mem = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M)
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": m.group(1).strip() if m else "unknown",
+        "memory": f"{int(mem.group(1)) // 1024} MiB" if mem else "unknown",
+        "kernel": f"{os.uname().sysname} {os.uname().release} {os.uname().machine}",
+        "rustc": cmd_version(["rustc", "--version"]),
+        "redis": cmd_version(["redis-server", "--version"]),
+        "python": sys.version.split()[0],
+        "nofile": "soft {} / hard {}".format(*resource.getrlimit(resource.RLIMIT_NOFILE)),
+        "git": cmd_version(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
+    }
+
+
+def fmt(v, digits=1, unit=""):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and digits == 0:
+        v = round(v)
+    if isinstance(v, (int,)) or digits == 0:
+        return f"{int(v):,}{unit}"
+    return f"{v:,.{digits}f}{unit}"
+
+
+def met(ok) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def write_report(suite: Suite, path: Path, started: datetime.datetime, load_start: str,
+                 load_end: str, opts) -> None:
+    R = suite.results
+    m = machine()
+    lines: list[str] = []
+    w = lines.append
+    w("# Benchmarks")
+    w("")
+    w("Generated by `make bench` (`scripts/bench.py`); do not edit by hand. Issue 6 targets, "
+      f"median of {opts.runs} runs per scenario and {opts.runs_max_rate} of b and b2 (every value in a "
+      "row is the median of that value over the runs; b and b2 runs alternate). Raw JSON reports of "
+      "every run are written to `.bench/<timestamp>/`.")
+    w("")
+    w("## Machine")
+    w("")
+    w("| | |")
+    w("| --- | --- |")
+    w(f"| date | {started.strftime('%Y-%m-%d %H:%M UTC')} ({opts.total_minutes:.1f} min) |")
+    w(f"| nproc | {m['nproc']} |")
+    w(f"| CPU | {m['cpu']} |")
+    w(f"| memory | {m['memory']} |")
+    w(f"| kernel | {m['kernel']} |")
+    w(f"| rustc | {m['rustc']} |")
+    w(f"| redis-server | {m['redis']} |")
+    w(f"| source | `{m['git']}` |")
+    w(f"| fd limit (children) | {m['nofile']} |")
+    w(f"| load average (1/5/15 min) | start {load_start}, end {load_end}; per scenario: "
+      + ", ".join(f"{k} {v.split()[0]}" for k, v in suite.loads.items())
+      + " (the suite itself keeps both cores busy, so these include it) |")
+    w("| CPU used by other processes during each scenario (% of both cores; noise indicator) | "
+      + ", ".join(f"{k} {v:.1f} %" for k, v in suite.foreign.items()) + " |")
+    w("")
+    w("Pinning: both gateway nodes on core 0 (`taskset -c 0`), the load generator "
+      "(`--threads 1`, one core) and redis-server on core 1 (`taskset -c 1`); loopback only. "
+      "Every run starts a fresh `redis-server` (no persistence) and fresh gateway nodes with "
+      "default settings (history on: 1,000 events / 24 h per user; pings every 30 s), "
+      "`--log warn`, `--pre-drain-delay 0s --drain-window 0s`.")
+    w("")
+    w("## Results")
+    w("")
+    w("| # | issue 6 target | measured (median) | target | result | loadgen CPU (% of core 1) | gateways CPU (% of core 0) |")
+    w("| --- | --- | --- | --- | --- | --- | --- |")
+    if "a" in R:
+        a = R["a"]
+        w(f"| a | RSS per idle connection, {fmt(a['established'], 0)} connections on one node | "
+          f"**{fmt(a['kib_per_conn'], 2)} KiB** ({fmt(a['rss_before'], 0)} → {fmt(a['rss_after'], 0)} KiB) | ≤ 4 KiB | "
+          f"{met(a['kib_per_conn'] is not None and a['kib_per_conn'] <= TARGET_RSS_KIB)} | "
+          f"{fmt(a['loadgen_cpu'])} % connecting, {fmt(a['loadgen_cpu_hold'])} % idle | "
+          f"{fmt(a['server_cpu_hold'])} % idle |")
+    for key, label in (("b", "history off (raw `PUBLISH`)"), ("b2", "history on (`EVALSHA` publish script)")):
+        if key not in R:
+            continue
+        b = R[key]
+        ok = (b["deliveries"] or 0) >= TARGET_DELIVERIES and (b["p99_us"] or 1e12) <= TARGET_MAXRATE_P99_MS * 1000
+        target = "≥ 130,000/s, p99 ≤ 50 ms" if key == "b" else "report (same target)"
+        result = met(ok) if key == "b" else (met(ok) + " (vs. the history-off target)")
+        w(f"| {key} | deliveries/s per gateway core through Redis, {label}; both nodes on core 0 | "
+          f"**{fmt(b['deliveries'], 0)} deliveries/s** (runs: {fmt(b['deliveries_range'][0], 0)}–"
+          f"{fmt(b['deliveries_range'][1], 0)}; {fmt(b['events'], 0)} events/s), p50 {fmt(ms(b['p50_us']), 2)} ms, "
+          f"p99 **{fmt(ms(b['p99_us']), 2)} ms**; {fmt(b['per_cpu'], 0)} deliveries per gateway CPU-second | "
+          f"{target} | {result} | {fmt(b['loadgen_cpu'])} % (+ Redis) | "
+          f"{fmt(b['server_cpu'])} % |")
+    if "c" in R:
+        c = R["c"]
+        w(f"| c | p99 at 5,000 events/s over 2,000 connections (1,000 users × 2 nodes) | "
+          f"p99 **{fmt(ms(c['p99_us']), 3)} ms** (p50 {fmt(ms(c['p50_us']), 3)}, p99.9 {fmt(ms(c['p999_us']), 3)}, "
+          f"max {fmt(ms(c['max_us']), 2)} ms; {fmt(c['deliveries'], 0)} deliveries/s, lost {fmt(c['lost'], 0)}) | ≤ 1 ms | "
+          f"{met(c['p99_us'] is not None and c['p99_us'] <= TARGET_FANOUT_P99_MS * 1000)} | "
+          f"{fmt(c['loadgen_cpu'])} % | {fmt(c['server_cpu'])} % |")
+    if "d" in R:
+        d = R["d"]
+        w(f"| d | connection accepts with JWT auth per second, {fmt(opts.accept_connections, 0)} connections on one node "
+          f"(Redis mode: each new user is subscribed before the 101) | **{fmt(d['accepts'], 0)}/s** "
+          f"(handshake p50 {fmt(ms(d['hs_p50']), 1)} ms, p99 {fmt(ms(d['hs_p99']), 1)} ms; failed {fmt(d['failed'], 0)}) | "
+          f"≥ 10,000/s | {met((d['accepts'] or 0) >= TARGET_ACCEPTS)} | {fmt(d['loadgen_cpu'])} % | {fmt(d['server_cpu'])} % |")
+    if "e" in R:
+        e = R["e"]
+        counts = {int(k): v for k, v in e["counts"].items()}
+        lo, hi = min(counts), max(counts)
+        med = {n: [median(run[i] for run in counts[n]) for i in range(2)] for n in counts}
+        const = all(run == counts[lo][0] for n in counts for run in counts[n])
+        w(f"| e | Redis connections per node (`CLIENT LIST`), {fmt(lo, 0)} vs {fmt(hi, 0)} client connections over 2 nodes | "
+          f"**{fmt(lo, 0)} conns: {med[lo][0]:.0f} + {med[lo][1]:.0f}; {fmt(hi, 0)} conns: {med[hi][0]:.0f} + {med[hi][1]:.0f}** "
+          f"(node 1 + node 2) | constant | {met(const)} | – | – |")
+    if "f" in R:
+        f = R["f"]
+        w(f"| f | Redis memory per 1,000 stored history events (~200-byte events, 100 users) | "
+          f"**{fmt(f['kib_per_1000'], 1)} KiB** ({fmt(f['stored'], 0)} events stored) | report | – | "
+          f"{fmt(f['loadgen_cpu'])} % | – |")
+        insitu_pub = R.get("b", {}).get("usec_publish")
+        insitu_eval = R.get("b2", {}).get("usec_evalsha")
+        if insitu_pub and insitu_eval:
+            w(f"| f | Redis cost of one publish, history on vs off, in situ (scenarios b / b2: 2 subscribed "
+              f"nodes, 1,000 users) | `EVALSHA` publish script **{fmt(insitu_eval, 2)} µs** vs raw `PUBLISH` "
+              f"**{fmt(insitu_pub, 2)} µs** of Redis CPU per call (×{fmt(insitu_eval / insitu_pub, 1)}; "
+              f"`INFO commandstats` `usec_per_call`) | report | – | – | – |")
+        ratio = (f["evalsha_usec"] / f["publish_usec"]) if f["publish_usec"] and f["evalsha_usec"] else None
+        w(f"| f | Redis cost of one publish, history on vs off (Redis alone on core 1, `redis-benchmark` -P 32, no subscribers) | "
+          f"`EVALSHA` script **{fmt(f['evalsha_usec'], 2)} µs** vs `PUBLISH` **{fmt(f['publish_usec'], 2)} µs** of Redis CPU per call "
+          f"(×{fmt(ratio, 1)}); {fmt(f['evalsha_rps'], 0)} vs {fmt(f['publish_rps'], 0)} calls/s | report | – | – | – |")
+    w("")
+    w("Loadgen CPU is the load generator's own share of core 1 (it reports it from `/proc`); Redis "
+      "shares that core. Gateways CPU is the sum over the node processes on core 0 (100 % = the whole core).")
+    if "b" in R and R["b"].get("deliveries_range"):
+        lo, hi = R["b"]["deliveries_range"]
+        eff = [per_cpu(r) for r in R["b"]["runs"] if per_cpu(r)]
+        if lo and hi / lo > 1.15:
+            w("")
+            w(f"Noise: the history-off runs spread from {lo:,.0f} to {hi:,.0f} deliveries/s (×{hi / lo:.2f}) "
+              f"and the gateways' efficiency from {min(eff):,.0f} to {max(eff):,.0f} deliveries per CPU-second "
+              f"with the same binary, while other processes in this VM used ≈ {suite.foreign.get('b', 0):.1f} % "
+              "of the machine: the variation most likely comes from outside the VM (its 2 vCPUs share a host), so "
+              "read medians and ranges, not single runs.")
+    w("")
+    detail(w, R)
+    w("")
+    w("## Commands")
+    w("")
+    w("Exact invocations (`$PORT` = a free loopback port picked per run, `$PID` = the gateway "
+      "process(es), `$SHA` = `SCRIPT LOAD` of `gleepost_event::history::PUBLISH_SCRIPT`). Environment "
+      "of gateways and load generator: `GATEWAY_JWT_SECRET`, `GATEWAY_API_KEY` (random per suite), "
+      "gateways also `REDIS_URL=redis://127.0.0.1:$PORT`. RLIMIT_NOFILE is raised to the hard limit "
+      "for every child.")
+    w("")
+    w("```sh")
+    w("make bench    # = python3 scripts/bench.py")
+    w("cargo build --release -p gleepost-gateway -p gleepost-loadgen")
+    w("taskset -c 1 redis-server --port $PORT --bind 127.0.0.1 --save '' --appendonly no --dir .bench/… --loglevel warning")
+    w("taskset -c 0 target/release/gleepost-gateway --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$PORT "
+      "--log-format json --log warn --pre-drain-delay 0s --drain-window 0s   # × 2 nodes (× 1 for a, d, f)")
+    for key in ("a", "b", "b2", "c", "d", "e", "f"):
+        for c in COMMANDS.get(key, []):
+            w(f"# {key}")
+            w(c)
+    w("```")
+    w("")
+    w("Method notes:")
+    w("")
+    w("- a: `idle` opens the connections (one user each, distinct users, so each costs a Redis "
+      "subscription too), waits 2 s, and reports (VmRSS after − VmRSS before) / connections of the "
+      "fresh node.")
+    w(f"- b: `max-rate` over {fmt(opts.conns, 0)} connections ({fmt(opts.conns // 2, 0)} users, one "
+      "connection per user on each node), starting at the given event rate and multiplying it by "
+      f"{opts.factor} every {opts.step} step (1 s unmeasured warm-up per step) until p99 > 50 ms, loss > "
+      "0.1 %, a dropped connection, a publish error or the publisher falling below 95 % of the target; "
+      f"a failing step is run up to {opts.retries} more time(s) (`--retries {opts.retries}`) before the search "
+      "stops, so one transient stall does not end it. "
+      "The headline is the last passing step; both nodes share core 0, so their total is the "
+      "per-core rate. Each event is one `PUBLISH` (or one `EVALSHA`) and two deliveries.")
+    w("- c: `fanout` at 5,000 events/s (10,000 deliveries/s) through raw `PUBLISH`, 2 s warm-up, "
+      f"{opts.fanout_duration} measured; latency is publish (just before the pipelined write to "
+      "Redis) to receive, in the same process clock.")
+    w("- d: `connect-rate` with at most 256 handshakes in flight (TCP connect + upgrade with "
+      "`?access_token=<HS256 JWT>`), distinct users.")
+    w("- e: an `idle` run holds the connections while the script reads `CLIENT LIST` and maps each "
+      "client's address to its process with `ss -tnp`.")
+    w("- f memory: fresh Redis, `INFO memory` `used_memory` before and after publishing "
+      f"{fmt(opts.history_events, 0)} events (`--publish redis-history`, 200-byte events) to 100 users "
+      "(≈ 1,000 each, the default history bound), divided by the `XLEN` total. Cost: `redis-benchmark` "
+      "with 4 clients × 32 pipelined commands, keys and channels over 1,000 users (`-r 1000`); "
+      "`usec_per_call` from `INFO commandstats` is Redis's own CPU time per command (event loop, "
+      "excluding I/O), the calls/s are bounded by the single Redis thread.")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def per_cpu(rep):
+    """Deliveries per second of gateway CPU at the headline step."""
+    cpu = (rep.get("cpu") or {}).get("server_cpu_percent")
+    d = rep.get("delivered_per_sec")
+    return d * 100 / cpu if cpu and d else None
+
+
+def ms(us):
+    return None if us is None else us / 1000.0
+
+
+def detail(w, R) -> None:
+    for key, label in (("b", "history off"), ("b2", "history on")):
+        if key not in R:
+            continue
+        b = R[key]
+        cmd = "publish" if key == "b" else "evalsha"
+        w(f"### {key}: max-rate steps, {label}")
+        w("")
+        w("Per run: the last passing step, why stepping stopped, and the CPU at the final failing step: "
+          "gateways (core 0), load generator and Redis (core 1; Redis ≈ published/s × its "
+          f"`usec_per_call` of `{cmd.upper()}` from `INFO commandstats` over the run"
+          + (", publishes inside the script included" if key == "b2" else "")
+          + "). The gateways' 1 s readiness probe is a small script too, so `INFO commandstats` "
+          "always shows a few `EVALSHA` calls; the Redis CPU average covers the whole run, idle gaps included.")
+        w("")
+        w(f"| run | deliveries/s | events/s | p50 ms | p99 ms | loadgen % | gateways % | deliveries per gateway CPU-s | "
+          f"stopped because | at the failing step: gateways / loadgen / Redis ≈ % | Redis CPU avg % | µs/{cmd.upper()} |")
+        w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        notes = []
+        for i, r in enumerate(b["runs"]):
+            lat = r.get("latency_us") or {}
+            cs = r.get("redis_commandstats", {})
+            u = re.search(r"usec_per_call=([\d.]+)", cs.get(f"cmdstat_{cmd}", ""))
+            usec = float(u.group(1)) if u else None
+            steps = r.get("steps", [])
+            failing = steps[-1] if steps and not steps[-1]["pass"] else None
+            redis_pct = None
+            if failing:
+                redis_pct = failing["publish_rate"] * usec / 1e4 if usec else None
+                at_fail = (f"{fmt(failing['cpu'].get('server_cpu_percent'))} / "
+                           f"{fmt(failing['cpu']['loadgen_cpu_percent'])} / {fmt(redis_pct)}")
+            else:
+                at_fail = "–"
+            w(f"| {i} | {fmt(r.get('delivered_per_sec'), 0)} | {fmt(r.get('publish_rate'), 0)} | "
+              f"{fmt(ms(lat.get('p50')), 2)} | {fmt(ms(lat.get('p99')), 2)} | {fmt(r.get('loadgen_cpu_percent'))} | "
+              f"{fmt((r.get('cpu') or {}).get('server_cpu_percent'))} | {fmt(per_cpu(r), 0)} | "
+              f"{r.get('stop_reason')} | {at_fail} | "
+              f"{fmt(r.get('redis_cpu_percent_avg'))} | {fmt(usec, 2)} |")
+            if failing:
+                notes.append((i, failing, redis_pct))
+        w("")
+        for i, failing, redis_pct in notes:
+            gw = failing["cpu"].get("server_cpu_percent") or 0
+            client = failing["cpu"]["loadgen_cpu_percent"] + (redis_pct or 0)
+            where = []
+            if gw >= 95:
+                where.append(f"core 0 (gateways {gw:.0f} %)")
+            if client >= 90:
+                where.append(f"core 1 (load generator + Redis ≈ {client:.0f} %)")
+            w(f"- run {i}, final failing step: "
+              + ("saturated " + " and ".join(where) if where else
+                 f"no core at ≥ 90–95 % (gateways {gw:.0f} %, load generator + Redis ≈ {client:.0f} %)")
+              + ".")
+        w("")
+        last = b["runs"][len(b["runs"]) // 2]
+        w(f"Steps of run {len(b['runs']) // 2}:")
+        w("")
+        w("| target events/s | published/s | deliveries/s | loss % | p50 ms | p99 ms | p99.9 ms | loadgen % | gateways % | result |")
+        w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for s in last.get("steps", []):
+            lat = s["latency_us"]
+            w(f"| {fmt(s['rate_target'], 0)} | {fmt(s['publish_rate'], 0)} | {fmt(s['delivered_per_sec'], 0)} | "
+              f"{s['loss_pct']} | {fmt(ms(lat['p50']), 2)} | {fmt(ms(lat['p99']), 2)} | {fmt(ms(lat['p999']), 2)} | "
+              f"{fmt(s['cpu']['loadgen_cpu_percent'])} | {fmt(s['cpu'].get('server_cpu_percent'))} | "
+              f"{'pass' if s['pass'] else 'FAIL: ' + str(s['reason'])} |")
+        w("")
+    simple = [
+        ("a", "a: idle RSS", lambda r: f"{r['established']} established, RSS {r['server_rss_kib_before']} → "
+         f"{r['server_rss_kib_after']} KiB = {r['server_rss_kib_per_conn']} KiB/conn"),
+        ("c", "c: fan-out at 5,000 events/s", lambda r: f"p50 {r['latency_us']['p50']} µs, p99 {r['latency_us']['p99']} µs, "
+         f"p99.9 {r['latency_us']['p999']} µs, max {r['latency_us']['max']} µs; {r['delivered_per_sec']} deliveries/s; "
+         f"lost {r['lost']}, dup {r['duplicated']}; loadgen {r['loadgen_cpu_percent']} %, gateways "
+         f"{r['cpu'].get('server_cpu_percent')} %"),
+        ("d", "d: connect rate", lambda r: f"{r['accepts_per_sec']} accepts/s, {r['established']} established, "
+         f"{r['failed']} failed, handshake p50 {r['handshake_us']['p50']} µs p99 {r['handshake_us']['p99']} µs; "
+         f"loadgen {r['connect_cpu']['loadgen_cpu_percent']} %, gateway {r['connect_cpu'].get('server_cpu_percent')} %"),
+    ]
+    for key, title, line in simple:
+        if key not in R:
+            continue
+        w(f"### {title}, every run")
+        w("")
+        for i, r in enumerate(R[key]["runs"]):
+            w(f"- run {i}: {line(r)}")
+        w("")
+    if "e" in R:
+        w("### e: Redis connections per node, every run")
+        w("")
+        for n, runs in R["e"]["counts"].items():
+            w(f"- {n} client connections: " + "; ".join(f"node 1 {a}, node 2 {b}" for a, b in runs))
+        w("")
+    if "f" in R:
+        f = R["f"]
+        w("### f: Redis history memory and publish cost, every run")
+        w("")
+        for i, r in enumerate(f["runs"]):
+            w(f"- memory run {i}: used_memory {r['before']:,} → {r['after']:,} bytes for {r['stored']:,} "
+              f"stored events = {r['kib_per_1000']:.1f} KiB per 1,000")
+        for i, row in enumerate(f["bench"]):
+            w(f"- cost run {i}: " + "; ".join(
+                f"{k} {v['rps']:,.0f} calls/s, {v['usec_per_call']} µs/call" for k, v in row.items()))
+        w("")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="runs per scenario (median reported)")
+    ap.add_argument("--runs-max-rate", type=int, default=5,
+                    help="runs of b and b2 (interleaved; the noisiest scenarios)")
+    ap.add_argument("--only", default="", help="comma-separated scenarios: a,b (b and b2),c,d,e,f")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="report path")
+    ap.add_argument("--no-build", action="store_true", help="use the existing release binaries")
+    ap.add_argument("--idle-connections", type=int, default=10_000)
+    ap.add_argument("--accept-connections", type=int, default=10_000)
+    ap.add_argument("--conns", type=int, default=2_000, help="max-rate connections (2 per user)")
+    ap.add_argument("--start-rate", type=float, default=30_000, help="max-rate first step, events/s (history off)")
+    ap.add_argument("--start-rate-history", type=float, default=20_000, help="same, history on")
+    ap.add_argument("--factor", type=float, default=1.1)
+    ap.add_argument("--step", default="3s")
+    ap.add_argument("--max-steps", type=int, default=24)
+    ap.add_argument("--retries", type=int, default=1, help="max-rate: attempts again a failing step")
+    ap.add_argument("--fanout-duration", default="8s")
+    ap.add_argument("--history-events", type=int, default=100_000)
+    ap.add_argument("--bench-requests", type=int, default=300_000)
+    ap.add_argument("--wait-quiet", type=float, default=0,
+                    help="wait up to this many seconds for the 1-minute load average to drop below 0.5")
+    opts = ap.parse_args()
+    only = {s.strip() for s in opts.only.split(",") if s.strip()}
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    for tool in ("taskset", "redis-server", "redis-cli", "redis-benchmark", "ss"):
+        if not any((Path(p) / tool).exists() for p in os.environ.get("PATH", "").split(":")):
+            print(f"error: {tool} not found on PATH", file=sys.stderr)
+            return 2
+    if os.cpu_count() and os.cpu_count() < 2:
+        print("error: needs at least 2 cores (gateways on core 0, client + Redis on core 1)", file=sys.stderr)
+        return 2
+
+    suite = Suite(opts)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t0 = time.monotonic()
+    try:
+        if opts.wait_quiet > 0:
+            deadline = time.monotonic() + opts.wait_quiet
+            while os.getloadavg()[0] > 0.5 and time.monotonic() < deadline:
+                suite.log(f"machine busy (load average {loadavg()}); waiting")
+                time.sleep(30)
+        if not opts.no_build:
+            suite.log("cargo build --release -p gleepost-gateway -p gleepost-loadgen")
+            subprocess.run(["cargo", "build", "--release", "-p", "gleepost-gateway", "-p", "gleepost-loadgen"],
+                           cwd=ROOT, check=True, timeout=1800)
+        for b in (GATEWAY_BIN, LOADGEN_BIN):
+            if not b.exists():
+                raise RuntimeError(f"{b} missing (build failed?)")
+        suite.out.mkdir(parents=True, exist_ok=True)
+        load_start = loadavg()
+        suite.log(f"results in {suite.out}; load average {load_start}")
+        if os.getloadavg()[0] > 1.0:
+            suite.log("warning: the machine is busy; numbers will be noisy (the report records the load)")
+        suite.run(only)
+        load_end = loadavg()
+        opts.total_minutes = (time.monotonic() - t0) / 60
+        out = Path(opts.out)
+        write_report(suite, out, started, load_start, load_end, opts)
+        suite.log(f"wrote {out} in {opts.total_minutes:.1f} min")
+        return 0
+    except Interrupted as e:
+        print(f"\ninterrupted ({e}); stopping everything", file=sys.stderr)
+        return 130
+    except subprocess.CalledProcessError as e:
+        print(f"error: {shown(e.cmd)} failed ({e.returncode}): {e.stderr or ''}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        PROCS.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

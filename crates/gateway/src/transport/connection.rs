@@ -3,13 +3,13 @@
 //! and closes with a documented code.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::time::{sleep_until, Instant as TokioInstant};
+use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
@@ -26,7 +26,7 @@ use gleepost_event::EventId;
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// How long to wait for the client's reply to our close frame.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// A connection's place in the registry; leaving the registry (and, for the user's last
 /// connection, unsubscribing) happens when this is dropped, whatever ends the connection.
@@ -129,19 +129,23 @@ async fn session(
     let settings = &node.conn;
     let mut dedup = Dedup::default();
     if let Some(since) = since {
-        if let Err(end) = resume(&mut ws, conn.user, &since, &mut dedup, node).await {
+        // Boxed: the history read is large and happens once; keeping it out of the
+        // connection's future keeps every idle connection small.
+        let resumed = Box::pin(resume(&mut ws, conn.user, &since, &mut dedup, node)).await;
+        if let Err(end) = resumed {
             return end;
         }
     }
-    let far_future = TokioInstant::now() + std::time::Duration::from_secs(100 * 365 * 86_400);
-    let expiry = expires.map_or(far_future, |at| {
-        TokioInstant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
-    });
-    let mut ping = tokio::time::interval_at(
-        TokioInstant::now() + settings.ping_interval,
-        settings.ping_interval,
-    );
-    let mut pong_deadline: Option<TokioInstant> = None;
+    let now = TokioInstant::now();
+    let mut timer = Timer {
+        next_ping: now + settings.ping_interval,
+        pong_due: None,
+        expiry: expires.map(|at| now + at.duration_since(SystemTime::now()).unwrap_or_default()),
+    };
+    // One timer per connection (pings, pong deadline, credential expiry): idle connections
+    // stay small.
+    let sleep = tokio::time::sleep_until(timer.deadline());
+    tokio::pin!(sleep);
     let mut batch: Vec<Frame> = Vec::new();
     loop {
         tokio::select! {
@@ -150,7 +154,7 @@ async fn session(
                 let closing = conn.outbox.take(&mut batch);
                 if closing == Some(CloseReason::SlowConsumer) {
                     batch.clear();
-                    return close(ws, CloseReason::SlowConsumer).await;
+                    return Box::pin(close(ws, CloseReason::SlowConsumer)).await;
                 }
                 let written = tokio::select! {
                     written = write_batch(&mut ws, &mut batch, &mut dedup, node) => written,
@@ -159,16 +163,19 @@ async fn session(
                 };
                 match written {
                     Ok(()) => {}
-                    Err(End::Closed(reason)) => return close(ws, reason).await,
+                    Err(End::Closed(reason)) => return Box::pin(close(ws, reason)).await,
                     Err(end) => return end,
                 }
                 if let Some(reason) = closing {
-                    return close(ws, reason).await;
+                    return Box::pin(close(ws, reason)).await;
                 }
             }
             msg = ws.next() => match msg {
                 None => return End::ClientGone,
-                Some(Ok(Message::Pong(_))) => pong_deadline = None,
+                Some(Ok(Message::Pong(_))) => {
+                    timer.pong_due = None;
+                    sleep.as_mut().reset(timer.deadline());
+                }
                 Some(Ok(Message::Close(_))) => {
                     // tungstenite queued the close reply; flushing sends it.
                     let _ = ws.flush().await;
@@ -187,17 +194,63 @@ async fn session(
                 }
                 Some(Err(_)) => return End::SocketError,
             },
-            _ = ping.tick() => {
-                if ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                    return End::SocketError;
+            _ = &mut sleep => {
+                match timer.fire(TokioInstant::now(), settings.ping_interval, settings.pong_timeout) {
+                    Due::Expired => return Box::pin(close(ws, CloseReason::AuthExpired)).await,
+                    Due::PongTimeout => return End::PongTimeout,
+                    Due::Ping => {
+                        if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                            return End::SocketError;
+                        }
+                    }
+                    Due::Nothing => {}
                 }
-                pong_deadline.get_or_insert(TokioInstant::now() + settings.pong_timeout);
+                sleep.as_mut().reset(timer.deadline());
             }
-            _ = sleep_until(pong_deadline.unwrap_or(far_future)), if pong_deadline.is_some() => {
-                return End::PongTimeout;
-            }
-            _ = sleep_until(expiry) => return close(ws, CloseReason::AuthExpired).await,
         }
+    }
+}
+
+/// What the connection's timer is waiting for.
+struct Timer {
+    next_ping: TokioInstant,
+    pong_due: Option<TokioInstant>,
+    expiry: Option<TokioInstant>,
+}
+
+/// What a timer expiry means.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    Expired,
+    PongTimeout,
+    Ping,
+    Nothing,
+}
+
+impl Timer {
+    /// The earliest of the next ping, the pong deadline and the expiry.
+    fn deadline(&self) -> TokioInstant {
+        let mut at = self.next_ping;
+        for t in [self.pong_due, self.expiry].into_iter().flatten() {
+            at = at.min(t);
+        }
+        at
+    }
+
+    /// Advance to `now`; a ping that is sent starts a pong deadline unless one is running.
+    fn fire(&mut self, now: TokioInstant, interval: Duration, pong_timeout: Duration) -> Due {
+        if self.expiry.is_some_and(|t| t <= now) {
+            return Due::Expired;
+        }
+        if self.pong_due.is_some_and(|t| t <= now) {
+            return Due::PongTimeout;
+        }
+        if self.next_ping <= now {
+            self.next_ping = now + interval;
+            self.pong_due.get_or_insert(now + pong_timeout);
+            return Due::Ping;
+        }
+        Due::Nothing
     }
 }
 
@@ -278,4 +331,48 @@ async fn close(mut ws: Socket, reason: CloseReason) -> End {
     })
     .await;
     End::Closed(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_pings_then_times_out_without_pong() {
+        let t0 = TokioInstant::now();
+        let (interval, pong) = (Duration::from_secs(30), Duration::from_secs(10));
+        let mut timer = Timer {
+            next_ping: t0 + interval,
+            pong_due: None,
+            expiry: None,
+        };
+        assert_eq!(timer.deadline(), t0 + interval);
+        assert_eq!(timer.fire(t0, interval, pong), Due::Nothing);
+        assert_eq!(timer.fire(t0 + interval, interval, pong), Due::Ping);
+        assert_eq!(timer.deadline(), t0 + interval + pong);
+        assert_eq!(
+            timer.fire(t0 + interval + pong, interval, pong),
+            Due::PongTimeout
+        );
+    }
+
+    #[test]
+    fn timer_pong_clears_deadline_and_expiry_wins() {
+        let t0 = TokioInstant::now();
+        let (interval, pong) = (Duration::from_secs(30), Duration::from_secs(10));
+        let mut timer = Timer {
+            next_ping: t0,
+            pong_due: None,
+            expiry: Some(t0 + Duration::from_secs(45)),
+        };
+        assert_eq!(timer.fire(t0, interval, pong), Due::Ping);
+        timer.pong_due = None; // the pong arrived
+        assert_eq!(timer.deadline(), t0 + interval);
+        assert_eq!(timer.fire(t0 + interval, interval, pong), Due::Ping);
+        assert_eq!(timer.deadline(), t0 + interval + pong);
+        assert_eq!(
+            timer.fire(t0 + Duration::from_secs(45), interval, pong),
+            Due::Expired
+        );
+    }
 }

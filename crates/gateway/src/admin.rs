@@ -156,7 +156,7 @@ async fn publish_inner(
         tracing::warn!(error = %e, "publish failed");
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "Broker unavailable, event not published".to_string(),
+            "Broker unavailable; the event may not have been published".to_string(),
         )
     })?;
     node.metrics.events_published.inc_by(users.len() as u64);

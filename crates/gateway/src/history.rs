@@ -32,15 +32,10 @@ pub enum Replay {
 pub fn resync_frame(reason: &str, latest: Option<&str>) -> Utf8Bytes {
     let body = format!(r#"{{"type":"resync","data":{{"reason":"{reason}"}}}}"#);
     match latest {
-        Some(id) => utf8(splice_id(body.as_bytes(), id)),
+        // An id is `[a-z0-9-]` from our own store; one that is not is left out.
+        Some(id) => Utf8Bytes::try_from(splice_id(body.as_bytes(), id)).unwrap_or(body.into()),
         None => body.into(),
     }
-}
-
-/// Frames built here are ASCII JSON around stored events, which were valid UTF-8 when
-/// published; invalid bytes (a corrupted store) become an empty frame that is never sent.
-fn utf8(bytes: Bytes) -> Utf8Bytes {
-    Utf8Bytes::try_from(bytes).unwrap_or_default()
 }
 
 /// Skips frames a connection already got (replay and live, or repair and live, overlap).
@@ -254,7 +249,11 @@ impl Read {
             self.entries
                 .iter()
                 .filter(|(sid, _)| parse_stream_id(sid).is_some())
-                .map(|(sid, event)| utf8(splice_id(event, &format!("{epoch}-{sid}"))))
+                // Stored events were valid UTF-8 JSON when published; an entry that is not
+                // (a corrupted store) is skipped rather than sent.
+                .filter_map(|(sid, event)| {
+                    Utf8Bytes::try_from(splice_id(event, &format!("{epoch}-{sid}"))).ok()
+                })
                 .collect(),
         )
     }

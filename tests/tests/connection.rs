@@ -3,7 +3,9 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use gleepost_tests::metrics::wait_metric;
-use gleepost_tests::{data_text, token, Closed, Gateway, GatewayOptions, WAIT};
+use gleepost_tests::{
+    data_text, token, token_with, Client, Closed, Gateway, GatewayOptions, JWT_SECRET, WAIT,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -176,5 +178,26 @@ async fn a_client_that_does_not_answer_pings_is_disconnected() -> Result<()> {
         gw.metric("gleepost_gateway_connections").await? == 1.0,
         "connections gauge after the pong timeout"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_with_4001_when_its_jwt_expires() -> Result<()> {
+    let gw = Gateway::start(GatewayOptions::default()).await?;
+    // Valid for 2 more seconds: accepted now, closed by the gateway at `exp`.
+    let short = token_with(9, 2, JWT_SECRET.as_bytes(), jsonwebtoken::Algorithm::HS256);
+    let mut client = Client::connect(&format!("{}?access_token={short}", gw.ws_base())).await?;
+    gw.publish(&[9], &event(1)).await?;
+    assert_event(&client.next_text().await?, 1)?;
+    match client.closed_within(WAIT).await? {
+        Closed::Code(4001, _) => {}
+        other => bail!("expected close 4001 at expiry, got {other:?}"),
+    }
+    wait_metric(
+        &gw,
+        r#"gleepost_gateway_connections_closed_total{reason="auth_expired"}"#,
+        1.0,
+    )
+    .await?;
     Ok(())
 }

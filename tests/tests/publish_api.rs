@@ -202,6 +202,11 @@ fn invalid_requests() -> Vec<(&'static str, String, &'static str)> {
             event(&format!(r#""type":"x","data":"{big_data}""#)),
             "1024",
         ),
+        (
+            "event with an id (ids are assigned by the gateway)",
+            event(r#""type":"x","data":{},"id":"abc-1-0""#),
+            "id",
+        ),
     ]
 }
 

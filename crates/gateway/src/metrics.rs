@@ -156,6 +156,13 @@ impl Metrics {
             ready: gauge("ready", "1 while the node is ready to serve")?,
             registry,
         };
+        // Series the shipped alerts rate() over exist from the start (at 0).
+        for reason in ["slow_consumer", "closing"] {
+            metrics.events_dropped.with_label_values(&[reason]);
+        }
+        for reason in ["not_json", "not_object", "no_type", "oversize", "not_utf8"] {
+            metrics.broker_malformed.with_label_values(&[reason]);
+        }
         #[cfg(target_os = "linux")]
         {
             let process =

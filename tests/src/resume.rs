@@ -22,6 +22,27 @@ pub fn seq_event(seq: u64, pad: usize) -> String {
     )
 }
 
+/// Publish numbered event `seq` to `user` through the API; returns its id.
+pub async fn publish_seq(gw: &Gateway, user: u64, seq: u64) -> Result<String> {
+    let res = gw.publish(&[user], &seq_event(seq, 0)).await?;
+    res["ids"][user.to_string()]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("publish result has no id for user {user}: {res}"))
+}
+
+/// The first frame must be a `resync` with `reason`; returns its id.
+pub async fn expect_resync(client: &mut Client, reason: &str) -> Result<Option<String>> {
+    let text = client.next_text().await.context("waiting for resync")?;
+    match parse_frame(&text)? {
+        Frame::Resync { reason: got, id } => {
+            ensure!(got == reason, "resync reason {got}, expected {reason}");
+            Ok(id)
+        }
+        other => bail!("expected resync ({reason}) first, got {other:?}"),
+    }
+}
+
 /// Connect as `user` resuming after `since` (`?since=<id>`).
 pub async fn connect_since(gw: &Gateway, user: u64, since: &str) -> Result<Client> {
     Client::connect(&format!("{}&since={since}", gw.ws_url(user))).await

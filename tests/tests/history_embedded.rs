@@ -2,30 +2,11 @@
 //! ring gives ids, exact replay after `since`, and `resync` for unknown/malformed/foreign ids,
 //! trimmed history and too many missed events, exactly like Redis history.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use gleepost_tests::resume::{
-    connect_last_event_id, connect_since, parse_frame, seq_event, Frame, SeqCheck,
+    connect_last_event_id, connect_since, expect_resync, publish_seq, SeqCheck,
 };
-use gleepost_tests::{Client, Gateway, GatewayOptions};
-
-async fn publish(gw: &Gateway, user: u64, seq: u64) -> Result<String> {
-    let res = gw.publish(&[user], &seq_event(seq, 0)).await?;
-    res["ids"][user.to_string()]
-        .as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("publish result has no id for user {user}: {res}"))
-}
-
-async fn expect_resync(client: &mut Client, reason: &str) -> Result<Option<String>> {
-    let text = client.next_text().await.context("waiting for resync")?;
-    match parse_frame(&text)? {
-        Frame::Resync { reason: got, id } => {
-            ensure!(got == reason, "resync reason {got}, expected {reason}");
-            Ok(id)
-        }
-        other => bail!("expected resync ({reason}) first, got {other:?}"),
-    }
-}
+use gleepost_tests::{Gateway, GatewayOptions};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_broker_resume_replay_and_resync() -> Result<()> {
@@ -41,7 +22,7 @@ async fn embedded_broker_resume_replay_and_resync() -> Result<()> {
     let mut live_check = SeqCheck::new("connected client", 1);
     let mut ids = vec![String::new()]; // ids[seq]
     for seq in 1..=3 {
-        ids.push(publish(&gw, user, seq).await?);
+        ids.push(publish_seq(&gw, user, seq).await?);
     }
     live_check.read_until(&mut live, 3).await?;
     ensure!(live_check.last_id.as_deref() == Some(ids[3].as_str()));
@@ -50,14 +31,14 @@ async fn embedded_broker_resume_replay_and_resync() -> Result<()> {
     let mut c = connect_since(&gw, user, &ids[1]).await?;
     let mut check = SeqCheck::new("resumed after 1", 2);
     check.read_until(&mut c, 3).await?;
-    ids.push(publish(&gw, user, 4).await?);
+    ids.push(publish_seq(&gw, user, 4).await?);
     check.read_until(&mut c, 4).await?;
 
     // Last-Event-ID works the same.
     let mut c = connect_last_event_id(&gw, user, &ids[3]).await?;
     let mut check = SeqCheck::new("Last-Event-ID after 3", 4);
     check.read_until(&mut c, 4).await?;
-    ids.push(publish(&gw, user, 5).await?);
+    ids.push(publish_seq(&gw, user, 5).await?);
     check.read_until(&mut c, 5).await?;
 
     // Nothing missed: no frame; its first frame will be the next live event (seq 6).
@@ -70,7 +51,7 @@ async fn embedded_broker_resume_replay_and_resync() -> Result<()> {
     let mut many = connect_since(&gw, user, &ids[1]).await?;
     let id = expect_resync(&mut many, "too_many").await?;
     ensure!(id.as_deref() == Some(ids[5].as_str()), "resync id {id:?}");
-    ids.push(publish(&gw, user, 6).await?);
+    ids.push(publish_seq(&gw, user, 6).await?);
     SeqCheck::new("nothing missed", 6)
         .read_until(&mut c, 6)
         .await?;
@@ -95,12 +76,12 @@ async fn embedded_broker_resume_replay_and_resync() -> Result<()> {
 
     // Trim past the resume point: ring keeps 6..=10 after these.
     for seq in 7..=10 {
-        ids.push(publish(&gw, user, seq).await?);
+        ids.push(publish_seq(&gw, user, seq).await?);
     }
     let mut c = connect_since(&gw, user, &ids[5]).await?;
     let id = expect_resync(&mut c, "trimmed").await?;
     ensure!(id.as_deref() == Some(ids[10].as_str()), "resync id {id:?}");
-    ids.push(publish(&gw, user, 11).await?);
+    ids.push(publish_seq(&gw, user, 11).await?);
     SeqCheck::new("after trimmed", 11)
         .read_until(&mut c, 11)
         .await?;

@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use gleepost_tests::resume::{
-    connect_last_event_id, connect_since, parse_frame, seq_event, Frame, SeqCheck,
+    connect_last_event_id, connect_since, expect_resync, parse_frame, publish_seq, seq_event,
+    Frame, SeqCheck,
 };
-use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{Gateway, GatewayOptions, RedisServer};
 
 const READY: Duration = Duration::from_secs(15);
 
@@ -22,27 +23,6 @@ async fn node(redis: &RedisServer, args: &[&str]) -> Result<Gateway> {
     .await?;
     gw.wait_ready(true, READY).await?;
     Ok(gw)
-}
-
-/// Publish numbered event `seq` to `user` through the API; returns its id.
-async fn publish(gw: &Gateway, user: u64, seq: u64) -> Result<String> {
-    let res = gw.publish(&[user], &seq_event(seq, 0)).await?;
-    res["ids"][user.to_string()]
-        .as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("publish result has no id for user {user}: {res}"))
-}
-
-/// The first frame must be a `resync` with `reason`; returns its id.
-async fn expect_resync(client: &mut Client, reason: &str) -> Result<Option<String>> {
-    let text = client.next_text().await.context("waiting for resync")?;
-    match parse_frame(&text)? {
-        Frame::Resync { reason: got, id } => {
-            ensure!(got == reason, "resync reason {got}, expected {reason}");
-            Ok(id)
-        }
-        other => bail!("expected resync ({reason}) first, got {other:?}"),
-    }
 }
 
 fn epoch(id: &str) -> &str {
@@ -59,7 +39,7 @@ async fn flushall_then_resume_with_an_old_id_gets_resync_epoch_changed_then_live
 
     let mut old = Vec::new();
     for seq in 1..=3 {
-        old.push(publish(&gw, user, seq).await?);
+        old.push(publish_seq(&gw, user, seq).await?);
     }
     live_check.read_until(&mut live, 3).await?;
     ensure!(live_check.last_id.as_deref() == Some(old[2].as_str()));
@@ -75,7 +55,7 @@ async fn flushall_then_resume_with_an_old_id_gets_resync_epoch_changed_then_live
         "empty history, yet resync carries {latest:?}"
     );
 
-    let id4 = publish(&gw, user, 4).await?;
+    let id4 = publish_seq(&gw, user, 4).await?;
     ensure!(
         epoch(&id4) != epoch(&old[2]),
         "history recreated with the old epoch: {id4} after {}",
@@ -86,14 +66,14 @@ async fn flushall_then_resume_with_an_old_id_gets_resync_epoch_changed_then_live
     live_check.read_until(&mut live, 4).await?;
 
     // After events of the new epoch: resync names the newest id (Last-Event-ID this time).
-    let id5 = publish(&gw, user, 5).await?;
+    let id5 = publish_seq(&gw, user, 5).await?;
     let mut r2 = connect_last_event_id(&gw, user, &old[1]).await?;
     let latest = expect_resync(&mut r2, "epoch_changed").await?;
     ensure!(
         latest.as_deref() == Some(id5.as_str()),
         "resync id {latest:?}, newest is {id5}"
     );
-    publish(&gw, user, 6).await?;
+    publish_seq(&gw, user, 6).await?;
     let mut r2_check = SeqCheck::new("resumed with Last-Event-ID", 6);
     r2_check.read_until(&mut r2, 6).await?;
 
@@ -101,7 +81,7 @@ async fn flushall_then_resume_with_an_old_id_gets_resync_epoch_changed_then_live
     let mut r3 = connect_since(&gw, user, &id5).await?;
     let mut r3_check = SeqCheck::new("resumed after the resync id", 6);
     r3_check.read_until(&mut r3, 6).await?;
-    publish(&gw, user, 7).await?;
+    publish_seq(&gw, user, 7).await?;
     r3_check.read_until(&mut r3, 7).await?;
     r1_check.read_until(&mut r1, 7).await?;
     live_check.read_until(&mut live, 7).await?;
@@ -115,7 +95,7 @@ async fn resume_replays_exactly_the_missed_events_up_to_the_limit_else_resync() 
     let user = 21;
     let mut ids = vec![String::new()]; // ids[seq]
     for seq in 1..=12 {
-        ids.push(publish(&gw, user, seq).await?);
+        ids.push(publish_seq(&gw, user, seq).await?);
     }
 
     // 5 missed (= --max-replay): replayed exactly, then live.
@@ -123,7 +103,7 @@ async fn resume_replays_exactly_the_missed_events_up_to_the_limit_else_resync() 
     let mut check = SeqCheck::new("5 missed", 8);
     check.read_until(&mut c, 12).await?;
     ensure!(check.last_id.as_deref() == Some(ids[12].as_str()));
-    ids.push(publish(&gw, user, 13).await?);
+    ids.push(publish_seq(&gw, user, 13).await?);
     check.read_until(&mut c, 13).await?;
 
     // 6 missed: more than the limit.
@@ -133,14 +113,14 @@ async fn resume_replays_exactly_the_missed_events_up_to_the_limit_else_resync() 
         latest.as_deref() == Some(ids[13].as_str()),
         "resync id {latest:?}"
     );
-    ids.push(publish(&gw, user, 14).await?);
+    ids.push(publish_seq(&gw, user, 14).await?);
     SeqCheck::new("after too_many", 14)
         .read_until(&mut c, 14)
         .await?;
 
     // Nothing missed: no frame at all, the next frame is the next live event.
     let mut c = connect_last_event_id(&gw, user, &ids[14]).await?;
-    ids.push(publish(&gw, user, 15).await?);
+    ids.push(publish_seq(&gw, user, 15).await?);
     SeqCheck::new("nothing missed", 15)
         .read_until(&mut c, 15)
         .await?;
@@ -152,11 +132,11 @@ async fn trimmed_history_and_malformed_or_foreign_ids_get_resync_then_live() -> 
     let redis = RedisServer::start().await?;
     let gw = node(&redis, &["--history-size", "10"]).await?;
     let user = 31;
-    let first = publish(&gw, user, 1).await?;
+    let first = publish_seq(&gw, user, 1).await?;
     // MAXLEN ~ trims whole stream nodes (100 entries): publish enough to drop the first one.
     let mut latest = first.clone();
     for seq in 2..=501 {
-        latest = publish(&gw, user, seq).await?;
+        latest = publish_seq(&gw, user, seq).await?;
     }
     let stream_id = first.split_once('-').map(|(_, s)| s).unwrap_or_default();
     let key = format!("gp:hist:{{{user}}}");
@@ -171,7 +151,7 @@ async fn trimmed_history_and_malformed_or_foreign_ids_get_resync_then_live() -> 
     let mut c = connect_since(&gw, user, &first).await?;
     let id = expect_resync(&mut c, "trimmed").await?;
     ensure!(id.as_deref() == Some(latest.as_str()), "resync id {id:?}");
-    publish(&gw, user, 502).await?;
+    publish_seq(&gw, user, 502).await?;
     SeqCheck::new("after trimmed", 502)
         .read_until(&mut c, 502)
         .await?;
@@ -194,7 +174,7 @@ async fn trimmed_history_and_malformed_or_foreign_ids_get_resync_then_live() -> 
     let mut c = connect_last_event_id(&gw, user, "garbage").await?;
     expect_resync(&mut c, "unknown_id").await?;
     let seq = 503;
-    publish(&gw, user, seq).await?;
+    publish_seq(&gw, user, seq).await?;
     SeqCheck::new("after unknown_id", seq)
         .read_until(&mut c, seq)
         .await?;
@@ -227,7 +207,7 @@ async fn history_off_or_unreadable_gives_resync_not_silence() -> Result<()> {
     // read, so the client is told (`unavailable`) instead of being resumed silently.
     let gw = node(&redis, &["--redis-timeout", "300ms"]).await?;
     let _subscribed = gw.connect(52).await?;
-    let id = publish(&gw, 52, 1).await?;
+    let id = publish_seq(&gw, 52, 1).await?;
     redis.signal(libc::SIGSTOP);
     let resync = async {
         let mut c = connect_since(&gw, 52, &id).await?;

@@ -111,6 +111,13 @@ async fn join_all(readers: Vec<Reader>) -> Result<Vec<Client>> {
     Ok(clients)
 }
 
+/// Publish numbered event `seq` to `user` with the Rust `Publisher` (history on).
+async fn publish_seq_to(publisher: &Publisher, user: u64, seq: u64) -> Result<()> {
+    let event = Event::from_json(seq_event(seq, 0).as_bytes())?;
+    publisher.publish(&[user], &event).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pubsub_killed_three_times_during_5000_events_every_client_gets_each_once_in_order(
 ) -> Result<()> {
@@ -372,14 +379,7 @@ async fn gap_repair_after_the_history_was_trimmed_during_the_outage_sends_resync
             size: 10,
             ..HistoryConfig::default()
         });
-    let publish = |seq: u64| {
-        let publisher = publisher.clone();
-        async move {
-            let event = Event::from_json(seq_event(seq, 0).as_bytes())?;
-            publisher.publish(&[72], &event).await?;
-            anyhow::Ok(())
-        }
-    };
+    let publish = |seq: u64| publish_seq_to(&publisher, 72, seq);
     let mut client = gw.connect(72).await?;
     publish(1).await?;
     SeqCheck::new("user 72", 1)
@@ -405,14 +405,7 @@ async fn gap_repair_after_redis_lost_its_data_during_the_outage_sends_resync() -
     let redis = RedisServer::start().await?;
     let gw = node(&redis, &[]).await?;
     let publisher = Publisher::connect(&redis.url()).await?;
-    let publish = |seq: u64| {
-        let publisher = publisher.clone();
-        async move {
-            let event = Event::from_json(seq_event(seq, 0).as_bytes())?;
-            publisher.publish(&[73], &event).await?;
-            anyhow::Ok(())
-        }
-    };
+    let publish = |seq: u64| publish_seq_to(&publisher, 73, seq);
     let mut client = gw.connect(73).await?;
     publish(1).await?;
     SeqCheck::new("user 73", 1)
@@ -444,14 +437,7 @@ async fn back_to_back_outages_are_repaired_exactly_without_resync() -> Result<()
     let redis = RedisServer::start().await?;
     let gw = node(&redis, &[]).await?;
     let publisher = Publisher::connect(&redis.url()).await?;
-    let publish = |seq: u64| {
-        let publisher = publisher.clone();
-        async move {
-            let event = Event::from_json(seq_event(seq, 0).as_bytes())?;
-            publisher.publish(&[74], &event).await?;
-            anyhow::Ok(())
-        }
-    };
+    let publish = |seq: u64| publish_seq_to(&publisher, 74, seq);
     let mut client = gw.connect(74).await?;
     let mut check = SeqCheck::new("user 74", 1);
     publish(1).await?;

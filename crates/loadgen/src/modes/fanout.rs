@@ -2,9 +2,11 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use super::{check_budget, common_params, connect_phase, delivery, pool_config, publish_params};
+use super::{
+    check_budget, common_params, connect_for_publishing, delivery, pool_config, publish_params,
+};
 use crate::cli::FanoutArgs;
 use crate::publish::Publisher;
 use crate::report::Report;
@@ -20,14 +22,7 @@ pub async fn run(a: &FanoutArgs, deadline: Instant) -> Result<Report> {
     )?;
     let cfg = pool_config(c)?;
     let mut publisher = Publisher::connect(&a.publish, c.first_user, cfg.users()).await?;
-    let connected = connect_phase(c, cfg).await?;
-    if connected.summary.established == 0 {
-        connected.pool.close().await;
-        bail!(
-            "no connection could be established: {:?}",
-            connected.summary.connect_errors
-        );
-    }
+    let connected = connect_for_publishing(c, cfg).await?;
     stats::take_all();
 
     let publish_start = Instant::now();

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::{check_budget, common_params, connect_phase, delivery, pool_config, publish_params};
+use super::{
+    check_budget, common_params, connect_for_publishing, delivery, pool_config, publish_params,
+};
 use crate::cli::MaxRateArgs;
 use crate::publish::Publisher;
 use crate::report::{Delivery, Report, Step};
@@ -23,14 +25,7 @@ pub async fn run(a: &MaxRateArgs, deadline: Instant) -> Result<Report> {
     check_budget(deadline, c.settle + step_cost)?;
     let cfg = pool_config(c)?;
     let mut publisher = Publisher::connect(&a.publish, c.first_user, cfg.users()).await?;
-    let connected = connect_phase(c, cfg).await?;
-    if connected.summary.established == 0 {
-        connected.pool.close().await;
-        bail!(
-            "no connection could be established: {:?}",
-            connected.summary.connect_errors
-        );
-    }
+    let connected = connect_for_publishing(c, cfg).await?;
     let mut disconnected = stats::take_all().disconnected;
     let mut close_codes = BTreeMap::new();
 

@@ -116,6 +116,19 @@ pub struct Connected {
     pub summary: ConnectSummary,
 }
 
+/// [`connect_phase`] for the publishing modes: fails when no connection could be established.
+pub async fn connect_for_publishing(c: &Common, cfg: Arc<PoolConfig>) -> Result<Connected> {
+    let connected = connect_phase(c, cfg).await?;
+    if connected.summary.established == 0 {
+        connected.pool.close().await;
+        anyhow::bail!(
+            "no connection could be established: {:?}",
+            connected.summary.connect_errors
+        );
+    }
+    Ok(connected)
+}
+
 /// Opens all connections, waits `settle`, samples server RSS before and after.
 pub async fn connect_phase(c: &Common, cfg: Arc<PoolConfig>) -> Result<Connected> {
     let rss_before = sys::total_rss_kib(&c.server_pids)?;

@@ -6,10 +6,13 @@
 //! connection's queue holds no heap allocation.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One event frame, shared (reference counted) by every recipient of a publish.
@@ -87,10 +90,15 @@ struct State {
 }
 
 /// The bounded queue between the broker reader and one socket writer.
+///
+/// One consumer (the connection task) waits on it: a single `AtomicWaker` holds that task's
+/// waker, and a push wakes it only when the queue goes from empty to non-empty (a non-empty
+/// queue means the task is already due to drain it), on overflow, or on close.
 pub struct Outbox {
     state: Mutex<State>,
-    wake: Notify,
-    overflow: Notify,
+    waker: AtomicWaker,
+    /// Set (once) when a push overflowed; read without the lock by the writer.
+    overflow: AtomicBool,
     limits: QueueLimits,
 }
 
@@ -99,8 +107,8 @@ impl Outbox {
     pub fn new(limits: QueueLimits) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
-            overflow: Notify::new(),
+            waker: AtomicWaker::new(),
+            overflow: AtomicBool::new(false),
             limits,
         }
     }
@@ -123,8 +131,8 @@ impl Outbox {
             st.queue = VecDeque::new();
             st.bytes = 0;
             drop(st);
-            self.wake.notify_one();
-            self.overflow.notify_one();
+            self.overflow.store(true, Ordering::Release);
+            self.waker.wake();
             return Err(PushError::Overflow);
         }
         st.bytes += len;
@@ -132,7 +140,7 @@ impl Outbox {
         let was_empty = st.queue.len() == 1;
         drop(st);
         if was_empty {
-            self.wake.notify_one();
+            self.waker.wake();
         }
         Ok(())
     }
@@ -145,7 +153,7 @@ impl Outbox {
             st.closing = Some(reason);
         }
         drop(st);
-        self.wake.notify_one();
+        self.waker.wake();
     }
 
     /// Move every queued frame into `batch` (which must be empty); returns the close reason if
@@ -161,15 +169,35 @@ impl Outbox {
         st.closing
     }
 
-    /// Wait until something was pushed or a close was requested.
+    /// Wait until a frame is queued or a close was requested. Only the connection's own task
+    /// may wait on its outbox (there is one waker slot).
     pub async fn ready(&self) {
-        self.wake.notified().await
+        poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Register before looking, so a push after the look wakes this task.
+        self.waker.register(cx.waker());
+        let st = self.lock();
+        if st.queue.is_empty() && st.closing.is_none() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     }
 
     /// Wait until the queue overflowed (the socket writer may be stuck on a client that stopped
-    /// reading: it must give up rather than wait for the socket).
+    /// reading: it must give up rather than wait for the socket). Same task rule as `ready`.
     pub async fn overflowed(&self) {
-        self.overflow.notified().await
+        poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.overflow.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 
@@ -197,6 +225,41 @@ mod tests {
         let mut batch = Vec::new();
         assert_eq!(ob.take(&mut batch), Some(CloseReason::SlowConsumer));
         assert!(batch.is_empty(), "a slow consumer's queue is discarded");
+    }
+
+    /// Counts wake-ups of the connection task.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl futures_util::task::ArcWake for CountingWaker {
+        fn wake_by_ref(arc_self: &std::sync::Arc<Self>) {
+            arc_self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn push_wakes_the_waiting_task_once_per_empty_to_non_empty() {
+        let ob = Outbox::new(QueueLimits {
+            max_events: 10,
+            max_bytes: 100,
+        });
+        let counter = std::sync::Arc::new(CountingWaker(Default::default()));
+        let waker = futures_util::task::waker(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(ob.poll_ready(&mut cx), Poll::Pending);
+        ob.push(frame("1")).unwrap();
+        ob.push(frame("2")).unwrap();
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "second push must not wake"
+        );
+        assert_eq!(ob.poll_ready(&mut cx), Poll::Ready(()));
+        let mut batch = Vec::new();
+        assert_eq!(ob.take(&mut batch), None);
+        assert_eq!(ob.poll_ready(&mut cx), Poll::Pending);
+        ob.close(CloseReason::GoingAway);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2, "close wakes");
+        assert_eq!(ob.poll_ready(&mut cx), Poll::Ready(()));
     }
 
     #[test]

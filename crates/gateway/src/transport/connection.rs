@@ -157,6 +157,7 @@ async fn session(
                     return Box::pin(close(ws, CloseReason::SlowConsumer)).await;
                 }
                 let written = tokio::select! {
+                    biased;
                     written = write_batch(&mut ws, &mut batch, &mut dedup, node) => written,
                     // The client stopped reading and its queue overflowed meanwhile.
                     _ = conn.outbox.overflowed() => Err(End::Closed(CloseReason::SlowConsumer)),

@@ -7,9 +7,11 @@
 
 mod memory;
 mod probe;
+mod pubsub;
 mod redis;
 mod repair;
 mod subscriber;
+mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Instant;

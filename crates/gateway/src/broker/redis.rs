@@ -14,7 +14,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, watch};
 
 use super::probe;
-use super::subscriber::{self, SubCommand};
+use super::subscriber;
+use super::subscriptions::SubCommand;
 use super::{BrokerError, Dispatcher};
 use crate::history::{RedisHistory, Replay};
 use crate::registry::{Subscribed, Subscriptions, UserId};

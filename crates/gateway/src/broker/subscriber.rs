@@ -1,26 +1,28 @@
 //! The node's shared Redis pub/sub connection: per-user channel subscriptions, the message
-//! reader and reconnection (gap repair after a reconnect: `repair.rs`; the self-probe: `probe.rs`).
+//! reader and reconnection (the RESP connection: `pubsub.rs`; bookkeeping: `subscriptions.rs`;
+//! gap repair after a reconnect: `repair.rs`; the self-probe: `probe.rs`).
 //!
 //! Subscribe/unsubscribe requests arrive in registry order on one queue. The task applies every
 //! request waiting in the queue at once (so a connection storm becomes a few large SUBSCRIBE
-//! commands), keeps the set of wanted users, and confirms each waiting connection once its user's
-//! channels are subscribed. After a reconnect it resubscribes every wanted user in batches.
+//! commands), sends the commands without waiting, and confirms each waiting connection when
+//! Redis confirmed its user's channels; messages keep flowing meanwhile. After a reconnect it
+//! resubscribes every wanted user in batches.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use gleepost_event::check_broker_payload;
 use gleepost_event::history::frame_id;
 use gleepost_event::EventId;
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::pubsub::{PubSubConn, PubSubError, Push};
 use super::redis::Shared;
+use super::subscriptions::{Sent, SubCommand, Wanted};
 use super::{probe, repair};
 use crate::history::ReadError;
 use crate::registry::UserId;
@@ -30,53 +32,14 @@ const BATCH_USERS: usize = 512;
 /// Most queued requests applied before talking to Redis.
 const MAX_REQUESTS_PER_ROUND: usize = 4_096;
 
-/// A registry request to the subscriber.
-pub(crate) enum SubCommand {
-    /// Subscribe the user's channels; the sender turns `true` once confirmed.
-    Subscribe(UserId, watch::Sender<bool>),
-    /// Unsubscribe the user's channels.
-    Unsubscribe(UserId),
-}
-
-#[derive(Default)]
-struct Wanted {
-    users: HashSet<UserId>,
-    waiters: HashMap<UserId, Vec<watch::Sender<bool>>>,
-    /// Users whose wanted state changed since the last sync.
-    dirty: HashSet<UserId>,
-    /// Id of the last event delivered to each subscribed user through the subscription: gap
-    /// repair resumes each user from there, so a trimmed or reset history gives a `resync`
-    /// instead of a silent gap.
-    delivered: HashMap<UserId, EventId>,
-}
-
-impl Wanted {
-    fn apply(&mut self, cmd: SubCommand) {
-        match cmd {
-            SubCommand::Subscribe(user, tx) => {
-                self.users.insert(user);
-                self.waiters.entry(user).or_default().push(tx);
-                self.dirty.insert(user);
-            }
-            SubCommand::Unsubscribe(user) => {
-                self.users.remove(&user);
-                self.delivered.remove(&user);
-                self.dirty.insert(user);
-            }
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    PubSub(#[from] PubSubError),
     #[error("connect timed out")]
     ConnectTimeout,
     #[error("subscription command timed out")]
     CommandTimeout,
-    #[error("subscription connection closed")]
-    Closed,
     #[error("self-probe did not come back: subscription presumed dead")]
     ProbeLost,
     #[error("gap repair: {0}")]
@@ -122,37 +85,47 @@ async fn session(
     reconnect: bool,
 ) -> Result<(), SessionError> {
     let settings = &shared.settings;
-    let pubsub = tokio::time::timeout(settings.timeout * 5, shared.client.get_async_pubsub())
+    // A Redis that stops answering must not wedge the subscriber: time out and reconnect.
+    let limit = settings.timeout * 5;
+    let info = shared.client.get_connection_info();
+    let mut conn = tokio::time::timeout(limit, PubSubConn::connect(info))
         .await
         .map_err(|_| SessionError::ConnectTimeout)??;
-    let (mut sink, mut stream) = pubsub.split();
-    tokio::time::timeout(settings.timeout * 5, sink.subscribe(&shared.probe_channel))
-        .await
-        .map_err(|_| SessionError::CommandTimeout)??;
+    let mut sent = Sent::default();
+    let probe = std::slice::from_ref(&shared.probe_channel);
+    timed(limit, conn.subscribe(probe)).await?;
+    sent.subscribing(&[], 1);
 
     // Everything wanted is (re)subscribed on a fresh connection.
-    let mut current: HashSet<UserId> = HashSet::new();
     while let Ok(cmd) = requests.try_recv() {
         wanted.apply(cmd);
     }
     wanted.dirty = wanted.users.clone();
-    sync(shared, &mut sink, wanted, &mut current).await?;
+    sync(shared, &mut conn, wanted, &mut sent).await?;
+    // Messages arriving until every channel is confirmed and the repair is queued are held, so
+    // every connection sees history first, then live (duplicates filtered).
+    let mut held = Vec::new();
+    tokio::time::timeout(limit, settle(&mut conn, &mut sent, wanted, &mut held))
+        .await
+        .map_err(|_| SessionError::CommandTimeout)??;
     if reconnect {
-        // Messages arriving from now on wait in the subscription's buffer until the repair is
-        // queued, so every connection sees history first, then live (duplicates filtered).
-        repair::repair(shared, &current, &mut wanted.delivered).await?;
+        repair::repair(shared, &sent.current, &mut wanted.delivered).await?;
+    }
+    let mut malformed_log = LogLimiter::default();
+    for (channel, payload) in held {
+        handle_message(shared, &channel, &payload, &mut malformed_log, wanted);
     }
     shared.subscribed.store(true, Ordering::Release);
     let connected = Instant::now();
     if *attempt > 0 {
-        tracing::info!(users = current.len(), "redis subscription restored");
+        tracing::info!(users = sent.current.len(), "redis subscription restored");
     }
     *attempt = 0;
 
     let mut check = tokio::time::interval(settings.probe_interval);
-    let mut malformed_log = LogLimiter::default();
     loop {
         tokio::select! {
+            biased;
             cmd = requests.recv() => {
                 let Some(cmd) = cmd else { return Ok(()) };
                 wanted.apply(cmd);
@@ -162,38 +135,71 @@ async fn session(
                     wanted.apply(cmd);
                     n += 1;
                 }
-                sync(shared, &mut sink, wanted, &mut current).await?;
+                sync(shared, &mut conn, wanted, &mut sent).await?;
             }
-            msg = stream.next() => {
-                let Some(msg) = msg else { return Err(SessionError::Closed) };
-                handle_message(shared, &msg, &mut malformed_log, wanted);
-            }
+            push = conn.next() => match push? {
+                Push::Message { channel, payload } => {
+                    handle_message(shared, channel, payload, &mut malformed_log, wanted);
+                }
+                Push::Subscribed | Push::Unsubscribed => {
+                    if sent.confirmed() {
+                        sent.release_waiters(wanted);
+                    }
+                }
+                Push::Other => {}
+            },
             _ = check.tick() => {
                 if connected.elapsed() > settings.probe_timeout && !shared.probe_fresh() {
                     return Err(SessionError::ProbeLost);
+                }
+                if sent.overdue(limit) {
+                    return Err(SessionError::CommandTimeout);
                 }
             }
         }
     }
 }
 
-/// Bring the connection's subscriptions in line with the dirty part of `wanted`, then confirm
-/// waiting connections.
-async fn sync(
-    shared: &Shared,
-    sink: &mut redis::aio::PubSubSink,
-    wanted: &mut Wanted,
-    current: &mut HashSet<UserId>,
+/// Await a command write, bounded by `limit`.
+async fn timed(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), PubSubError>>,
 ) -> Result<(), SessionError> {
-    let mut add = Vec::new();
-    let mut remove = Vec::new();
-    for user in wanted.dirty.drain() {
-        match (wanted.users.contains(&user), current.contains(&user)) {
-            (true, false) => add.push(user),
-            (false, true) => remove.push(user),
-            _ => {}
+    Ok(tokio::time::timeout(limit, write)
+        .await
+        .map_err(|_| SessionError::CommandTimeout)??)
+}
+
+/// Read until every sent command is confirmed, holding the messages that arrive meanwhile.
+async fn settle(
+    conn: &mut PubSubConn,
+    sent: &mut Sent,
+    wanted: &mut Wanted,
+    held: &mut Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<(), SessionError> {
+    while !sent.settled() {
+        match conn.next().await? {
+            Push::Message { channel, payload } => held.push((channel.to_vec(), payload.to_vec())),
+            Push::Subscribed | Push::Unsubscribed => {
+                if sent.confirmed() {
+                    sent.release_waiters(wanted);
+                }
+            }
+            Push::Other => {}
         }
     }
+    Ok(())
+}
+
+/// Send the commands that bring the connection's subscriptions in line with the dirty part of
+/// `wanted` (confirmations arrive later, through the reader).
+async fn sync(
+    shared: &Shared,
+    conn: &mut PubSubConn,
+    wanted: &mut Wanted,
+    sent: &mut Sent,
+) -> Result<(), SessionError> {
+    let (add, remove) = sent.plan(wanted);
     let templates = &shared.settings.channels;
     let names = |users: &[UserId]| -> Vec<String> {
         users
@@ -201,34 +207,20 @@ async fn sync(
             .flat_map(|&u| templates.iter().map(move |t| t.render_id(u)))
             .collect()
     };
-    // A Redis that stops answering must not wedge the subscriber: time out and reconnect.
     let limit = shared.settings.timeout * 5;
-    let timed = |_: tokio::time::error::Elapsed| SessionError::CommandTimeout;
     for chunk in add.chunks(BATCH_USERS) {
-        tokio::time::timeout(limit, sink.subscribe(names(chunk).as_slice()))
-            .await
-            .map_err(timed)??;
-        current.extend(chunk);
+        let names = names(chunk);
+        timed(limit, conn.subscribe(&names)).await?;
+        sent.subscribing(chunk, names.len());
     }
     for chunk in remove.chunks(BATCH_USERS) {
-        tokio::time::timeout(limit, sink.unsubscribe(names(chunk).as_slice()))
-            .await
-            .map_err(timed)??;
-        for user in chunk {
-            current.remove(user);
-        }
+        let names = names(chunk);
+        timed(limit, conn.unsubscribe(&names)).await?;
+        sent.unsubscribing(chunk, names.len());
     }
-    // Confirm every waiter whose user is subscribed now; waiters of users no longer wanted
-    // belong to connections that already left.
-    wanted.waiters.retain(|user, senders| {
-        if current.contains(user) {
-            for tx in senders.drain(..) {
-                let _ = tx.send(true);
-            }
-        }
-        wanted.users.contains(user) && !current.contains(user)
-    });
-    let channels = current.len() * templates.len() + 1;
+    // Waiters of users that were subscribed already (a reconnect of a connected user).
+    sent.release_waiters(wanted);
+    let channels = sent.current.len() * templates.len() + 1;
     shared
         .dispatcher
         .metrics()
@@ -237,17 +229,18 @@ async fn sync(
     Ok(())
 }
 
+/// One message from a subscribed channel: validate, remember its id, queue it for the user's
+/// connections (or count and log it as malformed).
 fn handle_message(
     shared: &Shared,
-    msg: &redis::Msg,
+    channel: &[u8],
+    payload: &[u8],
     malformed_log: &mut LogLimiter,
     wanted: &mut Wanted,
 ) {
     let metrics = shared.dispatcher.metrics();
     metrics.broker_messages.inc();
-    let channel = msg.get_channel_name();
-    let payload = msg.get_payload_bytes();
-    if channel == shared.probe_channel {
+    if channel == shared.probe_channel.as_bytes() {
         probe::on_probe(shared, payload);
         return;
     }
@@ -255,9 +248,10 @@ fn handle_message(
         .settings
         .channels
         .iter()
-        .find_map(|t| t.match_id(channel.as_bytes()))
+        .find_map(|t| t.match_id(channel))
     else {
-        tracing::debug!(channel, "message on an unexpected channel");
+        let channel = String::from_utf8_lossy(channel);
+        tracing::debug!(%channel, "message on an unexpected channel");
         return;
     };
     let entered = Instant::now();
@@ -286,7 +280,7 @@ fn handle_message(
     metrics.broker_malformed.with_label_values(&[reason]).inc();
     if let Some(suppressed) = malformed_log.allow() {
         tracing::warn!(
-            channel,
+            channel = %String::from_utf8_lossy(channel),
             reason,
             bytes = payload.len(),
             suppressed,
@@ -330,19 +324,5 @@ mod tests {
             assert!(d >= Duration::from_millis(50));
         }
         assert!(backoff(0) <= Duration::from_millis(100));
-    }
-
-    #[test]
-    fn last_request_per_user_wins() {
-        let mut w = Wanted::default();
-        let (tx, _rx) = watch::channel(false);
-        w.apply(SubCommand::Subscribe(1, tx.clone()));
-        w.apply(SubCommand::Unsubscribe(1));
-        w.apply(SubCommand::Subscribe(2, tx.clone()));
-        w.apply(SubCommand::Unsubscribe(2));
-        w.apply(SubCommand::Subscribe(2, tx));
-        assert!(!w.users.contains(&1));
-        assert!(w.users.contains(&2));
-        assert_eq!(w.dirty.len(), 2);
     }
 }

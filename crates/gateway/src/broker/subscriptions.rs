@@ -1,0 +1,263 @@
+//! Subscription bookkeeping of the node's pub/sub connection, without I/O: the users the node
+//! wants, the users it has asked Redis for, the SUBSCRIBE/UNSUBSCRIBE commands still awaiting
+//! their per-channel confirmations, and the connections waiting for their user's confirmation.
+//!
+//! Redis applies a connection's commands in order, so after every command sent so far is
+//! processed, the subscribed set is exactly `Sent::current`; a waiter is released once its user
+//! is in that set and no SUBSCRIBE naming the user is still unconfirmed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use gleepost_event::EventId;
+use tokio::sync::watch;
+
+use crate::registry::UserId;
+
+/// A registry request to the subscriber.
+pub(crate) enum SubCommand {
+    /// Subscribe the user's channels; the sender turns `true` once confirmed.
+    Subscribe(UserId, watch::Sender<bool>),
+    /// Unsubscribe the user's channels.
+    Unsubscribe(UserId),
+}
+
+/// What the registry asked for.
+#[derive(Default)]
+pub(super) struct Wanted {
+    pub(super) users: HashSet<UserId>,
+    waiters: HashMap<UserId, Vec<watch::Sender<bool>>>,
+    /// Users whose wanted state changed since the last sync.
+    pub(super) dirty: HashSet<UserId>,
+    /// Id of the last event delivered to each subscribed user through the subscription: gap
+    /// repair resumes each user from there, so a trimmed or reset history gives a `resync`
+    /// instead of a silent gap.
+    pub(super) delivered: HashMap<UserId, EventId>,
+}
+
+impl Wanted {
+    /// Apply one registry request.
+    pub(super) fn apply(&mut self, cmd: SubCommand) {
+        match cmd {
+            SubCommand::Subscribe(user, tx) => {
+                self.users.insert(user);
+                self.waiters.entry(user).or_default().push(tx);
+                self.dirty.insert(user);
+            }
+            SubCommand::Unsubscribe(user) => {
+                self.users.remove(&user);
+                self.delivered.remove(&user);
+                self.dirty.insert(user);
+            }
+        }
+    }
+}
+
+/// A sent command still awaiting confirmations.
+struct Batch {
+    /// Users of a SUBSCRIBE (empty for UNSUBSCRIBE and the probe channel).
+    users: Vec<UserId>,
+    remaining: usize,
+    sent: Instant,
+}
+
+/// What the connection was asked to do.
+#[derive(Default)]
+pub(super) struct Sent {
+    /// Users whose channels are subscribed once every sent command is processed.
+    pub(super) current: HashSet<UserId>,
+    pending: VecDeque<Batch>,
+    /// Users named by unconfirmed SUBSCRIBE commands, with the number of such commands.
+    unconfirmed: HashMap<UserId, u32>,
+}
+
+impl Sent {
+    /// Take the dirty users of `wanted`: those to subscribe and those to unsubscribe.
+    pub(super) fn plan(&mut self, wanted: &mut Wanted) -> (Vec<UserId>, Vec<UserId>) {
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for user in wanted.dirty.drain() {
+            match (wanted.users.contains(&user), self.current.contains(&user)) {
+                (true, false) => add.push(user),
+                (false, true) => remove.push(user),
+                _ => {}
+            }
+        }
+        (add, remove)
+    }
+
+    /// A SUBSCRIBE naming `confirmations` channels of `users` was sent.
+    pub(super) fn subscribing(&mut self, users: &[UserId], confirmations: usize) {
+        self.current.extend(users);
+        for &user in users {
+            *self.unconfirmed.entry(user).or_default() += 1;
+        }
+        self.push(users.to_vec(), confirmations);
+    }
+
+    /// An UNSUBSCRIBE naming `confirmations` channels of `users` was sent.
+    pub(super) fn unsubscribing(&mut self, users: &[UserId], confirmations: usize) {
+        for user in users {
+            self.current.remove(user);
+        }
+        self.push(Vec::new(), confirmations);
+    }
+
+    fn push(&mut self, users: Vec<UserId>, remaining: usize) {
+        if remaining > 0 {
+            let sent = Instant::now();
+            self.pending.push_back(Batch {
+                users,
+                remaining,
+                sent,
+            });
+        }
+    }
+
+    /// One channel's (un)subscription was confirmed; true when that completed a command (some
+    /// waiters may be releasable).
+    pub(super) fn confirmed(&mut self) -> bool {
+        let Some(front) = self.pending.front_mut() else {
+            tracing::debug!("subscription confirmation without a pending command");
+            return false;
+        };
+        front.remaining -= 1;
+        if front.remaining > 0 {
+            return false;
+        }
+        if let Some(batch) = self.pending.pop_front() {
+            for user in batch.users {
+                if let Some(n) = self.unconfirmed.get_mut(&user) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.unconfirmed.remove(&user);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Every sent command is confirmed.
+    pub(super) fn settled(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The oldest unconfirmed command was sent more than `limit` ago.
+    pub(super) fn overdue(&self, limit: Duration) -> bool {
+        self.pending
+            .front()
+            .is_some_and(|b| b.sent.elapsed() > limit)
+    }
+
+    /// Tell every waiting connection whose user is now subscribed and confirmed; forget the
+    /// waiters of users no longer wanted (their connections already left).
+    pub(super) fn release_waiters(&self, wanted: &mut Wanted) {
+        wanted.waiters.retain(|user, senders| {
+            if self.current.contains(user) && !self.unconfirmed.contains_key(user) {
+                for tx in senders.drain(..) {
+                    let _ = tx.send(true);
+                }
+                return false;
+            }
+            wanted.users.contains(user)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscribe(w: &mut Wanted, user: UserId) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        w.apply(SubCommand::Subscribe(user, tx));
+        rx
+    }
+
+    #[test]
+    fn last_request_per_user_wins() {
+        let mut w = Wanted::default();
+        let _r1 = subscribe(&mut w, 1);
+        w.apply(SubCommand::Unsubscribe(1));
+        let _r2 = subscribe(&mut w, 2);
+        w.apply(SubCommand::Unsubscribe(2));
+        let _r3 = subscribe(&mut w, 2);
+        assert!(!w.users.contains(&1));
+        assert!(w.users.contains(&2));
+        assert_eq!(w.dirty.len(), 2);
+        let mut sent = Sent::default();
+        assert_eq!(sent.plan(&mut w), (vec![2], vec![]));
+    }
+
+    #[test]
+    fn waiters_are_released_only_when_their_command_is_confirmed() {
+        let (mut w, mut sent) = (Wanted::default(), Sent::default());
+        let r1 = subscribe(&mut w, 1);
+        let r2 = subscribe(&mut w, 2);
+        let (mut add, _) = sent.plan(&mut w);
+        add.sort();
+        sent.subscribing(&add[..1], 2); // user 1: two channels
+        sent.subscribing(&add[1..], 2); // user 2
+        sent.release_waiters(&mut w);
+        assert!(!*r1.borrow() && !*r2.borrow(), "nothing confirmed yet");
+        assert!(!sent.confirmed());
+        assert!(sent.confirmed(), "user 1's command complete");
+        sent.release_waiters(&mut w);
+        assert!(*r1.borrow() && !*r2.borrow());
+        assert!(!sent.confirmed());
+        assert!(sent.confirmed());
+        sent.release_waiters(&mut w);
+        assert!(*r2.borrow());
+        assert!(sent.settled());
+    }
+
+    #[test]
+    fn resubscribe_while_unsubscribe_is_in_flight_waits_for_the_new_command() {
+        let (mut w, mut sent) = (Wanted::default(), Sent::default());
+        let _r = subscribe(&mut w, 7);
+        let (add, _) = sent.plan(&mut w);
+        sent.subscribing(&add, 1);
+        assert!(sent.confirmed());
+        w.apply(SubCommand::Unsubscribe(7));
+        let (_, remove) = sent.plan(&mut w);
+        assert_eq!(remove, vec![7]);
+        sent.unsubscribing(&remove, 1);
+        let again = subscribe(&mut w, 7);
+        let (add, _) = sent.plan(&mut w);
+        assert_eq!(
+            add,
+            vec![7],
+            "user must be subscribed again after the unsubscribe"
+        );
+        sent.subscribing(&add, 1);
+        sent.release_waiters(&mut w);
+        assert!(!*again.borrow());
+        assert!(sent.confirmed(), "the unsubscribe");
+        sent.release_waiters(&mut w);
+        assert!(!*again.borrow(), "the new subscribe is not confirmed yet");
+        assert!(sent.confirmed());
+        sent.release_waiters(&mut w);
+        assert!(*again.borrow());
+        assert!(sent.current.contains(&7));
+    }
+
+    #[test]
+    fn waiters_of_users_no_longer_wanted_are_dropped() {
+        let (mut w, sent) = (Wanted::default(), Sent::default());
+        let r = subscribe(&mut w, 3);
+        w.apply(SubCommand::Unsubscribe(3));
+        sent.release_waiters(&mut w);
+        assert!(r.has_changed().is_err(), "sender dropped");
+    }
+
+    #[test]
+    fn overdue_only_with_a_pending_command() {
+        let mut sent = Sent::default();
+        assert!(!sent.overdue(Duration::ZERO));
+        sent.subscribing(&[], 1);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(sent.overdue(Duration::from_millis(1)));
+        assert!(sent.confirmed());
+        assert!(!sent.overdue(Duration::ZERO));
+    }
+}

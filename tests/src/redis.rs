@@ -10,16 +10,33 @@ use crate::free_port;
 /// A `redis-server` child process; killed on drop.
 pub struct RedisServer {
     port: u16,
+    /// `requirepass` of the server, when it has one.
+    password: Option<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Start a fresh server. Fails (never skips) when `redis-server` cannot be run.
     pub async fn start() -> Result<RedisServer> {
+        Self::start_inner(None).await
+    }
+
+    /// Start a fresh server that requires `password` (`requirepass`); [`RedisServer::url`]
+    /// carries it.
+    pub async fn start_with_password(password: &str) -> Result<RedisServer> {
+        Self::start_inner(Some(password.to_owned())).await
+    }
+
+    async fn start_inner(password: Option<String>) -> Result<RedisServer> {
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
-            let mut server = RedisServer { port, child: None };
+            let password = password.clone();
+            let mut server = RedisServer {
+                port,
+                password,
+                child: None,
+            };
             match server.spawn().await {
                 Ok(()) => return Ok(server),
                 Err(e) => last_err = Some(e),
@@ -30,9 +47,19 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &self.port.to_string()]).args([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -68,9 +95,17 @@ impl RedisServer {
             .await?)
     }
 
-    /// `redis://127.0.0.1:<port>/`.
+    /// `redis://127.0.0.1:<port>/`, with `:<password>@` when the server has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// The same server as `user:password@` (after `ACL SETUSER` created that user).
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}/", self.port)
     }
 
     /// A new multiplexed connection to this server.

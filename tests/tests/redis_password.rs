@@ -1,0 +1,45 @@
+//! A Redis that requires authentication: the node's pub/sub connection (spoken directly in
+//! RESP) and its command connection both authenticate with the credentials of `REDIS_URL`,
+//! with a `requirepass` password or an ACL user.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use gleepost_tests::redis_mode::ensure_same_event;
+use gleepost_tests::{seed, Gateway, GatewayOptions, RedisServer};
+
+const READY: Duration = Duration::from_secs(15);
+
+/// A node on `url` becomes ready (its probe comes back through the subscription) and delivers
+/// both a raw `PUBLISH` and an API publish to a connected user.
+async fn node_delivers(redis: &RedisServer, url: String) -> Result<()> {
+    let options = GatewayOptions::redis(url).arg(&["--probe-interval", "100ms"]);
+    let node = Gateway::start(options).await?;
+    node.wait_ready(true, READY)
+        .await
+        .context("the node never became ready on an authenticated Redis")?;
+    let mut client = node.connect(9).await?;
+    let receivers = redis.publish("c:9", seed::MESSAGE.as_bytes()).await?;
+    ensure!(receivers == 1, "one subscriber expected, got {receivers}");
+    ensure_same_event(&client.next_text().await?, seed::MESSAGE)?;
+    node.publish(&[9], seed::NOTIFICATION).await?;
+    ensure_same_event(&client.next_text().await?, seed::NOTIFICATION)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requirepass_password_from_the_url() -> Result<()> {
+    let redis = RedisServer::start_with_password("s3cret-pass").await?;
+    node_delivers(&redis, redis.url()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acl_user_and_password_from_the_url() -> Result<()> {
+    let redis = RedisServer::start_with_password("admin-pass").await?;
+    redis
+        .cmd::<String>(&[
+            "ACL", "SETUSER", "gateway", "on", ">gw-pass", "~*", "&*", "+@all",
+        ])
+        .await?;
+    node_delivers(&redis, redis.url_as("gateway", "gw-pass")).await
+}

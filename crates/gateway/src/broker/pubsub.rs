@@ -305,12 +305,25 @@ fn bulk(
     Ok(Some((Some(data..end), end + 2)))
 }
 
-/// A RESP decimal (array count, bulk length).
-fn number(digits: &[u8]) -> Result<i64, PubSubError> {
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(PubSubError::Protocol("bad length"))
+/// A RESP decimal (array count, bulk length): an optional `-`, then 1 to 18 digits.
+fn number(text: &[u8]) -> Result<i64, PubSubError> {
+    const BAD: PubSubError = PubSubError::Protocol("bad length");
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return Err(BAD);
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(BAD);
+        }
+        // At most 18 digits: cannot overflow an i64.
+        n = n * 10 + i64::from(d - b'0');
+    }
+    Ok(if negative { -n } else { n })
 }
 
 #[cfg(test)]
@@ -375,6 +388,8 @@ mod tests {
             Some((39, "other".into()))
         );
         assert_eq!(parsed(b"*-1\r\n"), Some((5, "other".into())));
+        assert_eq!(parsed(b"$-1\r\n"), Some((5, "other".into())));
+        assert_eq!(parsed(b"$0\r\n\r\n"), Some((6, "other".into())));
     }
 
     #[test]
@@ -385,6 +400,9 @@ mod tests {
         assert!(parse(b"*1\r\n*1\r\n:1\r\n").is_err());
         assert!(parse(b"$99999999999\r\n").is_err());
         assert!(parse(b"+O\rK\r\n").is_err());
+        assert!(parse(b"$-\r\n").is_err());
+        assert!(parse(b"$1x\r\n").is_err());
+        assert!(parse(b"$1234567890123456789\r\n").is_err());
     }
 
     #[test]

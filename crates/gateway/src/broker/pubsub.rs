@@ -19,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const MAX_FRAME: usize = 64 << 20;
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 64 << 10;
+/// An empty read buffer larger than this is replaced by a fresh `READ_CHUNK` one.
+const SHRINK_ABOVE: usize = 1 << 20;
 
 /// Failure of the pub/sub connection; every one ends the session (the subscriber reconnects).
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,10 @@ impl PubSubConn {
     /// buffer). An error reply from Redis is returned as [`PubSubError::Server`].
     pub(crate) async fn next(&mut self) -> Result<Push<'_>, PubSubError> {
         self.buf.advance(std::mem::take(&mut self.consumed));
+        if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+            // Give back the memory of a rare huge message.
+            self.buf = BytesMut::with_capacity(READ_CHUNK);
+        }
         let frame = loop {
             if let Some(frame) = parse(&self.buf)? {
                 break frame;

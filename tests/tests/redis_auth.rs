@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use gleepost_tests::http::{upgrade_attempt, HttpResponse};
 use gleepost_tests::redis_mode::{connect_gp_header, ensure_same_event, eventually, gleepost_url};
-use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{Client, Closed, Gateway, GatewayOptions, RedisServer};
 
 const READY: Duration = Duration::from_secs(15);
 const EVENT: &str = r#"{"type":"message","location":"/conversations/67","data":{"text":"hi"}}"#;
@@ -141,6 +141,28 @@ async fn deleted_token_key_rejects_new_connections() -> Result<()> {
     // JWT is independent of the Redis token keys.
     let mut jwt = gw.connect(9).await?;
     receives(&gw, &mut jwt, 9).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gleepost_token_connection_is_closed_with_4001_when_the_key_expires() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let gw = node(&redis, &[]).await?;
+    // The login service's SETEX: valid for 2 more seconds.
+    let () = redis
+        .cmd(&["SETEX", "users:9:token:short", "2", "1"])
+        .await?;
+    let () = redis.cmd(&["SET", "users:9:token:forever", "1"]).await?;
+    let mut short = Client::connect(&gleepost_url(&gw, 9, "short")).await?;
+    let mut forever = Client::connect(&gleepost_url(&gw, 9, "forever")).await?;
+    receives(&gw, &mut short, 9).await?;
+    ensure_same_event(&forever.next_text().await?, EVENT)?;
+    match short.closed_within(Duration::from_secs(15)).await? {
+        Closed::Code(4001, _) => {}
+        other => bail!("expected close 4001 when the token key expired, got {other:?}"),
+    }
+    // A key without a TTL never expires the connection.
+    receives(&gw, &mut forever, 9).await?;
     Ok(())
 }
 

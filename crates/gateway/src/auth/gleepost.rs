@@ -1,8 +1,9 @@
 //! Gleepost token authentication: a token is valid while the Redis key
 //! `users:{id}:token:{token}` (template configurable) exists, as the login service sets it with
-//! SETEX.
+//! SETEX. The key's remaining time to live is the connection's credential expiry: the connection
+//! is closed with 4001 when it runs out, as for a JWT's `exp`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use gleepost_event::keys::Template;
 use redis::aio::ConnectionManager;
@@ -28,23 +29,27 @@ impl GleepostAuth {
         }
     }
 
-    /// `Ok` iff the token's key exists; a Redis that does not answer in time is `Unavailable`.
-    pub async fn check(&self, user: UserId, token: &str) -> Result<(), AuthError> {
+    /// `Ok` iff the token's key exists, with the time the key expires (`None`: no TTL); a Redis
+    /// that does not answer in time is `Unavailable`.
+    pub async fn check(&self, user: UserId, token: &str) -> Result<Option<SystemTime>, AuthError> {
         if token.contains(|c: char| c.is_whitespace() || c.is_control()) {
             return Err(AuthError::Invalid("gp_malformed_token"));
         }
         let key = self.key.render_token(user, token);
         let mut conn = self.redis.clone();
-        let exists = tokio::time::timeout(self.timeout, async {
-            redis::cmd("EXISTS")
+        let checked_at = SystemTime::now();
+        // PTTL: -2 no such key, -1 no expiry, else milliseconds left.
+        let ttl = tokio::time::timeout(self.timeout, async {
+            redis::cmd("PTTL")
                 .arg(&key)
-                .query_async::<u64>(&mut conn)
+                .query_async::<i64>(&mut conn)
                 .await
         })
         .await;
-        match exists {
-            Ok(Ok(1..)) => Ok(()),
-            Ok(Ok(0)) => Err(AuthError::Invalid("gp_unknown_token")),
+        match ttl {
+            Ok(Ok(-1)) => Ok(None),
+            Ok(Ok(ms @ 0..)) => Ok(Some(checked_at + Duration::from_millis(ms as u64))),
+            Ok(Ok(_)) => Err(AuthError::Invalid("gp_unknown_token")),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "token check failed");
                 Err(AuthError::Unavailable)

@@ -110,10 +110,7 @@ impl Authenticator {
         if token.is_empty() {
             return Err(AuthError::Invalid("gp_empty_token"));
         }
-        checker.check(user, token).await?;
-        Ok(Identity {
-            user,
-            expires: None,
-        })
+        let expires = checker.check(user, token).await?;
+        Ok(Identity { user, expires })
     }
 }

@@ -145,24 +145,40 @@ async fn deleted_token_key_rejects_new_connections() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_gleepost_token_connection_is_closed_with_4001_when_the_key_expires() -> Result<()> {
+async fn gleepost_token_connections_live_as_long_as_the_token_key() -> Result<()> {
     let redis = RedisServer::start().await?;
     let gw = node(&redis, &[]).await?;
-    // The login service's SETEX: valid for 2 more seconds.
+    // The login service's SETEX: `renewed` expires first but is extended before it does,
+    // `short` expires later and is not; `forever` has no TTL.
     let () = redis
-        .cmd(&["SETEX", "users:9:token:short", "2", "1"])
+        .cmd(&["SETEX", "users:9:token:renewed", "2", "1"])
+        .await?;
+    let () = redis
+        .cmd(&["SETEX", "users:9:token:short", "4", "1"])
         .await?;
     let () = redis.cmd(&["SET", "users:9:token:forever", "1"]).await?;
+    let mut renewed = Client::connect(&gleepost_url(&gw, 9, "renewed")).await?;
     let mut short = Client::connect(&gleepost_url(&gw, 9, "short")).await?;
     let mut forever = Client::connect(&gleepost_url(&gw, 9, "forever")).await?;
+    let extended: i64 = redis
+        .cmd(&["EXPIRE", "users:9:token:renewed", "3600"])
+        .await?;
+    ensure!(
+        extended == 1,
+        "the renewed token key expired before it could be extended"
+    );
+
     receives(&gw, &mut short, 9).await?;
-    ensure_same_event(&forever.next_text().await?, EVENT)?;
     match short.closed_within(Duration::from_secs(15)).await? {
         Closed::Code(4001, _) => {}
         other => bail!("expected close 4001 when the token key expired, got {other:?}"),
     }
-    // A key without a TTL never expires the connection.
-    receives(&gw, &mut forever, 9).await?;
+    // `renewed` passed its first expiry (before `short`'s) and was re-checked, not closed.
+    for client in [&mut renewed, &mut forever] {
+        ensure_same_event(&client.next_text().await?, EVENT)?;
+    }
+    receives(&gw, &mut renewed, 9).await?;
+    ensure_same_event(&forever.next_text().await?, EVENT)?;
     Ok(())
 }
 

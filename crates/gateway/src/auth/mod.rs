@@ -17,12 +17,26 @@ pub use jwt::{parse_user_id, JwtAuth};
 use crate::registry::UserId;
 
 /// An authenticated client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The user the connection belongs to.
     pub user: UserId,
-    /// When the credentials stop being valid (the connection is closed then), if they expire.
+    /// When the credentials stop being valid (the connection is closed then, unless they can be
+    /// renewed), if they expire.
     pub expires: Option<SystemTime>,
+    /// How to check the credentials again at `expires` (Gleepost tokens: the login service may
+    /// have extended the key's TTL); `None` for JWTs, whose `exp` is final.
+    pub renewal: Option<Renewal>,
+}
+
+/// A Gleepost token kept to re-check its key at expiry. Its `Debug` never shows the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Renewal(Box<str>);
+
+impl std::fmt::Debug for Renewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Renewal(<token>)")
+    }
 }
 
 /// Why a client was not admitted.
@@ -98,6 +112,7 @@ impl Authenticator {
         Ok(Identity {
             user,
             expires: Some(expires),
+            renewal: None,
         })
     }
 
@@ -111,6 +126,25 @@ impl Authenticator {
             return Err(AuthError::Invalid("gp_empty_token"));
         }
         let expires = checker.check(user, token).await?;
-        Ok(Identity { user, expires })
+        let renewal = expires.map(|_| Renewal(token.into()));
+        Ok(Identity {
+            user,
+            expires,
+            renewal,
+        })
+    }
+
+    /// Check `user`'s renewable credentials again: `Ok` with the new expiry (`None`: no longer
+    /// expires) while they are still valid.
+    pub async fn renew(
+        &self,
+        user: UserId,
+        renewal: &Renewal,
+    ) -> Result<Option<SystemTime>, AuthError> {
+        let checker = self
+            .gleepost
+            .as_ref()
+            .ok_or(AuthError::Invalid("gleepost_tokens_need_redis"))?;
+        checker.check(user, &renewal.0).await
     }
 }

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::auth::Identity;
+use crate::auth::{AuthError, Identity};
 use crate::history::{resync_frame, Dedup, Replay};
 use crate::node::Node;
 use crate::outbox::{CloseReason, Frame};
@@ -105,7 +105,7 @@ pub async fn run(
     let metrics = &node.metrics;
     metrics.connections.inc();
     metrics.connections_opened.inc();
-    let end = session(ws, &registration.conn, identity.expires, since, &node).await;
+    let end = session(ws, &registration.conn, &identity, since, &node).await;
     metrics.connections.dec();
     metrics
         .connections_closed
@@ -122,7 +122,7 @@ pub async fn run(
 async fn session(
     mut ws: Socket,
     conn: &Conn,
-    expires: Option<SystemTime>,
+    identity: &Identity,
     since: Option<String>,
     node: &Node,
 ) -> End {
@@ -140,7 +140,7 @@ async fn session(
     let mut timer = Timer {
         next_ping: now + settings.ping_interval,
         pong_due: None,
-        expiry: expires.map(|at| now + at.duration_since(SystemTime::now()).unwrap_or_default()),
+        expiry: identity.expires.map(tokio_instant),
     };
     // One timer per connection (pings, pong deadline, credential expiry): idle connections
     // stay small.
@@ -197,7 +197,10 @@ async fn session(
             },
             _ = &mut sleep => {
                 match timer.fire(TokioInstant::now(), settings.ping_interval, settings.pong_timeout) {
-                    Due::Expired => return Box::pin(close(ws, CloseReason::AuthExpired)).await,
+                    Due::Expired => match Box::pin(renew(identity, node)).await {
+                        Some(expiry) => timer.expiry = expiry,
+                        None => return Box::pin(close(ws, CloseReason::AuthExpired)).await,
+                    },
                     Due::PongTimeout => return End::PongTimeout,
                     Due::Ping => {
                         if ws.send(Message::Ping(Bytes::new())).await.is_err() {
@@ -209,6 +212,31 @@ async fn session(
                 sleep.as_mut().reset(timer.deadline());
             }
         }
+    }
+}
+
+/// How long to wait before checking renewable credentials again when the store did not answer.
+const RENEW_RETRY: Duration = Duration::from_secs(5);
+
+/// The tokio instant of a wall-clock time (now when it is past).
+fn tokio_instant(at: SystemTime) -> TokioInstant {
+    TokioInstant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// The credentials expired: check them again if they are renewable. `Some(new expiry)` keeps
+/// the connection; `None` closes it (4001). A store that does not answer is asked again later:
+/// a Redis blip must not log everyone out.
+async fn renew(identity: &Identity, node: &Node) -> Option<Option<TokioInstant>> {
+    let renewal = identity.renewal.as_ref()?;
+    let floor = TokioInstant::now() + Duration::from_secs(1);
+    match node.auth.renew(identity.user, renewal).await {
+        Ok(expires) => {
+            tracing::debug!(user = identity.user, "credentials renewed");
+            // Not sooner than the floor: a key about to vanish is checked once more, not in a loop.
+            Some(expires.map(|at| tokio_instant(at).max(floor)))
+        }
+        Err(AuthError::Unavailable) => Some(Some(TokioInstant::now() + RENEW_RETRY)),
+        Err(AuthError::Invalid(_)) => None,
     }
 }
 

@@ -99,12 +99,26 @@ impl fmt::Display for EventId {
 
 /// Parse a stream entry id `<ms>-<seq>` (plain decimal parts).
 pub fn parse_stream_id(s: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = s.split_once('-')?;
-    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-    if !digits(ms) || !digits(seq) {
+    stream_id(s.as_bytes())
+}
+
+/// [`parse_stream_id`] on bytes.
+fn stream_id(s: &[u8]) -> Option<(u64, u64)> {
+    let dash = s.iter().position(|&b| b == b'-')?;
+    Some((decimal(&s[..dash])?, decimal(&s[dash + 1..])?))
+}
+
+/// A non-empty run of ASCII digits that fits a `u64` (no sign, no spaces).
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
         return None;
     }
-    Some((ms.parse().ok()?, seq.parse().ok()?))
+    digits.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// A fresh random epoch word (10 characters of `[a-z0-9]`).
@@ -130,14 +144,16 @@ pub fn splice_id(encoded: &[u8], id: &str) -> Bytes {
 /// `"id":"<epoch>-<ms>-<seq>"}` (the gateway and the publish script put it last).
 /// Returns `(epoch, ms, seq)`.
 pub fn frame_id(frame: &[u8]) -> Option<(&str, u64, u64)> {
+    // Runs for every event a connection writes (deduplication): bytes only, no allocation.
     let rest = frame.strip_suffix(b"\"}")?;
     let start = rest.iter().rposition(|&b| b == b'"')?;
-    let id = std::str::from_utf8(&rest[start + 1..]).ok()?;
     if !rest[..start].ends_with(b"\"id\":") {
         return None;
     }
-    let (epoch, stream) = id.split_once('-')?;
-    let (ms, seq) = parse_stream_id(stream)?;
+    let id = &rest[start + 1..];
+    let dash = id.iter().position(|&b| b == b'-')?;
+    let (ms, seq) = stream_id(&id[dash + 1..])?;
+    let epoch = std::str::from_utf8(&id[..dash]).ok()?;
     Some((epoch, ms, seq))
 }
 
@@ -215,6 +231,20 @@ mod tests {
         assert_eq!(frame_id(&framed), Some(("ep", 5, 0)));
         assert_eq!(frame_id(br#"{"type":"t","data":{"id":"x-1-1"}}"#), None);
         assert_eq!(frame_id(br#"{"type":"t","data":"x","id":"nope"}"#), None);
+        for bad in [
+            "ep-5-",
+            "ep--0",
+            "ep-5-+1",
+            "ep-5-1-2",
+            "ep-99999999999999999999-0",
+        ] {
+            let frame = format!(r#"{{"type":"t","id":"{bad}"}}"#);
+            assert_eq!(frame_id(frame.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(
+            frame_id(br#"{"type":"t","id":"ep-18446744073709551615-0"}"#),
+            Some(("ep", u64::MAX, 0))
+        );
     }
 
     #[test]

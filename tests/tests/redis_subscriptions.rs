@@ -67,7 +67,6 @@ async fn thousand_clients_over_two_nodes_use_at_most_four_redis_connections_per_
             .try_collect()
             .await?;
     ensure!(clients.len() == 1_000);
-
     for (name, gw, idle) in [("A", &a, idle[0]), ("B", &b, idle[1])] {
         let conns = node_redis_clients(&redis, gw).await?;
         let lines: Vec<&str> = conns.iter().map(|c| c.line.as_str()).collect();
@@ -103,6 +102,51 @@ async fn thousand_clients_over_two_nodes_use_at_most_four_redis_connections_per_
         ensure_same_event(&frame, EVENT)
     }))
     .await?;
+    Ok(())
+}
+
+/// SUBSCRIBE commands Redis has processed (`INFO commandstats`).
+async fn subscribe_calls(redis: &RedisServer) -> Result<u64> {
+    let info: String = redis.cmd(&["INFO", "commandstats"]).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_subscribe:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_storm_becomes_a_few_subscribe_commands() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let gw = Gateway::start(GatewayOptions::redis(redis.url())).await?;
+    gw.wait_ready(true, READY).await?;
+    let before = subscribe_calls(&redis).await?;
+
+    // Redis frozen: the first new user's SUBSCRIBE stays unconfirmed, and the 99 users who
+    // connect meanwhile must go out together once it is confirmed, not one command each.
+    redis.signal(libc::SIGSTOP);
+    const USERS: u64 = 100;
+    let storm = tokio::spawn({
+        let urls: Vec<String> = (1..=USERS).map(|u| gw.ws_url(u)).collect();
+        async move { futures_util::future::try_join_all(urls.iter().map(|u| Client::connect(u))).await }
+    });
+    // Let the handshakes reach the node (a slow machine only merges fewer of them).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.signal(libc::SIGCONT);
+    let clients = storm.await??;
+    ensure!(clients.len() == USERS as usize);
+
+    let commands = subscribe_calls(&redis).await? - before;
+    ensure!(
+        commands <= 10,
+        "{USERS} users connecting during one in-flight SUBSCRIBE took {commands} SUBSCRIBE commands"
+    );
+    let subscribed = user_channels_subscribed(&redis).await?;
+    for user in 1..=USERS {
+        for channel in user_channels(user) {
+            ensure!(subscribed.contains(&channel), "{channel} not subscribed");
+        }
+    }
     Ok(())
 }
 

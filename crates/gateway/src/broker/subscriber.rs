@@ -3,9 +3,10 @@
 //! gap repair after a reconnect: `repair.rs`; the self-probe: `probe.rs`).
 //!
 //! Subscribe/unsubscribe requests arrive in registry order on one queue. The task applies every
-//! request waiting in the queue at once (so a connection storm becomes a few large SUBSCRIBE
-//! commands), sends the commands without waiting, and confirms each waiting connection when
-//! Redis confirmed its user's channels; messages keep flowing meanwhile. After a reconnect it
+//! request waiting in the queue at once and keeps at most one round of commands in flight:
+//! requests arriving meanwhile go out together once it is confirmed (so a connection storm
+//! becomes a few large SUBSCRIBE commands). It confirms each waiting connection when Redis
+//! confirmed its user's channels; messages keep flowing meanwhile. After a reconnect it
 //! resubscribes every wanted user in batches.
 
 use std::sync::atomic::Ordering;
@@ -135,7 +136,11 @@ async fn session(
                     wanted.apply(cmd);
                     n += 1;
                 }
-                sync(shared, &mut conn, wanted, &mut sent).await?;
+                // While a command is in flight, requests pile up and go out together when it is
+                // confirmed: a connection storm becomes a few large commands.
+                if sent.settled() || wanted.dirty.len() >= BATCH_USERS {
+                    sync(shared, &mut conn, wanted, &mut sent).await?;
+                }
             }
             push = conn.next() => match push? {
                 Push::Message { channel, payload } => {
@@ -144,6 +149,9 @@ async fn session(
                 Push::Subscribed | Push::Unsubscribed => {
                     if sent.confirmed() {
                         sent.release_waiters(wanted);
+                        if sent.settled() && !wanted.dirty.is_empty() {
+                            sync(shared, &mut conn, wanted, &mut sent).await?;
+                        }
                     }
                 }
                 Push::Other => {}

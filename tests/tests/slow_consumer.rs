@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, HistoryConfig, Publisher};
 use gleepost_tests::redis_mode::eventually;
-use gleepost_tests::resume::{connect_since, seq_event, vm_rss_kib, RawClient, SeqCheck};
+use gleepost_tests::resume::{
+    connect_since, publish_seq, seq_event, vm_rss_kib, RawClient, SeqCheck,
+};
 use gleepost_tests::{token, Client, Gateway, GatewayOptions, RedisServer};
 
 const TOTAL: u64 = 3_000;
@@ -185,5 +187,47 @@ async fn a_client_that_stops_reading_is_cut_with_4000_others_get_everything_and_
     for (check, client) in &mut others {
         check.read_until(client, TOTAL + 1).await?;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_take_its_replay_is_cut_with_4000() -> Result<()> {
+    // Embedded broker; a silent client is given ping interval + pong timeout = 2 s.
+    let gw = Gateway::start(GatewayOptions::default().arg(&[
+        "--history-size",
+        "1000",
+        "--max-replay",
+        "1000",
+        "--ping-interval",
+        "1s",
+        "--pong-timeout",
+        "1s",
+    ]))
+    .await?;
+    let since = publish_seq(&gw, 93, 0).await?;
+    // ~10 MiB to replay: more than the socket buffers hold.
+    for seq in 1..=640 {
+        gw.publish(&[93], &seq_event(seq, 16 * 1024)).await?;
+    }
+    let stalled = RawClient::connect(
+        &gw.public,
+        &format!("/ws?access_token={}&since={since}", token(93)),
+        8 * 1024,
+    )
+    .await?;
+    eventually(
+        Duration::from_secs(20),
+        "client stalled during its replay cut as a slow consumer",
+        || async {
+            let closed = gw
+                .metric("gleepost_gateway_connections_closed_total{reason=\"slow_consumer\"}")
+                .await?;
+            ensure!(closed == 1.0, "closed {closed}");
+            Ok(())
+        },
+    )
+    .await?;
+    ensure!(gw.metric("gleepost_gateway_connections").await? == 0.0);
+    drop(stalled);
     Ok(())
 }

@@ -130,10 +130,19 @@ async fn session(
     let mut dedup = Dedup::default();
     if let Some(since) = since {
         // Boxed: the history read is large and happens once; keeping it out of the
-        // connection's future keeps every idle connection small.
-        let resumed = Box::pin(resume(&mut ws, conn.user, &since, &mut dedup, node)).await;
-        if let Err(end) = resumed {
-            return end;
+        // connection's future keeps every idle connection small. Bounded like a silent client:
+        // one that does not take its replay must not hold it (up to `--max-replay` events) in
+        // memory for ever.
+        let limit = settings.ping_interval + settings.pong_timeout;
+        let resumed = Box::pin(tokio::time::timeout(
+            limit,
+            resume(&mut ws, conn.user, &since, &mut dedup, node),
+        ))
+        .await;
+        match resumed {
+            Ok(Ok(())) => {}
+            Ok(Err(end)) => return end,
+            Err(_) => return Box::pin(close(ws, CloseReason::SlowConsumer)).await,
         }
     }
     let now = TokioInstant::now();

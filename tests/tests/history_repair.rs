@@ -401,6 +401,34 @@ async fn gap_repair_after_the_history_was_trimmed_during_the_outage_sends_resync
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn gap_repair_of_a_user_with_no_event_before_the_outage_reports_trimming() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let gw = node(&redis, &["--history-size", "10"]).await?;
+    let publisher = Publisher::connect(&redis.url())
+        .await?
+        .with_history(HistoryConfig {
+            size: 10,
+            ..HistoryConfig::default()
+        });
+    let publish = |seq: u64| publish_seq_to(&publisher, 74, seq);
+    // Nothing delivered to user 74 before the outage: repair starts from the newest Redis time
+    // the node saw (its probes), and more than the history holds is published meanwhile.
+    let mut client = gw.connect(74).await?;
+    let outage = Outage::begin(&redis, &[&gw]).await?;
+    for seq in 1..=300 {
+        publish(seq).await?;
+    }
+    outage.end(&[&gw]).await?;
+    publish(301).await?;
+    let resyncs = read_allowing_resync(&mut client, 1, 301).await?;
+    ensure!(
+        resyncs == ["trimmed"],
+        "expected one resync (trimmed), got {resyncs:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn gap_repair_after_redis_lost_its_data_during_the_outage_sends_resync() -> Result<()> {
     let redis = RedisServer::start().await?;
     let gw = node(&redis, &[]).await?;

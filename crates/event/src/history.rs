@@ -179,7 +179,10 @@ return {id, receivers}
 /// Read a user's history.
 ///
 /// KEYS: stream, epoch key. ARGV: range start (`(<ms>-<seq>` exclusive or `<ms>` inclusive),
-/// stream id that must still exist (or empty), most entries to return.
+/// stream id that must still exist (or empty), most entries to return, and a time (ms, or empty)
+/// from which on no entry may have been trimmed: with Redis ≥ 7.0 (`XINFO STREAM` reports
+/// `entries-added`), a stream that was ever trimmed and whose oldest entry is not older than that
+/// time may have lost entries after it, so the read reports not found.
 /// Returns `{epoch or false, found (1/0), last stream id or '', id1, event1, id2, event2, …}`.
 pub const READ_SCRIPT: &str = r#"
 local epoch = redis.call('GET', KEYS[2])
@@ -187,6 +190,19 @@ if not epoch then return {false, 0, ''} end
 local found = 1
 if ARGV[2] ~= '' then
   if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then found = 0 end
+end
+if ARGV[4] ~= '' then
+  local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
+  if ok then
+    local f = {}
+    for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+    local added, len = tonumber(f['entries-added']), tonumber(f['length'])
+    local first = f['recorded-first-entry-id']
+    if added and len and type(first) == 'string' and added > len then
+      local first_ms = tonumber(string.match(first, '^(%d+)'))
+      if first_ms and first_ms >= tonumber(ARGV[4]) then found = 0 end
+    end
+  end
 end
 local last = ''
 local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)

@@ -103,7 +103,7 @@ impl RedisHistory {
             Some(id) => (format!("({}", id.stream_id()), id.stream_id()),
             None => ("+".to_string(), String::new()),
         };
-        let read = match self.read(user, &start, &check).await {
+        let read = match self.read(user, &start, &check, "").await {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(error = %e, user, "resume: history unavailable");
@@ -130,7 +130,7 @@ impl RedisHistory {
         for chunk in users.chunks(256) {
             let reads = futures_util::future::join_all(chunk.iter().map(|(u, id)| {
                 let sid = id.stream_id();
-                async move { self.read(*u, &format!("({sid}"), &sid).await }
+                async move { self.read(*u, &format!("({sid}"), &sid, "").await }
             }))
             .await;
             for ((user, id), read) in chunk.iter().zip(reads) {
@@ -140,7 +140,8 @@ impl RedisHistory {
         Ok(out)
     }
 
-    /// Events of each user from stream time `ms` on (inclusive), for gap repair.
+    /// Events of each user from stream time `ms` on (inclusive), for gap repair: `resync`
+    /// (trimmed) when entries from that time on may have been trimmed away.
     pub async fn since_ms(
         &self,
         users: &[UserId],
@@ -149,9 +150,10 @@ impl RedisHistory {
         let start = ms.to_string();
         let mut out = Vec::with_capacity(users.len());
         for chunk in users.chunks(256) {
-            let reads =
-                futures_util::future::join_all(chunk.iter().map(|&u| self.read(u, &start, "")))
-                    .await;
+            let reads = futures_util::future::join_all(
+                chunk.iter().map(|&u| self.read(u, &start, "", &start)),
+            )
+            .await;
             for (&user, read) in chunk.iter().zip(reads) {
                 let read = read?;
                 let replay = match read.epoch.clone() {
@@ -164,14 +166,22 @@ impl RedisHistory {
         Ok(out)
     }
 
-    async fn read(&self, user: UserId, start: &str, check: &str) -> Result<Read, ReadError> {
+    /// One `READ_SCRIPT` call (arguments as documented there).
+    async fn read(
+        &self,
+        user: UserId,
+        start: &str,
+        check: &str,
+        untrimmed_from: &str,
+    ) -> Result<Read, ReadError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.script.key(history_key(user));
         invocation
             .key(epoch_key(user))
             .arg(start)
             .arg(check)
-            .arg(self.max_replay + 1);
+            .arg(self.max_replay + 1)
+            .arg(untrimmed_from);
         let reply = tokio::time::timeout(
             self.timeout,
             invocation.invoke_async::<Vec<Value>>(&mut conn),

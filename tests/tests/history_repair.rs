@@ -369,8 +369,10 @@ async fn read_allowing_resync(client: &mut Client, first: u64, last: u64) -> Res
     Ok(resyncs)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn gap_repair_after_the_history_was_trimmed_during_the_outage_sends_resync() -> Result<()> {
+/// With a history of 10 events, `user` gets `before` events, then 300 are published during an
+/// outage, then one more: the connected client must get exactly one `resync` (trimmed), never a
+/// silent gap.
+async fn outage_longer_than_the_history(user: u64, before: u64) -> Result<()> {
     let redis = RedisServer::start().await?;
     let gw = node(&redis, &["--history-size", "10"]).await?;
     let publisher = Publisher::connect(&redis.url())
@@ -379,20 +381,23 @@ async fn gap_repair_after_the_history_was_trimmed_during_the_outage_sends_resync
             size: 10,
             ..HistoryConfig::default()
         });
-    let publish = |seq: u64| publish_seq_to(&publisher, 72, seq);
-    let mut client = gw.connect(72).await?;
-    publish(1).await?;
-    SeqCheck::new("user 72", 1)
-        .read_until(&mut client, 1)
+    let publish = |seq: u64| publish_seq_to(&publisher, user, seq);
+    let mut client = gw.connect(user).await?;
+    for seq in 1..=before {
+        publish(seq).await?;
+    }
+    SeqCheck::new("before the outage", 1)
+        .read_until(&mut client, before)
         .await?;
 
     let outage = Outage::begin(&redis, &[&gw]).await?;
-    for seq in 2..=301 {
+    for seq in before + 1..=before + 300 {
         publish(seq).await?;
     }
     outage.end(&[&gw]).await?;
-    publish(302).await?;
-    let resyncs = read_allowing_resync(&mut client, 2, 302).await?;
+    let last = before + 301;
+    publish(last).await?;
+    let resyncs = read_allowing_resync(&mut client, before + 1, last).await?;
     ensure!(
         resyncs == ["trimmed"],
         "expected one resync (trimmed), got {resyncs:?}"
@@ -401,31 +406,15 @@ async fn gap_repair_after_the_history_was_trimmed_during_the_outage_sends_resync
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn gap_repair_after_the_history_was_trimmed_during_the_outage_sends_resync() -> Result<()> {
+    outage_longer_than_the_history(72, 1).await
+}
+
+/// Nothing delivered to the user before the outage: repair starts from the newest Redis time
+/// the node saw (its probes), and must still notice the trimming.
+#[tokio::test(flavor = "multi_thread")]
 async fn gap_repair_of_a_user_with_no_event_before_the_outage_reports_trimming() -> Result<()> {
-    let redis = RedisServer::start().await?;
-    let gw = node(&redis, &["--history-size", "10"]).await?;
-    let publisher = Publisher::connect(&redis.url())
-        .await?
-        .with_history(HistoryConfig {
-            size: 10,
-            ..HistoryConfig::default()
-        });
-    let publish = |seq: u64| publish_seq_to(&publisher, 74, seq);
-    // Nothing delivered to user 74 before the outage: repair starts from the newest Redis time
-    // the node saw (its probes), and more than the history holds is published meanwhile.
-    let mut client = gw.connect(74).await?;
-    let outage = Outage::begin(&redis, &[&gw]).await?;
-    for seq in 1..=300 {
-        publish(seq).await?;
-    }
-    outage.end(&[&gw]).await?;
-    publish(301).await?;
-    let resyncs = read_allowing_resync(&mut client, 1, 301).await?;
-    ensure!(
-        resyncs == ["trimmed"],
-        "expected one resync (trimmed), got {resyncs:?}"
-    );
-    Ok(())
+    outage_longer_than_the_history(74, 0).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

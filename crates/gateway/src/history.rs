@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use gleepost_event::history::{frame_id, parse_stream_id, splice_id, READ_SCRIPT};
+use gleepost_event::history::{parse_stream_id, splice_id, READ_SCRIPT};
 use gleepost_event::keys::{epoch_key, history_key};
 use gleepost_event::EventId;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::outbox::Frame;
 use crate::registry::UserId;
 
 /// What a connection gets before live events when it resumes.
@@ -55,8 +56,8 @@ impl Dedup {
     }
 
     /// True when the frame must be sent; records its id. Frames without id always pass.
-    pub fn admit(&mut self, frame: &[u8]) -> bool {
-        let Some((epoch, ms, seq)) = frame_id(frame) else {
+    pub fn admit(&mut self, frame: &Frame) -> bool {
+        let Some((epoch, ms, seq)) = frame.event_id() else {
             return true;
         };
         if epoch == self.epoch {
@@ -276,16 +277,22 @@ mod tests {
     #[test]
     fn dedup_skips_what_was_sent() {
         let mut d = Dedup::after(&EventId::parse("ep-10-0").unwrap());
-        assert!(!d.admit(br#"{"type":"t","data":1,"id":"ep-9-5"}"#));
-        assert!(!d.admit(br#"{"type":"t","data":1,"id":"ep-10-0"}"#));
-        assert!(d.admit(br#"{"type":"t","data":1,"id":"ep-10-1"}"#));
-        assert!(!d.admit(br#"{"type":"t","data":1,"id":"ep-10-1"}"#));
+        let mut admit = |text: &'static str| {
+            d.admit(&Frame::new(
+                Utf8Bytes::from_static(text),
+                std::time::Instant::now(),
+            ))
+        };
+        assert!(!admit(r#"{"type":"t","data":1,"id":"ep-9-5"}"#));
+        assert!(!admit(r#"{"type":"t","data":1,"id":"ep-10-0"}"#));
+        assert!(admit(r#"{"type":"t","data":1,"id":"ep-10-1"}"#));
+        assert!(!admit(r#"{"type":"t","data":1,"id":"ep-10-1"}"#));
         assert!(
-            d.admit(br#"{"type":"t","data":1}"#),
+            admit(r#"{"type":"t","data":1}"#),
             "legacy frames have no id"
         );
         assert!(
-            d.admit(br#"{"type":"t","data":1,"id":"new-1-0"}"#),
+            admit(r#"{"type":"t","data":1,"id":"new-1-0"}"#),
             "new epoch"
         );
     }

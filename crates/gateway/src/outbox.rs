@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
+use gleepost_event::history::frame_id;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One event frame, shared (reference counted) by every recipient of a publish.
@@ -22,6 +23,44 @@ pub struct Frame {
     pub text: Utf8Bytes,
     /// When the event entered this node, for the delivery-latency histogram.
     pub entered: Instant,
+    /// The event id, read once from `text` when the frame was made, for every recipient's
+    /// deduplication.
+    id: Option<FrameId>,
+}
+
+/// Where a frame's event id is: the epoch as a range of the text, and the stream position.
+#[derive(Clone, Copy, Debug)]
+struct FrameId {
+    epoch: (u32, u32),
+    ms: u64,
+    seq: u64,
+}
+
+impl Frame {
+    /// A frame of `text` (an encoded event) that entered the node at `entered`.
+    pub fn new(text: Utf8Bytes, entered: Instant) -> Frame {
+        let id = frame_id(text.as_bytes()).and_then(|(epoch, ms, seq)| {
+            // `epoch` is a slice of `text`: keep its offsets, not a copy.
+            let start = epoch.as_ptr() as usize - text.as_bytes().as_ptr() as usize;
+            let end = start + epoch.len();
+            Some(FrameId {
+                epoch: (u32::try_from(start).ok()?, u32::try_from(end).ok()?),
+                ms,
+                seq,
+            })
+        });
+        Frame { text, entered, id }
+    }
+
+    /// The event id as `(epoch, ms, seq)`, when the frame carries one.
+    pub fn event_id(&self) -> Option<(&str, u64, u64)> {
+        let id = self.id?;
+        let epoch = self
+            .text
+            .as_str()
+            .get(id.epoch.0 as usize..id.epoch.1 as usize)?;
+        Some((epoch, id.ms, id.seq))
+    }
 }
 
 /// Why the gateway closes a connection; each maps to a documented WebSocket close code.
@@ -206,10 +245,14 @@ mod tests {
     use super::*;
 
     fn frame(s: &'static str) -> Frame {
-        Frame {
-            text: Utf8Bytes::from_static(s),
-            entered: Instant::now(),
-        }
+        Frame::new(Utf8Bytes::from_static(s), Instant::now())
+    }
+
+    #[test]
+    fn a_frame_knows_its_event_id() {
+        let f = frame(r#"{"type":"t","data":{"id":"x-1-1"},"id":"ep-5-2"}"#);
+        assert_eq!(f.event_id(), Some(("ep", 5, 2)));
+        assert_eq!(frame(r#"{"type":"t","data":1}"#).event_id(), None);
     }
 
     #[test]

@@ -198,10 +198,7 @@ mod tests {
         let (a, _) = reg.insert(9, &log);
         let (b, _) = reg.insert(9, &log);
         let (other, _) = reg.insert(10, &log);
-        let frame = Frame {
-            text: "x".into(),
-            entered: std::time::Instant::now(),
-        };
+        let frame = Frame::new("x".into(), std::time::Instant::now());
         assert_eq!(reg.dispatch(9, &frame, &metrics), 2);
         assert_eq!(reg.dispatch(11, &frame, &metrics), 0);
         let mut batch = Vec::new();

@@ -101,7 +101,7 @@ impl Dispatcher {
 
     /// Queue an event (already validated, valid UTF-8) on every local connection of `user`.
     pub fn dispatch(&self, user: UserId, text: Utf8Bytes, entered: Instant) -> usize {
-        let frame = Frame { text, entered };
+        let frame = Frame::new(text, entered);
         self.registry.dispatch(user, &frame, &self.metrics)
     }
 

@@ -63,10 +63,7 @@ pub(super) async fn repair(
             }
             Replay::Resync { reason, latest } => {
                 resyncs += 1;
-                let frame = Frame {
-                    text: resync_frame(reason, latest.as_deref()),
-                    entered,
-                };
+                let frame = Frame::new(resync_frame(reason, latest.as_deref()), entered);
                 shared.dispatcher.dispatch_frame(user, &frame);
             }
         }

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gleepost_event::check_broker_payload;
-use gleepost_event::history::frame_id;
 use gleepost_event::EventId;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -26,6 +25,7 @@ use super::redis::Shared;
 use super::subscriptions::{Sent, SubCommand, Wanted};
 use super::{probe, repair};
 use crate::history::ReadError;
+use crate::outbox::Frame;
 use crate::registry::UserId;
 
 /// Users per SUBSCRIBE/UNSUBSCRIBE command.
@@ -266,7 +266,8 @@ fn handle_message(
     let reason = match check_broker_payload(payload, &shared.settings.limits) {
         Ok(()) => match Utf8Bytes::try_from(Bytes::copy_from_slice(payload)) {
             Ok(text) => {
-                if let Some((epoch, ms, seq)) = frame_id(payload) {
+                let frame = Frame::new(text, entered);
+                if let Some((epoch, ms, seq)) = frame.event_id() {
                     shared.delivered_ms.fetch_max(ms, Ordering::AcqRel);
                     match wanted.delivered.get_mut(&user) {
                         Some(last) if last.epoch == epoch => (last.ms, last.seq) = (ms, seq),
@@ -278,7 +279,7 @@ fn handle_message(
                         _ => {}
                     }
                 }
-                shared.dispatcher.dispatch(user, text, entered);
+                shared.dispatcher.dispatch_frame(user, &frame);
                 return;
             }
             Err(_) => "not_utf8",

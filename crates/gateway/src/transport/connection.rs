@@ -315,7 +315,7 @@ async fn resume(
     let entered = Instant::now();
     let mut batch: Vec<Frame> = frames
         .into_iter()
-        .map(|text| Frame { text, entered })
+        .map(|text| Frame::new(text, entered))
         .collect();
     node.metrics.events_replayed.inc_by(batch.len() as u64);
     write_batch(ws, &mut batch, dedup, node).await
@@ -328,7 +328,7 @@ async fn write_batch(
     dedup: &mut Dedup,
     node: &Node,
 ) -> Result<(), End> {
-    batch.retain(|frame| dedup.admit(frame.text.as_bytes()));
+    batch.retain(|frame| dedup.admit(frame));
     if batch.is_empty() {
         return Ok(());
     }

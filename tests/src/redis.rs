@@ -12,29 +12,39 @@ pub struct RedisServer {
     port: u16,
     /// `requirepass` of the server, when it has one.
     password: Option<String>,
+    /// Unix socket the server also listens on; [`RedisServer::url`] then points there.
+    unix: Option<std::path::PathBuf>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Start a fresh server. Fails (never skips) when `redis-server` cannot be run.
     pub async fn start() -> Result<RedisServer> {
-        Self::start_inner(None).await
+        Self::start_inner(None, false).await
     }
 
     /// Start a fresh server that requires `password` (`requirepass`); [`RedisServer::url`]
     /// carries it.
     pub async fn start_with_password(password: &str) -> Result<RedisServer> {
-        Self::start_inner(Some(password.to_owned())).await
+        Self::start_inner(Some(password.to_owned()), false).await
     }
 
-    async fn start_inner(password: Option<String>) -> Result<RedisServer> {
+    /// Start a fresh server that also listens on a unix socket; [`RedisServer::url`] is
+    /// `unix://<path>`.
+    pub async fn start_with_unix_socket() -> Result<RedisServer> {
+        Self::start_inner(None, true).await
+    }
+
+    async fn start_inner(password: Option<String>, unix: bool) -> Result<RedisServer> {
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
             let password = password.clone();
+            let unix = unix.then(|| std::env::temp_dir().join(format!("gp-redis-{port}.sock")));
             let mut server = RedisServer {
                 port,
                 password,
+                unix,
                 child: None,
             };
             match server.spawn().await {
@@ -58,6 +68,10 @@ impl RedisServer {
         ]);
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
+        }
+        if let Some(path) = &self.unix {
+            command.arg("--unixsocket").arg(path);
+            command.args(["--unixsocketperm", "700"]);
         }
         let child = command
             .stdout(Stdio::null())
@@ -97,9 +111,10 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:<port>/`, with `:<password>@` when the server has one.
     pub fn url(&self) -> String {
-        match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
-            None => format!("redis://127.0.0.1:{}/", self.port),
+        match (&self.unix, &self.password) {
+            (Some(path), _) => format!("unix://{}", path.display()),
+            (None, Some(password)) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
+            (None, None) => format!("redis://127.0.0.1:{}/", self.port),
         }
     }
 
@@ -174,5 +189,8 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.signal(libc::SIGCONT);
         self.kill();
+        if let Some(path) = &self.unix {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }

@@ -1,6 +1,6 @@
-//! A Redis that requires authentication: the node's pub/sub connection (spoken directly in
-//! RESP) and its command connection both authenticate with the credentials of `REDIS_URL`,
-//! with a `requirepass` password or an ACL user.
+//! The ways `REDIS_URL` reaches Redis: the node's pub/sub connection (spoken directly in RESP)
+//! and its command connection (redis-rs) both connect and authenticate as the URL says: a
+//! `requirepass` password, an ACL user, a unix socket.
 
 use std::time::Duration;
 
@@ -42,4 +42,11 @@ async fn acl_user_and_password_from_the_url() -> Result<()> {
         ])
         .await?;
     node_delivers(&redis, redis.url_as("gateway", "gw-pass")).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unix_socket_url() -> Result<()> {
+    let redis = RedisServer::start_with_unix_socket().await?;
+    ensure!(redis.url().starts_with("unix://"), "url {}", redis.url());
+    node_delivers(&redis, redis.url()).await
 }

@@ -9,7 +9,8 @@ use gleepost_tests::gateway::gateway_binary;
 use gleepost_tests::http;
 use gleepost_tests::metrics::{scrape, wait_metric};
 use gleepost_tests::{
-    seed, token, token_with, Client, Closed, Gateway, GatewayOptions, API_KEY, JWT_SECRET, WAIT,
+    seed, token, token_with, Client, Closed, Gateway, GatewayOptions, RedisServer, API_KEY,
+    JWT_SECRET, WAIT,
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
@@ -240,6 +241,37 @@ async fn sigint_also_shuts_down_cleanly() -> Result<()> {
     .await?;
     let mut client = gw.connect(9).await?;
     gw.signal(libc::SIGINT);
+    match client.closed_within(WAIT).await? {
+        Closed::Code(1001, _) => {}
+        other => bail!("expected close 1001, got {other:?}"),
+    }
+    drop(client);
+    let status = gw.wait_exit(Duration::from_secs(20)).await?;
+    ensure!(status.success(), "exit status {status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_worker_thread_serves_redis_mode_and_shuts_down_cleanly() -> Result<()> {
+    // `--worker-threads 1` runs tokio's single-threaded scheduler (the default on one core).
+    let redis = RedisServer::start().await?;
+    let mut gw = Gateway::start(GatewayOptions::redis(redis.url()).arg(&[
+        "--worker-threads",
+        "1",
+        "--probe-interval",
+        "100ms",
+        "--pre-drain-delay",
+        "0s",
+        "--drain-window",
+        "0s",
+    ]))
+    .await?;
+    gw.wait_ready(true, Duration::from_secs(15)).await?;
+    let mut client = gw.connect(9).await?;
+    gw.publish(&[9], seed::MESSAGE).await?;
+    let frame: serde_json::Value = serde_json::from_str(&client.next_text().await?)?;
+    ensure!(frame["type"] == "message", "got {frame}");
+    gw.signal(libc::SIGTERM);
     match client.closed_within(WAIT).await? {
         Closed::Code(1001, _) => {}
         other => bail!("expected close 1001, got {other:?}"),

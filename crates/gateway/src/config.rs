@@ -98,6 +98,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,
 
+    /// Runtime worker threads; 0 = one per available core (CPU affinity and cgroup quota
+    /// respected). With one, the single-threaded scheduler runs everything on the main thread.
+    #[arg(long, env = "GATEWAY_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// Interval between WebSocket pings to each client.
     #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub ping_interval: Duration,

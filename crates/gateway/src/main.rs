@@ -1,19 +1,38 @@
 //! `gleepost-gateway`: serve, or run one of the operator tools.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use gleepost_gateway::config::{Cli, Command};
 use gleepost_gateway::{server, tools};
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        None => server::run(cli.config).await,
-        Some(Command::Token { user, ttl }) => tools::token(&cli.config, user, ttl),
-        Some(Command::Publish { users, event }) => {
-            tools::publish(&cli.config, &users, &event).await
+    let runtime = runtime(cli.config.worker_threads).context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            None => server::run(cli.config).await,
+            Some(Command::Token { user, ttl }) => tools::token(&cli.config, user, ttl),
+            Some(Command::Publish { users, event }) => {
+                tools::publish(&cli.config, &users, &event).await
+            }
+            Some(Command::Client { url }) => tools::client(&url).await,
         }
-        Some(Command::Client { url }) => tools::client(&url).await,
-    }
+    })
+}
+
+/// `workers` threads (0: one per available core); one thread gets the single-threaded
+/// scheduler, which does less work per wake-up than a one-worker multi-thread runtime.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder.enable_all().build()
 }

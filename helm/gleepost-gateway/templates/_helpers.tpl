@@ -169,6 +169,7 @@ probeTimeout: GATEWAY_PROBE_TIMEOUT
 historySize: GATEWAY_HISTORY_SIZE
 historyTtl: GATEWAY_HISTORY_TTL
 maxReplay: GATEWAY_MAX_REPLAY
+workerThreads: GATEWAY_WORKER_THREADS
 {{- end }}
 
 {{/* A config value as a ConfigMap string (integers without float formatting). */}}

@@ -282,6 +282,38 @@ async fn one_worker_thread_serves_redis_mode_and_shuts_down_cleanly() -> Result<
     Ok(())
 }
 
+#[tokio::test]
+async fn beyond_max_connections_new_clients_get_503_until_one_leaves() -> Result<()> {
+    let gw = Gateway::start(GatewayOptions::default().arg(&["--max-connections", "2"])).await?;
+    let first = gw.connect(9).await?;
+    let mut second = gw.connect(10).await?;
+    let path = format!("/ws?access_token={}", token(11));
+    let refused = http::upgrade_attempt(&gw.public, &path, &[]).await?;
+    ensure!(
+        refused.status == 503,
+        "expected 503 at capacity, got {} {}",
+        refused.status,
+        refused.body_text()
+    );
+    ensure!(refused.json()? == json!({"error": "Server at capacity"}));
+    wait_metric(
+        &gw,
+        &m("connections_refused_total{reason=\"capacity\"}"),
+        1.0,
+    )
+    .await?;
+
+    // The connections that are in keep receiving; a slot frees when one leaves.
+    gw.publish(&[10], seed::MESSAGE).await?;
+    second.next_text().await?;
+    first.close().await;
+    wait_metric(&gw, &m("connections"), 1.0).await?;
+    let mut third = gw.connect(11).await?;
+    gw.publish(&[11], seed::MESSAGE).await?;
+    third.next_text().await?;
+    Ok(())
+}
+
 /// Wait (bounded) until some log line contains `needle`.
 async fn wait_log(gw: &Gateway, needle: &str) -> Result<()> {
     let deadline = Instant::now() + WAIT;

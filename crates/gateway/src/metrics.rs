@@ -20,6 +20,8 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// Rejected connection attempts, by reason.
     pub auth_failures: IntCounterVec,
+    /// Authenticated connection attempts refused with 503, by reason.
+    pub connections_refused: IntCounterVec,
     /// Publish API requests, by HTTP status.
     pub publish_requests: IntCounterVec,
     /// Events accepted for publishing (one per recipient user).
@@ -92,6 +94,11 @@ impl Metrics {
             connections_closed: counter_vec(
                 "connections_closed_total",
                 "WebSocket connections closed, by reason",
+                "reason",
+            )?,
+            connections_refused: counter_vec(
+                "connections_refused_total",
+                "Authenticated connection attempts refused with 503 (capacity, broker)",
                 "reason",
             )?,
             auth_failures: counter_vec(

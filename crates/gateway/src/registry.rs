@@ -6,7 +6,7 @@
 //! the broker in the same order as the registry changes (no lost or leaked subscription when a
 //! user connects and disconnects concurrently).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -50,22 +50,44 @@ struct UserConns {
 pub struct Registry {
     users: DashMap<UserId, UserConns>,
     next_id: AtomicU64,
+    /// Registered connections (a counter, so the capacity check is O(1)).
+    count: AtomicUsize,
+    /// Most registered connections; 0 = no limit.
+    max: usize,
     limits: QueueLimits,
 }
 
+/// The node already holds its `--max-connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("node at capacity")]
+pub struct AtCapacity;
+
 impl Registry {
-    /// An empty registry whose connections get outboxes bounded by `limits`.
-    pub fn new(limits: QueueLimits) -> Self {
+    /// An empty registry whose connections get outboxes bounded by `limits`, holding at most
+    /// `max` connections (0 = no limit).
+    pub fn new(limits: QueueLimits, max: usize) -> Self {
         Registry {
             users: DashMap::new(),
             next_id: AtomicU64::new(1),
+            count: AtomicUsize::new(0),
+            max,
             limits,
         }
     }
 
     /// Register a new connection of `user`; returns it and a receiver that turns `true` when the
-    /// node's subscription to the user's channels is confirmed.
-    pub fn insert(&self, user: UserId, subs: &dyn Subscriptions) -> (Arc<Conn>, Subscribed) {
+    /// node's subscription to the user's channels is confirmed. Refused when the registry holds
+    /// its maximum already.
+    pub fn insert(
+        &self,
+        user: UserId,
+        subs: &dyn Subscriptions,
+    ) -> Result<(Arc<Conn>, Subscribed), AtCapacity> {
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (self.max == 0 || n < self.max).then_some(n + 1)
+            })
+            .map_err(|_| AtCapacity)?;
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
@@ -85,13 +107,17 @@ impl Registry {
                 subscribed
             }
         };
-        (conn, subscribed)
+        Ok((conn, subscribed))
     }
 
     /// Remove a connection; the user's last one unsubscribes the node.
     pub fn remove(&self, conn: &Conn, subs: &dyn Subscriptions) {
         if let Entry::Occupied(mut e) = self.users.entry(conn.user) {
+            let before = e.get().conns.len();
             e.get_mut().conns.retain(|c| c.id != conn.id);
+            if e.get().conns.len() < before {
+                self.count.fetch_sub(1, Ordering::AcqRel);
+            }
             if e.get().conns.is_empty() {
                 subs.unsubscribe(conn.user);
                 e.remove();
@@ -139,7 +165,7 @@ impl Registry {
 
     /// Number of live connections.
     pub fn len(&self) -> usize {
-        self.users.iter().map(|e| e.value().conns.len()).sum()
+        self.count.load(Ordering::Acquire)
     }
 
     /// True when no connection is registered.
@@ -166,19 +192,22 @@ mod tests {
     }
 
     fn registry() -> Registry {
-        Registry::new(QueueLimits {
-            max_events: 8,
-            max_bytes: 1024,
-        })
+        Registry::new(
+            QueueLimits {
+                max_events: 8,
+                max_bytes: 1024,
+            },
+            0,
+        )
     }
 
     #[test]
     fn first_subscribes_last_unsubscribes() {
         let reg = registry();
         let log = Log::default();
-        let (a, _) = reg.insert(9, &log);
-        let (b, _) = reg.insert(9, &log);
-        let (c, _) = reg.insert(10, &log);
+        let (a, _) = reg.insert(9, &log).unwrap();
+        let (b, _) = reg.insert(9, &log).unwrap();
+        let (c, _) = reg.insert(10, &log).unwrap();
         assert_eq!(reg.len(), 3);
         reg.remove(&a, &log);
         reg.remove(&c, &log);
@@ -191,13 +220,32 @@ mod tests {
     }
 
     #[test]
+    fn capacity_counts_connections_and_frees_on_remove() {
+        let limits = QueueLimits {
+            max_events: 8,
+            max_bytes: 1024,
+        };
+        let reg = Registry::new(limits, 2);
+        let log = Log::default();
+        let (a, _) = reg.insert(9, &log).unwrap();
+        let (_b, _) = reg.insert(10, &log).unwrap();
+        assert_eq!(reg.insert(11, &log).err(), Some(AtCapacity));
+        assert_eq!(reg.len(), 2);
+        reg.remove(&a, &log);
+        reg.remove(&a, &log); // removing twice frees one slot only
+        assert_eq!(reg.len(), 1);
+        assert!(reg.insert(11, &log).is_ok());
+        assert_eq!(reg.insert(12, &log).err(), Some(AtCapacity));
+    }
+
+    #[test]
     fn dispatch_reaches_only_the_users_connections() {
         let reg = registry();
         let log = Log::default();
         let metrics = Metrics::new().unwrap();
-        let (a, _) = reg.insert(9, &log);
-        let (b, _) = reg.insert(9, &log);
-        let (other, _) = reg.insert(10, &log);
+        let (a, _) = reg.insert(9, &log).unwrap();
+        let (b, _) = reg.insert(9, &log).unwrap();
+        let (other, _) = reg.insert(10, &log).unwrap();
         let frame = Frame::new("x".into(), std::time::Instant::now());
         assert_eq!(reg.dispatch(9, &frame, &metrics), 2);
         assert_eq!(reg.dispatch(11, &frame, &metrics), 0);

@@ -66,10 +66,13 @@ pub async fn run(config: Config) -> Result<()> {
     let limits = Limits {
         max_event_bytes: config.max_event_bytes,
     };
-    let registry = Arc::new(Registry::new(QueueLimits {
-        max_events: config.queue_events,
-        max_bytes: config.queue_bytes,
-    }));
+    let registry = Arc::new(Registry::new(
+        QueueLimits {
+            max_events: config.queue_events,
+            max_bytes: config.queue_bytes,
+        },
+        config.max_connections,
+    ));
     let dispatcher = Dispatcher::new(registry.clone(), metrics.clone());
     let (broker, gleepost) = match &config.redis_url {
         Some(url) => {

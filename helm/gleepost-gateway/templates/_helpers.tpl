@@ -170,6 +170,7 @@ historySize: GATEWAY_HISTORY_SIZE
 historyTtl: GATEWAY_HISTORY_TTL
 maxReplay: GATEWAY_MAX_REPLAY
 workerThreads: GATEWAY_WORKER_THREADS
+maxConnections: GATEWAY_MAX_CONNECTIONS
 {{- end }}
 
 {{/* A config value as a ConfigMap string (integers without float formatting). */}}

@@ -20,7 +20,7 @@ use crate::auth::{AuthError, Identity};
 use crate::history::{resync_frame, Dedup, Replay};
 use crate::node::Node;
 use crate::outbox::{CloseReason, Frame};
-use crate::registry::{Conn, Subscribed, UserId};
+use crate::registry::{AtCapacity, Conn, Subscribed, UserId};
 use gleepost_event::EventId;
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -39,14 +39,14 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Register a connection of `user`.
-    pub fn new(node: Arc<Node>, user: UserId) -> Self {
-        let (conn, subscribed) = node.registry.insert(user, node.broker.subscriptions());
-        Registration {
+    /// Register a connection of `user` (refused when the node holds `--max-connections`).
+    pub fn new(node: Arc<Node>, user: UserId) -> Result<Self, AtCapacity> {
+        let (conn, subscribed) = node.registry.insert(user, node.broker.subscriptions())?;
+        Ok(Registration {
             node,
             conn,
             subscribed,
-        }
+        })
     }
 }
 

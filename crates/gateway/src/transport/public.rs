@@ -108,13 +108,24 @@ async fn handle(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Full<By
         Err(message) => return json_error(StatusCode::BAD_REQUEST, message),
     };
 
-    let registration = connection::Registration::new(node.clone(), identity.user);
+    let Ok(registration) = connection::Registration::new(node.clone(), identity.user) else {
+        node.metrics
+            .connections_refused
+            .with_label_values(&["capacity"])
+            .inc();
+        tracing::debug!(user = identity.user, "connection refused: node at capacity");
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Server at capacity");
+    };
     let mut subscribed = registration.subscribed.clone();
     let confirmed = tokio::time::timeout(node.conn.subscribe_timeout, async {
         subscribed.wait_for(|s| *s).await.is_ok()
     })
     .await;
     if confirmed != Ok(true) {
+        node.metrics
+            .connections_refused
+            .with_label_values(&["broker"])
+            .inc();
         tracing::warn!(user = identity.user, "subscription not confirmed in time");
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "Broker unavailable");
     }

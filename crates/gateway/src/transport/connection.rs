@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::timer::{Due, Timer};
 use crate::auth::{AuthError, Identity};
 use crate::history::{resync_frame, Dedup, Replay};
 use crate::node::Node;
@@ -249,49 +250,6 @@ async fn renew(identity: &Identity, node: &Node) -> Option<Option<TokioInstant>>
     }
 }
 
-/// What the connection's timer is waiting for.
-struct Timer {
-    next_ping: TokioInstant,
-    pong_due: Option<TokioInstant>,
-    expiry: Option<TokioInstant>,
-}
-
-/// What a timer expiry means.
-#[derive(Debug, PartialEq, Eq)]
-enum Due {
-    Expired,
-    PongTimeout,
-    Ping,
-    Nothing,
-}
-
-impl Timer {
-    /// The earliest of the next ping, the pong deadline and the expiry.
-    fn deadline(&self) -> TokioInstant {
-        let mut at = self.next_ping;
-        for t in [self.pong_due, self.expiry].into_iter().flatten() {
-            at = at.min(t);
-        }
-        at
-    }
-
-    /// Advance to `now`; a ping that is sent starts a pong deadline unless one is running.
-    fn fire(&mut self, now: TokioInstant, interval: Duration, pong_timeout: Duration) -> Due {
-        if self.expiry.is_some_and(|t| t <= now) {
-            return Due::Expired;
-        }
-        if self.pong_due.is_some_and(|t| t <= now) {
-            return Due::PongTimeout;
-        }
-        if self.next_ping <= now {
-            self.next_ping = now + interval;
-            self.pong_due.get_or_insert(now + pong_timeout);
-            return Due::Ping;
-        }
-        Due::Nothing
-    }
-}
-
 /// Send what the client missed after `since` (or a `resync` event) before any live event.
 async fn resume(
     ws: &mut Socket,
@@ -369,48 +327,4 @@ async fn close(mut ws: Socket, reason: CloseReason) -> End {
     })
     .await;
     End::Closed(reason)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timer_pings_then_times_out_without_pong() {
-        let t0 = TokioInstant::now();
-        let (interval, pong) = (Duration::from_secs(30), Duration::from_secs(10));
-        let mut timer = Timer {
-            next_ping: t0 + interval,
-            pong_due: None,
-            expiry: None,
-        };
-        assert_eq!(timer.deadline(), t0 + interval);
-        assert_eq!(timer.fire(t0, interval, pong), Due::Nothing);
-        assert_eq!(timer.fire(t0 + interval, interval, pong), Due::Ping);
-        assert_eq!(timer.deadline(), t0 + interval + pong);
-        assert_eq!(
-            timer.fire(t0 + interval + pong, interval, pong),
-            Due::PongTimeout
-        );
-    }
-
-    #[test]
-    fn timer_pong_clears_deadline_and_expiry_wins() {
-        let t0 = TokioInstant::now();
-        let (interval, pong) = (Duration::from_secs(30), Duration::from_secs(10));
-        let mut timer = Timer {
-            next_ping: t0,
-            pong_due: None,
-            expiry: Some(t0 + Duration::from_secs(45)),
-        };
-        assert_eq!(timer.fire(t0, interval, pong), Due::Ping);
-        timer.pong_due = None; // the pong arrived
-        assert_eq!(timer.deadline(), t0 + interval);
-        assert_eq!(timer.fire(t0 + interval, interval, pong), Due::Ping);
-        assert_eq!(timer.deadline(), t0 + interval + pong);
-        assert_eq!(
-            timer.fire(t0 + Duration::from_secs(45), interval, pong),
-            Due::Expired
-        );
-    }
 }

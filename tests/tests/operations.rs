@@ -197,22 +197,12 @@ async fn sigterm_fails_readiness_at_once_but_keeps_serving_during_the_pre_drain_
     Ok(())
 }
 
-#[tokio::test]
-async fn sigterm_closes_every_client_with_1001_and_exits_0() -> Result<()> {
-    let mut gw = Gateway::start(GatewayOptions::default().arg(&[
-        "--pre-drain-delay",
-        "0s",
-        "--drain-window",
-        "0s",
-    ]))
-    .await?;
-    let mut clients = Vec::new();
-    for user in [9, 9, 9, 10, 2147] {
-        clients.push(gw.connect(user).await?);
-    }
-    wait_metric(&gw, &m("connections"), 5.0).await?;
+/// Shutdown without the drain's delays.
+const NO_DRAIN: &[&str] = &["--pre-drain-delay", "0s", "--drain-window", "0s"];
 
-    gw.signal(libc::SIGTERM);
+/// Send `sig`: every client must be closed with 1001 and the process exit with status 0.
+async fn shuts_down_cleanly(gw: &mut Gateway, sig: i32, mut clients: Vec<Client>) -> Result<()> {
+    gw.signal(sig);
     for client in &mut clients {
         match client.closed_within(WAIT).await? {
             Closed::Code(1001, _) => {}
@@ -222,6 +212,18 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0() -> Result<()> {
     drop(clients);
     let status = gw.wait_exit(Duration::from_secs(20)).await?;
     ensure!(status.success(), "exit status {status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_client_with_1001_and_exits_0() -> Result<()> {
+    let mut gw = Gateway::start(GatewayOptions::default().arg(NO_DRAIN)).await?;
+    let mut clients = Vec::new();
+    for user in [9, 9, 9, 10, 2147] {
+        clients.push(gw.connect(user).await?);
+    }
+    wait_metric(&gw, &m("connections"), 5.0).await?;
+    shuts_down_cleanly(&mut gw, libc::SIGTERM, clients).await?;
     ensure!(
         gw.logs().iter().all(|l| !l.contains("\"level\":\"ERROR\"")),
         "errors logged during shutdown: {:#?}",
@@ -232,54 +234,25 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0() -> Result<()> {
 
 #[tokio::test]
 async fn sigint_also_shuts_down_cleanly() -> Result<()> {
-    let mut gw = Gateway::start(GatewayOptions::default().arg(&[
-        "--pre-drain-delay",
-        "0s",
-        "--drain-window",
-        "0s",
-    ]))
-    .await?;
-    let mut client = gw.connect(9).await?;
-    gw.signal(libc::SIGINT);
-    match client.closed_within(WAIT).await? {
-        Closed::Code(1001, _) => {}
-        other => bail!("expected close 1001, got {other:?}"),
-    }
-    drop(client);
-    let status = gw.wait_exit(Duration::from_secs(20)).await?;
-    ensure!(status.success(), "exit status {status}");
-    Ok(())
+    let mut gw = Gateway::start(GatewayOptions::default().arg(NO_DRAIN)).await?;
+    let client = gw.connect(9).await?;
+    shuts_down_cleanly(&mut gw, libc::SIGINT, vec![client]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_worker_thread_serves_redis_mode_and_shuts_down_cleanly() -> Result<()> {
     // `--worker-threads 1` runs tokio's single-threaded scheduler (the default on one core).
     let redis = RedisServer::start().await?;
-    let mut gw = Gateway::start(GatewayOptions::redis(redis.url()).arg(&[
-        "--worker-threads",
-        "1",
-        "--probe-interval",
-        "100ms",
-        "--pre-drain-delay",
-        "0s",
-        "--drain-window",
-        "0s",
-    ]))
-    .await?;
+    let options = GatewayOptions::redis(redis.url())
+        .arg(&["--worker-threads", "1", "--probe-interval", "100ms"])
+        .arg(NO_DRAIN);
+    let mut gw = Gateway::start(options).await?;
     gw.wait_ready(true, Duration::from_secs(15)).await?;
     let mut client = gw.connect(9).await?;
     gw.publish(&[9], seed::MESSAGE).await?;
     let frame: serde_json::Value = serde_json::from_str(&client.next_text().await?)?;
     ensure!(frame["type"] == "message", "got {frame}");
-    gw.signal(libc::SIGTERM);
-    match client.closed_within(WAIT).await? {
-        Closed::Code(1001, _) => {}
-        other => bail!("expected close 1001, got {other:?}"),
-    }
-    drop(client);
-    let status = gw.wait_exit(Duration::from_secs(20)).await?;
-    ensure!(status.success(), "exit status {status}");
-    Ok(())
+    shuts_down_cleanly(&mut gw, libc::SIGTERM, vec![client]).await
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::{Client, Gateway, RedisServer};
+use crate::{Client, Gateway, GatewayOptions, RedisServer};
 
 /// Prefix of the nodes' self-probe channels (`gp:probe:<node>`).
 pub const PROBE_PREFIX: &str = "gp:probe:";
@@ -208,4 +208,15 @@ pub fn ensure_same_event(frame: &str, published: &str) -> Result<()> {
         bail!("data not delivered byte-exact: got {frame}, published {published}");
     }
     Ok(())
+}
+
+/// Two gateway nodes on one Redis (probe every 100 ms), both ready within 15 s.
+pub async fn two_ready_nodes(redis: &RedisServer) -> Result<(Gateway, Gateway)> {
+    const READY: Duration = Duration::from_secs(15);
+    let options = GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms"]);
+    let a = Gateway::start(options.clone()).await.context("node A")?;
+    let b = Gateway::start(options).await.context("node B")?;
+    a.wait_ready(true, READY).await.context("node A")?;
+    b.wait_ready(true, READY).await.context("node B")?;
+    Ok((a, b))
 }

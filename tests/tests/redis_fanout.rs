@@ -7,21 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use gleepost_tests::gateway::gateway_binary;
-use gleepost_tests::redis_mode::{ensure_same_event, numsub, user_channels};
-use gleepost_tests::{seed, Client, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::redis_mode::{ensure_same_event, numsub, two_ready_nodes, user_channels};
+use gleepost_tests::{seed, Client, RedisServer};
 use serde_json::Value;
-
-const READY: Duration = Duration::from_secs(15);
-
-/// Two gateway nodes on one Redis, both ready.
-async fn two_nodes(redis: &RedisServer) -> Result<(Gateway, Gateway)> {
-    let options = GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms"]);
-    let a = Gateway::start(options.clone()).await.context("node A")?;
-    let b = Gateway::start(options).await.context("node B")?;
-    a.wait_ready(true, READY).await.context("node A")?;
-    b.wait_ready(true, READY).await.context("node B")?;
-    Ok((a, b))
-}
 
 /// Every frame up to and including the marker event (`type` = `marker`).
 async fn frames_until_marker(client: &mut Client) -> Result<Vec<Value>> {
@@ -42,7 +30,7 @@ async fn frames_until_marker(client: &mut Client) -> Result<Vec<Value>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn api_publish_on_node_a_reaches_a_user_connected_only_to_node_b() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_nodes(&redis).await?;
+    let (a, b) = two_ready_nodes(&redis).await?;
     let mut on_b = b.connect(9).await?;
 
     let subscribers = numsub(&redis, &user_channels(9)).await?;
@@ -61,7 +49,7 @@ async fn api_publish_on_node_a_reaches_a_user_connected_only_to_node_b() -> Resu
 #[tokio::test(flavor = "multi_thread")]
 async fn raw_publish_on_c_and_n_channels_reaches_node_b_verbatim() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_nodes(&redis).await?;
+    let (a, b) = two_ready_nodes(&redis).await?;
     let mut on_b = b.connect(9).await?;
     let _elsewhere = a.connect(10).await?; // node A is subscribed to other users only
 
@@ -96,7 +84,7 @@ async fn raw_publish_on_c_and_n_channels_reaches_node_b_verbatim() -> Result<()>
 async fn each_connection_of_a_user_on_both_nodes_gets_each_event_exactly_once_in_order(
 ) -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_nodes(&redis).await?;
+    let (a, b) = two_ready_nodes(&redis).await?;
     // User 9: twice on node A, once on node B. User 10: once on node B, as a bystander.
     let mut nine = [
         a.connect(9).await?,
@@ -159,7 +147,7 @@ async fn each_connection_of_a_user_on_both_nodes_gets_each_event_exactly_once_in
 #[tokio::test(flavor = "multi_thread")]
 async fn rust_publisher_reaches_users_on_every_node() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_nodes(&redis).await?;
+    let (a, b) = two_ready_nodes(&redis).await?;
     let mut nine = a.connect(9).await?;
     let mut ten = b.connect(10).await?;
 
@@ -176,7 +164,7 @@ async fn rust_publisher_reaches_users_on_every_node() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn publish_subcommand_reaches_connected_clients_on_both_nodes() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_nodes(&redis).await?;
+    let (a, b) = two_ready_nodes(&redis).await?;
     let mut nine = a.connect(9).await?;
     let mut ten = b.connect(10).await?;
 

@@ -10,7 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
 use gleepost_tests::redis_mode::{
     client_list, ensure_same_event, eventually, node_redis_clients, numsub,
-    probe_channels_subscribed, user_channels, user_channels_subscribed,
+    probe_channels_subscribed, two_ready_nodes, user_channels, user_channels_subscribed,
 };
 use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
 use rand::rngs::StdRng;
@@ -21,15 +21,6 @@ const READY: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_secs(15);
 const EVENT: &str = r#"{"type":"post","location":"/posts/5","data":{"id":5,"text":"fan-out"}}"#;
 const CHANNELS: &str = "gleepost_gateway_broker_subscribed_channels";
-
-async fn two_nodes(redis: &RedisServer) -> Result<(Gateway, Gateway)> {
-    let options = GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms"]);
-    let a = Gateway::start(options.clone()).await.context("node A")?;
-    let b = Gateway::start(options).await.context("node B")?;
-    a.wait_ready(true, READY).await.context("node A")?;
-    b.wait_ready(true, READY).await.context("node B")?;
-    Ok((a, b))
-}
 
 /// Wait until the node's subscribed-channels gauge equals `want`.
 async fn channels_gauge_reaches(gw: &Gateway, want: f64) -> Result<()> {
@@ -45,7 +36,7 @@ async fn channels_gauge_reaches(gw: &Gateway, want: f64) -> Result<()> {
 async fn thousand_clients_over_two_nodes_use_at_most_four_redis_connections_per_node() -> Result<()>
 {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_nodes(&redis).await?;
+    let (a, b) = two_ready_nodes(&redis).await?;
     let idle = [
         node_redis_clients(&redis, &a).await?.len(),
         node_redis_clients(&redis, &b).await?.len(),
@@ -188,7 +179,7 @@ async fn churn(urls: [String; 2], pool: u64, ops: usize, seed: u64) -> Result<He
 async fn interleaved_connects_and_disconnects_leave_exactly_the_connected_users_subscribed(
 ) -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_nodes(&redis).await?;
+    let (a, b) = two_ready_nodes(&redis).await?;
     let nodes = [&a, &b];
     const POOL: u64 = 40;
     const TASKS: u64 = 20;

@@ -7,17 +7,17 @@
 
 #![deny(missing_docs)]
 
-pub mod admin;
-pub mod auth;
-pub mod broker;
+mod admin;
+mod auth;
+mod broker;
 pub mod config;
 mod dev;
-pub mod history;
-pub mod metrics;
-pub mod node;
-pub mod outbox;
-pub mod registry;
+mod history;
+mod metrics;
+mod node;
+mod outbox;
+mod registry;
 pub mod server;
-pub mod shutdown;
+mod shutdown;
 pub mod tools;
-pub mod transport;
+mod transport;

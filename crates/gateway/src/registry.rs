@@ -150,11 +150,6 @@ impl Registry {
         queued
     }
 
-    /// Users with at least one connection on this node.
-    pub fn users(&self) -> Vec<UserId> {
-        self.users.iter().map(|e| *e.key()).collect()
-    }
-
     /// A snapshot of every live connection (for draining).
     pub fn connections(&self) -> Vec<Arc<Conn>> {
         self.users

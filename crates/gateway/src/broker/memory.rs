@@ -17,7 +17,7 @@ use crate::history::Replay;
 use crate::registry::{Subscribed, Subscriptions, UserId};
 
 /// In-process broker for a single node.
-pub struct MemoryBroker {
+pub(crate) struct MemoryBroker {
     dispatcher: Dispatcher,
     /// Subscriptions are immediate: every user shares this already-confirmed receiver.
     confirmed: Subscribed,
@@ -41,7 +41,7 @@ struct Ring {
 
 impl MemoryBroker {
     /// A broker delivering into `dispatcher`, keeping history per `history`.
-    pub fn new(dispatcher: Dispatcher, history: HistoryConfig, max_replay: usize) -> Self {
+    pub(crate) fn new(dispatcher: Dispatcher, history: HistoryConfig, max_replay: usize) -> Self {
         let (tx, rx) = watch::channel(true);
         let history = history.enabled().then(|| {
             let rings = Arc::new(Rings {
@@ -63,7 +63,7 @@ impl MemoryBroker {
 
     /// Deliver an encoded event (no id) to every local connection of each user; returns the
     /// ids assigned (empty when history is off).
-    pub fn publish(&self, users: &[UserId], event: Bytes) -> Vec<(UserId, String)> {
+    pub(crate) fn publish(&self, users: &[UserId], event: Bytes) -> Vec<(UserId, String)> {
         let entered = Instant::now();
         let Some(rings) = &self.history else {
             if let Some(text) = self.utf8(event) {
@@ -119,7 +119,7 @@ impl MemoryBroker {
     }
 
     /// Events of `user` after the wire id `since`.
-    pub fn replay(&self, user: UserId, since: &str) -> Replay {
+    pub(crate) fn replay(&self, user: UserId, since: &str) -> Replay {
         let Some(rings) = &self.history else {
             return Replay::Resync {
                 reason: "history_off",

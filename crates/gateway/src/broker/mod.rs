@@ -6,12 +6,7 @@
 //! Either way an event is encoded once per publish and the same bytes reach every recipient.
 
 mod memory;
-mod probe;
-mod pubsub;
 mod redis;
-mod repair;
-mod subscriber;
-mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,8 +14,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-pub use self::memory::MemoryBroker;
-pub use self::redis::{RedisBroker, RedisSettings};
+pub(crate) use self::memory::MemoryBroker;
+pub(crate) use self::redis::{RedisBroker, RedisSettings};
 
 use crate::history::Replay;
 use crate::metrics::Metrics;
@@ -29,7 +24,7 @@ use crate::registry::{Registry, Subscriptions, UserId};
 
 /// Publishing failed.
 #[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
+pub(crate) enum BrokerError {
     /// Redis refused or failed the command.
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
@@ -39,7 +34,7 @@ pub enum BrokerError {
 }
 
 /// The node's broker.
-pub enum Broker {
+pub(crate) enum Broker {
     /// Embedded single-node broker.
     Memory(MemoryBroker),
     /// Redis pub/sub broker.
@@ -48,7 +43,7 @@ pub enum Broker {
 
 impl Broker {
     /// The subscription hooks the registry calls.
-    pub fn subscriptions(&self) -> &dyn Subscriptions {
+    pub(crate) fn subscriptions(&self) -> &dyn Subscriptions {
         match self {
             Broker::Memory(b) => b,
             Broker::Redis(b) => b,
@@ -57,7 +52,7 @@ impl Broker {
 
     /// Publish one encoded event (no id) to every user in `users`; returns the ids assigned
     /// per user (empty when history is off).
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         users: &[UserId],
         event: Bytes,
@@ -69,7 +64,7 @@ impl Broker {
     }
 
     /// What a connection of `user` resuming after `since` gets before live events.
-    pub async fn replay(&self, user: UserId, since: &str) -> Replay {
+    pub(crate) async fn replay(&self, user: UserId, since: &str) -> Replay {
         match self {
             Broker::Memory(b) => b.replay(user, since),
             Broker::Redis(b) => b.replay(user, since).await,
@@ -77,7 +72,7 @@ impl Broker {
     }
 
     /// True while the broker delivers end to end.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         match self {
             Broker::Memory(_) => true,
             Broker::Redis(b) => b.is_ready(),
@@ -88,35 +83,30 @@ impl Broker {
 /// Hands events arriving from a broker to the registry: the step between the broker and the
 /// connections' queues.
 #[derive(Clone)]
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
     /// A dispatcher into `registry`.
-    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
         Dispatcher { registry, metrics }
     }
 
     /// Queue an event (already validated, valid UTF-8) on every local connection of `user`.
-    pub fn dispatch(&self, user: UserId, text: Utf8Bytes, entered: Instant) -> usize {
+    pub(crate) fn dispatch(&self, user: UserId, text: Utf8Bytes, entered: Instant) -> usize {
         let frame = Frame::new(text, entered);
         self.registry.dispatch(user, &frame, &self.metrics)
     }
 
     /// Queue a frame on every local connection of `user` (history replays, resync events).
-    pub fn dispatch_frame(&self, user: UserId, frame: &Frame) -> usize {
+    pub(crate) fn dispatch_frame(&self, user: UserId, frame: &Frame) -> usize {
         self.registry.dispatch(user, frame, &self.metrics)
     }
 
-    /// Users with connections on this node.
-    pub fn users(&self) -> Vec<UserId> {
-        self.registry.users()
-    }
-
     /// The node's metrics.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 }

@@ -3,14 +3,14 @@
 //! connection by event id).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use gleepost_event::history::frame_id;
 use gleepost_event::EventId;
 
-use super::redis::Shared;
-use crate::history::{resync_frame, ReadError, Replay};
+use super::context::Context;
+use super::history::ReadError;
+use crate::history::{resync_frame, Replay};
 use crate::outbox::Frame;
 use crate::registry::UserId;
 
@@ -19,14 +19,14 @@ use crate::registry::UserId;
 /// semantics, `resync` when that cannot be proved), or, for users that got no event yet, from
 /// the newest Redis time known delivered (events and probes).
 pub(super) async fn repair(
-    shared: &Shared,
+    shared: &Context,
     users: &HashSet<UserId>,
     delivered: &mut HashMap<UserId, EventId>,
 ) -> Result<(), ReadError> {
     let Some(history) = &shared.history else {
         return Ok(());
     };
-    let from = shared.delivered_ms.load(Ordering::Acquire);
+    let from = shared.state.delivered_ms();
     let (known, fresh): (Vec<UserId>, Vec<UserId>) =
         users.iter().partition(|u| delivered.contains_key(u));
     let known: Vec<(UserId, EventId)> = known

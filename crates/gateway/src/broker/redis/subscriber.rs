@@ -9,7 +9,6 @@
 //! confirmed its user's channels; messages keep flowing meanwhile. After a reconnect it
 //! resubscribes every wanted user in batches.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,11 +19,11 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::context::Context;
+use super::history::ReadError;
 use super::pubsub::{PubSubConn, PubSubError, Push};
-use super::redis::Shared;
 use super::subscriptions::{Sent, SubCommand, Wanted};
 use super::{probe, repair};
-use crate::history::ReadError;
 use crate::outbox::Frame;
 use crate::registry::UserId;
 
@@ -48,7 +47,7 @@ enum SessionError {
 }
 
 /// Run the subscriber until the broker handle is dropped.
-pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<SubCommand>) {
+pub(crate) async fn run(shared: Arc<Context>, mut requests: mpsc::UnboundedReceiver<SubCommand>) {
     let mut wanted = Wanted::default();
     let mut attempt: u32 = 0;
     let mut reconnect = false;
@@ -59,7 +58,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiv
             Ok(()) => return,
             Err(e) => e,
         };
-        shared.subscribed.store(false, Ordering::Release);
+        shared.state.set_subscribed(false);
         let metrics = shared.dispatcher.metrics();
         metrics.subscribed_channels.set(0);
         metrics.broker_reconnects.inc();
@@ -79,7 +78,7 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 async fn session(
-    shared: &Shared,
+    shared: &Context,
     requests: &mut mpsc::UnboundedReceiver<SubCommand>,
     wanted: &mut Wanted,
     attempt: &mut u32,
@@ -87,9 +86,8 @@ async fn session(
 ) -> Result<(), SessionError> {
     let settings = &shared.settings;
     // A Redis that stops answering must not wedge the subscriber: time out and reconnect.
-    let limit = settings.timeout * 5;
-    let info = shared.client.get_connection_info();
-    let mut conn = tokio::time::timeout(limit, PubSubConn::connect(info))
+    let limit = shared.pubsub_limit();
+    let mut conn = tokio::time::timeout(limit, shared.topology.pubsub())
         .await
         .map_err(|_| SessionError::ConnectTimeout)??;
     let mut sent = Sent::default();
@@ -116,7 +114,7 @@ async fn session(
     for (channel, payload) in held {
         handle_message(shared, &channel, &payload, &mut malformed_log, wanted);
     }
-    shared.subscribed.store(true, Ordering::Release);
+    shared.state.set_subscribed(true);
     let connected = Instant::now();
     if *attempt > 0 {
         tracing::info!(users = sent.current.len(), "redis subscription restored");
@@ -202,7 +200,7 @@ async fn settle(
 /// Send the commands that bring the connection's subscriptions in line with the dirty part of
 /// `wanted` (confirmations arrive later, through the reader).
 async fn sync(
-    shared: &Shared,
+    shared: &Context,
     conn: &mut PubSubConn,
     wanted: &mut Wanted,
     sent: &mut Sent,
@@ -215,7 +213,7 @@ async fn sync(
             .flat_map(|&u| templates.iter().map(move |t| t.render_id(u)))
             .collect()
     };
-    let limit = shared.settings.timeout * 5;
+    let limit = shared.pubsub_limit();
     for chunk in add.chunks(BATCH_USERS) {
         let names = names(chunk);
         timed(limit, conn.subscribe(&names)).await?;
@@ -240,7 +238,7 @@ async fn sync(
 /// One message from a subscribed channel: validate, remember its id, queue it for the user's
 /// connections (or count and log it as malformed).
 fn handle_message(
-    shared: &Shared,
+    shared: &Context,
     channel: &[u8],
     payload: &[u8],
     malformed_log: &mut LogLimiter,
@@ -268,7 +266,7 @@ fn handle_message(
             Ok(text) => {
                 let frame = Frame::new(text, entered);
                 if let Some((epoch, ms, seq)) = frame.event_id() {
-                    shared.delivered_ms.fetch_max(ms, Ordering::AcqRel);
+                    shared.state.delivered_until(ms);
                     match wanted.delivered.get_mut(&user) {
                         Some(last) if last.epoch == epoch => (last.ms, last.seq) = (ms, seq),
                         // Only users still wanted (entries leave with the user).

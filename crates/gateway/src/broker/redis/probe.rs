@@ -3,10 +3,9 @@
 //! back. Readiness requires a fresh probe, a stale one makes the subscriber reconnect, and the
 //! Redis time it carries is a gap-repair point.
 
-use std::sync::atomic::Ordering;
 use std::sync::Weak;
 
-use super::redis::Shared;
+use super::context::Context;
 
 /// Publishes the probe with Redis's clock appended (ARGV: channel, sender's timestamp).
 const PROBE_SCRIPT: &str = r#"
@@ -17,7 +16,7 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2] .. ':' .. ms)
 
 /// Publish the node's probe periodically through the command connection; the subscriber marks
 /// its return. Ends when the broker is dropped.
-pub(crate) async fn run(shared: Weak<Shared>) {
+pub(crate) async fn run(shared: Weak<Context>) {
     let interval = match shared.upgrade() {
         Some(s) => s.settings.probe_interval,
         None => return,
@@ -30,8 +29,8 @@ pub(crate) async fn run(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut conn = shared.commands.clone();
-        let sent = shared.now_nanos().to_string();
+        let mut conn = shared.topology.commands();
+        let sent = shared.state.now_nanos().to_string();
         let mut invocation = script.arg(&shared.probe_channel);
         invocation.arg(sent);
         let publish = invocation.invoke_async::<i64>(&mut conn);
@@ -45,20 +44,20 @@ pub(crate) async fn run(shared: Weak<Shared>) {
 
 /// A probe came back: record its round trip, freshness and Redis time.
 /// Payload: `<sent, ns since the node's time base>:<Redis time, ms>`.
-pub(super) fn on_probe(shared: &Shared, payload: &[u8]) {
+pub(super) fn on_probe(shared: &Context, payload: &[u8]) {
     let parsed = std::str::from_utf8(payload).ok().and_then(|s| {
         let (sent, redis_ms) = s.split_once(':')?;
         Some((sent.parse::<u64>().ok()?, redis_ms.parse::<u64>().ok()?))
     });
     if let Some((sent, redis_ms)) = parsed {
-        let now = shared.now_nanos();
+        let now = shared.state.now_nanos();
         shared
             .dispatcher
             .metrics()
             .probe_rtt
             .observe(now.saturating_sub(sent) as f64 / 1e9);
-        shared.last_probe_back.store(now, Ordering::Release);
+        shared.state.probe_returned();
         // Everything published before the probe was delivered before it: a repair point.
-        shared.delivered_ms.fetch_max(redis_ms, Ordering::AcqRel);
+        shared.state.delivered_until(redis_ms);
     }
 }

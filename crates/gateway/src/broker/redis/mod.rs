@@ -1,0 +1,134 @@
+//! The Redis broker: per-user channels on one shared pub/sub connection per node.
+//!
+//! Layers, bottom up: the RESP pub/sub connection (`pubsub.rs`) and the topology that opens
+//! connections (`standalone.rs`); the link state (`state.rs`) and what the tasks share
+//! (`context.rs`); history reads (`history.rs`); the tasks: the subscriber (`subscriber.rs`,
+//! bookkeeping in `subscriptions.rs`), its gap repair (`repair.rs`) and the self-probe
+//! (`probe.rs`); and this handle, which the node calls.
+//!
+//! Redis connections per node: one pub/sub connection plus one multiplexed command connection
+//! (publish, self-probe, token checks), whatever the number of clients.
+
+mod context;
+mod history;
+mod probe;
+mod pubsub;
+mod repair;
+mod standalone;
+mod state;
+mod subscriber;
+mod subscriptions;
+
+use std::sync::Arc;
+
+use gleepost_event::Publisher;
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, watch};
+
+use self::context::Context;
+pub(crate) use self::context::RedisSettings;
+use self::history::RedisHistory;
+use self::standalone::Standalone;
+use self::state::State;
+use self::subscriptions::SubCommand;
+use super::{BrokerError, Dispatcher};
+use crate::history::Replay;
+use crate::registry::{Subscribed, Subscriptions, UserId};
+
+/// Handle of the Redis broker.
+pub(crate) struct RedisBroker {
+    shared: Arc<Context>,
+    commands_tx: mpsc::UnboundedSender<SubCommand>,
+}
+
+impl RedisBroker {
+    /// Connect the command connection and start the subscriber and probe tasks.
+    pub(crate) async fn start(
+        settings: RedisSettings,
+        dispatcher: Dispatcher,
+    ) -> Result<Self, BrokerError> {
+        let topology = Standalone::connect(&settings.url, settings.timeout).await?;
+        let commands = topology.commands();
+        let probe_channel = format!(
+            "{}{}-{:016x}",
+            gleepost_event::keys::PROBE_CHANNEL_PREFIX,
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let mut publisher = Publisher::from_manager(commands.clone())
+            .with_limits(settings.limits)
+            .with_history(settings.history);
+        if let Some(channel) = settings.channels.first() {
+            publisher = publisher.with_channel(channel.clone());
+        }
+        let history = settings
+            .history
+            .enabled()
+            .then(|| RedisHistory::new(commands.clone(), settings.max_replay, settings.timeout));
+        let shared = Arc::new(Context {
+            publisher,
+            history,
+            settings,
+            topology,
+            dispatcher,
+            probe_channel,
+            state: State::new(),
+        });
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        tokio::spawn(subscriber::run(shared.clone(), commands_rx));
+        tokio::spawn(probe::run(Arc::downgrade(&shared)));
+        Ok(RedisBroker {
+            shared,
+            commands_tx,
+        })
+    }
+
+    /// The shared command connection (for token checks).
+    pub(crate) fn commands(&self) -> ConnectionManager {
+        self.shared.topology.commands()
+    }
+
+    /// Publish the encoded event (no id) to each user's primary channel, in one pipeline,
+    /// through the history script when history is on; returns the ids assigned.
+    pub(crate) async fn publish(
+        &self,
+        users: &[UserId],
+        event: &[u8],
+    ) -> Result<Vec<(UserId, String)>, BrokerError> {
+        let publish = self.shared.publisher.publish_encoded(users, event);
+        let report = tokio::time::timeout(self.shared.settings.timeout, publish)
+            .await
+            .map_err(|_| BrokerError::Timeout)??;
+        Ok(report.ids)
+    }
+
+    /// Events of `user` after `since`, from Redis history.
+    pub(crate) async fn replay(&self, user: UserId, since: &str) -> Replay {
+        match &self.shared.history {
+            Some(history) => history.replay(user, since).await,
+            None => Replay::Resync {
+                reason: "history_off",
+                latest: None,
+            },
+        }
+    }
+
+    /// Subscribed, and the self-probe comes back in time.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.shared.state.is_subscribed() && self.shared.probe_fresh()
+    }
+}
+
+impl Subscriptions for RedisBroker {
+    fn subscribe(&self, user: UserId) -> Subscribed {
+        let (tx, rx) = watch::channel(false);
+        // The subscriber task lives as long as the process; if it is gone the sender is dropped
+        // and waiters see the subscription fail.
+        let _ = self.commands_tx.send(SubCommand::Subscribe(user, tx));
+        rx
+    }
+
+    fn unsubscribe(&self, user: UserId) {
+        let _ = self.commands_tx.send(SubCommand::Unsubscribe(user));
+    }
+}

@@ -1,0 +1,44 @@
+//! Topology of one standalone Redis (`REDIS_URL`): one multiplexed command connection and,
+//! opened by the subscriber, one pub/sub connection, whatever the number of clients.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::pubsub::{PubSubConn, PubSubError};
+use crate::broker::BrokerError;
+
+/// The connections to one Redis server.
+pub(super) struct Standalone {
+    client: redis::Client,
+    commands: ConnectionManager,
+}
+
+impl Standalone {
+    /// Parse `url` and connect the command connection (bounded by `timeout` × 5).
+    pub(super) async fn connect(url: &str, timeout: Duration) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let commands = tokio::time::timeout(
+            timeout * 5,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout)??;
+        Ok(Standalone { client, commands })
+    }
+
+    /// The shared command connection (reconnects by itself).
+    pub(super) fn commands(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    /// A new pub/sub connection (authenticated, nothing subscribed yet).
+    pub(super) async fn pubsub(&self) -> Result<PubSubConn, PubSubError> {
+        PubSubConn::connect(self.client.get_connection_info()).await
+    }
+}

@@ -1,0 +1,68 @@
+//! The Redis broker's link state, shared by the handle, the subscriber and the probe: whether
+//! the pub/sub connection is subscribed, when the self-probe last came back, and the Redis time
+//! known delivered (the gap-repair point of users without a delivered event). A leaf: it knows
+//! nothing of the tasks that update it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Link state behind methods (atomics, no locks).
+pub(super) struct State {
+    /// Time base of the probe timestamps.
+    base: Instant,
+    /// The pub/sub connection is up and every wanted channel is subscribed.
+    subscribed: AtomicBool,
+    /// Nanoseconds since `base` when a probe last came back (0: never).
+    last_probe_back: AtomicU64,
+    /// Newest Redis time (ms) known to have been delivered on the subscription.
+    delivered_ms: AtomicU64,
+}
+
+impl State {
+    /// Nothing subscribed, no probe back yet.
+    pub(super) fn new() -> Self {
+        State {
+            base: Instant::now(),
+            subscribed: AtomicBool::new(false),
+            last_probe_back: AtomicU64::new(0),
+            delivered_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Nanoseconds since the time base (the probe's clock).
+    pub(super) fn now_nanos(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Every wanted channel is subscribed on a live connection (or no longer is).
+    pub(super) fn set_subscribed(&self, subscribed: bool) {
+        self.subscribed.store(subscribed, Ordering::Release);
+    }
+
+    /// True while the pub/sub connection is up and subscribed.
+    pub(super) fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+
+    /// A probe came back now.
+    pub(super) fn probe_returned(&self) {
+        self.last_probe_back
+            .store(self.now_nanos(), Ordering::Release);
+    }
+
+    /// True when a probe came back within `timeout`.
+    pub(super) fn probe_fresh(&self, timeout: Duration) -> bool {
+        let back = self.last_probe_back.load(Ordering::Acquire);
+        back != 0 && self.now_nanos().saturating_sub(back) < timeout.as_nanos() as u64
+    }
+
+    /// Everything published before Redis time `ms` was delivered (never moves back).
+    pub(super) fn delivered_until(&self, ms: u64) {
+        self.delivered_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// The newest Redis time known delivered (0: none).
+    pub(super) fn delivered_ms(&self) -> u64 {
+        self.delivered_ms.load(Ordering::Acquire)
+    }
+}

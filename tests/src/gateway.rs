@@ -24,6 +24,8 @@ pub struct GatewayOptions {
     pub redis_url: Option<String>,
     /// Extra command-line arguments.
     pub args: Vec<String>,
+    /// `RLIMIT_NOFILE` (soft, hard) the process starts with, instead of the test's own.
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl GatewayOptions {
@@ -31,8 +33,14 @@ impl GatewayOptions {
     pub fn redis(redis_url: String) -> Self {
         GatewayOptions {
             redis_url: Some(redis_url),
-            args: Vec::new(),
+            ..GatewayOptions::default()
         }
+    }
+
+    /// Start the process with this soft and hard `RLIMIT_NOFILE`.
+    pub fn nofile(mut self, soft: u64, hard: u64) -> Self {
+        self.nofile = Some((soft, hard));
+        self
     }
 
     /// Add command-line arguments.
@@ -91,6 +99,23 @@ impl Gateway {
         if let Some(url) = &options.redis_url {
             cmd.env("REDIS_URL", url);
         }
+        if let Some((soft, hard)) = options.nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit(2) is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = cmd.spawn().context("spawning gleepost-gateway")?;
         let stderr = child.stderr.take().context("no stderr")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -132,6 +157,11 @@ impl Gateway {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// `ws://…/ws` without credentials.

@@ -29,20 +29,20 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
         .and(warp::get())
         .and(with_node.clone())
         .map(|node: Arc<Node>| {
-            let ready = node.is_ready();
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
+            let (status, body) = match node.readiness() {
+                Ok(()) => (StatusCode::OK, serde_json::json!({ "ready": true })),
+                Err(reason) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({ "ready": false, "reason": reason }),
+                ),
             };
-            reply::with_status(reply::json(&serde_json::json!({ "ready": ready })), status)
-                .into_response()
+            reply::with_status(reply::json(&body), status).into_response()
         });
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_node.clone())
         .map(|node: Arc<Node>| {
-            node.is_ready(); // refresh the ready gauge
+            let _ = node.readiness(); // refresh the ready gauge
             match node.metrics.render() {
                 Ok(body) => reply::with_header(
                     body,

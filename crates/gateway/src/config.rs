@@ -98,9 +98,10 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,
 
-    /// Most WebSocket connections this node holds; beyond it, new ones get 503 (0 = no limit).
-    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 0)]
-    pub max_connections: usize,
+    /// Most WebSocket connections this node holds; beyond it, new ones get 503. Unset: derived
+    /// from the file limit and the cgroup memory limit; 0 = no limit.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Runtime worker threads; 0 = one per available core (CPU affinity and cgroup quota
     /// respected). With one, the single-threaded scheduler runs everything on the main thread.

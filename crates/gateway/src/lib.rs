@@ -10,6 +10,7 @@
 mod admin;
 mod auth;
 mod broker;
+mod capacity;
 pub mod config;
 mod dev;
 mod history;

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub probe_rtt: Histogram,
     /// 1 while the node is ready (broker works end to end, not draining).
     pub ready: IntGauge,
+    /// 1 from SIGTERM on (the node is draining), else 0.
+    pub draining: IntGauge,
+    /// The soft `RLIMIT_NOFILE` the process runs with (after raising it to the hard limit).
+    pub open_files_limit: IntGauge,
+    /// The effective `--max-connections` (0 = no limit).
+    pub max_connections: IntGauge,
 }
 
 impl Metrics {
@@ -161,6 +167,15 @@ impl Metrics {
                 latency_buckets,
             )?,
             ready: gauge("ready", "1 while the node is ready to serve")?,
+            draining: gauge("draining", "1 while the node drains after SIGTERM")?,
+            open_files_limit: gauge(
+                "open_files_limit",
+                "Soft RLIMIT_NOFILE of the process (raised to the hard limit at start)",
+            )?,
+            max_connections: gauge(
+                "max_connections",
+                "Effective connection cap of this node (0 = no limit)",
+            )?,
             registry,
         };
         // Series the shipped alerts rate() over exist from the start (at 0).

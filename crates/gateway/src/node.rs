@@ -78,16 +78,22 @@ impl Node {
         })
     }
 
-    /// Ready: not draining and the broker delivers end to end. Updates the `ready` gauge.
-    pub fn is_ready(&self) -> bool {
-        let ready = !self.draining.load(Ordering::Acquire) && self.broker.is_ready();
-        self.metrics.ready.set(i64::from(ready));
-        ready
+    /// Ready (`Ok`): not draining and the broker delivers end to end; otherwise why not.
+    /// Updates the `ready` gauge.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        let readiness = if self.draining.load(Ordering::Acquire) {
+            Err("draining")
+        } else {
+            self.broker.readiness()
+        };
+        self.metrics.ready.set(i64::from(readiness.is_ok()));
+        readiness
     }
 
     /// Start draining: readiness fails from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
         self.metrics.ready.set(0);
+        self.metrics.draining.set(1);
     }
 }

@@ -19,7 +19,7 @@ use crate::node::{ConnSettings, Node, PublishSettings};
 use crate::outbox::QueueLimits;
 use crate::registry::Registry;
 use crate::shutdown::{self, Signals};
-use crate::{admin, dev, transport};
+use crate::{admin, capacity, dev, transport};
 
 /// Longest wait for connections to finish their close handshake after the drain.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -63,6 +63,24 @@ pub async fn run(config: Config) -> Result<()> {
     let mut signals = Signals::install().context("installing signal handlers")?;
     let (jwt_secret, api_key) = credentials(&config)?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let open_files = capacity::raise_open_files();
+    let memory = capacity::memory_limit();
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(|| capacity::derived_max_connections(open_files, memory));
+    tracing::info!(
+        open_files,
+        memory_limit = memory,
+        max_connections,
+        derived = config.max_connections.is_none(),
+        "capacity"
+    );
+    metrics
+        .open_files_limit
+        .set(i64::try_from(open_files).unwrap_or(i64::MAX));
+    metrics
+        .max_connections
+        .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
     let limits = Limits {
         max_event_bytes: config.max_event_bytes,
     };
@@ -71,7 +89,7 @@ pub async fn run(config: Config) -> Result<()> {
             max_events: config.queue_events,
             max_bytes: config.queue_bytes,
         },
-        config.max_connections,
+        max_connections,
     ));
     let dispatcher = Dispatcher::new(registry.clone(), metrics.clone());
     let (broker, gleepost) = match &config.redis_url {
@@ -91,9 +109,7 @@ pub async fn run(config: Config) -> Result<()> {
                 history: config.history(),
                 max_replay: config.max_replay,
             };
-            let broker = RedisBroker::start(settings, dispatcher)
-                .await
-                .context("connecting to Redis")?;
+            let broker = RedisBroker::start(settings, dispatcher).context("invalid REDIS_URL")?;
             let token_key = Template::parse(&config.token_key)
                 .with_context(|| format!("token key template {:?}", config.token_key))?;
             let gleepost = GleepostAuth::new(broker.commands(), token_key, config.redis_timeout);

@@ -71,11 +71,11 @@ impl Broker {
         }
     }
 
-    /// True while the broker delivers end to end.
-    pub(crate) fn is_ready(&self) -> bool {
+    /// `Ok` while the broker delivers end to end; otherwise the reason (shown by `/readyz`).
+    pub(crate) fn readiness(&self) -> Result<(), &'static str> {
         match self {
-            Broker::Memory(_) => true,
-            Broker::Redis(b) => b.is_ready(),
+            Broker::Memory(_) => Ok(()),
+            Broker::Redis(b) => b.readiness(),
         }
     }
 }

@@ -42,12 +42,13 @@ pub(crate) struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// Connect the command connection and start the subscriber and probe tasks.
-    pub(crate) async fn start(
+    /// Start the subscriber and probe tasks; they connect (and reconnect) in the background,
+    /// so a Redis that is down at start-up leaves the node up and unready.
+    pub(crate) fn start(
         settings: RedisSettings,
         dispatcher: Dispatcher,
     ) -> Result<Self, BrokerError> {
-        let topology = Standalone::connect(&settings.url, settings.timeout).await?;
+        let topology = Standalone::new(&settings.url, settings.timeout)?;
         let commands = topology.commands();
         let probe_channel = format!(
             "{}{}-{:016x}",
@@ -113,9 +114,15 @@ impl RedisBroker {
         }
     }
 
-    /// Subscribed, and the self-probe comes back in time.
-    pub(crate) fn is_ready(&self) -> bool {
-        self.shared.state.is_subscribed() && self.shared.probe_fresh()
+    /// `Ok` while subscribed and the self-probe comes back in time; otherwise why not.
+    pub(crate) fn readiness(&self) -> Result<(), &'static str> {
+        if !self.shared.state.is_subscribed() {
+            return Err("redis_not_subscribed");
+        }
+        if !self.shared.probe_fresh() {
+            return Err("redis_probe_stale");
+        }
+        Ok(())
     }
 }
 

@@ -15,20 +15,17 @@ pub(super) struct Standalone {
 }
 
 impl Standalone {
-    /// Parse `url` and connect the command connection (bounded by `timeout` × 5).
-    pub(super) async fn connect(url: &str, timeout: Duration) -> Result<Self, BrokerError> {
+    /// Parse `url`; nothing is connected yet (start-up never waits for Redis): the command
+    /// connection connects on first use and again after I/O errors, the subscriber opens the
+    /// pub/sub connection with its own backoff.
+    pub(super) fn new(url: &str, timeout: Duration) -> Result<Self, BrokerError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        let commands = tokio::time::timeout(
-            timeout * 5,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| BrokerError::Timeout)??;
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         Ok(Standalone { client, commands })
     }
 

@@ -184,8 +184,14 @@ async fn a_client_that_does_not_answer_pings_is_disconnected() -> Result<()> {
 #[tokio::test]
 async fn a_connection_is_closed_with_4001_when_its_jwt_expires() -> Result<()> {
     let gw = Gateway::start(GatewayOptions::default()).await?;
-    // Valid for 2 more seconds: accepted now, closed by the gateway at `exp`.
-    let short = token_with(9, 2, JWT_SECRET.as_bytes(), jsonwebtoken::Algorithm::HS256);
+    // `exp` 28 s ago: inside the 30 s leeway, so accepted now, and closed by the gateway when
+    // the leeway ends (exp + 30 s, the same rule as acceptance), not at once.
+    let short = token_with(
+        9,
+        -28,
+        JWT_SECRET.as_bytes(),
+        jsonwebtoken::Algorithm::HS256,
+    );
     let mut client = Client::connect(&format!("{}?access_token={short}", gw.ws_base())).await?;
     gw.publish(&[9], &event(1)).await?;
     assert_event(&client.next_text().await?, 1)?;

@@ -132,6 +132,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_CLIENT_FRAME", default_value_t = 4_096)]
     pub max_client_frame: usize,
 
+    /// Most frames (pings, pongs, data) a client may send per second; beyond, the connection
+    /// is closed with 1008. The protocol is receive-only: clients only answer pings.
+    #[arg(long, env = "GATEWAY_CLIENT_FRAME_RATE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_frame_rate: u32,
+
     /// Per-connection outbound queue bound, in events (slow consumer beyond).
     #[arg(long, env = "GATEWAY_QUEUE_EVENTS", default_value_t = 1_024)]
     pub queue_events: usize,

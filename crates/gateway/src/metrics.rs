@@ -55,6 +55,8 @@ pub struct Metrics {
     pub open_files_limit: IntGauge,
     /// The effective `--max-connections` (0 = no limit).
     pub max_connections: IntGauge,
+    /// Panics caught in connection tasks.
+    pub panics: IntCounter,
 }
 
 impl Metrics {
@@ -176,6 +178,7 @@ impl Metrics {
                 "max_connections",
                 "Effective connection cap of this node (0 = no limit)",
             )?,
+            panics: counter("panics_total", "Panics caught in connection tasks")?,
             registry,
         };
         // Series the shipped alerts rate() over exist from the start (at 0).

@@ -23,6 +23,8 @@ pub struct ConnSettings {
     pub subscribe_timeout: Duration,
     /// WebSocket protocol limits and buffer sizes.
     pub websocket: WebSocketConfig,
+    /// Most frames a client may send in one second (closed with 1008 beyond).
+    pub client_frame_rate: u32,
 }
 
 /// Shared state of one gateway node.

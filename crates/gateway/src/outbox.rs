@@ -72,6 +72,14 @@ pub enum CloseReason {
     SlowConsumer,
     /// The client's credentials expired; reconnect with fresh ones.
     AuthExpired,
+    /// The client broke the WebSocket protocol (bad opcode, RSV bits, unmasked frame…).
+    ProtocolError,
+    /// The client sent a text frame or close reason that is not UTF-8.
+    InvalidUtf8,
+    /// The client sent more frames than the per-second budget.
+    TooManyFrames,
+    /// The client sent a frame or message larger than `--max-client-frame`.
+    TooBig,
 }
 
 impl CloseReason {
@@ -81,6 +89,10 @@ impl CloseReason {
             CloseReason::GoingAway => 1001,
             CloseReason::SlowConsumer => 4000,
             CloseReason::AuthExpired => 4001,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidUtf8 => 1007,
+            CloseReason::TooManyFrames => 1008,
+            CloseReason::TooBig => 1009,
         }
     }
 
@@ -90,6 +102,10 @@ impl CloseReason {
             CloseReason::GoingAway => "server going away, reconnect",
             CloseReason::SlowConsumer => "slow consumer, reconnect",
             CloseReason::AuthExpired => "credentials expired",
+            CloseReason::ProtocolError => "protocol error",
+            CloseReason::InvalidUtf8 => "invalid utf-8",
+            CloseReason::TooManyFrames => "too many frames",
+            CloseReason::TooBig => "message too big",
         }
     }
 
@@ -99,6 +115,10 @@ impl CloseReason {
             CloseReason::GoingAway => "going_away",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::AuthExpired => "auth_expired",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::TooManyFrames => "too_many_frames",
+            CloseReason::TooBig => "message_too_big",
         }
     }
 }

@@ -60,6 +60,9 @@ fn credentials(config: &Config) -> Result<(String, String)> {
 /// Run a node until SIGTERM/SIGINT, then drain and return.
 pub async fn run(config: Config) -> Result<()> {
     init_logging(&config)?;
+    // One structured log line per panic (instead of the default hook's stderr text); the
+    // connection task that panicked is caught, counted and cleaned up where it runs.
+    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     let mut signals = Signals::install().context("installing signal handlers")?;
     let (jwt_secret, api_key) = credentials(&config)?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
@@ -148,6 +151,7 @@ pub async fn run(config: Config) -> Result<()> {
             pong_timeout: config.pong_timeout,
             subscribe_timeout: config.redis_timeout * 5,
             websocket: websocket_config(&config),
+            client_frame_rate: config.client_frame_rate,
         },
     );
 
@@ -227,6 +231,15 @@ fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     bound.with_context(|| format!("binding the {what} listener to {addr}"))
 }
 
+/// Bytes of frames gathered before a socket write.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// The write buffer's bound: a batch's buffer, one largest event (with its id and frame
+/// header) and room for a few pongs.
+fn max_write_buffer(max_event_bytes: usize) -> usize {
+    WRITE_BUFFER + max_event_bytes + 4 * 1024
+}
+
 /// Small buffers keep idle connections cheap; client messages are bounded.
 fn websocket_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
@@ -234,7 +247,11 @@ fn websocket_config(config: &Config) -> WebSocketConfig {
         // (512 → 128 bytes took 0.4 KiB off every idle connection; docs/benchmarks.md).
         .read_buffer_size(128)
         // Frames of one batch accumulate up to this size before a write; flush sends the rest.
-        .write_buffer_size(16 * 1024)
+        .write_buffer_size(WRITE_BUFFER)
+        // Bounded: our writes wait for the socket beyond `WRITE_BUFFER` + one event, so only
+        // pongs to a client that pings and never reads can fill the rest; then it is closed
+        // as a slow consumer (tungstenite's default is unbounded).
+        .max_write_buffer_size(max_write_buffer(config.max_event_bytes))
         .max_message_size(Some(config.max_client_frame))
         .max_frame_size(Some(config.max_client_frame))
 }

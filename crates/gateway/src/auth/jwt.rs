@@ -1,6 +1,8 @@
 //! JWT (HS256) client authentication: `Authorization: Bearer <jwt>` or `?access_token=<jwt>`.
 //!
-//! The user id is the `sub` claim as a decimal string; `exp` is required.
+//! The user id is the `sub` claim as a decimal string; `exp` is required, `nbf` honoured, both
+//! with the same leeway; time claims beyond year 9999 are malformed (never an overflow), and
+//! tokens with a `crit` header are refused (no extension is understood).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,13 +12,21 @@ use serde::{Deserialize, Serialize};
 use super::AuthError;
 use crate::registry::UserId;
 
-/// Allowed clock skew between the token issuer and the gateway, in seconds.
+/// Allowed clock skew between the token issuer and the gateway, in seconds: a token is
+/// accepted until `exp` + leeway, and its connection closes (4001) at that same time.
 const LEEWAY_SECS: u64 = 30;
+
+/// Latest accepted time claim: 9999-12-31T23:59:59Z (keeps every time computation in range).
+const MAX_TIMESTAMP: u64 = 253_402_300_799;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
 }
 
 /// Verifies (and, for tooling and dev mode, mints) HS256 tokens.
@@ -32,6 +42,7 @@ impl JwtAuth {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         JwtAuth {
             decoding: DecodingKey::from_secret(secret),
@@ -40,21 +51,33 @@ impl JwtAuth {
         }
     }
 
-    /// Check a token; returns the user id and the token's expiry.
+    /// Check a token; returns the user id and when it stops being accepted (`exp` + leeway).
     pub fn verify(&self, token: &str) -> Result<(UserId, SystemTime), AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 AuthError::Invalid(match e.kind() {
                     ErrorKind::ExpiredSignature => "jwt_expired",
+                    ErrorKind::ImmatureSignature => "jwt_not_yet_valid",
                     ErrorKind::InvalidSignature => "jwt_bad_signature",
                     ErrorKind::InvalidAlgorithm => "jwt_wrong_algorithm",
                     ErrorKind::MissingRequiredClaim(_) => "jwt_missing_claim",
                     _ => "jwt_malformed",
                 })
             })?;
-        let user = parse_user_id(&data.claims.sub).ok_or(AuthError::Invalid("jwt_bad_subject"))?;
-        Ok((user, UNIX_EPOCH + Duration::from_secs(data.claims.exp)))
+        if data.header.crit.is_some() {
+            return Err(AuthError::Invalid("jwt_crit_unsupported"));
+        }
+        let claims = &data.claims;
+        let times = [Some(claims.exp), claims.nbf, claims.iat];
+        if times.into_iter().flatten().any(|t| t > MAX_TIMESTAMP) {
+            return Err(AuthError::Invalid("jwt_malformed"));
+        }
+        let user = parse_user_id(&claims.sub).ok_or(AuthError::Invalid("jwt_bad_subject"))?;
+        Ok((
+            user,
+            UNIX_EPOCH + Duration::from_secs(claims.exp + LEEWAY_SECS),
+        ))
     }
 
     /// Mint a token for `user` valid for `ttl`.
@@ -67,6 +90,8 @@ impl JwtAuth {
         let claims = Claims {
             sub: user.to_string(),
             exp,
+            nbf: None,
+            iat: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
@@ -98,6 +123,69 @@ mod tests {
             JwtAuth::new(b"b").verify(&token).unwrap_err(),
             AuthError::Invalid("jwt_bad_signature")
         );
+    }
+
+    fn signed(claims: serde_json::Value, header: Header) -> String {
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(b"k")).unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn out_of_range_times_are_malformed_not_a_panic() {
+        let auth = JwtAuth::new(b"k");
+        for claims in [
+            serde_json::json!({"sub": "9", "exp": u64::MAX}),
+            serde_json::json!({"sub": "9", "exp": 1u64 << 63}),
+            serde_json::json!({"sub": "9", "exp": now() + 60, "iat": u64::MAX}),
+            serde_json::json!({"sub": "9", "exp": 1e300}),
+        ] {
+            let token = signed(claims.clone(), Header::new(Algorithm::HS256));
+            assert_eq!(
+                auth.verify(&token).unwrap_err(),
+                AuthError::Invalid("jwt_malformed"),
+                "{claims}"
+            );
+        }
+    }
+
+    #[test]
+    fn nbf_and_crit() {
+        let auth = JwtAuth::new(b"k");
+        let later = serde_json::json!({"sub": "9", "exp": now() + 600, "nbf": now() + 300});
+        let token = signed(later, Header::new(Algorithm::HS256));
+        assert_eq!(
+            auth.verify(&token).unwrap_err(),
+            AuthError::Invalid("jwt_not_yet_valid")
+        );
+        let within_leeway = serde_json::json!({"sub": "9", "exp": now() + 600, "nbf": now() + 5});
+        assert!(auth
+            .verify(&signed(within_leeway, Header::new(Algorithm::HS256)))
+            .is_ok());
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp".into()]);
+        let token = signed(serde_json::json!({"sub": "9", "exp": now() + 60}), header);
+        assert_eq!(
+            auth.verify(&token).unwrap_err(),
+            AuthError::Invalid("jwt_crit_unsupported")
+        );
+    }
+
+    #[test]
+    fn acceptance_and_expiry_share_the_leeway() {
+        let auth = JwtAuth::new(b"k");
+        let exp = now() - 10; // expired, within the leeway: accepted until exp + leeway
+        let token = signed(
+            serde_json::json!({"sub": "9", "exp": exp}),
+            Header::new(Algorithm::HS256),
+        );
+        let (_, expires) = auth.verify(&token).unwrap();
+        assert_eq!(expires, UNIX_EPOCH + Duration::from_secs(exp + LEEWAY_SECS));
     }
 
     #[test]

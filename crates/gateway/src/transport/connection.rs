@@ -1,6 +1,11 @@
 //! One client connection after the upgrade: drains its outbox into the socket (several frames,
 //! one flush), pings, watches for pongs and credential expiry, ignores client data (bounded),
 //! and closes with a documented code.
+//!
+//! Bounded whatever the client does: the write buffer is capped (`server::websocket_config`),
+//! every socket write has a deadline (the pong timeout), client frames have a per-second
+//! budget, and only a pong carrying the payload of our last ping counts, so a client that stops
+//! reading is closed within ping interval + pong timeout even if it keeps sending.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -10,24 +15,22 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant as TokioInstant;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::budget::FrameBudget;
+use super::ending::{self, close, End};
 use super::timer::{Due, Timer};
 use crate::auth::{AuthError, Identity};
 use crate::history::{resync_frame, Dedup, Replay};
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::outbox::{CloseReason, Frame};
 use crate::registry::{AtCapacity, Conn, Subscribed, UserId};
 use gleepost_event::EventId;
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
-
-/// How long to wait for the client's reply to our close frame.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub(super) type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// A connection's place in the registry; leaving the registry (and, for the user's last
 /// connection, unsubscribing) happens when this is dropped, whatever ends the connection.
@@ -59,31 +62,33 @@ impl Drop for Registration {
     }
 }
 
-/// Why a session ended (metric label).
-enum End {
-    Closed(CloseReason),
-    ClientClosed,
-    ClientGone,
-    PongTimeout,
-    TooBig,
-    SocketError,
+/// Finish the upgrade and serve the connection until it ends. A panic in the connection's
+/// code is caught here: counted (`panics_total`), logged once by the panic hook, and the
+/// registration, the gauge and the socket are released as on any other ending.
+pub async fn run(
+    on_upgrade: OnUpgrade,
+    registration: Registration,
+    identity: Identity,
+    since: Option<String>,
+) {
+    let node = registration.node.clone();
+    ending::contain_panic(
+        serve(on_upgrade, registration, identity, since),
+        &node.metrics,
+    )
+    .await;
 }
 
-impl End {
-    fn label(&self) -> &'static str {
-        match self {
-            End::Closed(reason) => reason.label(),
-            End::ClientClosed => "client_closed",
-            End::ClientGone => "client_gone",
-            End::PongTimeout => "pong_timeout",
-            End::TooBig => "message_too_big",
-            End::SocketError => "socket_error",
-        }
+/// Decrements the open-connections gauge however the session ends (panics included).
+struct Open<'a>(&'a Metrics);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.connections.dec();
     }
 }
 
-/// Finish the upgrade and serve the connection until it ends.
-pub async fn run(
+async fn serve(
     on_upgrade: OnUpgrade,
     registration: Registration,
     identity: Identity,
@@ -105,9 +110,10 @@ pub async fn run(
     .await;
     let metrics = &node.metrics;
     metrics.connections.inc();
+    let open = Open(metrics);
     metrics.connections_opened.inc();
     let end = session(ws, &registration.conn, &identity, since, &node).await;
-    metrics.connections.dec();
+    drop(open);
     metrics
         .connections_closed
         .with_label_values(&[end.label()])
@@ -150,8 +156,12 @@ async fn session(
     let mut timer = Timer {
         next_ping: now + settings.ping_interval,
         pong_due: None,
+        ping_payload: 0,
         expiry: identity.expires.map(tokio_instant),
     };
+    let mut budget = FrameBudget::new(now, settings.client_frame_rate);
+    // Every write is bounded: a client that stops reading blocks it at most this long.
+    let deadline = settings.pong_timeout;
     // One timer per connection (pings, pong deadline, credential expiry): idle connections
     // stay small.
     let sleep = tokio::time::sleep_until(timer.deadline());
@@ -168,7 +178,10 @@ async fn session(
                 }
                 let written = tokio::select! {
                     biased;
-                    written = write_batch(&mut ws, &mut batch, &mut dedup, node) => written,
+                    written = tokio::time::timeout(
+                        deadline,
+                        write_batch(&mut ws, &mut batch, &mut dedup, node),
+                    ) => written.unwrap_or(Err(End::Closed(CloseReason::SlowConsumer))),
                     // The client stopped reading and its queue overflowed meanwhile.
                     _ = conn.outbox.overflowed() => Err(End::Closed(CloseReason::SlowConsumer)),
                 };
@@ -181,30 +194,34 @@ async fn session(
                     return Box::pin(close(ws, reason)).await;
                 }
             }
-            msg = ws.next() => match msg {
-                None => return End::ClientGone,
-                Some(Ok(Message::Pong(_))) => {
-                    timer.pong_due = None;
-                    sleep.as_mut().reset(timer.deadline());
+            msg = ws.next() => {
+                if msg.as_ref().is_some_and(Result::is_ok) && !budget.admit(TokioInstant::now()) {
+                    return Box::pin(close(ws, CloseReason::TooManyFrames)).await;
                 }
-                Some(Ok(Message::Close(_))) => {
-                    // tungstenite queued the close reply; flushing sends it.
-                    let _ = ws.flush().await;
-                    return End::ClientClosed;
+                match msg {
+                    None => return End::ClientGone,
+                    Some(Ok(Message::Pong(payload))) => {
+                        // Only the answer to our last ping: a client that does not read cannot
+                        // keep itself alive with unsolicited pongs.
+                        if payload.as_ref() == timer.ping_payload.to_be_bytes() {
+                            timer.pong_due = None;
+                            sleep.as_mut().reset(timer.deadline());
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the close reply; flushing sends it (bounded).
+                        let _ = tokio::time::timeout(deadline, ws.flush()).await;
+                        return End::ClientClosed;
+                    }
+                    // Receive-only protocol: client data is ignored (pings are answered by
+                    // tungstenite on the next write, into the bounded write buffer).
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => match ending::read_error(&e) {
+                        Ok(reason) => return Box::pin(close(ws, reason)).await,
+                        Err(end) => return end,
+                    },
                 }
-                // Receive-only protocol: client data is ignored (pings are answered by
-                // tungstenite on the next write).
-                Some(Ok(_)) => {}
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                    let frame = CloseFrame {
-                        code: CloseCode::Size,
-                        reason: "message too big".into(),
-                    };
-                    let _ = ws.send(Message::Close(Some(frame))).await;
-                    return End::TooBig;
-                }
-                Some(Err(_)) => return End::SocketError,
-            },
+            }
             _ = &mut sleep => {
                 match timer.fire(TokioInstant::now(), settings.ping_interval, settings.pong_timeout) {
                     Due::Expired => match Box::pin(renew(identity, node)).await {
@@ -213,8 +230,15 @@ async fn session(
                     },
                     Due::PongTimeout => return End::PongTimeout,
                     Due::Ping => {
-                        if ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                            return End::SocketError;
+                        timer.ping_payload = rand::random();
+                        let ping = Message::Ping(Bytes::copy_from_slice(
+                            &timer.ping_payload.to_be_bytes(),
+                        ));
+                        match tokio::time::timeout(deadline, ws.send(ping)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return End::SocketError,
+                            // The client stopped reading: nothing more gets to it.
+                            Err(_) => return Box::pin(close(ws, CloseReason::SlowConsumer)).await,
                         }
                     }
                     Due::Nothing => {}
@@ -307,24 +331,4 @@ async fn write_batch(
             .observe(now.duration_since(frame.entered).as_secs_f64());
     }
     Ok(())
-}
-
-/// Send a close frame and wait (bounded) for the client's reply.
-async fn close(mut ws: Socket, reason: CloseReason) -> End {
-    let frame = CloseFrame {
-        code: CloseCode::from(reason.code()),
-        reason: reason.text().into(),
-    };
-    // Bounded: a client that stopped reading may never take the close frame.
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        if ws.send(Message::Close(Some(frame))).await.is_ok() {
-            while let Some(Ok(msg)) = ws.next().await {
-                if msg.is_close() {
-                    break;
-                }
-            }
-        }
-    })
-    .await;
-    End::Closed(reason)
 }

@@ -11,6 +11,8 @@ pub(super) struct Timer {
     pub(super) next_ping: TokioInstant,
     /// When an unanswered ping times out (set while a ping awaits its pong).
     pub(super) pong_due: Option<TokioInstant>,
+    /// Payload of the last ping (random): only a pong that carries it answers the ping.
+    pub(super) ping_payload: u64,
     /// When the credentials expire, if they do.
     pub(super) expiry: Option<TokioInstant>,
 }
@@ -71,6 +73,7 @@ mod tests {
         let mut timer = Timer {
             next_ping: t0 + interval,
             pong_due: None,
+            ping_payload: 0,
             expiry: None,
         };
         assert_eq!(timer.deadline(), t0 + interval);
@@ -90,6 +93,7 @@ mod tests {
         let mut timer = Timer {
             next_ping: t0,
             pong_due: None,
+            ping_payload: 0,
             expiry: Some(t0 + Duration::from_secs(45)),
         };
         assert_eq!(timer.fire(t0, interval, pong), Due::Ping);

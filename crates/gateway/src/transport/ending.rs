@@ -1,0 +1,131 @@
+//! How a connection ends: the metric label of every ending, the close code a client read error
+//! earns (1002 protocol error, 1007 invalid UTF-8, 1009 too big), the bounded close, and a
+//! panic contained to its connection.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::connection::Socket;
+use crate::metrics::Metrics;
+use crate::outbox::CloseReason;
+
+/// How long to wait for the client's reply to our close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a session ended (metric label).
+pub(super) enum End {
+    /// The gateway closed it with a close frame.
+    Closed(CloseReason),
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The client's TCP connection ended without a close handshake.
+    ClientGone,
+    /// A ping went unanswered.
+    PongTimeout,
+    /// Any other socket failure.
+    SocketError,
+}
+
+impl End {
+    /// Metric label (`connections_closed_total{reason}`).
+    pub(super) fn label(&self) -> &'static str {
+        match self {
+            End::Closed(reason) => reason.label(),
+            End::ClientClosed => "client_closed",
+            End::ClientGone => "client_gone",
+            End::PongTimeout => "pong_timeout",
+            End::SocketError => "socket_error",
+        }
+    }
+}
+
+/// What a failed read (or a write failing inside it) means for the connection: the close
+/// frame it earns, or how it ended when no close frame can be sent.
+pub(super) fn read_error(error: &WsError) -> Result<CloseReason, End> {
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Ok(CloseReason::TooBig),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Err(End::ClientGone),
+        WsError::Protocol(_) => Ok(CloseReason::ProtocolError),
+        WsError::Utf8(_) => Ok(CloseReason::InvalidUtf8),
+        // Our pongs (answers to the client's pings) filled the bounded write buffer: the client
+        // does not read.
+        WsError::WriteBufferFull(_) => Ok(CloseReason::SlowConsumer),
+        WsError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Err(End::ClientGone),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => Err(End::ClientGone),
+        _ => Err(End::SocketError),
+    }
+}
+
+/// Send a close frame and wait (bounded) for the client's reply.
+pub(super) async fn close(mut ws: Socket, reason: CloseReason) -> End {
+    let frame = CloseFrame {
+        code: CloseCode::from(reason.code()),
+        reason: reason.text().into(),
+    };
+    // Bounded: a client that stopped reading may never take the close frame.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if ws.send(Message::Close(Some(frame))).await.is_ok() {
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    End::Closed(reason)
+}
+
+/// Run a connection's task; a panic is caught and counted (`panics_total`, and
+/// `connections_closed_total{reason="panic"}`); the panic hook has logged it once. Everything
+/// the task owned (registration, socket, gauges' guards) is dropped while unwinding.
+pub(super) async fn contain_panic(task: impl Future<Output = ()>, metrics: &Metrics) {
+    if AssertUnwindSafe(task).catch_unwind().await.is_err() {
+        metrics.panics.inc();
+        metrics
+            .connections_closed
+            .with_label_values(&["panic"])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    struct Released(Arc<AtomicBool>);
+    impl Drop for Released {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_is_counted_and_releases_what_it_held() {
+        let metrics = Metrics::new().unwrap();
+        let released = Arc::new(AtomicBool::new(false));
+        let held = Released(released.clone());
+        contain_panic(
+            async move {
+                let _held = held;
+                tokio::task::yield_now().await;
+                panic!("boom");
+            },
+            &metrics,
+        )
+        .await;
+        assert!(released.load(Ordering::SeqCst));
+        assert_eq!(metrics.panics.get(), 1);
+        contain_panic(async {}, &metrics).await;
+        assert_eq!(metrics.panics.get(), 1);
+    }
+}

@@ -1,0 +1,190 @@
+//! Hostile clients (issue 16): whatever a peer does on its WebSocket, the gateway's memory and
+//! time for it stay bounded: floods are cut (1008), pongs it will not read do not pile up
+//! (bounded write buffer), a client that stops reading is closed by the write deadline or the
+//! pong timeout even if it keeps sending, and protocol errors get their close code (1002, 1007,
+//! 1009) before the socket closes. Bounds are counts and generous deadlines, not timings.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use gleepost_tests::metrics::wait_metric;
+use gleepost_tests::raw_ws::{opcode, rss_bytes, RawWs};
+use gleepost_tests::redis_mode::eventually;
+use gleepost_tests::{token, Gateway, GatewayOptions};
+
+const LIMIT: Duration = Duration::from_secs(30);
+/// Far above what a bounded connection can add, far below what the unbounded buffers grew to.
+const RSS_GROWTH_BOUND: u64 = 64 << 20;
+
+async fn raw(gw: &Gateway, user: u64) -> Result<RawWs> {
+    RawWs::connect(&gw.public, &format!("/ws?access_token={}", token(user))).await
+}
+
+fn closed(reason: &str) -> String {
+    format!(r#"gleepost_gateway_connections_closed_total{{reason="{reason}"}}"#)
+}
+
+/// Write `frames` masked pings (125-byte payloads) in batches without ever reading, until the
+/// gateway cuts the connection (a write fails) or all are written.
+async fn ping_flood(ws: &mut RawWs, frames: usize) -> usize {
+    let payload = [b'p'; 125];
+    let mut sent = 0;
+    while sent < frames {
+        if ws.send(opcode::PING, &payload).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ping_flood_that_never_reads_is_cut_with_1008_and_memory_stays_bounded() -> Result<()> {
+    let gw = Gateway::start(GatewayOptions::default()).await?;
+    let before = rss_bytes(gw.pid())?;
+    let mut ws = raw(&gw, 9).await?;
+    // 1M pings ≈ 131 MB of pongs if the server queued an answer to each.
+    let sent = ping_flood(&mut ws, 1_000_000).await;
+    wait_metric(&gw, &closed("too_many_frames"), 1.0).await?;
+    wait_metric(&gw, "gleepost_gateway_connections", 0.0).await?;
+    let grown = rss_bytes(gw.pid())?.saturating_sub(before);
+    ensure!(
+        grown < RSS_GROWTH_BOUND,
+        "RSS grew by {grown} bytes after {sent} pings"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_pings_but_never_reads_is_closed_within_ping_interval_and_pong_timeout(
+) -> Result<()> {
+    // No frame budget in the way: the bounded write buffer keeps its unread pongs small, and
+    // the deadline on the gateway's own ping write (or the pong timeout) closes it.
+    let gw = Gateway::start(GatewayOptions::default().arg(&[
+        "--client-frame-rate",
+        "100000000",
+        "--ping-interval",
+        "1s",
+        "--pong-timeout",
+        "1s",
+    ]))
+    .await?;
+    let before = rss_bytes(gw.pid())?;
+    let mut ws = raw(&gw, 9).await?;
+    let sent = ping_flood(&mut ws, 1_000_000).await;
+    wait_metric(&gw, "gleepost_gateway_connections", 0.0).await?;
+    let cut =
+        gw.metric(&closed("slow_consumer")).await? + gw.metric(&closed("pong_timeout")).await?;
+    ensure!(
+        cut == 1.0,
+        "closed neither by the write deadline nor the pong timeout"
+    );
+    let grown = rss_bytes(gw.pid())?.saturating_sub(before);
+    ensure!(
+        grown < RSS_GROWTH_BOUND,
+        "RSS grew by {grown} bytes after {sent} pings"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() -> Result<()> {
+    // The queue is far larger than what is published, so only the write deadline can act.
+    let gw = Gateway::start(GatewayOptions::default().arg(&[
+        "--queue-bytes",
+        "268435456",
+        "--queue-events",
+        "100000",
+        "--ping-interval",
+        "1h",
+        "--pong-timeout",
+        "2s",
+    ]))
+    .await?;
+    let _silent = gw.connect(9).await?; // never read from again
+    let data = "x".repeat(50_000);
+    let event = format!(r#"{{"type":"message","data":"{data}"}}"#);
+    // ≈ 20 MB: more than loopback socket buffers hold.
+    let started = Instant::now();
+    for _ in 0..400 {
+        gw.publish(&[9], &event).await?;
+        if gw.metric(&closed("slow_consumer")).await? == 1.0 {
+            break;
+        }
+    }
+    eventually(LIMIT, "closed as a slow consumer", || async {
+        ensure!(
+            gw.metric(&closed("slow_consumer")).await? == 1.0,
+            "still open"
+        );
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("after {:?}", started.elapsed()))?;
+    wait_metric(&gw, "gleepost_gateway_connections", 0.0).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsolicited_pongs_do_not_keep_a_non_reading_client_alive() -> Result<()> {
+    let gw = Gateway::start(GatewayOptions::default().arg(&[
+        "--ping-interval",
+        "1s",
+        "--pong-timeout",
+        "1s",
+    ]))
+    .await?;
+    let mut ws = raw(&gw, 9).await?;
+    let deadline = Instant::now() + LIMIT;
+    // Pongs with guessable payloads, never reading the server's pings.
+    let mut n: u64 = 0;
+    while gw.metric(&closed("pong_timeout")).await? < 1.0 {
+        if Instant::now() > deadline {
+            bail!("a client sending unsolicited pongs stayed connected");
+        }
+        let _ = ws.send(opcode::PONG, &n.to_be_bytes()).await;
+        let _ = ws.send(opcode::PONG, b"").await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_metric(&gw, "gleepost_gateway_connections", 0.0).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_errors_get_their_close_code_before_the_socket_closes() -> Result<()> {
+    let gw = Gateway::start(GatewayOptions::default()).await?;
+    // (what, first header byte, masked, payload, expected close code)
+    let big = vec![b'x'; 5_000];
+    let cases: [(&str, u8, bool, &[u8], u16); 8] = [
+        ("invalid UTF-8 text", 0x81, true, &[0xff, 0xfe, 0xfd], 1007),
+        ("unmasked frame", 0x81, false, b"hi", 1002),
+        ("RSV1 set", 0xC1, true, b"hi", 1002),
+        ("reserved data opcode", 0x83, true, b"", 1002),
+        ("reserved control opcode", 0x8B, true, b"", 1002),
+        ("one-byte close payload", 0x88, true, &[0x03], 1002),
+        ("close with code 999", 0x88, true, &[0x03, 0xE7], 1002),
+        ("frame over --max-client-frame", 0x82, true, &big, 1009),
+    ];
+    for (what, first, masked, payload, expected) in cases {
+        let mut ws = raw(&gw, 9).await?;
+        ws.send_frame(first, masked, payload).await?;
+        match ws.read_close(Duration::from_secs(10)).await.context(what)? {
+            Some((code, _)) if code == expected => {}
+            other => bail!("{what}: expected close {expected}, got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_frames_in_a_second_are_closed_with_1008() -> Result<()> {
+    let gw = Gateway::start(GatewayOptions::default()).await?;
+    let mut ws = raw(&gw, 9).await?;
+    for _ in 0..100 {
+        ws.send(opcode::TEXT, b"keepalive").await?;
+    }
+    match ws.read_close(Duration::from_secs(10)).await? {
+        Some((1008, _)) => {}
+        other => bail!("expected close 1008, got {other:?}"),
+    }
+    wait_metric(&gw, &closed("too_many_frames"), 1.0).await
+}

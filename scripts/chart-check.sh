@@ -7,13 +7,18 @@
 #      each version in K8S_VERSIONS); CRD kinds (ServiceMonitor, PrometheusRule)
 #      are not in those schemas and are skipped there, by name, but get the
 #      chart-specific checks below;
-#   3. chart-specific checks on the rendered output: terminationGracePeriodSeconds
-#      > GATEWAY_PRE_DRAIN_DELAY + GATEWAY_DRAIN_WINDOW, probes, ports, security
-#      context, PrometheusRule == files/alerts.yaml, ServiceMonitor wiring;
+#   3. chart-specific checks on the rendered output (scripts/chart_check_manifests.py):
+#      terminationGracePeriodSeconds = preStop sleep + GATEWAY_PRE_DRAIN_DELAY +
+#      GATEWAY_DRAIN_WINDOW + 7 s exit waits + margin, REDIS_URL required from its
+#      Secret key (or absent with one Recreate pod on the embedded broker), pod
+#      template labels = selector labels (a chart version bump leaves the pod
+#      template unchanged), PDB unhealthyPodEvictionPolicy, probes, ports,
+#      security context, PrometheusRule == files/alerts.yaml, ServiceMonitor wiring;
 #   4. yamllint (helm/.yamllint) on values, Chart.yaml, the alerts file and the
 #      rendered manifests;
 #   5. promtool check rules + promtool test rules on the alerts;
-#   6. bad values must FAIL to render (schema and template checks).
+#   6. bad values must FAIL to render (schema and template checks), each with its
+#      message checked; edge values that must render do.
 # Tools: helm (scripts/fetch-helm.sh, cached in .cache/helm/), a venv with
 # kubernetes-validate and yamllint (.cache/chart-check-venv/), promtool (Debian
 # package "prometheus", installed with apt-get when missing). A missing tool is an
@@ -74,18 +79,33 @@ step "helm lint --strict (ci/all-on-values.yaml)"
 # ---------------------------------------------------------------- render
 step "helm template"
 rm -rf "$OUT" && mkdir -p "$OUT"
-render() { # name, helm template args...
-  local name="$1"; shift
-  "$HELM" template gw "$CHART" --namespace realtime "$@" > "$OUT/$name.yaml" \
+render_chart() { # chart dir, name, helm template args...
+  local chart="$1" name="$2"; shift 2
+  "$HELM" template gw "$chart" --namespace realtime "$@" > "$OUT/$name.yaml" \
     || die "helm template ($name) failed"
   echo "rendered $name -> ${OUT#"$ROOT"/}/$name.yaml"
 }
+render() { render_chart "$CHART" "$@"; }
 render default
 render all-on -f "$CHART/ci/all-on-values.yaml"
+# Redis URL from an existing Secret (default key redis-url), several replicas.
 render existing-secret --set secrets.existingSecret=gw-creds --set replicaCount=2 \
   --set service.type=NodePort --set service.nodePort=30080 --set config.drainWindow=2m \
   --set podDisruptionBudget.enabled=true --set podDisruptionBudget.maxUnavailable=null \
   --set podDisruptionBudget.minAvailable=50% --set config.queueEvents=256
+# ... under another key.
+render existing-secret-key --set secrets.existingSecret=gw-creds \
+  --set secrets.existingSecretRedisUrlKey=url --set replicaCount=3
+# ... an existing Secret without a Redis URL: the embedded broker, one pod.
+render existing-secret-embedded --set secrets.existingSecret=gw-creds \
+  --set secrets.existingSecretRedisUrlKey= --set config.maxConnections=0
+# The same chart with only its version bumped (appVersion unchanged): the pod
+# templates must come out identical, or a chart-only upgrade restarts every pod.
+BUMPED="$OUT/bumped-chart"
+mkdir -p "$BUMPED" && cp -r "$CHART" "$BUMPED/"
+sed -i 's/^version: .*/version: 99.0.0/' "$BUMPED/gleepost-gateway/Chart.yaml"
+render_chart "$BUMPED/gleepost-gateway" bump-default
+render_chart "$BUMPED/gleepost-gateway" bump-all-on -f "$CHART/ci/all-on-values.yaml"
 
 # ---------------------------------------------------------------- validate
 step "Kubernetes schema validation (kubernetes-validate, strict, k8s $K8S_VERSIONS) + chart checks"
@@ -115,15 +135,68 @@ expect_fail() { # description, expected message regex, helm template args...
   tr '\n' ' ' <<<"$err" | grep -Eq "$want" || die "helm template rejected $what but not with /$want/: $err"
   echo "ok: rejected $what"
 }
+expect_ok() { # description, helm template args...
+  local what="$1"; shift
+  "$HELM" template gw "$CHART" "$@" >/dev/null || die "helm template refused $what ($*)"
+  echo "ok: accepted $what"
+}
+NOSCHEMA=--skip-schema-validation  # reach the template's own check behind a schema rule
 expect_fail "service.type=Bogus (schema enum)" "schema.*/service/type.*must be one of" --set service.type=Bogus
 expect_fail "config.logFormat=xml (schema enum)" "schema.*/config/logFormat.*must be one of" --set config.logFormat=xml
 expect_fail "config.drainWindow=20 (duration without unit)" "schema.*/config/drainWindow.*does not match pattern" --set-string config.drainWindow=20
 expect_fail "replicaCount=\"two\" (type)" "schema.*/replicaCount.*want integer" --set-string replicaCount=two
 expect_fail "misspelt key servce.type (additionalProperties)" "schema.*additional properties 'servce' not allowed" --set servce.type=ClusterIP
-expect_fail "terminationGracePeriodSeconds=20 (<= 5s+20s)" "terminationGracePeriodSeconds=20 must be greater" --set terminationGracePeriodSeconds=20
+expect_fail "config.maxConnections=-1 (schema minimum)" "schema.*/config/maxConnections.*minimum" --set config.maxConnections=-1
+# Grace period: preStop sleep + pre-drain + drain + 7 s exit waits + margin.
+expect_fail "terminationGracePeriodSeconds=41 (< 5s + 20s + 7s + 10s)" \
+  "terminationGracePeriodSeconds=41 is too short: .*config.preDrainDelay \(5\) \+ config.drainWindow \(20\) \+ 7 s of exit waits.*gracePeriodMarginSeconds \(10\) = 42 seconds" \
+  --set terminationGracePeriodSeconds=41
+expect_ok "terminationGracePeriodSeconds=42 (= the minimum)" --set terminationGracePeriodSeconds=42
+expect_fail "terminationGracePeriodSeconds=51 with a 10 s preStop sleep" \
+  "terminationGracePeriodSeconds=51 is too short: it must be at least lifecycle.preStop.sleep.seconds \(10\) .*= 52 seconds" \
+  --set lifecycle.preStop.sleep.seconds=10 --set terminationGracePeriodSeconds=51
+expect_fail "terminationGracePeriodSeconds=130 with a 2m drain and margin 3" "terminationGracePeriodSeconds=130 is too short: .*= 135 seconds" \
+  --set config.drainWindow=2m --set gracePeriodMarginSeconds=3 --set terminationGracePeriodSeconds=130
+expect_fail "terminationGracePeriodSeconds=9 (schema: below 7 s exit waits + 3 s margin)" \
+  "schema.*/terminationGracePeriodSeconds.*minimum" --set terminationGracePeriodSeconds=9
+expect_fail "gracePeriodMarginSeconds=2 (schema minimum 3)" "schema.*/gracePeriodMarginSeconds.*minimum" --set gracePeriodMarginSeconds=2
+expect_fail "lifecycle.preStop.sleep.seconds=-1 (schema minimum)" "schema.*/lifecycle/preStop/sleep/seconds.*minimum" \
+  --set lifecycle.preStop.sleep.seconds=-1
+expect_fail "lifecycle.preStop.sleep without seconds (schema required)" "schema.*/lifecycle/preStop/sleep.*missing propert.*seconds" \
+  --set lifecycle.preStop.sleep.secs=5
+# Embedded broker: one pod, never two at once.
 expect_fail "replicaCount=3 with the embedded broker" "replicaCount > 1 needs a Redis broker" --set replicaCount=3
 expect_fail "autoscaling with the embedded broker" "autoscaling.enabled needs a Redis broker" --set autoscaling.enabled=true
+expect_fail "existingSecret without a Redis URL key and replicaCount=2" "replicaCount > 1 needs a Redis broker" \
+  --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= --set replicaCount=2
+expect_fail "existingSecret without a Redis URL key and autoscaling" "autoscaling.enabled needs a Redis broker" \
+  --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= --set autoscaling.enabled=true
+expect_fail "strategy.type=RollingUpdate (default surge) with the embedded broker" \
+  "a rolling update with maxSurge 25% runs two embedded brokers at once" --set strategy.type=RollingUpdate
+expect_fail "strategy.rollingUpdate.maxSurge=1 with the embedded broker" \
+  "a rolling update with maxSurge 1 runs two embedded brokers at once" \
+  --set strategy.type=RollingUpdate --set strategy.rollingUpdate.maxSurge=1 --set strategy.rollingUpdate.maxUnavailable=0
+expect_ok "strategy.type=Recreate with the embedded broker" --set strategy.type=Recreate
+expect_ok "maxSurge=0/maxUnavailable=1 with the embedded broker" \
+  --set strategy.type=RollingUpdate --set strategy.rollingUpdate.maxSurge=0 --set strategy.rollingUpdate.maxUnavailable=1
+expect_fail "strategy.type=Bogus (schema enum)" "schema.*/strategy/type.*must be one of" --set strategy.type=Bogus
+expect_fail "existingSecret together with secrets.redisUrl" "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey and secrets.redisUrl would be ignored" \
+  --set secrets.existingSecret=gw-creds --set secrets.redisUrl=redis://r:6379/
+expect_fail "secrets.existingSecretRedisUrlKey with a space (schema pattern)" "schema.*/secrets/existingSecretRedisUrlKey.*does not match pattern" \
+  --set secrets.existingSecret=gw-creds --set "secrets.existingSecretRedisUrlKey=redis url"
+# Labels, PDB, HPA.
+expect_fail "podLabels overriding a selector label" "podLabels must not set the selector label app.kubernetes.io/instance" \
+  --set podLabels."app\.kubernetes\.io/instance"=other
 expect_fail "PDB with both minAvailable and maxUnavailable" "only one of minAvailable or maxUnavailable" \
   --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=1
+expect_fail "podDisruptionBudget.unhealthyPodEvictionPolicy=Never (schema enum)" "schema.*/podDisruptionBudget/unhealthyPodEvictionPolicy.*must be one of" \
+  --set podDisruptionBudget.enabled=true --set podDisruptionBudget.unhealthyPodEvictionPolicy=Never
+expect_fail "connections metric without an adapter (schema)" "schema.*/autoscaling/connections/adapter.*minLength" \
+  --set secrets.redisUrl=redis://r:6379/ --set autoscaling.enabled=true --set autoscaling.connections.enabled=true
+expect_fail "connections metric without an adapter (template)" \
+  "autoscaling.connections.enabled needs autoscaling.connections.adapter: name the custom metrics adapter that serves gleepost_gateway_connections per pod" \
+  $NOSCHEMA --set secrets.redisUrl=redis://r:6379/ --set autoscaling.enabled=true --set autoscaling.connections.enabled=true
+expect_ok "connections metric with adapter=prometheus-adapter" --set secrets.redisUrl=redis://r:6379/ \
+  --set autoscaling.enabled=true --set autoscaling.connections.enabled=true --set autoscaling.connections.adapter=prometheus-adapter
 
 step "chart-check: all checks passed"

@@ -1,8 +1,19 @@
 """Checks of the manifests rendered by scripts/chart-check.sh (helm template output).
 
 Usage: chart_check_manifests.py OUT_DIR CHART_DIR "K8S_VERSIONS"
+
+Every render in RENDERS is validated against the Kubernetes JSON schemas of each
+version (kubernetes-validate, strict; CRD kinds are skipped there by name) and
+then checked for what the chart promises: drain-safe grace periods, broker
+wiring that cannot split events across pods, stable pod template labels,
+probes, ports, hardening, PDB/HPA/ServiceMonitor/PrometheusRule wiring.
+Exits 1 listing every failed check.
 """
-import functools, os, re, sys
+import functools
+import os
+import re
+import sys
+
 import yaml
 import kubernetes_validate.utils as kvu
 
@@ -10,11 +21,36 @@ out, chart, versions = sys.argv[1], sys.argv[2], sys.argv[3].split()
 # The library re-reads the big _definitions.json on every call: cache it.
 kvu.schema_contents = functools.lru_cache(maxsize=None)(kvu.schema_contents)
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # not in the Kubernetes schemas
+# Exit waits of the binary after the drain window (crates/gateway/src/server.rs):
+# CLOSE_WAIT 5 s for close handshakes, then up to 2 s for the admin server.
+EXIT_WAITS = 7
+DEFAULT_MARGIN = 10
+SELECTOR = {"app.kubernetes.io/name": "gleepost-gateway", "app.kubernetes.io/instance": "gw"}
 failures = []
+
+# render name -> (expected kinds, expected REDIS_URL secret key or None, extra pod labels)
+RENDERS = {
+    "default": (["ConfigMap", "Deployment", "Secret", "Service", "Service", "ServiceAccount"], None, {}),
+    "all-on": (["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
+                "PodDisruptionBudget", "PrometheusRule", "Secret", "Service", "Service",
+                "ServiceAccount", "ServiceMonitor"], "redis-url", {"team": "realtime"}),
+    "existing-secret": (["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "Service",
+                         "ServiceAccount"], "redis-url", {}),
+    "existing-secret-key": (["ConfigMap", "Deployment", "Service", "Service", "ServiceAccount"],
+                            "url", {}),
+    "existing-secret-embedded": (["ConfigMap", "Deployment", "Service", "Service", "ServiceAccount"],
+                                 None, {}),
+}
+
 
 def fail(msg):
     failures.append(msg)
     print("  FAIL " + msg)
+
+
+def ok(msg):
+    print("  ok   " + msg)
+
 
 def seconds(d):
     m = re.fullmatch(r"(\d+)(ms|s|m|h)", d)
@@ -23,30 +59,26 @@ def seconds(d):
     n, u = int(m.group(1)), m.group(2)
     return {"ms": -(-n // 1000), "s": n, "m": n * 60, "h": n * 3600}[u]
 
-expected_kinds = {
-    "default": ["ConfigMap", "Deployment", "Secret", "Service", "Service", "ServiceAccount"],
-    "all-on": ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
-               "PodDisruptionBudget", "PrometheusRule", "Secret", "Service", "Service",
-               "ServiceAccount", "ServiceMonitor"],
-    "existing-secret": ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "Service",
-                        "ServiceAccount"],
-}
+
+def load(name):
+    with open(os.path.join(out, name + ".yaml")) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def only(by_kind, kind):
+    return by_kind[kind][0]
+
+
 with open(os.path.join(chart, "files", "alerts.yaml")) as f:
     alerts = yaml.safe_load(f)
-alert_names = sorted(r["alert"] for g in alerts["groups"] for r in g["rules"])
-want_alerts = sorted(["GatewayNotReady", "GatewayBrokerReconnecting", "GatewaySlowConsumers",
-                      "GatewayMalformedPayloads", "GatewayHighDeliveryLatency",
-                      "GatewayAuthFailureSpike", "GatewayFdsNearLimit", "GatewayProbeSlow"])
-if alert_names != want_alerts:
-    fail(f"files/alerts.yaml alerts {alert_names} != {want_alerts}")
 
-for render in sorted(expected_kinds):
-    with open(os.path.join(out, render + ".yaml")) as f:
-        docs = [d for d in yaml.safe_load_all(f) if d]
+for render in sorted(RENDERS):
+    want_kinds, redis_key, extra_pod_labels = RENDERS[render]
+    docs = load(render)
     print(f"[{render}] {len(docs)} objects")
     kinds = sorted(d["kind"] for d in docs)
-    if kinds != sorted(expected_kinds[render]):
-        fail(f"[{render}] kinds {kinds} != {sorted(expected_kinds[render])}")
+    if kinds != sorted(want_kinds):
+        fail(f"[{render}] kinds {kinds} != {sorted(want_kinds)}")
     by_kind = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
@@ -63,24 +95,51 @@ for render in sorted(expected_kinds):
                 fail(f"[{render}] {name} invalid for k8s {v}: {e.message} at {'/'.join(map(str, e.path))}")
             except kvu.SchemaNotFoundError as e:
                 fail(f"[{render}] {name}: {e.message}")
-        print(f"  ok   {name} (k8s {', '.join(versions)})")
+        ok(f"{name} (k8s {', '.join(versions)})")
 
-    # --- Deployment checks
-    dep = by_kind["Deployment"][0]
-    cm = by_kind["ConfigMap"][0]["data"]
+    dep = only(by_kind, "Deployment")
+    cm = only(by_kind, "ConfigMap")["data"]
     pod = dep["spec"]["template"]
     spec = pod["spec"]
     c = spec["containers"][0]
+    if c["name"] != "gleepost-gateway":
+        fail(f"[{render}] container name {c['name']!r} (alerts select kube-state-metrics series by container=\"gleepost-gateway\")")
+
+    # --- grace period covers preStop + pre-drain + drain + exit waits + margin
+    hook = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     pre, drain = seconds(cm["GATEWAY_PRE_DRAIN_DELAY"]), seconds(cm["GATEWAY_DRAIN_WINDOW"])
+    need = hook + pre + drain + EXIT_WAITS + DEFAULT_MARGIN
     grace = spec.get("terminationGracePeriodSeconds")
-    if not isinstance(grace, int) or grace <= pre + drain:
-        fail(f"[{render}] terminationGracePeriodSeconds={grace} must exceed preDrainDelay+drainWindow={pre + drain}")
+    if grace != need:
+        fail(f"[{render}] terminationGracePeriodSeconds={grace} != preStop {hook} + preDrainDelay {pre} "
+             f"+ drainWindow {drain} + exit waits {EXIT_WAITS} + margin {DEFAULT_MARGIN} = {need}")
     else:
-        print(f"  ok   terminationGracePeriodSeconds={grace} > preDrainDelay {pre}s + drainWindow {drain}s")
-    if "lifecycle" in c:
-        fail(f"[{render}] unexpected lifecycle hook (distroless image has no shell)")
+        ok(f"terminationGracePeriodSeconds={grace} = preStop {hook} + pre-drain {pre} + drain {drain} "
+           f"+ exit waits {EXIT_WAITS} + margin {DEFAULT_MARGIN}")
+    if render == "all-on":
+        if c.get("lifecycle") != {"preStop": {"sleep": {"seconds": 15}}}:
+            fail(f"[all-on] lifecycle {c.get('lifecycle')} (want the preStop sleep from ci/all-on-values.yaml)")
+    elif "lifecycle" in c:
+        fail(f"[{render}] unexpected lifecycle hook {c['lifecycle']} (default: none)")
+
+    # --- pod template labels: selector labels (+ podLabels) only
+    labels = pod["metadata"].get("labels", {})
+    want_labels = {**SELECTOR, **extra_pod_labels}
+    if labels != want_labels:
+        fail(f"[{render}] pod template labels {labels} != {want_labels} (selector labels + podLabels only)")
+    if dep["spec"]["selector"]["matchLabels"] != SELECTOR:
+        fail(f"[{render}] Deployment selector {dep['spec']['selector']['matchLabels']} != {SELECTOR}")
+    for kind in ("Service", "PodDisruptionBudget", "NetworkPolicy"):
+        for o in by_kind.get(kind, []):
+            sel = o["spec"].get("selector") or o["spec"].get("podSelector")
+            sel = sel.get("matchLabels", sel)
+            if sel != SELECTOR:
+                fail(f"[{render}] {kind}/{o['metadata']['name']} selector {sel} != {SELECTOR}")
     if "checksum/config" not in pod["metadata"].get("annotations", {}):
         fail(f"[{render}] pod annotation checksum/config missing")
+    ok(f"pod template labels {sorted(labels)} match every selector")
+
+    # --- ports, probes, hardening
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     if set(ports) != {"ws", "admin"}:
         fail(f"[{render}] container ports {ports} (want ws and admin)")
@@ -102,31 +161,56 @@ for render in sorted(expected_kinds):
         (sc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities drop ALL"),
         (sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "container seccomp RuntimeDefault"),
     ]
-    for ok, what in hardened:
-        if not ok:
+    for good, what in hardened:
+        if not good:
             fail(f"[{render}] security context: {what}")
+
+    # --- credentials and broker wiring
+    secret = "gw-creds" if render.startswith("existing-secret") else "gw-gleepost-gateway"
     env = {e["name"]: e for e in c.get("env", [])}
     for var, key in (("GATEWAY_JWT_SECRET", "jwt-secret"), ("GATEWAY_API_KEY", "api-key")):
-        if env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {}).get("key") != key:
-            fail(f"[{render}] {var} must come from secret key {key}")
-    if render != "default" and env.get("REDIS_URL", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("key") != "redis-url":
-        fail(f"[{render}] REDIS_URL must come from secret key redis-url")
-    if render == "default" and "REDIS_URL" in env:
-        fail("[default] REDIS_URL set although no Redis URL is configured")
-    svcs = {s["metadata"]["name"]: s for s in by_kind["Service"]}
-    admin = [s for s in svcs.values() if s["spec"]["ports"][0]["name"] == "admin"]
-    public = [s for s in svcs.values() if s["spec"]["ports"][0]["name"] == "ws"]
+        ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
+        if ref.get("key") != key or ref.get("name") != secret:
+            fail(f"[{render}] {var} must come from secret {secret} key {key}, not {ref}")
+    strategy = dep["spec"].get("strategy")
+    if redis_key is None:
+        if "REDIS_URL" in env:
+            fail(f"[{render}] REDIS_URL set although no Redis URL is configured")
+        if dep["spec"].get("replicas") != 1:
+            fail(f"[{render}] the embedded broker must run exactly 1 replica, not {dep['spec'].get('replicas')}")
+        if strategy != {"type": "Recreate"}:
+            fail(f"[{render}] embedded broker: strategy {strategy}, want Recreate (a surge runs two brokers)")
+        else:
+            ok("embedded broker: no REDIS_URL, 1 replica, strategy Recreate")
+    else:
+        ref = env.get("REDIS_URL", {}).get("valueFrom", {}).get("secretKeyRef", {})
+        if ref != {"name": secret, "key": redis_key}:
+            fail(f"[{render}] REDIS_URL secretKeyRef {ref} != required key {redis_key} of {secret} (never optional)")
+        else:
+            ok(f"REDIS_URL from secret {secret} key {redis_key}, required")
+        if render != "all-on" and strategy != {"type": "RollingUpdate",
+                                               "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}:
+            fail(f"[{render}] Redis broker: default strategy {strategy}, want RollingUpdate 25%/0")
+
+    svcs = by_kind["Service"]
+    admin = [s for s in svcs if s["spec"]["ports"][0]["name"] == "admin"]
+    public = [s for s in svcs if s["spec"]["ports"][0]["name"] == "ws"]
     if len(admin) != 1 or len(public) != 1 or admin[0]["spec"]["type"] != "ClusterIP":
         fail(f"[{render}] want one public ws Service and one ClusterIP admin Service")
+    for pdb in by_kind.get("PodDisruptionBudget", []):
+        if pdb["spec"].get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+            fail(f"[{render}] PDB unhealthyPodEvictionPolicy {pdb['spec'].get('unhealthyPodEvictionPolicy')}, want AlwaysAllow")
+        else:
+            ok("PDB unhealthyPodEvictionPolicy AlwaysAllow")
     print(f"  ok   deployment, services and security context checks ({render})")
 
     if render == "all-on":
-        pr = by_kind["PrometheusRule"][0]
+        pr = only(by_kind, "PrometheusRule")
         if pr["spec"] != alerts:
             fail("[all-on] PrometheusRule spec differs from files/alerts.yaml")
         else:
-            print("  ok   PrometheusRule spec == files/alerts.yaml")
-        sm = by_kind["ServiceMonitor"][0]
+            ok("PrometheusRule spec == files/alerts.yaml")
+        sm = only(by_kind, "ServiceMonitor")
         ep = sm["spec"]["endpoints"][0]
         sel = sm["spec"]["selector"]["matchLabels"]
         if ep.get("port") != "admin" or ep.get("path") != "/metrics":
@@ -135,19 +219,26 @@ for render in sorted(expected_kinds):
                 any(all(s["metadata"]["labels"].get(k) == v for k, v in sel.items()) for s in public):
             fail("[all-on] ServiceMonitor selector must match the admin Service only")
         else:
-            print("  ok   ServiceMonitor scrapes the admin Service's /metrics")
-        hpa = by_kind["HorizontalPodAutoscaler"][0]["spec"]["metrics"]
+            ok("ServiceMonitor scrapes the admin Service's /metrics")
+        hpa = only(by_kind, "HorizontalPodAutoscaler")["spec"]["metrics"]
         if {m["type"] for m in hpa} != {"Resource", "Pods"} or \
                 not any(m.get("pods", {}).get("metric", {}).get("name") == "gleepost_gateway_connections" for m in hpa):
             fail(f"[all-on] HPA metrics {hpa}")
         if "replicas" in dep["spec"]:
             fail("[all-on] Deployment sets replicas although the HPA owns them")
-    if render == "existing-secret":
-        if grace != 5 + 120 + 10:
-            fail(f"[existing-secret] grace {grace} != 5s + 2m + 10s margin")
-        if env["GATEWAY_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] != "gw-creds" or \
-                env["REDIS_URL"]["valueFrom"]["secretKeyRef"].get("optional") is not True:
-            fail("[existing-secret] env must use secret gw-creds with optional redis-url")
+
+# --- a chart-only version bump must not change the pod template (no restart).
+for render in ("default", "all-on"):
+    base = only({d["kind"]: [d] for d in load(render)}, "Deployment")["spec"]["template"]
+    bumped_docs = load(f"bump-{render}")
+    bumped = only({d["kind"]: [d] for d in bumped_docs}, "Deployment")["spec"]["template"]
+    cm_labels = only({d["kind"]: [d] for d in bumped_docs}, "ConfigMap")["metadata"]["labels"]
+    if not cm_labels.get("helm.sh/chart", "").endswith("-99.0.0"):
+        fail(f"[bump-{render}] the bumped render does not carry chart version 99.0.0: {cm_labels}")
+    elif base != bumped:
+        fail(f"[bump-{render}] a chart version bump changes the pod template (every pod would restart)")
+    else:
+        ok(f"[bump-{render}] chart version bump leaves the pod template unchanged")
 
 if failures:
     print(f"\n{len(failures)} check(s) failed")

@@ -16,7 +16,9 @@
 #      security context, PrometheusRule == files/alerts.yaml, ServiceMonitor wiring;
 #   4. yamllint (helm/.yamllint) on values, Chart.yaml, the alerts file and the
 #      rendered manifests;
-#   5. promtool check rules + promtool test rules on the alerts;
+#   5. promtool check rules + promtool test rules on the alerts; every alert has a
+#      firing and a silent test case, docs/operations.md lists every alert and
+#      the metrics they use (scripts/chart_check_monitoring.py);
 #   6. bad values must FAIL to render (schema and template checks), each with its
 #      message checked; edge values that must render do.
 # Tools: helm (scripts/fetch-helm.sh, cached in .cache/helm/), a venv with
@@ -123,6 +125,8 @@ echo "yamllint: ok"
 step "promtool"
 promtool check rules "$CHART/files/alerts.yaml"
 promtool test rules "$ROOT/helm/tests/alerts.test.yaml"
+"$VENV/bin/python" "$ROOT/scripts/chart_check_monitoring.py" "$ROOT" \
+  || die "alert tests or docs are out of step with files/alerts.yaml (see above)"
 
 # ---------------------------------------------------------------- negative
 step "bad values must be rejected"

@@ -215,6 +215,11 @@ for render in sorted(RENDERS):
         sel = sm["spec"]["selector"]["matchLabels"]
         if ep.get("port") != "admin" or ep.get("path") != "/metrics":
             fail(f"[all-on] ServiceMonitor endpoint {ep}")
+        if ep.get("relabelings", [None])[0] != {"action": "replace", "targetLabel": "job",
+                                                "replacement": "gleepost-gateway"}:
+            fail(f"[all-on] ServiceMonitor must first set job=gleepost-gateway (alerts select it): {ep.get('relabelings')}")
+        else:
+            ok("ServiceMonitor sets job=gleepost-gateway")
         if not all(admin[0]["metadata"]["labels"].get(k) == v for k, v in sel.items()) or \
                 any(all(s["metadata"]["labels"].get(k) == v for k, v in sel.items()) for s in public):
             fail("[all-on] ServiceMonitor selector must match the admin Service only")

@@ -18,7 +18,10 @@
 #      rendered manifests;
 #   5. promtool check rules + promtool test rules on the alerts; every alert has a
 #      firing and a silent test case, docs/operations.md lists every alert and
-#      the metrics they use (scripts/chart_check_monitoring.py);
+#      the metrics they use; the Grafana dashboard uses only its ${datasource}
+#      variable (sidecar provisioning and manual import) and every query parses;
+#      the documented prometheus-adapter rule serves the HPA metric per pod
+#      (scripts/chart_check_monitoring.py);
 #   6. bad values must FAIL to render (schema and template checks), each with its
 #      message checked; edge values that must render do.
 # Tools: helm (scripts/fetch-helm.sh, cached in .cache/helm/), a venv with
@@ -125,8 +128,12 @@ echo "yamllint: ok"
 step "promtool"
 promtool check rules "$CHART/files/alerts.yaml"
 promtool test rules "$ROOT/helm/tests/alerts.test.yaml"
-"$VENV/bin/python" "$ROOT/scripts/chart_check_monitoring.py" "$ROOT" \
-  || die "alert tests or docs are out of step with files/alerts.yaml (see above)"
+"$VENV/bin/python" "$ROOT/scripts/chart_check_monitoring.py" "$ROOT" "$OUT" \
+  || die "alert tests, dashboard or docs are out of step (see above)"
+# Every dashboard query and the prometheus-adapter rule's query must parse, and the
+# adapter's query must answer connections per pod (files written by the step above).
+promtool check rules "$OUT/monitoring-exprs.rules.yaml"
+promtool test rules "$OUT/adapter.test.yaml"
 
 # ---------------------------------------------------------------- negative
 step "bad values must be rejected"

@@ -7,13 +7,23 @@
 #      each version in K8S_VERSIONS); CRD kinds (ServiceMonitor, PrometheusRule)
 #      are not in those schemas and are skipped there, by name, but get the
 #      chart-specific checks below;
-#   3. chart-specific checks on the rendered output: terminationGracePeriodSeconds
-#      > GATEWAY_PRE_DRAIN_DELAY + GATEWAY_DRAIN_WINDOW, probes, ports, security
-#      context, PrometheusRule == files/alerts.yaml, ServiceMonitor wiring;
+#   3. chart-specific checks on the rendered output (scripts/chart_check_manifests.py):
+#      terminationGracePeriodSeconds = preStop sleep + GATEWAY_PRE_DRAIN_DELAY +
+#      GATEWAY_DRAIN_WINDOW + 7 s exit waits + margin, REDIS_URL required from its
+#      Secret key (or absent with one Recreate pod on the embedded broker), pod
+#      template labels = selector labels (a chart version bump leaves the pod
+#      template unchanged), PDB unhealthyPodEvictionPolicy, probes, ports,
+#      security context, PrometheusRule == files/alerts.yaml, ServiceMonitor wiring;
 #   4. yamllint (helm/.yamllint) on values, Chart.yaml, the alerts file and the
 #      rendered manifests;
-#   5. promtool check rules + promtool test rules on the alerts;
-#   6. bad values must FAIL to render (schema and template checks).
+#   5. promtool check rules + promtool test rules on the alerts; every alert has a
+#      firing and a silent test case, docs/operations.md lists every alert and
+#      the metrics they use; the Grafana dashboard uses only its ${datasource}
+#      variable (sidecar provisioning and manual import) and every query parses;
+#      the documented prometheus-adapter rule serves the HPA metric per pod
+#      (scripts/chart_check_monitoring.py);
+#   6. bad values must FAIL to render (schema and template checks), each with its
+#      message checked; edge values that must render do.
 # Tools: helm (scripts/fetch-helm.sh, cached in .cache/helm/), a venv with
 # kubernetes-validate and yamllint (.cache/chart-check-venv/), promtool (Debian
 # package "prometheus", installed with apt-get when missing). A missing tool is an
@@ -74,173 +84,38 @@ step "helm lint --strict (ci/all-on-values.yaml)"
 # ---------------------------------------------------------------- render
 step "helm template"
 rm -rf "$OUT" && mkdir -p "$OUT"
-render() { # name, helm template args...
-  local name="$1"; shift
-  "$HELM" template gw "$CHART" --namespace realtime "$@" > "$OUT/$name.yaml" \
+render_chart() { # chart dir, name, helm template args...
+  local chart="$1" name="$2"; shift 2
+  "$HELM" template gw "$chart" --namespace realtime "$@" > "$OUT/$name.yaml" \
     || die "helm template ($name) failed"
   echo "rendered $name -> ${OUT#"$ROOT"/}/$name.yaml"
 }
+render() { render_chart "$CHART" "$@"; }
 render default
 render all-on -f "$CHART/ci/all-on-values.yaml"
+# Redis URL from an existing Secret (default key redis-url), several replicas.
 render existing-secret --set secrets.existingSecret=gw-creds --set replicaCount=2 \
   --set service.type=NodePort --set service.nodePort=30080 --set config.drainWindow=2m \
   --set podDisruptionBudget.enabled=true --set podDisruptionBudget.maxUnavailable=null \
   --set podDisruptionBudget.minAvailable=50% --set config.queueEvents=256
+# ... under another key.
+render existing-secret-key --set secrets.existingSecret=gw-creds \
+  --set secrets.existingSecretRedisUrlKey=url --set replicaCount=3
+# ... an existing Secret without a Redis URL: the embedded broker, one pod.
+render existing-secret-embedded --set secrets.existingSecret=gw-creds \
+  --set secrets.existingSecretRedisUrlKey= --set config.maxConnections=0
+# The same chart with only its version bumped (appVersion unchanged): the pod
+# templates must come out identical, or a chart-only upgrade restarts every pod.
+BUMPED="$OUT/bumped-chart"
+mkdir -p "$BUMPED" && cp -r "$CHART" "$BUMPED/"
+sed -i 's/^version: .*/version: 99.0.0/' "$BUMPED/gleepost-gateway/Chart.yaml"
+render_chart "$BUMPED/gleepost-gateway" bump-default
+render_chart "$BUMPED/gleepost-gateway" bump-all-on -f "$CHART/ci/all-on-values.yaml"
 
 # ---------------------------------------------------------------- validate
 step "Kubernetes schema validation (kubernetes-validate, strict, k8s $K8S_VERSIONS) + chart checks"
-"$VENV/bin/python" - "$OUT" "$CHART" "$K8S_VERSIONS" <<'PY'
-import functools, os, re, sys
-import yaml
-import kubernetes_validate.utils as kvu
-
-out, chart, versions = sys.argv[1], sys.argv[2], sys.argv[3].split()
-# The library re-reads the big _definitions.json on every call: cache it.
-kvu.schema_contents = functools.lru_cache(maxsize=None)(kvu.schema_contents)
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # not in the Kubernetes schemas
-failures = []
-
-def fail(msg):
-    failures.append(msg)
-    print("  FAIL " + msg)
-
-def seconds(d):
-    m = re.fullmatch(r"(\d+)(ms|s|m|h)", d)
-    if not m:
-        raise ValueError(f"bad duration {d!r}")
-    n, u = int(m.group(1)), m.group(2)
-    return {"ms": -(-n // 1000), "s": n, "m": n * 60, "h": n * 3600}[u]
-
-expected_kinds = {
-    "default": ["ConfigMap", "Deployment", "Secret", "Service", "Service", "ServiceAccount"],
-    "all-on": ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
-               "PodDisruptionBudget", "PrometheusRule", "Secret", "Service", "Service",
-               "ServiceAccount", "ServiceMonitor"],
-    "existing-secret": ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "Service",
-                        "ServiceAccount"],
-}
-with open(os.path.join(chart, "files", "alerts.yaml")) as f:
-    alerts = yaml.safe_load(f)
-alert_names = sorted(r["alert"] for g in alerts["groups"] for r in g["rules"])
-want_alerts = sorted(["GatewayNotReady", "GatewayBrokerReconnecting", "GatewaySlowConsumers",
-                      "GatewayMalformedPayloads", "GatewayHighDeliveryLatency",
-                      "GatewayAuthFailureSpike", "GatewayFdsNearLimit", "GatewayProbeSlow"])
-if alert_names != want_alerts:
-    fail(f"files/alerts.yaml alerts {alert_names} != {want_alerts}")
-
-for render in sorted(expected_kinds):
-    with open(os.path.join(out, render + ".yaml")) as f:
-        docs = [d for d in yaml.safe_load_all(f) if d]
-    print(f"[{render}] {len(docs)} objects")
-    kinds = sorted(d["kind"] for d in docs)
-    if kinds != sorted(expected_kinds[render]):
-        fail(f"[{render}] kinds {kinds} != {sorted(expected_kinds[render])}")
-    by_kind = {}
-    for d in docs:
-        by_kind.setdefault(d["kind"], []).append(d)
-        name = f'{d["kind"]}/{d["metadata"]["name"]}'
-        if len(d["metadata"]["name"]) > 63:
-            fail(f"[{render}] {name}: name longer than 63 characters")
-        if d["kind"] in CRD_KINDS:
-            print(f"  skip schema {name}: CRD kind {d['kind']} is not in the Kubernetes schemas (checked below)")
-            continue
-        for v in versions:
-            try:
-                kvu.validate(d, v, strict=True)
-            except kvu.ValidationError as e:
-                fail(f"[{render}] {name} invalid for k8s {v}: {e.message} at {'/'.join(map(str, e.path))}")
-            except kvu.SchemaNotFoundError as e:
-                fail(f"[{render}] {name}: {e.message}")
-        print(f"  ok   {name} (k8s {', '.join(versions)})")
-
-    # --- Deployment checks
-    dep = by_kind["Deployment"][0]
-    cm = by_kind["ConfigMap"][0]["data"]
-    pod = dep["spec"]["template"]
-    spec = pod["spec"]
-    c = spec["containers"][0]
-    pre, drain = seconds(cm["GATEWAY_PRE_DRAIN_DELAY"]), seconds(cm["GATEWAY_DRAIN_WINDOW"])
-    grace = spec.get("terminationGracePeriodSeconds")
-    if not isinstance(grace, int) or grace <= pre + drain:
-        fail(f"[{render}] terminationGracePeriodSeconds={grace} must exceed preDrainDelay+drainWindow={pre + drain}")
-    else:
-        print(f"  ok   terminationGracePeriodSeconds={grace} > preDrainDelay {pre}s + drainWindow {drain}s")
-    if "lifecycle" in c:
-        fail(f"[{render}] unexpected lifecycle hook (distroless image has no shell)")
-    if "checksum/config" not in pod["metadata"].get("annotations", {}):
-        fail(f"[{render}] pod annotation checksum/config missing")
-    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    if set(ports) != {"ws", "admin"}:
-        fail(f"[{render}] container ports {ports} (want ws and admin)")
-    if cm.get("GATEWAY_LISTEN") != f"0.0.0.0:{ports.get('ws')}" or cm.get("GATEWAY_ADMIN_LISTEN") != f"0.0.0.0:{ports.get('admin')}":
-        fail(f"[{render}] GATEWAY_LISTEN/GATEWAY_ADMIN_LISTEN do not match the container ports")
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
-        g = c.get(probe, {}).get("httpGet", {})
-        if g.get("path") != path or g.get("port") != "admin":
-            fail(f"[{render}] {probe} is {g}, want GET {path} on port admin")
-    sc, psc = c.get("securityContext", {}), spec.get("securityContext", {})
-    hardened = [
-        (psc.get("runAsNonRoot") is True, "pod runAsNonRoot"),
-        (psc.get("runAsUser") == 65532, "pod runAsUser 65532"),
-        (psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "pod seccomp RuntimeDefault"),
-        (sc.get("runAsNonRoot") is True, "container runAsNonRoot"),
-        (sc.get("runAsUser") == 65532, "container runAsUser 65532"),
-        (sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem"),
-        (sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation false"),
-        (sc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities drop ALL"),
-        (sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "container seccomp RuntimeDefault"),
-    ]
-    for ok, what in hardened:
-        if not ok:
-            fail(f"[{render}] security context: {what}")
-    env = {e["name"]: e for e in c.get("env", [])}
-    for var, key in (("GATEWAY_JWT_SECRET", "jwt-secret"), ("GATEWAY_API_KEY", "api-key")):
-        if env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {}).get("key") != key:
-            fail(f"[{render}] {var} must come from secret key {key}")
-    if render != "default" and env.get("REDIS_URL", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("key") != "redis-url":
-        fail(f"[{render}] REDIS_URL must come from secret key redis-url")
-    if render == "default" and "REDIS_URL" in env:
-        fail("[default] REDIS_URL set although no Redis URL is configured")
-    svcs = {s["metadata"]["name"]: s for s in by_kind["Service"]}
-    admin = [s for s in svcs.values() if s["spec"]["ports"][0]["name"] == "admin"]
-    public = [s for s in svcs.values() if s["spec"]["ports"][0]["name"] == "ws"]
-    if len(admin) != 1 or len(public) != 1 or admin[0]["spec"]["type"] != "ClusterIP":
-        fail(f"[{render}] want one public ws Service and one ClusterIP admin Service")
-    print(f"  ok   deployment, services and security context checks ({render})")
-
-    if render == "all-on":
-        pr = by_kind["PrometheusRule"][0]
-        if pr["spec"] != alerts:
-            fail("[all-on] PrometheusRule spec differs from files/alerts.yaml")
-        else:
-            print("  ok   PrometheusRule spec == files/alerts.yaml")
-        sm = by_kind["ServiceMonitor"][0]
-        ep = sm["spec"]["endpoints"][0]
-        sel = sm["spec"]["selector"]["matchLabels"]
-        if ep.get("port") != "admin" or ep.get("path") != "/metrics":
-            fail(f"[all-on] ServiceMonitor endpoint {ep}")
-        if not all(admin[0]["metadata"]["labels"].get(k) == v for k, v in sel.items()) or \
-                any(all(s["metadata"]["labels"].get(k) == v for k, v in sel.items()) for s in public):
-            fail("[all-on] ServiceMonitor selector must match the admin Service only")
-        else:
-            print("  ok   ServiceMonitor scrapes the admin Service's /metrics")
-        hpa = by_kind["HorizontalPodAutoscaler"][0]["spec"]["metrics"]
-        if {m["type"] for m in hpa} != {"Resource", "Pods"} or \
-                not any(m.get("pods", {}).get("metric", {}).get("name") == "gleepost_gateway_connections" for m in hpa):
-            fail(f"[all-on] HPA metrics {hpa}")
-        if "replicas" in dep["spec"]:
-            fail("[all-on] Deployment sets replicas although the HPA owns them")
-    if render == "existing-secret":
-        if grace != 5 + 120 + 10:
-            fail(f"[existing-secret] grace {grace} != 5s + 2m + 10s margin")
-        if env["GATEWAY_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] != "gw-creds" or \
-                env["REDIS_URL"]["valueFrom"]["secretKeyRef"].get("optional") is not True:
-            fail("[existing-secret] env must use secret gw-creds with optional redis-url")
-
-if failures:
-    print(f"\n{len(failures)} check(s) failed")
-    sys.exit(1)
-PY
+"$VENV/bin/python" "$ROOT/scripts/chart_check_manifests.py" "$OUT" "$CHART" "$K8S_VERSIONS" \
+  || die "rendered manifests failed the checks above"
 
 # ---------------------------------------------------------------- yamllint
 step "yamllint"
@@ -253,6 +128,12 @@ echo "yamllint: ok"
 step "promtool"
 promtool check rules "$CHART/files/alerts.yaml"
 promtool test rules "$ROOT/helm/tests/alerts.test.yaml"
+"$VENV/bin/python" "$ROOT/scripts/chart_check_monitoring.py" "$ROOT" "$OUT" \
+  || die "alert tests, dashboard or docs are out of step (see above)"
+# Every dashboard query and the prometheus-adapter rule's query must parse, and the
+# adapter's query must answer connections per pod (files written by the step above).
+promtool check rules "$OUT/monitoring-exprs.rules.yaml"
+promtool test rules "$OUT/adapter.test.yaml"
 
 # ---------------------------------------------------------------- negative
 step "bad values must be rejected"
@@ -265,15 +146,68 @@ expect_fail() { # description, expected message regex, helm template args...
   tr '\n' ' ' <<<"$err" | grep -Eq "$want" || die "helm template rejected $what but not with /$want/: $err"
   echo "ok: rejected $what"
 }
+expect_ok() { # description, helm template args...
+  local what="$1"; shift
+  "$HELM" template gw "$CHART" "$@" >/dev/null || die "helm template refused $what ($*)"
+  echo "ok: accepted $what"
+}
+NOSCHEMA=--skip-schema-validation  # reach the template's own check behind a schema rule
 expect_fail "service.type=Bogus (schema enum)" "schema.*/service/type.*must be one of" --set service.type=Bogus
 expect_fail "config.logFormat=xml (schema enum)" "schema.*/config/logFormat.*must be one of" --set config.logFormat=xml
 expect_fail "config.drainWindow=20 (duration without unit)" "schema.*/config/drainWindow.*does not match pattern" --set-string config.drainWindow=20
 expect_fail "replicaCount=\"two\" (type)" "schema.*/replicaCount.*want integer" --set-string replicaCount=two
 expect_fail "misspelt key servce.type (additionalProperties)" "schema.*additional properties 'servce' not allowed" --set servce.type=ClusterIP
-expect_fail "terminationGracePeriodSeconds=20 (<= 5s+20s)" "terminationGracePeriodSeconds=20 must be greater" --set terminationGracePeriodSeconds=20
+expect_fail "config.maxConnections=-1 (schema minimum)" "schema.*/config/maxConnections.*minimum" --set config.maxConnections=-1
+# Grace period: preStop sleep + pre-drain + drain + 7 s exit waits + margin.
+expect_fail "terminationGracePeriodSeconds=41 (< 5s + 20s + 7s + 10s)" \
+  "terminationGracePeriodSeconds=41 is too short: .*config.preDrainDelay \(5\) \+ config.drainWindow \(20\) \+ 7 s of exit waits.*gracePeriodMarginSeconds \(10\) = 42 seconds" \
+  --set terminationGracePeriodSeconds=41
+expect_ok "terminationGracePeriodSeconds=42 (= the minimum)" --set terminationGracePeriodSeconds=42
+expect_fail "terminationGracePeriodSeconds=51 with a 10 s preStop sleep" \
+  "terminationGracePeriodSeconds=51 is too short: it must be at least lifecycle.preStop.sleep.seconds \(10\) .*= 52 seconds" \
+  --set lifecycle.preStop.sleep.seconds=10 --set terminationGracePeriodSeconds=51
+expect_fail "terminationGracePeriodSeconds=130 with a 2m drain and margin 3" "terminationGracePeriodSeconds=130 is too short: .*= 135 seconds" \
+  --set config.drainWindow=2m --set gracePeriodMarginSeconds=3 --set terminationGracePeriodSeconds=130
+expect_fail "terminationGracePeriodSeconds=9 (schema: below 7 s exit waits + 3 s margin)" \
+  "schema.*/terminationGracePeriodSeconds.*minimum" --set terminationGracePeriodSeconds=9
+expect_fail "gracePeriodMarginSeconds=2 (schema minimum 3)" "schema.*/gracePeriodMarginSeconds.*minimum" --set gracePeriodMarginSeconds=2
+expect_fail "lifecycle.preStop.sleep.seconds=-1 (schema minimum)" "schema.*/lifecycle/preStop/sleep/seconds.*minimum" \
+  --set lifecycle.preStop.sleep.seconds=-1
+expect_fail "lifecycle.preStop.sleep without seconds (schema required)" "schema.*/lifecycle/preStop/sleep.*missing propert.*seconds" \
+  --set lifecycle.preStop.sleep.secs=5
+# Embedded broker: one pod, never two at once.
 expect_fail "replicaCount=3 with the embedded broker" "replicaCount > 1 needs a Redis broker" --set replicaCount=3
 expect_fail "autoscaling with the embedded broker" "autoscaling.enabled needs a Redis broker" --set autoscaling.enabled=true
+expect_fail "existingSecret without a Redis URL key and replicaCount=2" "replicaCount > 1 needs a Redis broker" \
+  --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= --set replicaCount=2
+expect_fail "existingSecret without a Redis URL key and autoscaling" "autoscaling.enabled needs a Redis broker" \
+  --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= --set autoscaling.enabled=true
+expect_fail "strategy.type=RollingUpdate (default surge) with the embedded broker" \
+  "a rolling update with maxSurge 25% runs two embedded brokers at once" --set strategy.type=RollingUpdate
+expect_fail "strategy.rollingUpdate.maxSurge=1 with the embedded broker" \
+  "a rolling update with maxSurge 1 runs two embedded brokers at once" \
+  --set strategy.type=RollingUpdate --set strategy.rollingUpdate.maxSurge=1 --set strategy.rollingUpdate.maxUnavailable=0
+expect_ok "strategy.type=Recreate with the embedded broker" --set strategy.type=Recreate
+expect_ok "maxSurge=0/maxUnavailable=1 with the embedded broker" \
+  --set strategy.type=RollingUpdate --set strategy.rollingUpdate.maxSurge=0 --set strategy.rollingUpdate.maxUnavailable=1
+expect_fail "strategy.type=Bogus (schema enum)" "schema.*/strategy/type.*must be one of" --set strategy.type=Bogus
+expect_fail "existingSecret together with secrets.redisUrl" "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey and secrets.redisUrl would be ignored" \
+  --set secrets.existingSecret=gw-creds --set secrets.redisUrl=redis://r:6379/
+expect_fail "secrets.existingSecretRedisUrlKey with a space (schema pattern)" "schema.*/secrets/existingSecretRedisUrlKey.*does not match pattern" \
+  --set secrets.existingSecret=gw-creds --set "secrets.existingSecretRedisUrlKey=redis url"
+# Labels, PDB, HPA.
+expect_fail "podLabels overriding a selector label" "podLabels must not set the selector label app.kubernetes.io/instance" \
+  --set podLabels."app\.kubernetes\.io/instance"=other
 expect_fail "PDB with both minAvailable and maxUnavailable" "only one of minAvailable or maxUnavailable" \
   --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=1
+expect_fail "podDisruptionBudget.unhealthyPodEvictionPolicy=Never (schema enum)" "schema.*/podDisruptionBudget/unhealthyPodEvictionPolicy.*must be one of" \
+  --set podDisruptionBudget.enabled=true --set podDisruptionBudget.unhealthyPodEvictionPolicy=Never
+expect_fail "connections metric without an adapter (schema)" "schema.*/autoscaling/connections/adapter.*minLength" \
+  --set secrets.redisUrl=redis://r:6379/ --set autoscaling.enabled=true --set autoscaling.connections.enabled=true
+expect_fail "connections metric without an adapter (template)" \
+  "autoscaling.connections.enabled needs autoscaling.connections.adapter: name the custom metrics adapter that serves gleepost_gateway_connections per pod" \
+  $NOSCHEMA --set secrets.redisUrl=redis://r:6379/ --set autoscaling.enabled=true --set autoscaling.connections.enabled=true
+expect_ok "connections metric with adapter=prometheus-adapter" --set secrets.redisUrl=redis://r:6379/ \
+  --set autoscaling.enabled=true --set autoscaling.connections.enabled=true --set autoscaling.connections.adapter=prometheus-adapter
 
 step "chart-check: all checks passed"

@@ -309,3 +309,52 @@ async fn authorization_bearer_header_is_accepted() -> Result<()> {
     let mut client = Client::connect_request(request).await?;
     assert_receives(&gw, &mut client, 2147).await
 }
+
+#[tokio::test]
+async fn out_of_range_times_not_yet_valid_tokens_and_crit_headers_get_401() -> Result<()> {
+    let gw = gateway().await?;
+    let mut crit = Header::new(Algorithm::HS256);
+    crit.crit = Some(vec!["exp".into()]);
+    let with_crit = encode(
+        &crit,
+        &json!({"sub": "9", "exp": now() + 3600}),
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )?;
+    assert_all_rejected(
+        &gw,
+        &[
+            // exp ≥ 2^63 used to panic (empty reply, not counted).
+            (
+                "exp = 2^63",
+                signed(&json!({"sub": "9", "exp": 1u64 << 63})),
+            ),
+            (
+                "exp = u64::MAX",
+                signed(&json!({"sub": "9", "exp": u64::MAX})),
+            ),
+            (
+                "iat far away",
+                signed(&json!({"sub": "9", "exp": now() + 3600, "iat": u64::MAX})),
+            ),
+            (
+                "nbf in 5 minutes",
+                signed(&json!({"sub": "9", "exp": now() + 3600, "nbf": now() + 300})),
+            ),
+            ("crit header", with_crit),
+        ],
+    )
+    .await?;
+    // Each case is tried twice (header and query).
+    for (reason, count) in [
+        ("jwt_malformed", 6.0),
+        ("jwt_not_yet_valid", 2.0),
+        ("jwt_crit_unsupported", 2.0),
+    ] {
+        let sample = format!(r#"gleepost_gateway_auth_failures_total{{reason="{reason}"}}"#);
+        wait_metric(&gw, &sample, count).await?;
+    }
+    // `nbf` inside the leeway is accepted.
+    let soon = signed(&json!({"sub": "9", "exp": now() + 3600, "nbf": now() + 5}));
+    Client::connect(&format!("{}?access_token={soon}", gw.ws_base())).await?;
+    Ok(())
+}

@@ -66,11 +66,36 @@ app.kubernetes.io/part-of: gleepost
 {{- end }}
 
 {{/*
-True ("true") when a Redis URL is (or may be) configured: secrets.redisUrl set,
-or an existingSecret (which may carry redis-url). Empty otherwise: embedded broker.
+True ("true") when the pods get REDIS_URL: secrets.redisUrl is set, or an
+existingSecret names the key that holds it (secrets.existingSecretRedisUrlKey,
+"redis-url" by default). Empty otherwise: the embedded single-node broker.
 */}}
 {{- define "gleepost-gateway.hasRedis" -}}
-{{- if or .Values.secrets.redisUrl .Values.secrets.existingSecret }}true{{- end }}
+{{- if or .Values.secrets.redisUrl (and .Values.secrets.existingSecret .Values.secrets.existingSecretRedisUrlKey) }}true{{- end }}
+{{- end }}
+
+{{/* Key of the Secret that holds REDIS_URL (only meaningful when hasRedis). */}}
+{{- define "gleepost-gateway.redisUrlKey" -}}
+{{- if .Values.secrets.existingSecret }}{{ .Values.secrets.existingSecretRedisUrlKey }}{{ else }}redis-url{{ end }}
+{{- end }}
+
+{{/*
+Deployment strategy. strategy: {} picks one by broker: with Redis a rolling
+update that surges (maxSurge 25%, maxUnavailable 0: full capacity while old pods
+drain); with the embedded broker Recreate, because a surge would run two
+brokers at once (events published on one pod never reach the other's clients).
+*/}}
+{{- define "gleepost-gateway.strategy" -}}
+{{- if .Values.strategy }}
+{{- toYaml .Values.strategy }}
+{{- else if include "gleepost-gateway.hasRedis" . -}}
+type: RollingUpdate
+rollingUpdate:
+  maxSurge: 25%
+  maxUnavailable: 0
+{{- else -}}
+type: Recreate
+{{- end }}
 {{- end }}
 
 {{/*
@@ -93,20 +118,47 @@ Usage: include "gleepost-gateway.durationSeconds" (list "config.drainWindow" .Va
 {{- end }}
 
 {{/*
-terminationGracePeriodSeconds: must exceed preDrainDelay + drainWindow so the
-kubelet never SIGKILLs a node that is still draining. Computed from the values
-(plus gracePeriodMarginSeconds) unless set explicitly, in which case it is checked.
+Seconds the binary may still need after the drain window: up to 5 s for the
+clients' close handshakes (CLOSE_WAIT in crates/gateway/src/server.rs), then up
+to 2 s for the admin server to stop. Keep in sync with server.rs.
 */}}
-{{- define "gleepost-gateway.terminationGracePeriodSeconds" -}}
+{{- define "gleepost-gateway.exitWaitSeconds" -}}7{{- end }}
+
+{{/* Seconds of a lifecycle.preStop.sleep hook (0 without one). */}}
+{{- define "gleepost-gateway.preStopSleepSeconds" -}}
+{{- $s := 0 }}
+{{- with .Values.lifecycle }}{{ with .preStop }}{{ with .sleep }}{{ $s = int .seconds }}{{ end }}{{ end }}{{ end }}
+{{- $s }}
+{{- end }}
+
+{{/*
+Smallest terminationGracePeriodSeconds that lets a pod finish its drain: the
+kubelet counts the grace period from the start of the preStop hook, then sends
+SIGTERM; the binary waits preDrainDelay, closes connections over drainWindow,
+then waits up to 7 s (exitWaitSeconds) before it exits; gracePeriodMarginSeconds
+covers the rest (signal delivery, timer slack, the last close frames).
+*/}}
+{{- define "gleepost-gateway.minGracePeriodSeconds" -}}
+{{- $hook := include "gleepost-gateway.preStopSleepSeconds" . | atoi }}
 {{- $pre := include "gleepost-gateway.durationSeconds" (list "config.preDrainDelay" .Values.config.preDrainDelay) | atoi }}
 {{- $drain := include "gleepost-gateway.durationSeconds" (list "config.drainWindow" .Values.config.drainWindow) | atoi }}
-{{- $min := add $pre $drain }}
+{{- $exit := include "gleepost-gateway.exitWaitSeconds" . | atoi }}
+{{- add $hook $pre $drain $exit (int .Values.gracePeriodMarginSeconds) }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: computed as minGracePeriodSeconds unless set
+explicitly, in which case a smaller value fails the render (the kubelet would
+SIGKILL a pod that is still draining: its last clients would see 1006).
+*/}}
+{{- define "gleepost-gateway.terminationGracePeriodSeconds" -}}
+{{- $min := include "gleepost-gateway.minGracePeriodSeconds" . | atoi }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
-{{- add $min (int .Values.gracePeriodMarginSeconds) }}
+{{- $min }}
 {{- else }}
 {{- $set := int .Values.terminationGracePeriodSeconds }}
-{{- if le $set $min }}
-{{- fail (printf "terminationGracePeriodSeconds=%d must be greater than config.preDrainDelay + config.drainWindow = %d seconds (leave it null to compute it)" $set $min) }}
+{{- if lt $set $min }}
+{{- fail (printf "terminationGracePeriodSeconds=%d is too short: it must be at least lifecycle.preStop.sleep.seconds (%s) + config.preDrainDelay (%s) + config.drainWindow (%s) + %s s of exit waits (close handshakes, admin server) + gracePeriodMarginSeconds (%d) = %d seconds; leave it null to compute it" $set (include "gleepost-gateway.preStopSleepSeconds" .) (include "gleepost-gateway.durationSeconds" (list "config.preDrainDelay" .Values.config.preDrainDelay)) (include "gleepost-gateway.durationSeconds" (list "config.drainWindow" .Values.config.drainWindow)) (include "gleepost-gateway.exitWaitSeconds" .) (int .Values.gracePeriodMarginSeconds) $min) }}
 {{- end }}
 {{- $set }}
 {{- end }}
@@ -114,12 +166,27 @@ kubelet never SIGKILLs a node that is still draining. Computed from the values
 
 {{/* Cross-value checks that JSON schema cannot express. */}}
 {{- define "gleepost-gateway.validate" -}}
+{{- $embedded := "The embedded broker is single-node: set secrets.redisUrl, or secrets.existingSecret with secrets.existingSecretRedisUrlKey naming its Redis URL key." }}
+{{- if and .Values.secrets.existingSecret (or .Values.secrets.jwtSecret .Values.secrets.apiKey .Values.secrets.redisUrl) }}
+{{- fail "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey and secrets.redisUrl would be ignored: put them in the existing Secret and leave them empty" }}
+{{- end }}
 {{- if not (include "gleepost-gateway.hasRedis" .) }}
 {{- if gt (int .Values.replicaCount) 1 }}
-{{- fail "replicaCount > 1 needs a Redis broker: set secrets.redisUrl or secrets.existingSecret (with a redis-url key). The embedded broker is single-node." }}
+{{- fail (printf "replicaCount > 1 needs a Redis broker. %s" $embedded) }}
 {{- end }}
 {{- if .Values.autoscaling.enabled }}
-{{- fail "autoscaling.enabled needs a Redis broker: set secrets.redisUrl or secrets.existingSecret (with a redis-url key). The embedded broker is single-node." }}
+{{- fail (printf "autoscaling.enabled needs a Redis broker. %s" $embedded) }}
+{{- end }}
+{{- with .Values.strategy }}
+{{- $surge := dig "rollingUpdate" "maxSurge" "25%" . | toString }}
+{{- if and (ne (.type | default "RollingUpdate") "Recreate") (not (has $surge (list "0" "0%"))) }}
+{{- fail (printf "strategy: a rolling update with maxSurge %s runs two embedded brokers at once (events lost between them): use strategy.type=Recreate, or rollingUpdate.maxSurge=0 with maxUnavailable=1, or leave strategy empty. %s" $surge $embedded) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $k, $_ := .Values.podLabels }}
+{{- if hasKey (include "gleepost-gateway.selectorLabels" $ | fromYaml) $k }}
+{{- fail (printf "podLabels must not set the selector label %s" $k) }}
 {{- end }}
 {{- end }}
 {{- if .Values.podDisruptionBudget.enabled }}
@@ -138,6 +205,9 @@ kubelet never SIGKILLs a node that is still draining. Computed from the values
 {{- end }}
 {{- if and (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.connections.enabled) }}
 {{- fail "autoscaling: enable at least one metric (targetCPUUtilizationPercentage or connections.enabled)" }}
+{{- end }}
+{{- if and .Values.autoscaling.connections.enabled (not .Values.autoscaling.connections.adapter) }}
+{{- fail (printf "autoscaling.connections.enabled needs autoscaling.connections.adapter: name the custom metrics adapter that serves %s per pod (e.g. prometheus-adapter with the rule in docs/operations.md). Without one the HPA scales up on CPU but never down." .Values.autoscaling.connections.metricName) }}
 {{- end }}
 {{- end }}
 {{- range $k := list "pingInterval" "pongTimeout" "preDrainDelay" "drainWindow" "redisTimeout" "probeInterval" "probeTimeout" }}
@@ -171,6 +241,22 @@ historyTtl: GATEWAY_HISTORY_TTL
 maxReplay: GATEWAY_MAX_REPLAY
 workerThreads: GATEWAY_WORKER_THREADS
 maxConnections: GATEWAY_MAX_CONNECTIONS
+{{- end }}
+
+{{/*
+The ConfigMap's data (GATEWAY_* variables), also hashed into the pods'
+checksum/config annotation.
+*/}}
+{{- define "gleepost-gateway.configData" -}}
+GATEWAY_LISTEN: {{ printf "0.0.0.0:%d" (int .Values.containerPorts.ws) | quote }}
+GATEWAY_ADMIN_LISTEN: {{ printf "0.0.0.0:%d" (int .Values.containerPorts.admin) | quote }}
+{{- $names := include "gleepost-gateway.configEnvNames" . | fromYaml }}
+{{- range $key := keys $names | sortAlpha }}
+{{- $v := index $.Values.config $key }}
+{{- if not (kindIs "invalid" $v) }}
+{{ index $names $key }}: {{ include "gleepost-gateway.configValue" $v }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* A config value as a ConfigMap string (integers without float formatting). */}}

@@ -1,66 +1,85 @@
-//! A raw WebSocket client over a plain `TcpStream`: it writes frames byte by byte as a hostile
-//! or broken client would (bad opcodes, RSV bits, unmasked frames, invalid UTF-8, floods) and
-//! never reads unless asked, so tests can check what the gateway does to such peers.
+//! A WebSocket client written by hand on a plain TCP socket: after the handshake it reads
+//! nothing unless told to (the gateway then sees a client that stopped reading, optionally with
+//! a small receive buffer), and it writes frames byte by byte as a hostile or broken client
+//! would (bad opcodes, RSV bits, unmasked frames, invalid UTF-8, floods). Also the gateway's
+//! resident memory, which such tests bound.
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{ensure, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A WebSocket connection after a successful upgrade, driven by hand.
-pub struct RawWs {
-    stream: TcpStream,
-    /// Bytes read past the response head (the start of the first frames).
-    pending: Vec<u8>,
-}
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Opcodes a test writes.
 pub mod opcode {
     /// Text frame.
     pub const TEXT: u8 = 0x1;
-    /// Close frame.
-    pub const CLOSE: u8 = 0x8;
     /// Ping frame.
     pub const PING: u8 = 0x9;
     /// Pong frame.
     pub const PONG: u8 = 0xA;
 }
 
-impl RawWs {
-    /// Upgrade `GET <path_and_query>` on `addr`; fails unless the answer is 101.
-    pub async fn connect(addr: &str, path_and_query: &str) -> Result<RawWs> {
-        let mut stream = TcpStream::connect(addr).await?;
-        let head = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
-             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+/// A WebSocket connection after a successful upgrade, driven by hand.
+pub struct RawClient {
+    stream: TcpStream,
+    /// Bytes read past the handshake response (the start of the first frames).
+    buf: Vec<u8>,
+}
+
+/// What a [`RawClient`] read once it resumed reading.
+#[derive(Debug, Default)]
+pub struct RawRead {
+    /// Text frames, in order.
+    pub texts: Vec<String>,
+    /// Close code of the close frame, if one came.
+    pub close_code: Option<u16>,
+}
+
+impl RawClient {
+    /// Upgrade `url_path` (e.g. `/ws?access_token=…`) on `addr`; fails unless the answer is 101.
+    pub async fn connect(addr: &str, url_path: &str) -> Result<RawClient> {
+        let stream = TcpStream::connect(addr).await?;
+        Self::handshake(stream, addr, url_path).await
+    }
+
+    /// [`RawClient::connect`] with a receive buffer of `rcvbuf` bytes (set before connecting,
+    /// which turns off receive autotuning).
+    pub async fn connect_with_rcvbuf(addr: &str, url_path: &str, rcvbuf: u32) -> Result<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(rcvbuf)?;
+        let stream = socket.connect(addr.parse()?).await?;
+        Self::handshake(stream, addr, url_path).await
+    }
+
+    async fn handshake(mut stream: TcpStream, addr: &str, url_path: &str) -> Result<RawClient> {
+        let request = format!(
+            "GET {url_path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
-        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(request.as_bytes()).await?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 1024];
-        let end = tokio::time::timeout(Duration::from_secs(10), async {
+        let head_end = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                     return Ok::<_, anyhow::Error>(pos + 4);
                 }
+                // Whatever follows the head (early frames) stays in `buf`.
                 let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    bail!("closed before the upgrade response");
-                }
+                ensure!(n > 0, "connection closed during the handshake");
                 buf.extend_from_slice(&chunk[..n]);
             }
         })
         .await
-        .context("upgrade response timed out")??;
-        let head = String::from_utf8_lossy(&buf[..end]);
-        if !head.starts_with("HTTP/1.1 101") {
-            bail!("upgrade refused: {head}");
-        }
-        Ok(RawWs {
-            stream,
-            pending: buf[end..].to_vec(),
-        })
+        .context("handshake timed out")??;
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        ensure!(
+            head.starts_with("HTTP/1.1 101"),
+            "upgrade refused: {head:?}"
+        );
+        buf.drain(..head_end);
+        Ok(RawClient { stream, buf })
     }
 
     /// Write one frame: `first` is the first header byte (FIN, RSV bits, opcode); masked with a
@@ -95,76 +114,73 @@ impl RawWs {
         self.send_frame(0x80 | opcode, true, payload).await
     }
 
-    /// Read frames until a close frame (its code and reason) or the end of the stream (`None`),
-    /// skipping every other frame, waiting at most `limit`.
-    pub async fn read_close(&mut self, limit: Duration) -> Result<Option<(u16, String)>> {
+    /// Read every frame until the connection ends (close frame, EOF or reset), bounded by
+    /// `limit` overall.
+    pub async fn read_to_end(mut self, limit: Duration) -> Result<RawRead> {
+        let mut out = RawRead::default();
         tokio::time::timeout(limit, async {
+            let mut chunk = vec![0u8; 64 * 1024];
             loop {
-                match self.next_frame().await? {
-                    None => return Ok(None),
-                    Some((0x8, payload)) => {
-                        let code = match payload.get(..2) {
-                            Some(b) => u16::from_be_bytes([b[0], b[1]]),
-                            None => 1005,
-                        };
-                        let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[]));
-                        return Ok(Some((code, reason.into_owned())));
+                while let Some((opcode, payload, used)) = parse_ws_frame(&self.buf)? {
+                    self.buf.drain(..used);
+                    match opcode {
+                        0x1 => out
+                            .texts
+                            .push(String::from_utf8(payload).context("text frame is not UTF-8")?),
+                        0x8 => {
+                            out.close_code = (payload.len() >= 2)
+                                .then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                            return Ok::<_, anyhow::Error>(());
+                        }
+                        _ => {} // ping/pong/binary
                     }
-                    Some(_) => {}
+                }
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return Ok(()),
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 }
             }
         })
         .await
-        .context("no close frame or end of stream in time")?
-    }
-
-    /// The next server frame (opcode, payload), `None` at the end of the stream.
-    async fn next_frame(&mut self) -> Result<Option<(u8, Vec<u8>)>> {
-        loop {
-            if let Some((opcode, len, header)) = parse_header(&self.pending) {
-                if self.pending.len() >= header + len {
-                    let payload = self.pending[header..header + len].to_vec();
-                    self.pending.drain(..header + len);
-                    return Ok(Some((opcode, payload)));
-                }
-            }
-            let mut chunk = [0u8; 8192];
-            match self.stream.read(&mut chunk).await {
-                Ok(0) => return Ok(None),
-                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
-                // A reset after the server closed counts as the end of the stream.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
-        }
+        .context("raw client: connection did not end in time")??;
+        Ok(out)
     }
 }
 
-/// (opcode, payload length, header length) of an unmasked server frame at the start of `buf`.
-fn parse_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
-    let opcode = buf.first()? & 0x0F;
-    let len = buf.get(1)? & 0x7F;
-    match len {
-        126 => Some((
-            opcode,
-            u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize,
-            4,
-        )),
-        127 => {
-            let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
-            Some((opcode, u64::from_be_bytes(bytes) as usize, 10))
-        }
-        n => Some((opcode, n as usize, 2)),
+/// One complete unfragmented server frame at the start of `buf`: `(opcode, payload, bytes used)`.
+fn parse_ws_frame(buf: &[u8]) -> Result<Option<(u8, Vec<u8>, usize)>> {
+    if buf.len() < 2 {
+        return Ok(None);
     }
+    ensure!(buf[0] & 0x80 != 0, "fragmented frames are not expected");
+    ensure!(buf[1] & 0x80 == 0, "server frames must not be masked");
+    let opcode = buf[0] & 0x0f;
+    let (len, header) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            (u64::from_be_bytes(b) as usize, 10)
+        }
+        126 | 127 => return Ok(None),
+        n => (n as usize, 2),
+    };
+    if buf.len() < header + len {
+        return Ok(None);
+    }
+    Ok(Some((
+        opcode,
+        buf[header..header + len].to_vec(),
+        header + len,
+    )))
 }
 
-/// The resident set size of process `pid`, in bytes (from `/proc/<pid>/status`).
-pub fn rss_bytes(pid: u32) -> Result<u64> {
+/// Resident memory of a process, in KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn vm_rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS in /proc/<pid>/status")?;
-    Ok(kib * 1024)
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
 }

@@ -33,9 +33,14 @@ where
     }
 }
 
-/// The default Gleepost channels of a user: `c:<id>` and `n:<id>`.
-pub fn user_channels(user: u64) -> [String; 2] {
-    [format!("c:{user}"), format!("n:{user}")]
+/// The channels a node subscribes for a user: the default legacy ones `c:<id>` and `n:<id>`,
+/// and the gateway's own `gp:user:{<id>}` (publish API, `Publisher`).
+pub fn user_channels(user: u64) -> [String; 3] {
+    [
+        format!("c:{user}"),
+        format!("n:{user}"),
+        format!("gp:user:{{{user}}}"),
+    ]
 }
 
 /// `ws://…/ws?id=<user>&token=<token>` (Gleepost token in the query).

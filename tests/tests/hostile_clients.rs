@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use gleepost_tests::metrics::wait_metric;
-use gleepost_tests::raw_ws::{opcode, rss_bytes, RawWs};
+use gleepost_tests::raw_ws::{opcode, vm_rss_kib, RawClient};
 use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::{token, Gateway, GatewayOptions};
 
 const LIMIT: Duration = Duration::from_secs(30);
 /// Far above what a bounded connection can add, far below what the unbounded buffers grew to.
-const RSS_GROWTH_BOUND: u64 = 64 << 20;
+const RSS_GROWTH_BOUND_KIB: u64 = 64 << 10;
 
-async fn raw(gw: &Gateway, user: u64) -> Result<RawWs> {
-    RawWs::connect(&gw.public, &format!("/ws?access_token={}", token(user))).await
+async fn raw(gw: &Gateway, user: u64) -> Result<RawClient> {
+    RawClient::connect(&gw.public, &format!("/ws?access_token={}", token(user))).await
 }
 
 fn closed(reason: &str) -> String {
@@ -26,7 +26,7 @@ fn closed(reason: &str) -> String {
 
 /// Write `frames` masked pings (125-byte payloads) in batches without ever reading, until the
 /// gateway cuts the connection (a write fails) or all are written.
-async fn ping_flood(ws: &mut RawWs, frames: usize) -> usize {
+async fn ping_flood(ws: &mut RawClient, frames: usize) -> usize {
     let payload = [b'p'; 125];
     let mut sent = 0;
     while sent < frames {
@@ -41,16 +41,16 @@ async fn ping_flood(ws: &mut RawWs, frames: usize) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ping_flood_that_never_reads_is_cut_with_1008_and_memory_stays_bounded() -> Result<()> {
     let gw = Gateway::start(GatewayOptions::default()).await?;
-    let before = rss_bytes(gw.pid())?;
+    let before = vm_rss_kib(gw.pid())?;
     let mut ws = raw(&gw, 9).await?;
     // 1M pings ≈ 131 MB of pongs if the server queued an answer to each.
     let sent = ping_flood(&mut ws, 1_000_000).await;
     wait_metric(&gw, &closed("too_many_frames"), 1.0).await?;
     wait_metric(&gw, "gleepost_gateway_connections", 0.0).await?;
-    let grown = rss_bytes(gw.pid())?.saturating_sub(before);
+    let grown = vm_rss_kib(gw.pid())?.saturating_sub(before);
     ensure!(
-        grown < RSS_GROWTH_BOUND,
-        "RSS grew by {grown} bytes after {sent} pings"
+        grown < RSS_GROWTH_BOUND_KIB,
+        "RSS grew by {grown} KiB after {sent} pings"
     );
     Ok(())
 }
@@ -69,7 +69,7 @@ async fn a_client_that_pings_but_never_reads_is_closed_within_ping_interval_and_
         "1s",
     ]))
     .await?;
-    let before = rss_bytes(gw.pid())?;
+    let before = vm_rss_kib(gw.pid())?;
     let mut ws = raw(&gw, 9).await?;
     let sent = ping_flood(&mut ws, 1_000_000).await;
     wait_metric(&gw, "gleepost_gateway_connections", 0.0).await?;
@@ -79,10 +79,10 @@ async fn a_client_that_pings_but_never_reads_is_closed_within_ping_interval_and_
         cut == 1.0,
         "closed neither by the write deadline nor the pong timeout"
     );
-    let grown = rss_bytes(gw.pid())?.saturating_sub(before);
+    let grown = vm_rss_kib(gw.pid())?.saturating_sub(before);
     ensure!(
-        grown < RSS_GROWTH_BOUND,
-        "RSS grew by {grown} bytes after {sent} pings"
+        grown < RSS_GROWTH_BOUND_KIB,
+        "RSS grew by {grown} KiB after {sent} pings"
     );
     Ok(())
 }
@@ -167,10 +167,15 @@ async fn protocol_errors_get_their_close_code_before_the_socket_closes() -> Resu
     for (what, first, masked, payload, expected) in cases {
         let mut ws = raw(&gw, 9).await?;
         ws.send_frame(first, masked, payload).await?;
-        match ws.read_close(Duration::from_secs(10)).await.context(what)? {
-            Some((code, _)) if code == expected => {}
-            other => bail!("{what}: expected close {expected}, got {other:?}"),
-        }
+        let read = ws
+            .read_to_end(Duration::from_secs(10))
+            .await
+            .context(what)?;
+        ensure!(
+            read.close_code == Some(expected),
+            "{what}: expected close {expected}, got {:?}",
+            read.close_code
+        );
     }
     Ok(())
 }
@@ -182,9 +187,11 @@ async fn too_many_frames_in_a_second_are_closed_with_1008() -> Result<()> {
     for _ in 0..100 {
         ws.send(opcode::TEXT, b"keepalive").await?;
     }
-    match ws.read_close(Duration::from_secs(10)).await? {
-        Some((1008, _)) => {}
-        other => bail!("expected close 1008, got {other:?}"),
-    }
+    let read = ws.read_to_end(Duration::from_secs(10)).await?;
+    ensure!(
+        read.close_code == Some(1008),
+        "expected close 1008, got {:?}",
+        read.close_code
+    );
     wait_metric(&gw, &closed("too_many_frames"), 1.0).await
 }

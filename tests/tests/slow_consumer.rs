@@ -11,10 +11,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, HistoryConfig, Publisher};
 use gleepost_tests::metrics::wait_metric;
+use gleepost_tests::raw_ws::{vm_rss_kib, RawClient};
 use gleepost_tests::redis_mode::eventually;
-use gleepost_tests::resume::{
-    connect_since, publish_seq, seq_event, vm_rss_kib, RawClient, SeqCheck,
-};
+use gleepost_tests::resume::{connect_since, publish_seq, seq_event, SeqCheck};
 use gleepost_tests::{token, Client, Gateway, GatewayOptions, RedisServer};
 
 const TOTAL: u64 = 3_000;
@@ -71,7 +70,7 @@ async fn a_client_that_stops_reading_is_cut_with_4000_others_get_everything_and_
         });
 
     // The stalled client: handshake done by hand, then no reads (8 KiB receive buffer).
-    let stalled = RawClient::connect(
+    let stalled = RawClient::connect_with_rcvbuf(
         &gw.public,
         &format!("/ws?access_token={}", token(91)),
         8 * 1024,
@@ -210,7 +209,7 @@ async fn a_client_that_does_not_take_its_replay_is_cut_with_4000() -> Result<()>
     for seq in 1..=640 {
         gw.publish(&[93], &seq_event(seq, 16 * 1024)).await?;
     }
-    let stalled = RawClient::connect(
+    let stalled = RawClient::connect_with_rcvbuf(
         &gw.public,
         &format!("/ws?access_token={}&since={since}", token(93)),
         8 * 1024,

@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "published {} to {} user(s) on {}; {} receiver(s)",
         event.kind,
         report.users,
-        publisher.channel(),
+        publisher.channel(9),
         report.receivers
     );
     Ok(())

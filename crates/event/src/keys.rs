@@ -17,8 +17,6 @@ use std::str::FromStr;
 pub const DEFAULT_CHANNELS: &[&str] = &["c:{id}", "n:{id}"];
 /// Default template of the Redis key whose existence makes a Gleepost token valid.
 pub const DEFAULT_TOKEN_KEY: &str = "users:{id}:token:{token}";
-/// Default channel [`crate::Publisher`] publishes to.
-pub const DEFAULT_PUBLISH_CHANNEL: &str = "c:{id}";
 /// Prefix of the channels used by gateway nodes to probe the broker end to end (readiness).
 pub const PROBE_CHANNEL_PREFIX: &str = "gp:probe:";
 
@@ -247,6 +245,31 @@ impl FromStr for Template {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Template::parse(s)
     }
+}
+
+/// Prefix of the gateway's own per-user channels ([`user_channel`]).
+const USER_CHANNEL_PREFIX: &str = "gp:user:{";
+
+/// The channel the gateway's own publishers (the publish API, [`crate::Publisher`]) use for a
+/// user: `gp:user:{<id>}`, hash-tagged like the user's history keys, so the publish script can
+/// publish to it on a cluster too. Only events arriving on it carry ids the gateway trusts for
+/// deduplication and gap repair; the legacy channels ([`DEFAULT_CHANNELS`]) are delivered
+/// verbatim and any `id` inside their payloads is never interpreted.
+pub fn user_channel(user: u64) -> String {
+    format!("{USER_CHANNEL_PREFIX}{user}}}")
+}
+
+/// The user of a [`user_channel`] name (`None` for any other channel).
+pub fn parse_user_channel(channel: &[u8]) -> Option<u64> {
+    let digits = channel
+        .strip_prefix(USER_CHANNEL_PREFIX.as_bytes())?
+        .strip_suffix(b"}")?;
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// Key of a user's event history: `gp:hist:{<id>}`.

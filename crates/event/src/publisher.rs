@@ -1,10 +1,12 @@
 //! Publishing events straight to Redis from Rust backend services.
 //!
 //! Semantics match the gateway's `POST /v1/publish`: the event is validated once, encoded once,
-//! and sent to each user's channel (default `c:{id}`) in a single pipeline. With history on (the
+//! and sent to each user's gateway channel ([`user_channel`], `gp:user:{<id>}`) in a single
+//! pipeline. With history on (the
 //! default) each user's copy goes through [`PUBLISH_SCRIPT`], which appends it to the user's
 //! history and publishes it with its id atomically; with history off it is a plain `PUBLISH`.
-//! Every gateway node subscribed to those channels delivers the payload verbatim.
+//! Every gateway node subscribed to those channels delivers the payload verbatim. (Legacy
+//! backends keep publishing raw JSON to `c:<id>` / `n:<id>`; those payloads carry no ids.)
 
 use std::collections::HashSet;
 
@@ -14,7 +16,7 @@ use redis::aio::ConnectionManager;
 
 use crate::envelope::Event;
 use crate::history::{new_epoch, HistoryConfig, PUBLISH_SCRIPT};
-use crate::keys::{epoch_key, history_key, Template, DEFAULT_PUBLISH_CHANNEL};
+use crate::keys::{epoch_key, history_key, user_channel};
 use crate::validate::{validate, Limits, ValidationError};
 
 /// Error returned by [`Publisher`].
@@ -45,7 +47,6 @@ pub struct PublishReport {
 #[derive(Clone)]
 pub struct Publisher {
     conn: ConnectionManager,
-    channel: Template,
     limits: Limits,
     history: HistoryConfig,
     script: Script,
@@ -54,7 +55,6 @@ pub struct Publisher {
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
-            .field("channel", &self.channel.as_str())
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
@@ -73,18 +73,10 @@ impl Publisher {
     pub fn from_manager(conn: ConnectionManager) -> Publisher {
         Publisher {
             conn,
-            channel: default_channel(),
             limits: Limits::default(),
             history: HistoryConfig::default(),
             script: Script::new(PUBLISH_SCRIPT),
         }
-    }
-
-    /// Sets the channel template (default `c:{id}`; use `n:{id}` for notifications). A `{token}`
-    /// placeholder in it would render as empty; use [`Template::parse_channel`] to reject it.
-    pub fn with_channel(mut self, channel: Template) -> Publisher {
-        self.channel = channel;
-        self
     }
 
     /// Sets the validation limits (default [`Limits::default`], 64 KiB).
@@ -100,9 +92,9 @@ impl Publisher {
         self
     }
 
-    /// The channel template in use.
-    pub fn channel(&self) -> &Template {
-        &self.channel
+    /// The channel `user`'s events are published to (`gp:user:{<id>}`).
+    pub fn channel(&self, user: u64) -> String {
+        user_channel(user)
     }
 
     /// Validates and encodes `event` once, then publishes it to each distinct user in a single
@@ -134,9 +126,7 @@ impl Publisher {
         if !self.history.enabled() {
             let mut pipe = redis::pipe();
             for &user in &distinct {
-                pipe.cmd("PUBLISH")
-                    .arg(self.channel.render_id(user))
-                    .arg(payload);
+                pipe.cmd("PUBLISH").arg(user_channel(user)).arg(payload);
             }
             let mut conn = self.conn.clone();
             let replies: Vec<u64> = pipe.query_async(&mut conn).await?;
@@ -182,7 +172,7 @@ impl Publisher {
                 .arg(2)
                 .arg(history_key(user))
                 .arg(epoch_key(user))
-                .arg(self.channel.render_id(user))
+                .arg(user_channel(user))
                 .arg(payload)
                 .arg(self.history.size)
                 .arg(ttl)
@@ -190,21 +180,5 @@ impl Publisher {
         }
         let mut conn = self.conn.clone();
         pipe.query_async(&mut conn).await
-    }
-}
-
-fn default_channel() -> Template {
-    match Template::parse(DEFAULT_PUBLISH_CHANNEL) {
-        Ok(t) => t,
-        // The default is a constant known to be a valid template (covered by a unit test).
-        Err(e) => unreachable!("default channel template is invalid: {e}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn default_channel_parses() {
-        assert_eq!(super::default_channel().render_id(9), "c:9");
     }
 }

@@ -1,6 +1,5 @@
 //! Channel / key templates and the hash-tagged keys.
 
-use gleepost_event::keys::DEFAULT_PUBLISH_CHANNEL;
 use gleepost_event::{
     epoch_key, history_key, Template, TemplateError, DEFAULT_CHANNELS, DEFAULT_TOKEN_KEY,
     PROBE_CHANNEL_PREFIX,
@@ -12,7 +11,6 @@ fn defaults_parse() {
     for c in DEFAULT_CHANNELS {
         Template::parse_channel(c).unwrap();
     }
-    Template::parse_channel(DEFAULT_PUBLISH_CHANNEL).unwrap();
     let t = Template::parse_token_key(DEFAULT_TOKEN_KEY).unwrap();
     assert_eq!(t.render_token(9, "abc"), "users:9:token:abc");
     assert_eq!(t.to_string(), DEFAULT_TOKEN_KEY);
@@ -153,4 +151,28 @@ fn hash_tagged_keys() {
     };
     assert_eq!(tag(&history_key(2147)), tag(&epoch_key(2147)));
     assert_eq!(PROBE_CHANNEL_PREFIX, "gp:probe:");
+}
+
+#[test]
+fn user_channels_carry_the_hash_tag_of_the_history_keys() {
+    use gleepost_event::keys::{history_key, parse_user_channel, user_channel};
+    assert_eq!(user_channel(9), "gp:user:{9}");
+    assert_eq!(history_key(9), "gp:hist:{9}");
+    for user in [0, 9, u64::MAX] {
+        assert_eq!(
+            parse_user_channel(user_channel(user).as_bytes()),
+            Some(user)
+        );
+    }
+    for bad in [
+        &b"gp:user:{}"[..],
+        b"gp:user:9",
+        b"gp:user:{9",
+        b"gp:user:{+9}",
+        b"gp:user:{18446744073709551616}",
+        b"c:9",
+        b"gp:user:{9}x",
+    ] {
+        assert_eq!(parse_user_channel(bad), None, "{bad:?}");
+    }
 }

@@ -10,7 +10,7 @@ use gleepost_event::keys::{epoch_key, history_key};
 use gleepost_event::payload::{Message, User};
 use gleepost_event::{
     check_broker_payload, Event, Limits, PublishError, PublishReport, Publisher, RawValue,
-    Template, ValidationError,
+    ValidationError,
 };
 use gleepost_event::{EventId, HistoryConfig};
 
@@ -129,8 +129,8 @@ async fn publishes_to_every_user_in_one_pipeline() {
     let server = RedisServer::start();
     let client = redis::Client::open(server.url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe("c:9").await.unwrap();
-    pubsub.subscribe("c:10").await.unwrap();
+    pubsub.subscribe("gp:user:{9}").await.unwrap();
+    pubsub.subscribe("gp:user:{10}").await.unwrap();
     let mut messages = pubsub.into_on_message();
 
     let publisher = Publisher::connect(&server.url())
@@ -150,8 +150,8 @@ async fn publishes_to_every_user_in_one_pipeline() {
 
     let mut got = [recv(&mut messages).await, recv(&mut messages).await];
     got.sort();
-    assert_eq!(got[0].0, "c:10");
-    assert_eq!(got[1].0, "c:9");
+    assert_eq!(got[0].0, "gp:user:{10}");
+    assert_eq!(got[1].0, "gp:user:{9}");
     assert_eq!(got[0].1, got[1].1, "both users get byte-identical payloads");
     assert_eq!(&got[0].1[..], &event.encode()[..]);
     check_broker_payload(&got[0].1, &Limits::default()).unwrap();
@@ -169,7 +169,7 @@ async fn publishes_to_every_user_in_one_pipeline() {
         }
     );
     let (channel, _) = recv(&mut messages).await;
-    assert_eq!(channel, "c:9");
+    assert_eq!(channel, "gp:user:{9}");
 
     // Empty user list: nothing to do.
     let report = publisher.publish(&[], &event).await.unwrap();
@@ -177,18 +177,17 @@ async fn publishes_to_every_user_in_one_pipeline() {
 }
 
 #[tokio::test]
-async fn custom_channel_and_validation() {
+async fn validation_before_publishing() {
     let server = RedisServer::start();
     let client = redis::Client::open(server.url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe("n:9").await.unwrap();
+    pubsub.subscribe("gp:user:{9}").await.unwrap();
     let mut messages = pubsub.into_on_message();
 
     let publisher = Publisher::connect(&server.url())
         .await
         .unwrap()
         .with_history(HistoryConfig::OFF)
-        .with_channel(Template::parse_channel("n:{id}").unwrap())
         .with_limits(Limits {
             max_event_bytes: 100,
         });
@@ -216,7 +215,7 @@ async fn custom_channel_and_validation() {
     let report = publisher.publish(&[9], &ok).await.unwrap();
     assert_eq!(report.receivers, 1);
     let (channel, payload) = recv(&mut messages).await;
-    assert_eq!(channel, "n:9");
+    assert_eq!(channel, "gp:user:{9}");
     assert_eq!(payload, br#"{"type":"x","data":[1.0e3]}"#);
 }
 
@@ -225,7 +224,7 @@ async fn history_appends_and_publishes_with_ids_atomically() {
     let server = RedisServer::start();
     let client = redis::Client::open(server.url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe("c:9").await.unwrap();
+    pubsub.subscribe("gp:user:{9}").await.unwrap();
     let mut messages = pubsub.into_on_message();
 
     let publisher = Publisher::connect(&server.url())

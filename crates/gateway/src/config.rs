@@ -145,7 +145,9 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_QUEUE_BYTES", default_value_t = 4_194_304)]
     pub queue_bytes: usize,
 
-    /// Comma-separated channel templates a user's connections receive (`{id}` = user id).
+    /// Comma-separated legacy channel templates a user's connections receive (`{id}` = user
+    /// id): raw payloads of existing backends, delivered verbatim. The publish API and
+    /// `Publisher` use each user's gateway channel `gp:user:{<id>}` besides these.
     #[arg(
         long,
         env = "GATEWAY_CHANNELS",

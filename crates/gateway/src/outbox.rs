@@ -52,6 +52,16 @@ impl Frame {
         Frame { text, entered, id }
     }
 
+    /// A frame of a legacy payload: delivered verbatim, and an `id` member inside it is never
+    /// read (it must not feed deduplication or gap repair).
+    pub fn verbatim(text: Utf8Bytes, entered: Instant) -> Frame {
+        Frame {
+            text,
+            entered,
+            id: None,
+        }
+    }
+
     /// The event id as `(epoch, ms, seq)`, when the frame carries one.
     pub fn event_id(&self) -> Option<(&str, u64, u64)> {
         let id = self.id?;

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
-use gleepost_event::keys::Template;
 use gleepost_event::{parse_and_validate, Limits, Publisher};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -33,14 +32,10 @@ pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> 
         max_event_bytes: config.max_event_bytes,
     };
     let event = parse_and_validate(event.as_bytes(), &limits).context("invalid event")?;
-    let channel = config
-        .channels
-        .first()
-        .context("no channel template configured")?;
     let publisher = Publisher::connect(url)
         .await
         .context("connecting to Redis")?
-        .with_channel(Template::parse(channel)?)
+        .with_history(config.history())
         .with_limits(limits);
     let report = publisher.publish(users, &event).await?;
     println!(

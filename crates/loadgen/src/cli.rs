@@ -132,7 +132,8 @@ pub struct PublishArgs {
     /// Redis URL (`redis://[[user]:password@]host[:port][/db]`).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
-    /// Redis channel prefix; the channel is prefix + user id.
+    /// Redis channel prefix of `--publish redis` (legacy raw publishes); the channel is prefix +
+    /// user id. `redis-history` always uses the gateway channel `gp:user:{<uid>}`.
     #[arg(long, default_value = "c:")]
     pub channel_prefix: String,
     /// `redis-history`: most events kept per user's stream (`XADD MAXLEN ~`).

@@ -4,8 +4,9 @@
 //!
 //! Two command shapes: raw `PUBLISH <prefix><uid> <json>` (`--publish redis`, no history), and
 //! `EVALSHA` of [`gleepost_event::history::PUBLISH_SCRIPT`] (`--publish redis-history`), which
-//! appends the event to the user's history stream and publishes it with an `id`, as the publish
-//! API and the Rust `Publisher` do. The script is loaded with `SCRIPT LOAD` before the first
+//! appends the event to the user's history stream and publishes it with an `id` to the user's
+//! gateway channel `gp:user:{<uid>}` (`--channel-prefix` does not apply), as the publish API
+//! and the Rust `Publisher` do. The script is loaded with `SCRIPT LOAD` before the first
 //! event, so `EVALSHA` never meets `NOSCRIPT` unless the script cache is flushed mid-run (then
 //! the replies are counted as publish errors).
 
@@ -35,6 +36,9 @@ struct HistoryScript {
 }
 
 /// Redis publishing backend.
+/// `gleepost_event::keys::user_channel` without its allocation: prefix, id, `}`.
+const USER_CHANNEL_PREFIX: &[u8] = b"gp:user:{";
+
 pub(crate) struct RedisPublisher {
     writer: OwnedWriteHalf,
     spec: EventSpec,
@@ -125,8 +129,15 @@ impl RedisPublisher {
             self.json.clear();
             self.spec.write_event(&mut self.json, seq, t, user);
             self.channel.clear();
-            self.channel.extend_from_slice(&self.prefix);
-            push_u64(&mut self.channel, user);
+            if self.history.is_some() {
+                // The gateway's own channel: only there are the script's ids trusted.
+                self.channel.extend_from_slice(USER_CHANNEL_PREFIX);
+                push_u64(&mut self.channel, user);
+                self.channel.push(b'}');
+            } else {
+                self.channel.extend_from_slice(&self.prefix);
+                push_u64(&mut self.channel, user);
+            }
             match &self.history {
                 None => encode_command(&mut self.buf, &[b"PUBLISH", &self.channel, &self.json]),
                 Some(h) => {

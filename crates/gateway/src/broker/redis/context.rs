@@ -16,7 +16,9 @@ use crate::broker::Dispatcher;
 pub(crate) struct RedisSettings {
     /// `redis://…` URL.
     pub(crate) url: String,
-    /// Channel templates of a user; the first is where the publish API publishes.
+    /// Legacy channel templates of a user (raw payloads of existing backends, delivered
+    /// verbatim); the publish API and `Publisher` use the user's gateway channel
+    /// (`gleepost_event::keys::user_channel`), the only one whose event ids are trusted.
     pub(crate) channels: Vec<Template>,
     /// Timeout of request-path commands (publish, token check) and of connecting.
     pub(crate) timeout: Duration,

@@ -56,12 +56,9 @@ impl RedisBroker {
             std::process::id(),
             rand::random::<u64>()
         );
-        let mut publisher = Publisher::from_manager(commands.clone())
+        let publisher = Publisher::from_manager(commands.clone())
             .with_limits(settings.limits)
             .with_history(settings.history);
-        if let Some(channel) = settings.channels.first() {
-            publisher = publisher.with_channel(channel.clone());
-        }
         let history = settings
             .history
             .enabled()

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gleepost_event::check_broker_payload;
+use gleepost_event::keys::{parse_user_channel, user_channel};
 use gleepost_event::EventId;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -207,10 +208,14 @@ async fn sync(
 ) -> Result<(), SessionError> {
     let (add, remove) = sent.plan(wanted);
     let templates = &shared.settings.channels;
+    // Every user: the legacy channels, then the gateway's own channel.
     let names = |users: &[UserId]| -> Vec<String> {
         users
             .iter()
-            .flat_map(|&u| templates.iter().map(move |t| t.render_id(u)))
+            .flat_map(|&u| {
+                let legacy = templates.iter().map(move |t| t.render_id(u));
+                legacy.chain(std::iter::once(user_channel(u)))
+            })
             .collect()
     };
     let limit = shared.pubsub_limit();
@@ -226,7 +231,7 @@ async fn sync(
     }
     // Waiters of users that were subscribed already (a reconnect of a connected user).
     sent.release_waiters(wanted);
-    let channels = sent.current.len() * templates.len() + 1;
+    let channels = sent.current.len() * (templates.len() + 1) + 1;
     shared
         .dispatcher
         .metrics()
@@ -235,8 +240,8 @@ async fn sync(
     Ok(())
 }
 
-/// One message from a subscribed channel: validate, remember its id, queue it for the user's
-/// connections (or count and log it as malformed).
+/// One message from a subscribed channel: validate, remember its id (gateway channel only),
+/// queue it for the user's connections (or count and log it as malformed).
 fn handle_message(
     shared: &Context,
     channel: &[u8],
@@ -250,12 +255,19 @@ fn handle_message(
         probe::on_probe(shared, payload);
         return;
     }
-    let Some(user) = shared
-        .settings
-        .channels
-        .iter()
-        .find_map(|t| t.match_id(channel))
-    else {
+    // Ids are the gateway's: only events on the user's gateway channel (published by the
+    // history script) carry ids that feed deduplication and gap repair; a legacy payload's
+    // `id` member is delivered verbatim and never read.
+    let found = match parse_user_channel(channel) {
+        Some(user) => Some((user, true)),
+        None => shared
+            .settings
+            .channels
+            .iter()
+            .find_map(|t| t.match_id(channel))
+            .map(|user| (user, false)),
+    };
+    let Some((user, trusted)) = found else {
         let channel = String::from_utf8_lossy(channel);
         tracing::debug!(%channel, "message on an unexpected channel");
         return;
@@ -264,9 +276,14 @@ fn handle_message(
     let reason = match check_broker_payload(payload, &shared.settings.limits) {
         Ok(()) => match Utf8Bytes::try_from(Bytes::copy_from_slice(payload)) {
             Ok(text) => {
-                let frame = Frame::new(text, entered);
+                let frame = if trusted {
+                    Frame::new(text, entered)
+                } else {
+                    Frame::verbatim(text, entered)
+                };
+                // Per user: one user's events never move another's repair point (the node-wide
+                // point, for users without a delivered event, comes from the probe only).
                 if let Some((epoch, ms, seq)) = frame.event_id() {
-                    shared.state.delivered_until(ms);
                     match wanted.delivered.get_mut(&user) {
                         Some(last) if last.epoch == epoch => (last.ms, last.seq) = (ms, seq),
                         // Only users still wanted (entries leave with the user).

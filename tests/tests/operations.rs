@@ -170,7 +170,7 @@ async fn sigterm_fails_readiness_at_once_but_keeps_serving_during_the_pre_drain_
     gw.wait_ready(false, WAIT).await?;
     let res = gw.admin_get("/readyz").await?;
     ensure!(res.status == 503, "/readyz answered {}", res.status);
-    ensure!(res.json()? == json!({"ready": false}));
+    ensure!(res.json()? == json!({"ready": false, "reason": "draining"}));
     ensure!(
         gw.admin_get("/healthz").await?.status == 200,
         "live while draining"

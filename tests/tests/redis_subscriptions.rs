@@ -21,6 +21,8 @@ const READY: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_secs(15);
 const EVENT: &str = r#"{"type":"post","location":"/posts/5","data":{"id":5,"text":"fan-out"}}"#;
 const CHANNELS: &str = "gleepost_gateway_broker_subscribed_channels";
+/// Channels per user: `c:<id>`, `n:<id>` and the gateway's `gp:user:{<id>}`.
+const CHANNELS_PER_USER: u64 = 3;
 
 /// Wait until the node's subscribed-channels gauge equals `want`.
 async fn channels_gauge_reaches(gw: &Gateway, want: f64) -> Result<()> {
@@ -69,11 +71,11 @@ async fn thousand_clients_over_two_nodes_use_at_most_four_redis_connections_per_
         );
         // All of the node's 1,000 channels are on one pub/sub connection.
         ensure!(
-            conns.iter().any(|c| c.sub == 2 * USERS + 1),
-            "no connection of node {name} carries the 1,001 channels:\n{}",
+            conns.iter().any(|c| c.sub == CHANNELS_PER_USER * USERS + 1),
+            "no connection of node {name} carries the 1,501 channels:\n{}",
             lines.join("\n")
         );
-        channels_gauge_reaches(gw, (2 * USERS + 1) as f64).await?;
+        channels_gauge_reaches(gw, (CHANNELS_PER_USER * USERS + 1) as f64).await?;
     }
     let others = client_list(&redis).await?;
     ensure!(
@@ -236,7 +238,7 @@ async fn interleaved_connects_and_disconnects_leave_exactly_the_connected_users_
     let probes = probe_channels_subscribed(&redis).await?;
     ensure!(probes.len() == 2, "probe channels: {probes:?}");
     for (node, gw) in nodes.iter().enumerate() {
-        channels_gauge_reaches(gw, (2 * on_node[node].len() + 1) as f64).await?;
+        channels_gauge_reaches(gw, (3 * on_node[node].len() + 1) as f64).await?;
     }
 
     // Every client still connected still receives.
@@ -267,12 +269,12 @@ async fn broker_metrics_count_channels_messages_and_probe_round_trips() -> Resul
     ensure!(rtt > 0.0, "no probe round trip recorded while ready");
     channels_gauge_reaches(&gw, 1.0).await?; // the probe channel alone
 
-    // Users 9 (twice), 10 and 11: 3 users × 2 channels + the probe channel.
+    // Users 9 (twice), 10 and 11: 3 users × 3 channels + the probe channel.
     let mut clients: HashMap<&str, Client> = HashMap::new();
     for (name, user) in [("9a", 9), ("9b", 9), ("10", 10), ("11", 11)] {
         clients.insert(name, gw.connect(user).await?);
     }
-    channels_gauge_reaches(&gw, 7.0).await?;
+    channels_gauge_reaches(&gw, 10.0).await?;
 
     let received = "gleepost_gateway_broker_messages_received_total";
     let before = gw.metric(received).await?;
@@ -293,7 +295,7 @@ async fn broker_metrics_count_channels_messages_and_probe_round_trips() -> Resul
     for name in ["9a", "11"] {
         clients.remove(name).context(name)?.close().await;
     }
-    channels_gauge_reaches(&gw, 5.0).await?;
+    channels_gauge_reaches(&gw, 7.0).await?;
     for (_, client) in clients.drain() {
         client.close().await;
     }

@@ -148,6 +148,7 @@ async fn session(
         .await;
         match resumed {
             Ok(Ok(())) => {}
+            Ok(Err(End::Closed(reason))) => return Box::pin(close(ws, reason)).await,
             Ok(Err(end)) => return end,
             Err(_) => return Box::pin(close(ws, CloseReason::SlowConsumer)).await,
         }
@@ -216,7 +217,7 @@ async fn session(
                     // Receive-only protocol: client data is ignored (pings are answered by
                     // tungstenite on the next write, into the bounded write buffer).
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => match ending::read_error(&e) {
+                    Some(Err(e)) => match ending::socket_error(&e) {
                         Ok(reason) => return Box::pin(close(ws, reason)).await,
                         Err(end) => return end,
                     },
@@ -236,7 +237,10 @@ async fn session(
                         ));
                         match tokio::time::timeout(deadline, ws.send(ping)).await {
                             Ok(Ok(())) => {}
-                            Ok(Err(_)) => return End::SocketError,
+                            Ok(Err(e)) => match ending::socket_error(&e) {
+                                Ok(reason) => return Box::pin(close(ws, reason)).await,
+                                Err(end) => return end,
+                            },
                             // The client stopped reading: nothing more gets to it.
                             Err(_) => return Box::pin(close(ws, CloseReason::SlowConsumer)).await,
                         }
@@ -315,12 +319,12 @@ async fn write_batch(
         return Ok(());
     }
     for frame in batch.iter() {
-        if ws.feed(Message::Text(frame.text.clone())).await.is_err() {
-            return Err(End::SocketError);
+        if let Err(e) = ws.feed(Message::Text(frame.text.clone())).await {
+            return Err(ending::ending(&e));
         }
     }
-    if ws.flush().await.is_err() {
-        return Err(End::SocketError);
+    if let Err(e) = ws.flush().await {
+        return Err(ending::ending(&e));
     }
     let metrics = &node.metrics;
     metrics.events_delivered.inc_by(batch.len() as u64);

@@ -46,20 +46,29 @@ impl End {
     }
 }
 
-/// What a failed read (or a write failing inside it) means for the connection: the close
-/// frame it earns, or how it ended when no close frame can be sent.
-pub(super) fn read_error(error: &WsError) -> Result<CloseReason, End> {
+/// What a failed read or write means for the connection: the close frame it earns, or how it
+/// ended when no close frame can be sent.
+pub(super) fn socket_error(error: &WsError) -> Result<CloseReason, End> {
     match error {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => Ok(CloseReason::TooBig),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Err(End::ClientGone),
         WsError::Protocol(_) => Ok(CloseReason::ProtocolError),
         WsError::Utf8(_) => Ok(CloseReason::InvalidUtf8),
-        // Our pongs (answers to the client's pings) filled the bounded write buffer: the client
-        // does not read.
+        // The bounded write buffer is full (our frames or pongs to the client's pings): the
+        // client does not read.
         WsError::WriteBufferFull(_) => Ok(CloseReason::SlowConsumer),
         WsError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Err(End::ClientGone),
         WsError::ConnectionClosed | WsError::AlreadyClosed => Err(End::ClientGone),
         _ => Err(End::SocketError),
+    }
+}
+
+/// [`socket_error`] as the session's ending: a close reason becomes `End::Closed` (the caller
+/// sends the close frame).
+pub(super) fn ending(error: &WsError) -> End {
+    match socket_error(error) {
+        Ok(reason) => End::Closed(reason),
+        Err(end) => end,
     }
 }
 

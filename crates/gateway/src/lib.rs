@@ -13,6 +13,7 @@ pub mod broker;
 pub mod config;
 mod dev;
 pub mod history;
+pub(crate) mod log_limit;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

@@ -78,9 +78,10 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
 
-    /// Most open connections on the admin port; beyond it the connection that has waited longest
-    /// for its request is closed to make room (so `/healthz` and `/metrics` are always served).
-    #[arg(long, env = "GATEWAY_ADMIN_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Most open connections on the admin port (at least 2); beyond it the connection that has
+    /// waited longest for its request is closed to make room, and at most 7/8 of them handle a
+    /// publish at once, so `/healthz` and `/metrics` are always served.
+    #[arg(long, env = "GATEWAY_ADMIN_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(2..))]
     pub admin_max_connections: u32,
 
     /// Redis URL; unset means the embedded single-node broker.

@@ -118,7 +118,7 @@ impl Metrics {
             admin_connections: gauge("admin_connections", "Open connections on the admin port")?,
             admin_dropped: counter_vec(
                 "admin_connections_dropped_total",
-                "Admin connections closed by the gateway without a complete request (evicted, refused, timeout, error)",
+                "Admin connections closed by the gateway without a complete request (evicted, timeout, error)",
                 "reason",
             )?,
             events_published: counter(
@@ -180,7 +180,7 @@ impl Metrics {
         for reason in ["not_json", "not_object", "no_type", "oversize", "not_utf8"] {
             metrics.broker_malformed.with_label_values(&[reason]);
         }
-        for reason in ["evicted", "refused", "timeout", "error"] {
+        for reason in ["evicted", "timeout", "error"] {
             metrics.admin_dropped.with_label_values(&[reason]);
         }
         #[cfg(target_os = "linux")]

@@ -24,13 +24,15 @@ pub use server::{serve, AdminLimits};
 pub(crate) struct InFlight {
     /// The body must be read by then (408 beyond).
     pub(crate) deadline: tokio::time::Instant,
-    slot: Arc<slots::Slot>,
+    slot: slots::SlotRef,
 }
 
 impl InFlight {
-    /// The request is complete and being handled: its connection is not evicted meanwhile.
-    pub(crate) fn busy(&self) {
-        self.slot.busy();
+    /// The complete request is about to be handled: its connection is not evicted meanwhile.
+    /// False when too many requests are handled at once (the share kept for `/healthz` and
+    /// `/metrics` would be used up): answer 503.
+    pub(crate) fn busy(&self) -> bool {
+        self.slot.busy()
     }
 }
 

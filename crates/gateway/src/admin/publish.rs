@@ -30,7 +30,12 @@ where
         authorize(&headers, &node)?;
         let length = declared_length(&headers, node.publish.max_body)?;
         let body = read_body(body, length, in_flight.deadline, &node).await?;
-        in_flight.busy();
+        if !in_flight.busy() {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many publish requests in flight on this node; retry later".into(),
+            ));
+        }
         publish(&body, &node).await
     }
     .await;

@@ -64,17 +64,12 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match slots.admit() {
-                    Some(guard) => {
-                        let timeout = limits.request_timeout;
-                        let conn = serve_connection(stream, guard, routes.clone(), timeout, metrics.clone(), stop.clone());
-                        tasks.spawn(conn);
-                    }
-                    None => {
-                        metrics.admin_dropped.with_label_values(&["refused"]).inc();
-                        tasks.spawn(refuse(stream));
-                    }
-                },
+                Ok((stream, _)) => {
+                    let guard = slots.admit();
+                    let timeout = limits.request_timeout;
+                    let conn = serve_connection(stream, guard, routes.clone(), timeout, metrics.clone(), stop.clone());
+                    tasks.spawn(conn);
+                }
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.
                     if let Some(suppressed) = ACCEPT_LOG.allow() {
@@ -106,7 +101,7 @@ async fn serve_connection<S>(
     S::Future: Send,
 {
     let _ = stream.set_nodelay(true);
-    let slot = guard.slot.clone();
+    let slot = guard.0.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
         let slot = slot.clone();
         let routes = routes.clone();
@@ -133,7 +128,7 @@ async fn serve_connection<S>(
     let result = loop {
         tokio::select! {
             result = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
-            () = guard.slot.evicted() => return,
+            () = guard.0.evicted() => return,
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 Pin::new(&mut conn).graceful_shutdown();
@@ -159,7 +154,7 @@ async fn serve_connection<S>(
         let stream = parts.io.into_inner();
         tokio::select! {
             () = linger(stream, timeout) => {}
-            () = guard.slot.evicted() => {}
+            () = guard.0.evicted() => {}
             _ = stop.wait_for(|s| *s) => {}
         }
     }
@@ -182,21 +177,6 @@ async fn linger(mut stream: TcpStream, limit: Duration) {
                 break;
             }
         }
-    })
-    .await;
-}
-
-/// Every open connection is handling a request: answer 503 without reading the request.
-async fn refuse(mut stream: TcpStream) {
-    let body = r#"{"error":"Admin port at capacity"}"#;
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
     })
     .await;
 }

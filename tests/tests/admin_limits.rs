@@ -13,7 +13,7 @@ use futures_util::future::try_join_all;
 use gleepost_tests::http::{self, read_response, read_until_closed, HttpResponse};
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::redis_mode::eventually;
-use gleepost_tests::{python, Gateway, GatewayOptions, API_KEY};
+use gleepost_tests::{python, Gateway, GatewayOptions, RedisServer, API_KEY};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -213,6 +213,77 @@ async fn the_connection_cap_never_blocks_health_and_metrics() -> Result<()> {
         watcher.abort();
     }
     Ok(())
+}
+
+#[tokio::test]
+async fn publishes_stuck_on_a_frozen_broker_never_block_health_and_metrics() -> Result<()> {
+    const CAP: usize = 16;
+    const BUSY: usize = 14; // the cap minus its reserved eighth
+    let redis = RedisServer::start().await?;
+    let gw = Arc::new(
+        Gateway::start(GatewayOptions::redis(redis.url()).arg(&[
+            "--admin-max-connections",
+            "16",
+            "--redis-timeout",
+            "30s",
+        ]))
+        .await?,
+    );
+    gw.wait_ready(true, LIMIT).await?;
+    redis.signal(libc::SIGSTOP);
+    // As many authorised publishes as the cap, each waiting for the frozen broker.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..CAP {
+        let (gw, tx) = (gw.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(gw.publish_raw(seed_publish()).await);
+        });
+    }
+    // Beyond the busy share they are answered 503 at once.
+    let mut early = Vec::new();
+    for _ in BUSY..CAP {
+        early.push(next(&mut rx).await);
+    }
+    let mut health = Vec::new();
+    for _ in 0..20 {
+        health.push(gw.admin_get("/healthz").await.map(|r| r.status));
+        health.push(gw.admin_get("/metrics").await.map(|r| r.status));
+    }
+    redis.signal(libc::SIGCONT);
+    for res in early {
+        let res = res?;
+        ensure_error("publish beyond the busy share", &res, 503)?;
+        ensure!(res.body_text().contains("in flight"), "{}", res.body_text());
+    }
+    for status in health {
+        ensure!(status? == 200, "health or metrics not served");
+    }
+    // The stuck ones complete once the broker answers.
+    for _ in 0..BUSY {
+        let res = next(&mut rx).await?;
+        ensure!(
+            res.status == 200,
+            "stuck publish: {} {}",
+            res.status,
+            res.body_text()
+        );
+    }
+    Ok(())
+}
+
+/// The next publish answer, bounded by [`LIMIT`].
+async fn next(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<HttpResponse>>,
+) -> Result<HttpResponse> {
+    tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .context("no publish answered")?
+        .context("publish tasks gone")?
+}
+
+/// A valid publish request body.
+fn seed_publish() -> &'static str {
+    r#"{"users":[9],"event":{"type":"message","location":"/m","data":{}}}"#
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ use crate::node::Node;
 /// Bounds of the admin port.
 #[derive(Clone, Copy, Debug)]
 pub struct AdminLimits {
-    /// Most open connections (see [`super::slots`]).
+    /// Most open connections; at the cap the longest-waiting one is closed to make room.
     pub max_connections: usize,
     /// Longest time from waiting for a request to having all of it (headers and body).
     pub request_timeout: Duration,

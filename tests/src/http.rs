@@ -66,7 +66,8 @@ pub async fn request(
     .context("HTTP request timed out")?
 }
 
-async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse> {
+/// Read one response (head and `Content-Length` body) from `stream`.
+pub async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -110,6 +111,24 @@ async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse> {
         headers,
         body,
     })
+}
+
+/// Read until the peer closes the connection (EOF or reset), at most `limit`; returns what was
+/// read. Fails if the connection is still open after `limit`.
+pub async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("connection still open after {limit:?}"))?;
+    Ok(out)
 }
 
 /// Attempt a WebSocket upgrade of `path` with extra headers; returns the raw response (for

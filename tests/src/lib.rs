@@ -6,6 +6,7 @@ pub mod gateway;
 pub mod http;
 pub mod loadgen;
 pub mod metrics;
+pub mod python;
 pub mod raw_ws;
 pub mod redis;
 pub mod redis_mode;

@@ -78,6 +78,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
 
+    /// Most open connections on the admin port (at least 2); beyond it the connection that has
+    /// waited longest for its request is closed to make room, and at most 7/8 of them handle a
+    /// publish at once, so `/healthz` and `/metrics` are always served.
+    #[arg(long, env = "GATEWAY_ADMIN_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(2..))]
+    pub admin_max_connections: u32,
+
     /// Redis URL; unset means the embedded single-node broker.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
@@ -115,6 +121,11 @@ pub struct Config {
     /// A client that has not answered a ping within this time is disconnected.
     #[arg(long, env = "GATEWAY_PONG_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub pong_timeout: Duration,
+
+    /// Longest time a client may take to send a complete request (headers and body) on either
+    /// port; slower requests are cut.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
 
     /// Largest accepted event (encoded envelope), in bytes.
     #[arg(long, env = "GATEWAY_MAX_EVENT_BYTES", default_value_t = 65_536)]

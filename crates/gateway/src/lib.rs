@@ -14,6 +14,7 @@ mod capacity;
 pub mod config;
 mod dev;
 mod history;
+mod log_limit;
 mod metrics;
 mod node;
 mod outbox;

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Publish API requests, by HTTP status.
     pub publish_requests: IntCounterVec,
+    /// Open connections on the admin port.
+    pub admin_connections: IntGauge,
+    /// Admin connections closed by the gateway without a complete request, by reason.
+    pub admin_dropped: IntCounterVec,
     /// Events accepted for publishing (one per recipient user).
     pub events_published: IntCounter,
     /// Frames written to client sockets.
@@ -119,6 +123,12 @@ impl Metrics {
                 "Publish API requests, by HTTP status",
                 "status",
             )?,
+            admin_connections: gauge("admin_connections", "Open connections on the admin port")?,
+            admin_dropped: counter_vec(
+                "admin_connections_dropped_total",
+                "Admin connections closed by the gateway without a complete request (evicted, timeout, error)",
+                "reason",
+            )?,
             events_published: counter(
                 "events_published_total",
                 "Events accepted for publishing, one per recipient user",
@@ -187,6 +197,9 @@ impl Metrics {
         }
         for reason in ["not_json", "not_object", "no_type", "oversize", "not_utf8"] {
             metrics.broker_malformed.with_label_values(&[reason]);
+        }
+        for reason in ["evicted", "timeout", "error"] {
+            metrics.admin_dropped.with_label_values(&[reason]);
         }
         #[cfg(target_os = "linux")]
         {

@@ -170,13 +170,17 @@ pub async fn run(config: Config) -> Result<()> {
         node.clone(),
         stop_public_rx,
     ));
-    let (stop_admin, mut stop_admin_rx) = watch::channel(false);
-    let admin_server = warp::serve(admin::routes(node.clone()))
-        .incoming(admin)
-        .graceful(async move {
-            let _ = stop_admin_rx.wait_for(|s| *s).await;
-        });
-    let admin_task = tokio::spawn(admin_server.run());
+    let (stop_admin, stop_admin_rx) = watch::channel(false);
+    let admin_limits = admin::AdminLimits {
+        max_connections: config.admin_max_connections as usize,
+        request_timeout: config.handshake_timeout,
+    };
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        node.clone(),
+        admin_limits,
+        stop_admin_rx,
+    ));
 
     let signal = signals.recv().await;
     let pre_drain = config.pre_drain_delay();

@@ -1,0 +1,114 @@
+//! The admin port: `POST /v1/publish`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
+//!
+//! Every error is JSON `{"error": "<what is wrong>"}` with a 4xx/5xx status. The routes are warp
+//! filters served by [`server`] (timeouts, connection cap, lingering close).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use warp::http::StatusCode;
+use warp::reply::{self, Response};
+use warp::{Filter, Rejection, Reply};
+
+use crate::node::Node;
+
+mod publish;
+mod server;
+mod slots;
+
+pub use server::{serve, AdminLimits};
+
+/// What the connection layer tells a request's handler: when the request (body included) must
+/// be complete, and the connection to mark busy once it is.
+#[derive(Clone)]
+pub(crate) struct InFlight {
+    /// The body must be read by then (408 beyond).
+    pub(crate) deadline: tokio::time::Instant,
+    slot: slots::SlotRef,
+}
+
+impl InFlight {
+    /// The complete request is about to be handled: its connection is not evicted meanwhile.
+    /// False when too many requests are handled at once (the share kept for `/healthz` and
+    /// `/metrics` would be used up): answer 503.
+    pub(crate) fn busy(&self) -> bool {
+        self.slot.busy()
+    }
+}
+
+/// All admin routes.
+fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let with_node = {
+        let node = node.clone();
+        warp::any().map(move || node.clone())
+    };
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| reply::json(&serde_json::json!({"status": "ok"})).into_response());
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|node: Arc<Node>| {
+            let (status, body) = match node.readiness() {
+                Ok(()) => (StatusCode::OK, serde_json::json!({ "ready": true })),
+                Err(reason) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({ "ready": false, "reason": reason }),
+                ),
+            };
+            reply::with_status(reply::json(&body), status).into_response()
+        });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|node: Arc<Node>| {
+            let _ = node.readiness(); // refresh the ready gauge
+            match node.metrics.render() {
+                Ok(body) => reply::with_header(
+                    body,
+                    "content-type",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+                .into_response(),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        });
+    // Nothing of the body is read before the key and the length are checked (in `publish`).
+    let publish = warp::path!("v1" / "publish")
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(warp::ext::get::<InFlight>())
+        .and(with_node)
+        .then(publish::handle);
+    healthz
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(publish)
+        .unify()
+        .recover(recover)
+        .unify()
+}
+
+/// A JSON error response.
+fn error(status: StatusCode, message: &str) -> Response {
+    reply::with_status(
+        reply::json(&serde_json::json!({ "error": message })),
+        status,
+    )
+    .into_response()
+}
+
+async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let (status, message) = if rejection.is_not_found() {
+        (StatusCode::NOT_FOUND, "Not found")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+    } else {
+        tracing::debug!(?rejection, "unhandled admin rejection");
+        (StatusCode::BAD_REQUEST, "Bad request")
+    };
+    Ok(error(status, message))
+}

@@ -1,0 +1,275 @@
+//! `POST /v1/publish`: the key and the declared length are checked from the headers before any
+//! byte of the body is read; the body must arrive within the request deadline.
+
+use std::sync::Arc;
+
+use bytes::Buf;
+use futures_util::{Stream, StreamExt};
+use gleepost_event::parse_and_validate;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use warp::http::{header, HeaderMap, StatusCode};
+use warp::reply::{self, Reply, Response};
+
+use super::{error, InFlight};
+use crate::node::Node;
+use crate::registry::UserId;
+
+/// Handle one publish request; every outcome is counted by status.
+pub(super) async fn handle<S, B>(
+    headers: HeaderMap,
+    body: S,
+    in_flight: InFlight,
+    node: Arc<Node>,
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let res = async {
+        authorize(&headers, &node)?;
+        let length = declared_length(&headers, node.publish.max_body)?;
+        let body = read_body(body, length, in_flight.deadline, &node).await?;
+        if !in_flight.busy() {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many publish requests in flight on this node; retry later".into(),
+            ));
+        }
+        publish(&body, &node).await
+    }
+    .await;
+    let (status, response) = match res {
+        Ok(result) => (StatusCode::OK, reply::json(&result).into_response()),
+        Err((status, message)) => (status, error(status, &message)),
+    };
+    node.metrics
+        .publish_requests
+        .with_label_values(&[status.as_str()])
+        .inc();
+    response
+}
+
+type Refusal = (StatusCode, String);
+
+fn authorize(headers: &HeaderMap, node: &Node) -> Result<(), Refusal> {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|key| {
+            constant_time_eq(key.trim().as_bytes(), node.publish.api_key.as_bytes())
+        });
+    if authorized {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, "Invalid API key".into()))
+    }
+}
+
+/// The `Content-Length`, required and at most `max`.
+fn declared_length(headers: &HeaderMap, max: u64) -> Result<usize, Refusal> {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            (
+                StatusCode::LENGTH_REQUIRED,
+                "A Content-Length header is required".to_string(),
+            )
+        })?;
+    if length > max {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large (at most {max} bytes)"),
+        ));
+    }
+    // At most `max`, itself a configured u64 that a body of this size had to fit in memory.
+    usize::try_from(length).map_err(|_| {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large".into(),
+        )
+    })
+}
+
+/// Read the body (hyper enforces the declared `length`) by `deadline`, else 408.
+async fn read_body<S, B>(
+    body: S,
+    length: usize,
+    deadline: tokio::time::Instant,
+    node: &Node,
+) -> Result<Vec<u8>, Refusal>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut out = Vec::with_capacity(length);
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            let mut chunk = chunk.map_err(|_| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "Request body could not be read".to_string(),
+                )
+            })?;
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                out.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(result) => result.map(|()| out),
+        Err(_) => {
+            node.metrics
+                .admin_dropped
+                .with_label_values(&["timeout"])
+                .inc();
+            Err((
+                StatusCode::REQUEST_TIMEOUT,
+                "Request body not received in time".into(),
+            ))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest<'a> {
+    #[serde(borrow)]
+    users: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+}
+
+/// Validate and publish a complete, authorized request body.
+async fn publish(body: &[u8], node: &Node) -> Result<serde_json::Value, Refusal> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    // serde would also accept a struct written as an array (`[[9], {…}]`): require an object.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(bad(
+            "Invalid request body: expected a JSON object {\"users\": […], \"event\": {…}}".into(),
+        ));
+    }
+    let request: PublishRequest =
+        serde_json::from_slice(body).map_err(|e| bad(format!("Invalid request body: {e}")))?;
+    let users = parse_users(request.users, node.publish.max_users).map_err(bad)?;
+    let event = request.event.ok_or_else(|| bad("Missing `event`".into()))?;
+    let event = parse_and_validate(event.get().as_bytes(), &node.limits)
+        .map_err(|e| bad(format!("Invalid event: {e}")))?;
+    if event.id.is_some() {
+        return Err(bad("Invalid event: `id` is assigned by the gateway".into()));
+    }
+    let encoded = event.encode();
+    let ids = node.broker.publish(&users, encoded).await.map_err(|e| {
+        tracing::warn!(error = %e, "publish failed");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Broker unavailable; the event may not have been published".to_string(),
+        )
+    })?;
+    node.metrics.events_published.inc_by(users.len() as u64);
+    let mut result = serde_json::json!({ "published": users.len() });
+    if !ids.is_empty() {
+        let ids: serde_json::Map<String, serde_json::Value> = ids
+            .into_iter()
+            .map(|(user, id)| (user.to_string(), id.into()))
+            .collect();
+        result["ids"] = ids.into();
+    }
+    Ok(result)
+}
+
+/// `users` must be a non-empty array of distinct user ids, at most `max`.
+fn parse_users(raw: Option<&RawValue>, max: usize) -> Result<Vec<UserId>, String> {
+    let raw = raw.ok_or("Missing `users`")?;
+    let users: Vec<UserId> = serde_json::from_str(raw.get())
+        .map_err(|_| "`users` must be an array of non-negative integer user ids".to_string())?;
+    if users.is_empty() {
+        return Err("`users` must not be empty".into());
+    }
+    if users.len() > max {
+        return Err(format!(
+            "Too many users: {} (at most {max} per request)",
+            users.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(users.len());
+    if let Some(dup) = users.iter().find(|u| !seen.insert(**u)) {
+        return Err(format!("Duplicate user id {dup} in `users`"));
+    }
+    Ok(users)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn users_rules() {
+        assert_eq!(parse_users(Some(&raw("[9,2147]")), 10).unwrap(), [9, 2147]);
+        assert!(parse_users(None, 10).unwrap_err().contains("Missing"));
+        assert!(parse_users(Some(&raw("[]")), 10)
+            .unwrap_err()
+            .contains("empty"));
+        assert!(parse_users(Some(&raw("[1,2,3]")), 2)
+            .unwrap_err()
+            .contains("Too many"));
+        assert!(parse_users(Some(&raw("[1,1]")), 5)
+            .unwrap_err()
+            .contains("Duplicate"));
+        for bad in ["[-1]", "[\"9\"]", "[1.5]", "{}", "9"] {
+            assert!(parse_users(Some(&raw(bad)), 5).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn length_rules() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        let status = |h: &HeaderMap| declared_length(h, 100).unwrap_err().0;
+        assert_eq!(
+            declared_length(&headers(&[("content-length", "100")]), 100).unwrap(),
+            100
+        );
+        assert_eq!(status(&headers(&[])), StatusCode::LENGTH_REQUIRED);
+        assert_eq!(
+            status(&headers(&[("transfer-encoding", "chunked")])),
+            StatusCode::LENGTH_REQUIRED
+        );
+        assert_eq!(
+            status(&headers(&[("content-length", "101")])),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            status(&headers(&[("content-length", "99999999999999999999999")])),
+            StatusCode::LENGTH_REQUIRED
+        );
+    }
+
+    #[test]
+    fn key_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -33,6 +33,18 @@ impl Client {
         Self::connect_request(request).await
     }
 
+    /// Connect to a URL sending these extra headers (e.g. `X-Forwarded-For`).
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Client> {
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().append(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())?,
+                value.parse()?,
+            );
+        }
+        Self::connect_request(request).await
+    }
+
     /// Connect with a prepared request (extra headers).
     pub async fn connect_request(
         request: tokio_tungstenite::tungstenite::handshake::client::Request,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A response: status, headers (lower-cased names) and body.
@@ -66,6 +66,39 @@ pub async fn request(
     .context("HTTP request timed out")?
 }
 
+/// Send `raw` exactly as given (a request written by hand, e.g. an HTTP/1.0 request line) and
+/// read the response.
+pub async fn exchange(addr: &str, raw: &[u8]) -> Result<HttpResponse> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(raw).await?;
+        read_response(&mut stream).await
+    })
+    .await
+    .context("HTTP request timed out")?
+}
+
+/// Read from `stream` until the peer closes it (EOF or reset), at most `limit`; returns what
+/// arrived before. Fails if the connection is still open after `limit`.
+pub async fn closed_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Result<Vec<u8>> {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .context("the server did not close the connection in time")?;
+    Ok(received)
+}
+
 /// Read one response (head and `Content-Length` body) from `stream`.
 pub async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse> {
     let mut buf = Vec::new();
@@ -113,23 +146,8 @@ pub async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse> {
     })
 }
 
-/// Read until the peer closes the connection (EOF or reset), at most `limit`; returns what was
-/// read. Fails if the connection is still open after `limit`.
-pub async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    tokio::time::timeout(limit, async {
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await
-    .with_context(|| format!("connection still open after {limit:?}"))?;
-    Ok(out)
-}
+/// The `Sec-WebSocket-Key` of the RFC 6455 example (the base64 of 16 bytes).
+pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 /// Attempt a WebSocket upgrade of `path` with extra headers; returns the raw response (for
 /// checking that failures are answered before any upgrade).
@@ -138,12 +156,30 @@ pub async fn upgrade_attempt(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<HttpResponse> {
-    let mut all = vec![
-        ("Connection", "Upgrade"),
-        ("Upgrade", "websocket"),
-        ("Sec-WebSocket-Version", "13"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-    ];
-    all.extend_from_slice(headers);
-    request(addr, "GET", path, &all, b"").await
+    let head = upgrade_head(addr, path, "HTTP/1.1", Some(WS_KEY), headers);
+    exchange(addr, head.as_bytes()).await
+}
+
+/// The head of a WebSocket upgrade request of `path` as [`upgrade_attempt`] sends it, with the
+/// protocol of the request line (`"HTTP/1.1"`) and the `Sec-WebSocket-Key` (`None`: no such
+/// header) chosen, for requests a WebSocket library would refuse to send.
+pub fn upgrade_head(
+    addr: &str,
+    path: &str,
+    version: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+) -> String {
+    let mut head = format!(
+        "GET {path} {version}\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\n"
+    );
+    if let Some(key) = key {
+        head.push_str(&format!("Sec-WebSocket-Key: {key}\r\n"));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use futures_util::future::try_join_all;
-use gleepost_tests::http::{self, read_response, read_until_closed, HttpResponse};
+use gleepost_tests::http::{self, read_response, closed_within, HttpResponse};
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::{python, Gateway, GatewayOptions, RedisServer, API_KEY};
@@ -73,15 +73,15 @@ async fn slow_requests_are_cut_by_the_handshake_timeout() -> Result<()> {
         idle.push(open(&gw, b"").await?);
     }
     for stream in &mut half_heads {
-        let answer = read_until_closed(stream, LIMIT).await?;
+        let answer = closed_within(stream, LIMIT).await?;
         ensure!(answer.is_empty(), "a half-sent head was answered");
     }
     for stream in &mut half_bodies {
         ensure_error("half-sent body", &response(stream).await?, 408)?;
-        read_until_closed(stream, LIMIT).await?;
+        closed_within(stream, LIMIT).await?;
     }
     for stream in &mut idle {
-        read_until_closed(stream, LIMIT).await?;
+        closed_within(stream, LIMIT).await?;
     }
     // Idle connections are closed too, but are not counted as cut requests.
     wait_metric(&gw, &dropped("timeout"), 100.0).await?;
@@ -190,7 +190,7 @@ async fn the_connection_cap_never_blocks_health_and_metrics() -> Result<()> {
         .map(|mut stream| {
             let closed = closed.clone();
             tokio::spawn(async move {
-                if read_until_closed(&mut stream, Duration::from_secs(60))
+                if closed_within(&mut stream, Duration::from_secs(60))
                     .await
                     .is_ok()
                 {
@@ -293,7 +293,7 @@ async fn http2_is_refused() -> Result<()> {
     let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
     let mut stream = open(&gw, &preface).await?;
-    let answer = read_until_closed(&mut stream, LIMIT).await?;
+    let answer = closed_within(&mut stream, LIMIT).await?;
     ensure!(
         answer.is_empty() || answer.starts_with(b"HTTP/1.1 "),
         "answered in HTTP/2: {:?}",
@@ -386,7 +386,7 @@ async fn dropped_connections_are_logged_at_a_bounded_rate() -> Result<()> {
     let logged_before = gw.logs().len();
     for _ in 0..GARBAGE {
         let mut stream = open(&gw, b"GARBAGE\r\n\r\n").await?;
-        read_until_closed(&mut stream, LIMIT).await?;
+        closed_within(&mut stream, LIMIT).await?;
     }
     wait_metric(&gw, &dropped("error"), GARBAGE as f64).await?;
     let seconds = start.elapsed().as_secs();

@@ -4,10 +4,11 @@
 //! safe for production: without `--dev` the gateway refuses to start without a JWT secret and an
 //! API key. The README's configuration table mirrors this file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 
 /// Top-level command line.
 #[derive(Debug, Parser)]
@@ -148,6 +149,30 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_CLIENT_FRAME_RATE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_frame_rate: u32,
 
+    /// Most WebSocket connections of one user on this node (429 beyond; 0 = no limit).
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub max_connections_per_user: usize,
+
+    /// Most WebSocket connections (and handshakes in progress) from one client address
+    /// (429 beyond; 0 = no limit). IPv6 addresses count per /64.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Connection attempts per second from one client address, with bursts of as many
+    /// (429 beyond; 0 = no limit).
+    #[arg(long, env = "GATEWAY_CONNECT_RATE_PER_IP", default_value_t = 0)]
+    pub connect_rate_per_ip: u32,
+
+    /// Failed authentications per second from one client address, with bursts of as many; beyond,
+    /// the address's attempts get 429 without their credentials being checked (0 = no limit).
+    #[arg(long, env = "GATEWAY_AUTH_FAILURES_PER_IP", default_value_t = 50)]
+    pub auth_failures_per_ip: u32,
+
+    /// Comma-separated proxy addresses or CIDRs whose `X-Forwarded-For` header names the client
+    /// address (default: none, the TCP peer is the client).
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<IpNet>,
+
     /// Per-connection outbound queue bound, in events (slow consumer beyond).
     #[arg(long, env = "GATEWAY_QUEUE_EVENTS", default_value_t = 1_024)]
     pub queue_events: usize,
@@ -246,6 +271,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
 
+/// Parse a CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address (`10.1.2.3`, one host).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +291,33 @@ mod tests {
         assert_eq!(cli.config.channels, vec!["c:{id}", "n:{id}"]);
         assert_eq!(cli.config.ping_interval, Duration::from_secs(30));
         assert_eq!(cli.config.drain_window(), DEFAULT_DRAIN_WINDOW);
+        assert_eq!(cli.config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(cli.config.max_connections_per_user, 100);
+        assert_eq!(cli.config.max_connections_per_ip, 0);
+        assert_eq!(cli.config.connect_rate_per_ip, 0);
+        assert_eq!(cli.config.auth_failures_per_ip, 50);
+        assert!(cli.config.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_addresses() {
+        let cli = Cli::try_parse_from([
+            "gleepost-gateway",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7,fd00::/8",
+        ])
+        .unwrap();
+        let shown: Vec<String> = cli
+            .config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
+        assert!(
+            Cli::try_parse_from(["gleepost-gateway", "--trusted-proxies", "10.0.0.0/33"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["gleepost-gateway", "--trusted-proxies", "proxy"]).is_err());
     }
 
     #[test]

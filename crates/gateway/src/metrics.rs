@@ -9,6 +9,16 @@ use prometheus::{
 
 const NS: &str = "gleepost_gateway";
 
+/// Every `connections_refused_total` reason (each series exists from start-up).
+pub const REFUSAL_REASONS: [&str; 6] = [
+    "capacity",
+    "broker",
+    "per_user",
+    "per_ip",
+    "rate",
+    "auth_rate",
+];
+
 /// All gateway metrics.
 pub struct Metrics {
     registry: Registry,
@@ -20,7 +30,7 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// Rejected connection attempts, by reason.
     pub auth_failures: IntCounterVec,
-    /// Authenticated connection attempts refused with 503, by reason.
+    /// Connection attempts refused by a limit (429) or for lack of capacity (503), by reason.
     pub connections_refused: IntCounterVec,
     /// Publish API requests, by HTTP status.
     pub publish_requests: IntCounterVec,
@@ -110,7 +120,7 @@ impl Metrics {
             )?,
             connections_refused: counter_vec(
                 "connections_refused_total",
-                "Authenticated connection attempts refused with 503 (capacity, broker)",
+                "Connection attempts refused by a limit (429) or for lack of capacity (503), by reason",
                 "reason",
             )?,
             auth_failures: counter_vec(
@@ -200,6 +210,9 @@ impl Metrics {
         }
         for reason in ["evicted", "timeout", "error"] {
             metrics.admin_dropped.with_label_values(&[reason]);
+        }
+        for reason in REFUSAL_REASONS {
+            metrics.connections_refused.with_label_values(&[reason]);
         }
         #[cfg(target_os = "linux")]
         {

@@ -54,46 +54,62 @@ pub struct Registry {
     count: AtomicUsize,
     /// Most registered connections; 0 = no limit.
     max: usize,
+    /// Most registered connections of one user; 0 = no limit.
+    max_per_user: usize,
     limits: QueueLimits,
 }
 
-/// The node already holds its `--max-connections`.
+/// A connection the registry refused: the node or the user holds its maximum already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("node at capacity")]
-pub struct AtCapacity;
+pub enum AtCapacity {
+    /// The node holds its `--max-connections`.
+    #[error("node at capacity")]
+    Node,
+    /// The user holds `--max-connections-per-user` connections on this node.
+    #[error("user at its connection limit")]
+    User,
+}
 
 impl Registry {
     /// An empty registry whose connections get outboxes bounded by `limits`, holding at most
-    /// `max` connections (0 = no limit).
-    pub fn new(limits: QueueLimits, max: usize) -> Self {
+    /// `max` connections and `max_per_user` connections of one user (0 = no limit).
+    pub fn new(limits: QueueLimits, max: usize, max_per_user: usize) -> Self {
         Registry {
             users: DashMap::new(),
             next_id: AtomicU64::new(1),
             count: AtomicUsize::new(0),
             max,
+            max_per_user,
             limits,
         }
     }
 
     /// Register a new connection of `user`; returns it and a receiver that turns `true` when the
-    /// node's subscription to the user's channels is confirmed. Refused when the registry holds
-    /// its maximum already.
+    /// node's subscription to the user's channels is confirmed. Refused when the registry, or the
+    /// user, holds its maximum already: both checks are made under the user's entry lock, so
+    /// concurrent connections of one user never exceed the per-user limit.
     pub fn insert(
         &self,
         user: UserId,
         subs: &dyn Subscriptions,
     ) -> Result<(Arc<Conn>, Subscribed), AtCapacity> {
+        let entry = self.users.entry(user);
+        if let Entry::Occupied(e) = &entry {
+            if self.max_per_user != 0 && e.get().conns.len() >= self.max_per_user {
+                return Err(AtCapacity::User);
+            }
+        }
         self.count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (self.max == 0 || n < self.max).then_some(n + 1)
             })
-            .map_err(|_| AtCapacity)?;
+            .map_err(|_| AtCapacity::Node)?;
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
             outbox: Outbox::new(self.limits),
         });
-        let subscribed = match self.users.entry(user) {
+        let subscribed = match entry {
             Entry::Occupied(mut e) => {
                 e.get_mut().conns.push(conn.clone());
                 e.get().subscribed.clone()
@@ -193,6 +209,7 @@ mod tests {
                 max_bytes: 1024,
             },
             0,
+            0,
         )
     }
 
@@ -220,17 +237,64 @@ mod tests {
             max_events: 8,
             max_bytes: 1024,
         };
-        let reg = Registry::new(limits, 2);
+        let reg = Registry::new(limits, 2, 0);
         let log = Log::default();
         let (a, _) = reg.insert(9, &log).unwrap();
         let (_b, _) = reg.insert(10, &log).unwrap();
-        assert_eq!(reg.insert(11, &log).err(), Some(AtCapacity));
+        assert_eq!(reg.insert(11, &log).err(), Some(AtCapacity::Node));
         assert_eq!(reg.len(), 2);
         reg.remove(&a, &log);
         reg.remove(&a, &log); // removing twice frees one slot only
         assert_eq!(reg.len(), 1);
         assert!(reg.insert(11, &log).is_ok());
-        assert_eq!(reg.insert(12, &log).err(), Some(AtCapacity));
+        assert_eq!(reg.insert(12, &log).err(), Some(AtCapacity::Node));
+    }
+
+    #[test]
+    fn per_user_limit_counts_one_users_connections_only() {
+        let limits = QueueLimits {
+            max_events: 8,
+            max_bytes: 1024,
+        };
+        let reg = Registry::new(limits, 0, 2);
+        let log = Log::default();
+        let (a, _) = reg.insert(9, &log).unwrap();
+        let (_b, _) = reg.insert(9, &log).unwrap();
+        assert_eq!(reg.insert(9, &log).err(), Some(AtCapacity::User));
+        assert_eq!(reg.len(), 2, "a refused connection takes no node slot");
+        assert!(reg.insert(10, &log).is_ok(), "other users are not limited");
+        reg.remove(&a, &log);
+        assert!(reg.insert(9, &log).is_ok());
+        assert_eq!(reg.insert(9, &log).err(), Some(AtCapacity::User));
+    }
+
+    #[test]
+    fn per_user_limit_holds_under_concurrent_inserts() {
+        let limits = QueueLimits {
+            max_events: 8,
+            max_bytes: 1024,
+        };
+        let reg = Arc::new(Registry::new(limits, 0, 5));
+        let log = Arc::new(Log::default());
+        let accepted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (reg, log) = (reg.clone(), log.clone());
+                    s.spawn(move || {
+                        let mut kept = Vec::new();
+                        for _ in 0..50 {
+                            if let Ok((conn, _)) = reg.insert(9, log.as_ref()) {
+                                kept.push(conn);
+                            }
+                        }
+                        kept.len()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(accepted, 5);
+        assert_eq!(reg.len(), 5);
     }
 
     #[test]

@@ -93,6 +93,7 @@ pub async fn run(config: Config) -> Result<()> {
             max_bytes: config.queue_bytes,
         },
         max_connections,
+        config.max_connections_per_user,
     ));
     let dispatcher = Dispatcher::new(registry.clone(), metrics.clone());
     let (broker, gleepost) = match &config.redis_url {
@@ -168,6 +169,7 @@ pub async fn run(config: Config) -> Result<()> {
     let public_task = tokio::spawn(transport::public::serve(
         public,
         node.clone(),
+        transport::public::Edge::new(&config),
         stop_public_rx,
     ));
     let (stop_admin, stop_admin_rx) = watch::channel(false);

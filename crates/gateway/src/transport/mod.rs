@@ -1,7 +1,11 @@
 //! The public port: HTTP server with the WebSocket endpoint, and the per-connection socket loop.
 
+mod auth_budget;
 mod budget;
+mod client_ip;
 pub mod connection;
 mod ending;
+mod handshake;
+mod limits;
 pub mod public;
 mod timer;

@@ -1,8 +1,14 @@
-//! The public HTTP server: `GET /ws` authenticates, registers the connection, waits for the
+//! The public HTTP server: `GET /ws` checks the request (`handshake.rs`) and the client
+//! address's limits (`limits.rs`), authenticates, registers the connection, waits for the
 //! broker subscription, and only then answers `101 Switching Protocols`, so every event published
 //! after the handshake response reaches the client.
+//!
+//! Time is bounded twice: a client has `--handshake-timeout` to send its request head (hyper's
+//! header read timeout, also between keep-alive requests), and the gateway answers within the
+//! same time from then on (authentication and subscription; 503 beyond).
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,22 +21,52 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio::time::{timeout_at, Instant};
 
+use super::client_ip::{AddrKey, TrustedProxies};
 use super::connection;
+use super::handshake::{self, HARD_MAX_HEADERS, HARD_MAX_HEAD_BYTES};
+use super::limits::{LimitSettings, Limits, Refused, CLEANUP_INTERVAL};
 use crate::auth::AuthError;
+use crate::config::Config;
 use crate::node::Node;
+use crate::registry::AtCapacity;
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// What the public port needs beyond the node: its time bound and per-address limits.
+pub struct Edge {
+    handshake_timeout: Duration,
+    proxies: TrustedProxies,
+    limits: Arc<Limits>,
+}
+
+impl Edge {
+    /// The public port's settings from the configuration.
+    pub fn new(config: &Config) -> Arc<Self> {
+        Arc::new(Edge {
+            handshake_timeout: config.handshake_timeout,
+            proxies: TrustedProxies::new(config.trusted_proxies.clone()),
+            limits: Limits::new(LimitSettings {
+                max_connections_per_ip: config.max_connections_per_ip,
+                connect_rate_per_ip: config.connect_rate_per_ip,
+                auth_failures_per_ip: config.auth_failures_per_ip,
+            }),
+        })
+    }
+}
 
 /// Accept connections on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    edge: Arc<Edge>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut cleanup = tokio::time::interval(CLEANUP_INTERVAL);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_connection(stream, node.clone()));
+                Ok((stream, peer)) => {
+                    tokio::spawn(serve_connection(stream, peer, node.clone(), edge.clone()));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.
@@ -38,6 +74,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, mut stop: watch::Rece
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            _ = cleanup.tick() => edge.limits.cleanup(),
             // The sender only ever sends `true` (or is dropped): either way, stop.
             _ = stop.changed() => break,
         }
@@ -45,15 +82,20 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, mut stop: watch::Rece
     tracing::info!("public listener closed");
 }
 
-async fn serve_connection(stream: TcpStream, node: Arc<Node>) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, edge: Arc<Edge>) {
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |req| {
-        let node = node.clone();
-        async move { Ok::<_, Infallible>(handle(req, node).await) }
-    });
-    let conn = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(edge.handshake_timeout)
+        .max_buf_size(HARD_MAX_HEAD_BYTES)
+        .max_header_size(HARD_MAX_HEAD_BYTES)
+        .max_headers(HARD_MAX_HEADERS);
+    let service = service_fn(move |req| {
+        let (node, edge) = (node.clone(), edge.clone());
+        async move { Ok::<_, Infallible>(handle(req, node, edge, peer.ip()).await) }
+    });
+    let conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -73,18 +115,36 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     res
 }
 
-async fn handle(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Full<Bytes>> {
+async fn handle(
+    mut req: Request<Incoming>,
+    node: Arc<Node>,
+    edge: Arc<Edge>,
+    peer: IpAddr,
+) -> Response<Full<Bytes>> {
+    let deadline = Instant::now() + edge.handshake_timeout;
     if req.uri().path() != "/ws" {
         return json_error(StatusCode::NOT_FOUND, "Not found");
     }
     if req.method() != Method::GET {
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
     }
-    let identity = match node
-        .auth
-        .authenticate(req.headers(), req.uri().query())
-        .await
-    {
+    let accept = match handshake::check(&req) {
+        Ok(accept) => accept,
+        Err(bad) => return bad.response(),
+    };
+    let addr = AddrKey::of(edge.proxies.client(peer, req.headers()));
+    // Held until the WebSocket ends (or the handshake fails).
+    let slot = match edge.limits.admit(addr) {
+        Ok(slot) => slot,
+        Err(refused) => return refuse(&node, refused, &addr),
+    };
+    let authenticated = timeout_at(
+        deadline,
+        node.auth.authenticate(req.headers(), req.uri().query()),
+    )
+    .await
+    .unwrap_or(Err(AuthError::Unavailable));
+    let identity = match authenticated {
         Ok(identity) => identity,
         Err(e) => {
             node.metrics
@@ -94,6 +154,7 @@ async fn handle(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Full<By
             tracing::debug!(reason = e.label(), "connection rejected");
             return match e {
                 AuthError::Invalid(_) => {
+                    edge.limits.auth_failed(addr);
                     json_error(StatusCode::UNAUTHORIZED, "Invalid credentials")
                 }
                 AuthError::Unavailable => json_error(
@@ -103,21 +164,22 @@ async fn handle(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Full<By
             };
         }
     };
-    let accept = match accept_key(req.headers()) {
-        Ok(accept) => accept,
-        Err(message) => return json_error(StatusCode::BAD_REQUEST, message),
-    };
 
-    let Ok(registration) = connection::Registration::new(node.clone(), identity.user) else {
-        node.metrics
-            .connections_refused
-            .with_label_values(&["capacity"])
-            .inc();
-        tracing::debug!(user = identity.user, "connection refused: node at capacity");
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Server at capacity");
+    let registration = match connection::Registration::new(node.clone(), identity.user) {
+        Ok(registration) => registration,
+        Err(AtCapacity::User) => return refuse(&node, Refused::PerUser, &addr),
+        Err(AtCapacity::Node) => {
+            node.metrics
+                .connections_refused
+                .with_label_values(&["capacity"])
+                .inc();
+            tracing::debug!(user = identity.user, "connection refused: node at capacity");
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "Server at capacity");
+        }
     };
     let mut subscribed = registration.subscribed.clone();
-    let confirmed = tokio::time::timeout(node.conn.subscribe_timeout, async {
+    let wait_until = deadline.min(Instant::now() + node.conn.subscribe_timeout);
+    let confirmed = timeout_at(wait_until, async {
         subscribed.wait_for(|s| *s).await.is_ok()
     })
     .await;
@@ -132,7 +194,10 @@ async fn handle(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Full<By
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let since = resume_point(req.headers(), req.uri().query());
-    tokio::spawn(connection::run(on_upgrade, registration, identity, since));
+    tokio::spawn(async move {
+        let _slot = slot;
+        connection::run(on_upgrade, registration, identity, since).await;
+    });
 
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -141,6 +206,16 @@ async fn handle(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Full<By
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     res
+}
+
+/// Count and answer a 429.
+fn refuse(node: &Node, refused: Refused, addr: &AddrKey) -> Response<Full<Bytes>> {
+    node.metrics
+        .connections_refused
+        .with_label_values(&[refused.label()])
+        .inc();
+    tracing::debug!(reason = refused.label(), %addr, "connection refused: limit");
+    refused.response()
 }
 
 /// The id the client resumes after: `?since=<id>` or header `Last-Event-ID`.
@@ -156,29 +231,4 @@ fn resume_point(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     })
-}
-
-/// Check the upgrade headers; returns the `Sec-WebSocket-Accept` value.
-fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, &'static str> {
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
-        })
-    };
-    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
-        return Err("Expected a WebSocket upgrade request");
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v.as_bytes() != b"13")
-    {
-        return Err("Unsupported WebSocket version (expected 13)");
-    }
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or("Missing Sec-WebSocket-Key")?;
-    HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
-        .map_err(|_| "Invalid Sec-WebSocket-Key")
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use futures_util::future::try_join_all;
-use gleepost_tests::http::{self, read_response, closed_within, HttpResponse};
+use gleepost_tests::http::{self, closed_within, read_response, HttpResponse};
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::{python, Gateway, GatewayOptions, RedisServer, API_KEY};

@@ -9,10 +9,12 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -29,6 +31,7 @@ use super::handshake::{self, HARD_MAX_HEADERS, HARD_MAX_HEAD_BYTES};
 use super::limits::{LimitSettings, Limits, Refused, CLEANUP_INTERVAL};
 use crate::auth::AuthError;
 use crate::config::Config;
+use crate::log_limit::LogLimit;
 use crate::node::Node;
 use crate::registry::AtCapacity;
 
@@ -70,7 +73,9 @@ pub async fn serve(
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(suppressed) = ACCEPT_LOG.allow() {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -81,6 +86,10 @@ pub async fn serve(
     }
     tracing::info!("public listener closed");
 }
+
+/// Log lines a flood (or a Redis outage) would repeat: at most one per second each.
+static ACCEPT_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
+static SUBSCRIBE_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, edge: Arc<Edge>) {
     let _ = stream.set_nodelay(true);
@@ -93,7 +102,18 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
         .max_headers(HARD_MAX_HEADERS);
     let service = service_fn(move |req| {
         let (node, edge) = (node.clone(), edge.clone());
-        async move { Ok::<_, Infallible>(handle(req, node, edge, peer.ip()).await) }
+        async move {
+            // A panic while handling a request is contained: counted, logged once (the panic
+            // hook), answered 500 JSON; the connection task goes on.
+            let metrics = node.metrics.clone();
+            let handled = AssertUnwindSafe(handle(req, node, edge, peer.ip()))
+                .catch_unwind()
+                .await;
+            Ok::<_, Infallible>(handled.unwrap_or_else(|_| {
+                metrics.panics.inc();
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+            }))
+        }
     });
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
@@ -188,7 +208,13 @@ async fn handle(
             .connections_refused
             .with_label_values(&["broker"])
             .inc();
-        tracing::warn!(user = identity.user, "subscription not confirmed in time");
+        if let Some(suppressed) = SUBSCRIBE_LOG.allow() {
+            tracing::warn!(
+                user = identity.user,
+                suppressed,
+                "subscription not confirmed in time"
+            );
+        }
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "Broker unavailable");
     }
 

@@ -25,8 +25,12 @@ use super::history::ReadError;
 use super::pubsub::{PubSubConn, PubSubError, Push};
 use super::subscriptions::{Sent, SubCommand, Wanted};
 use super::{probe, repair};
+use crate::log_limit::LogLimit;
 use crate::outbox::Frame;
 use crate::registry::UserId;
+
+/// Malformed broker payloads are logged at most once per second (each one is counted).
+static MALFORMED_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 
 /// Users per SUBSCRIBE/UNSUBSCRIBE command.
 const BATCH_USERS: usize = 512;
@@ -111,9 +115,8 @@ async fn session(
     if reconnect {
         repair::repair(shared, &sent.current, &mut wanted.delivered).await?;
     }
-    let mut malformed_log = LogLimiter::default();
     for (channel, payload) in held {
-        handle_message(shared, &channel, &payload, &mut malformed_log, wanted);
+        handle_message(shared, &channel, &payload, wanted);
     }
     shared.state.set_subscribed(true);
     let connected = Instant::now();
@@ -143,7 +146,7 @@ async fn session(
             }
             push = conn.next() => match push? {
                 Push::Message { channel, payload } => {
-                    handle_message(shared, channel, payload, &mut malformed_log, wanted);
+                    handle_message(shared, channel, payload, wanted);
                 }
                 Push::Subscribed | Push::Unsubscribed => {
                     if sent.confirmed() {
@@ -242,13 +245,7 @@ async fn sync(
 
 /// One message from a subscribed channel: validate, remember its id (gateway channel only),
 /// queue it for the user's connections (or count and log it as malformed).
-fn handle_message(
-    shared: &Context,
-    channel: &[u8],
-    payload: &[u8],
-    malformed_log: &mut LogLimiter,
-    wanted: &mut Wanted,
-) {
+fn handle_message(shared: &Context, channel: &[u8], payload: &[u8], wanted: &mut Wanted) {
     let metrics = shared.dispatcher.metrics();
     metrics.broker_messages.inc();
     if channel == shared.probe_channel.as_bytes() {
@@ -302,7 +299,7 @@ fn handle_message(
         Err(e) => e.reason(),
     };
     metrics.broker_malformed.with_label_values(&[reason]).inc();
-    if let Some(suppressed) = malformed_log.allow() {
+    if let Some(suppressed) = MALFORMED_LOG.allow() {
         tracing::warn!(
             channel = %String::from_utf8_lossy(channel),
             reason,
@@ -310,29 +307,6 @@ fn handle_message(
             suppressed,
             "dropped malformed broker payload"
         );
-    }
-}
-
-/// At most one log line per second; reports how many were suppressed since the last one.
-#[derive(Default)]
-struct LogLimiter {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
     }
 }
 

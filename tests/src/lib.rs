@@ -2,6 +2,7 @@
 //! and real WebSocket clients, so each test in `tests/` reads like the scenario it checks.
 
 pub mod client;
+pub mod cluster;
 pub mod gateway;
 pub mod http;
 pub mod loadgen;
@@ -14,6 +15,7 @@ pub mod resume;
 pub mod stream;
 
 pub use client::{Client, Closed, WAIT};
+pub use cluster::RedisCluster;
 pub use gateway::{token, token_with, Gateway, GatewayOptions, API_KEY, JWT_SECRET};
 pub use redis::RedisServer;
 

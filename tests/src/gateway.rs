@@ -22,6 +22,8 @@ pub const API_KEY: &str = "e2e-test-api-key";
 pub struct GatewayOptions {
     /// `REDIS_URL`, or the embedded broker.
     pub redis_url: Option<String>,
+    /// `REDIS_CLUSTER_URLS` (comma-separated seeds): cluster mode.
+    pub redis_cluster_urls: Option<String>,
     /// Extra command-line arguments.
     pub args: Vec<String>,
     /// `RLIMIT_NOFILE` (soft, hard) the process starts with, instead of the test's own.
@@ -33,6 +35,14 @@ impl GatewayOptions {
     pub fn redis(redis_url: String) -> Self {
         GatewayOptions {
             redis_url: Some(redis_url),
+            ..GatewayOptions::default()
+        }
+    }
+
+    /// Options for a gateway on the Redis Cluster reached through `seeds_csv`.
+    pub fn cluster(seeds_csv: String) -> Self {
+        GatewayOptions {
+            redis_cluster_urls: Some(seeds_csv),
             ..GatewayOptions::default()
         }
     }
@@ -92,12 +102,16 @@ impl Gateway {
             .env("GATEWAY_JWT_SECRET", JWT_SECRET)
             .env("GATEWAY_API_KEY", API_KEY)
             .env_remove("REDIS_URL")
+            .env_remove("REDIS_CLUSTER_URLS")
             .args(&options.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(url) = &options.redis_url {
             cmd.env("REDIS_URL", url);
+        }
+        if let Some(seeds) = &options.redis_cluster_urls {
+            cmd.env("REDIS_CLUSTER_URLS", seeds);
         }
         if let Some((soft, hard)) = options.nofile {
             use std::os::unix::process::CommandExt;

@@ -160,7 +160,9 @@ pub fn frame_id(frame: &[u8]) -> Option<(&str, u64, u64)> {
 /// Append and notify in one atomic step.
 ///
 /// KEYS: stream, epoch key. ARGV: channel, encoded event (no id), max length, TTL seconds,
-/// epoch to create if none exists. Returns `{id, receivers}`.
+/// epoch to create if none exists, and optionally the publish command (`SPUBLISH` on a
+/// cluster: the channel carries the keys' hash tag, so it is in their slot; default
+/// `PUBLISH`). Returns `{id, receivers}`.
 pub const PUBLISH_SCRIPT: &str = r#"
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -172,7 +174,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 local id = epoch .. '-' .. sid
 local payload = string.sub(ARGV[2], 1, -2) .. ',"id":"' .. id .. '"}'
-local receivers = redis.call('PUBLISH', ARGV[1], payload)
+local receivers = redis.call(ARGV[6] or 'PUBLISH', ARGV[1], payload)
 return {id, receivers}
 "#;
 

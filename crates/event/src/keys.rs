@@ -272,6 +272,20 @@ pub fn parse_user_channel(channel: &[u8]) -> Option<u64> {
     })
 }
 
+/// Redis Cluster slots.
+pub const SLOTS: u16 = 16_384;
+
+/// The Redis Cluster slot of a key or shard channel: CRC16 (XMODEM) of its hash tag (the part
+/// between the first `{` and the next `}`, when not empty) or of the whole name, mod 16384.
+pub fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % SLOTS
+}
+
 /// Key of a user's event history: `gp:hist:{<id>}`.
 ///
 /// The id is a Redis Cluster hash tag so all `gp:*:{<id>}` keys of one user share a slot.

@@ -40,6 +40,7 @@
 
 #![deny(missing_docs)]
 
+pub mod conn;
 pub mod envelope;
 pub mod history;
 pub mod keys;
@@ -47,6 +48,7 @@ pub mod payload;
 pub mod publisher;
 pub mod validate;
 
+pub use conn::RedisConn;
 pub use envelope::{Event, EventError};
 pub use history::{EventId, HistoryConfig};
 pub use keys::{

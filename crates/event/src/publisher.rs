@@ -9,10 +9,13 @@
 //! backends keep publishing raw JSON to `c:<id>` / `n:<id>`; those payloads carry no ids.)
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use redis::Script;
 
 use redis::aio::ConnectionManager;
+
+use crate::conn::RedisConn;
 
 use crate::envelope::Event;
 use crate::history::{new_epoch, HistoryConfig, PUBLISH_SCRIPT};
@@ -46,10 +49,12 @@ pub struct PublishReport {
 /// Publishes events to users through Redis. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct Publisher {
-    conn: ConnectionManager,
+    conn: RedisConn,
     limits: Limits,
     history: HistoryConfig,
     script: Script,
+    /// Replicas that must acknowledge each publish (`WAIT`), and how long to wait for them.
+    replicas: Option<(u32, Duration)>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -69,14 +74,39 @@ impl Publisher {
         Ok(Publisher::from_manager(conn))
     }
 
+    /// Connects to a Redis Cluster through its seed nodes (`redis://[user:pass@]host:port`):
+    /// each user's event goes to its slot's owner, published with `SPUBLISH` to the user's
+    /// gateway channel by the same script that appends it to the history.
+    pub async fn connect_cluster(seed_urls: &[String]) -> Result<Publisher, PublishError> {
+        let client = redis::cluster::ClusterClient::new(seed_urls.to_vec())?;
+        let conn = client.get_async_connection().await?;
+        Ok(Publisher::from_conn(RedisConn::Cluster(conn)))
+    }
+
     /// Wraps an existing connection manager (e.g. one shared with other code).
     pub fn from_manager(conn: ConnectionManager) -> Publisher {
+        Publisher::from_conn(RedisConn::Single(conn))
+    }
+
+    /// Wraps an existing standalone or cluster connection.
+    pub fn from_conn(conn: RedisConn) -> Publisher {
         Publisher {
             conn,
             limits: Limits::default(),
             history: HistoryConfig::default(),
             script: Script::new(PUBLISH_SCRIPT),
+            replicas: None,
         }
+    }
+
+    /// After each publish, wait (Redis `WAIT`) until `replicas` replicas of every written node
+    /// acknowledged it, at most `timeout`; fewer acknowledgements fail the publish (the event
+    /// may still be delivered: it was written to the primary). 0 (the default) does not wait:
+    /// an event acknowledged just before its primary dies may then be lost (clients get
+    /// `resync`, never a silent gap).
+    pub fn with_replicas(mut self, replicas: u32, timeout: Duration) -> Publisher {
+        self.replicas = (replicas > 0).then_some((replicas, timeout));
+        self
     }
 
     /// Sets the validation limits (default [`Limits::default`], 64 KiB).
@@ -123,6 +153,25 @@ impl Publisher {
         if distinct.is_empty() {
             return Ok(PublishReport::default());
         }
+        if !self.history.enabled() && self.conn.is_cluster() {
+            // One slot per command on a cluster: no cross-slot pipeline, one SPUBLISH each.
+            let publishes = distinct.iter().map(|&user| {
+                let mut conn = self.conn.clone();
+                async move {
+                    redis::cmd("SPUBLISH")
+                        .arg(user_channel(user))
+                        .arg(payload)
+                        .query_async::<u64>(&mut conn)
+                        .await
+                }
+            });
+            let replies = futures_util::future::try_join_all(publishes).await?;
+            return Ok(PublishReport {
+                users: distinct.len(),
+                receivers: replies.iter().sum(),
+                ids: Vec::new(),
+            });
+        }
         if !self.history.enabled() {
             let mut pipe = redis::pipe();
             for &user in &distinct {
@@ -145,6 +194,7 @@ impl Publisher {
             }
             other => other?,
         };
+        self.wait_for_replicas(&distinct).await?;
         let receivers = replies.iter().map(|(_, r)| *r).sum();
         let ids = distinct
             .iter()
@@ -158,6 +208,52 @@ impl Publisher {
         })
     }
 
+    /// `WAIT` for the configured replicas on every node written for `users` (the command
+    /// connection's node; on a cluster, each user's slot owner).
+    async fn wait_for_replicas(&self, users: &[u64]) -> Result<(), redis::RedisError> {
+        let Some((replicas, timeout)) = self.replicas else {
+            return Ok(());
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        let acked: Vec<u64> = match &self.conn {
+            RedisConn::Single(conn) => vec![wait.query_async(&mut conn.clone()).await?],
+            RedisConn::Cluster(conn) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let waits = users.iter().map(|&user| {
+                    let mut conn = conn.clone();
+                    let route = Route::with_key(history_key(user), SlotAddr::Master);
+                    let routing =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                    let wait = wait.clone();
+                    async move {
+                        let value = conn.route_command(wait, routing).await?;
+                        redis::from_redis_value::<u64>(value).map_err(|e| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::Parse,
+                                "WAIT reply",
+                                e.to_string(),
+                            ))
+                        })
+                    }
+                });
+                futures_util::future::try_join_all(waits).await?
+            }
+        };
+        match acked.iter().min() {
+            Some(&n) if n < u64::from(replicas) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "fewer replicas acknowledged the publish than required",
+                format!("{n} of {replicas}"),
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     async fn publish_with_history(
         &self,
         users: &[u64],
@@ -165,6 +261,24 @@ impl Publisher {
     ) -> Result<Vec<(String, u64)>, redis::RedisError> {
         let epoch = new_epoch();
         let ttl = self.history.ttl.as_secs().max(1);
+        if self.conn.is_cluster() {
+            // Each user's script runs on its slot's owner (the keys and the channel share the
+            // user's hash tag); redis-rs loads the script where a node lacks it.
+            let calls = users.iter().map(|&user| {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.script.key(history_key(user));
+                invocation
+                    .key(epoch_key(user))
+                    .arg(user_channel(user))
+                    .arg(payload)
+                    .arg(self.history.size)
+                    .arg(ttl)
+                    .arg(&epoch)
+                    .arg("SPUBLISH");
+                async move { invocation.invoke_async::<(String, u64)>(&mut conn).await }
+            });
+            return futures_util::future::try_join_all(calls).await;
+        }
         let mut pipe = redis::pipe();
         for &user in users {
             pipe.cmd("EVALSHA")

@@ -176,3 +176,17 @@ fn user_channels_carry_the_hash_tag_of_the_history_keys() {
         assert_eq!(parse_user_channel(bad), None, "{bad:?}");
     }
 }
+
+#[test]
+fn slots_follow_hash_tags() {
+    use gleepost_event::keys::{slot_of, user_channel};
+    // Values of CLUSTER KEYSLOT (Redis 7.0).
+    assert_eq!(slot_of(b"foo"), 12182);
+    assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+    assert_eq!(slot_of(b"foo{}{bar}"), slot_of(b"foo{}{bar}"));
+    assert_eq!(slot_of(b"gp:hist:{9}"), slot_of(b"9"));
+    assert_eq!(
+        slot_of(user_channel(9).as_bytes()),
+        slot_of(b"gp:epoch:{9}")
+    );
+}

@@ -85,9 +85,14 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ADMIN_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(2..))]
     pub admin_max_connections: u32,
 
-    /// Redis URL; unset means the embedded single-node broker.
+    /// Redis URL; unset (and no cluster) means the embedded single-node broker.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// Redis Cluster seed URLs, comma separated (`redis://[user:pass@]host:port`): cluster mode
+    /// with sharded pub/sub. At most one of `REDIS_URL` and `REDIS_CLUSTER_URLS`.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',')]
+    pub redis_cluster_urls: Vec<String>,
 
     /// HS256 secret for client JWTs. Required unless `--dev`.
     #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
@@ -239,6 +244,27 @@ pub const DEFAULT_PRE_DRAIN_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(20);
 
 impl Config {
+    /// The Redis deployment configured: `None` for the embedded broker; an error when more than
+    /// one is set.
+    pub(crate) fn redis_target(&self) -> anyhow::Result<Option<crate::broker::RedisTarget>> {
+        use crate::broker::RedisTarget;
+        let cluster: Vec<String> = self
+            .redis_cluster_urls
+            .iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        match (&self.redis_url, cluster.is_empty()) {
+            (Some(_), false) => anyhow::bail!(
+                "REDIS_URL and REDIS_CLUSTER_URLS are both set: configure exactly one Redis \
+                 (a standalone server or a cluster's seed nodes)"
+            ),
+            (Some(url), true) => Ok(Some(RedisTarget::Standalone(url.clone()))),
+            (None, false) => Ok(Some(RedisTarget::Cluster(cluster))),
+            (None, true) => Ok(None),
+        }
+    }
+
     /// The history settings.
     pub fn history(&self) -> gleepost_event::HistoryConfig {
         gleepost_event::HistoryConfig {

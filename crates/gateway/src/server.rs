@@ -96,15 +96,17 @@ pub async fn run(config: Config) -> Result<()> {
         config.max_connections_per_user,
     ));
     let dispatcher = Dispatcher::new(registry.clone(), metrics.clone());
-    let (broker, gleepost) = match &config.redis_url {
-        Some(url) => {
+    let (broker, gleepost) = match config.redis_target()? {
+        Some(target) => {
             let channels = config
                 .channels
                 .iter()
-                .map(|c| Template::parse(c).with_context(|| format!("channel template {c:?}")))
+                .map(|c| {
+                    Template::parse_channel(c).with_context(|| format!("channel template {c:?}"))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let settings = RedisSettings {
-                url: url.clone(),
+                target,
                 channels,
                 timeout: config.redis_timeout,
                 probe_interval: config.probe_interval,
@@ -113,8 +115,9 @@ pub async fn run(config: Config) -> Result<()> {
                 history: config.history(),
                 max_replay: config.max_replay,
             };
-            let broker = RedisBroker::start(settings, dispatcher).context("invalid REDIS_URL")?;
-            let token_key = Template::parse(&config.token_key)
+            let broker = RedisBroker::start(settings, dispatcher)
+                .context("invalid REDIS_URL or REDIS_CLUSTER_URLS")?;
+            let token_key = Template::parse_token_key(&config.token_key)
                 .with_context(|| format!("token key template {:?}", config.token_key))?;
             let gleepost = GleepostAuth::new(broker.commands(), token_key, config.redis_timeout);
             (Broker::Redis(broker), Some(gleepost))
@@ -160,7 +163,7 @@ pub async fn run(config: Config) -> Result<()> {
     let admin = bind(config.admin_listen, "admin")?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    tracing::info!(public = %public_addr, admin = %admin_addr, redis = config.redis_url.is_some(), "listening");
+    tracing::info!(public = %public_addr, admin = %admin_addr, redis = config.redis_url.is_some() || !config.redis_cluster_urls.is_empty(), "listening");
     if config.dev {
         dev::print_banner(&jwt, &api_key, public_addr, admin_addr)?;
     }

@@ -8,6 +8,7 @@ use gleepost_event::{parse_and_validate, Limits, Publisher};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::JwtAuth;
+use crate::broker::RedisTarget;
 use crate::config::Config;
 
 /// `gleepost-gateway token`: print a JWT for `user` signed with the configured secret.
@@ -20,23 +21,26 @@ pub fn token(config: &Config, user: u64, ttl: Duration) -> Result<()> {
     Ok(())
 }
 
-/// `gleepost-gateway publish`: publish one event through Redis, like a backend service would.
+/// `gleepost-gateway publish`: publish one event through Redis (a server or a cluster), like a
+/// backend service would.
 pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> {
-    let Some(url) = config.redis_url.as_deref() else {
+    let Some(target) = config.redis_target()? else {
         bail!(
-            "publish needs REDIS_URL; with the embedded broker, use the admin API \
-             (POST /v1/publish) of the running gateway"
+            "publish needs REDIS_URL or REDIS_CLUSTER_URLS; with the embedded broker, use the \
+             admin API (POST /v1/publish) of the running gateway"
         );
     };
     let limits = Limits {
         max_event_bytes: config.max_event_bytes,
     };
     let event = parse_and_validate(event.as_bytes(), &limits).context("invalid event")?;
-    let publisher = Publisher::connect(url)
-        .await
-        .context("connecting to Redis")?
-        .with_history(config.history())
-        .with_limits(limits);
+    let publisher = match target {
+        RedisTarget::Standalone(url) => Publisher::connect(&url).await,
+        RedisTarget::Cluster(seeds) => Publisher::connect_cluster(&seeds).await,
+    }
+    .context("connecting to Redis")?
+    .with_history(config.history())
+    .with_limits(limits);
     let report = publisher.publish(users, &event).await?;
     println!(
         "published to {} users ({} subscribed gateway nodes received it)",

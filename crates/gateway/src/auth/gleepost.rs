@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use gleepost_event::keys::Template;
-use redis::aio::ConnectionManager;
+use gleepost_event::RedisConn;
 
 use super::AuthError;
 use crate::registry::UserId;
@@ -14,14 +14,14 @@ use crate::registry::UserId;
 /// Checks Gleepost tokens against Redis.
 #[derive(Clone)]
 pub struct GleepostAuth {
-    redis: ConnectionManager,
+    redis: RedisConn,
     key: Template,
     timeout: Duration,
 }
 
 impl GleepostAuth {
     /// A checker using the node's shared Redis command connection.
-    pub fn new(redis: ConnectionManager, key: Template, timeout: Duration) -> Self {
+    pub fn new(redis: RedisConn, key: Template, timeout: Duration) -> Self {
         GleepostAuth {
             redis,
             key,

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub(crate) use self::memory::MemoryBroker;
-pub(crate) use self::redis::{RedisBroker, RedisSettings};
+pub(crate) use self::redis::{RedisBroker, RedisSettings, RedisTarget};
 
 use crate::history::Replay;
 use crate::metrics::Metrics;
@@ -31,6 +31,9 @@ pub(crate) enum BrokerError {
     /// Redis did not answer in time.
     #[error("broker timed out")]
     Timeout,
+    /// `REDIS_CLUSTER_URLS` names no node.
+    #[error("no Redis Cluster seed URL given")]
+    NoSeeds,
 }
 
 /// The node's broker.

@@ -7,15 +7,24 @@ use gleepost_event::keys::Template;
 use gleepost_event::{HistoryConfig, Limits, Publisher};
 
 use super::history::RedisHistory;
-use super::standalone::Standalone;
 use super::state::State;
+use super::topology::Topology;
 use crate::broker::Dispatcher;
+
+/// Which Redis deployment.
+#[derive(Clone, Debug)]
+pub(crate) enum RedisTarget {
+    /// One server: a `redis://…` or `unix://…` URL.
+    Standalone(String),
+    /// A Redis Cluster: seed URLs `redis://[user:pass@]host:port`.
+    Cluster(Vec<String>),
+}
 
 /// Settings of the Redis broker.
 #[derive(Clone, Debug)]
 pub(crate) struct RedisSettings {
-    /// `redis://…` URL.
-    pub(crate) url: String,
+    /// Where Redis is.
+    pub(crate) target: RedisTarget,
     /// Legacy channel templates of a user (raw payloads of existing backends, delivered
     /// verbatim); the publish API and `Publisher` use the user's gateway channel
     /// (`gleepost_event::keys::user_channel`), the only one whose event ids are trusted.
@@ -37,10 +46,12 @@ pub(crate) struct RedisSettings {
 /// Shared by the broker handle, the subscriber task and the probe task.
 pub(super) struct Context {
     pub(super) settings: RedisSettings,
-    pub(super) topology: Standalone,
+    pub(super) topology: Topology,
     pub(super) dispatcher: Dispatcher,
-    /// The node's private probe channel.
+    /// The node's private probe channel (the base name of each link's probe channel).
     pub(super) probe_channel: String,
+    /// The probe channels of the current links (set by the subscriber, read by the probe).
+    pub(super) probe_targets: std::sync::Mutex<Vec<String>>,
     /// Publishes (with history when enabled).
     pub(super) publisher: Publisher,
     /// History reader (None when history is off).
@@ -49,9 +60,30 @@ pub(super) struct Context {
 }
 
 impl Context {
+    /// The current links' probe channels.
+    pub(super) fn probe_targets(&self) -> Vec<String> {
+        self.probe_targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the probe channels (a new set of links).
+    pub(super) fn set_probe_targets(&self, targets: Vec<String>) {
+        *self.probe_targets.lock().unwrap_or_else(|p| p.into_inner()) = targets;
+    }
+
     /// True when a probe came back within the probe timeout.
     pub(super) fn probe_fresh(&self) -> bool {
         self.state.probe_fresh(self.settings.probe_timeout)
+    }
+
+    /// This node's name in Redis (`CLIENT SETNAME gleepost-gateway-<name>-…`): its probe
+    /// channel's unique part.
+    pub(super) fn node_name(&self) -> &str {
+        self.probe_channel
+            .strip_prefix(gleepost_event::keys::PROBE_CHANNEL_PREFIX)
+            .unwrap_or(&self.probe_channel)
     }
 
     /// The longest wait for a pub/sub connect or command round (a Redis that stops answering

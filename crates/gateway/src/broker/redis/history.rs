@@ -7,7 +7,7 @@ use bytes::Bytes;
 use gleepost_event::history::{parse_stream_id, splice_id, READ_SCRIPT};
 use gleepost_event::keys::{epoch_key, history_key};
 use gleepost_event::EventId;
-use redis::aio::ConnectionManager;
+use gleepost_event::RedisConn;
 use redis::{Script, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -17,7 +17,7 @@ use crate::registry::UserId;
 /// Reads Redis history (see `gleepost_event::history`).
 #[derive(Clone)]
 pub(crate) struct RedisHistory {
-    conn: ConnectionManager,
+    conn: RedisConn,
     script: Script,
     max_replay: usize,
     timeout: Duration,
@@ -30,7 +30,7 @@ pub(crate) struct ReadError(String);
 
 impl RedisHistory {
     /// A reader over the node's command connection.
-    pub(crate) fn new(conn: ConnectionManager, max_replay: usize, timeout: Duration) -> Self {
+    pub(crate) fn new(conn: RedisConn, max_replay: usize, timeout: Duration) -> Self {
         RedisHistory {
             conn,
             script: Script::new(READ_SCRIPT),

@@ -9,28 +9,32 @@
 //! Redis connections per node: one pub/sub connection plus one multiplexed command connection
 //! (publish, self-probe, token checks), whatever the number of clients.
 
+mod cluster;
 mod context;
 mod history;
+mod links;
 mod probe;
 mod pubsub;
+mod reader;
 mod repair;
 mod standalone;
 mod state;
 mod subscriber;
 mod subscriptions;
+mod topology;
 
 use std::sync::Arc;
 
 use gleepost_event::Publisher;
-use redis::aio::ConnectionManager;
+use gleepost_event::RedisConn;
 use tokio::sync::{mpsc, watch};
 
 use self::context::Context;
-pub(crate) use self::context::RedisSettings;
+pub(crate) use self::context::{RedisSettings, RedisTarget};
 use self::history::RedisHistory;
-use self::standalone::Standalone;
 use self::state::State;
 use self::subscriptions::SubCommand;
+use self::topology::Topology;
 use super::{BrokerError, Dispatcher};
 use crate::history::Replay;
 use crate::registry::{Subscribed, Subscriptions, UserId};
@@ -48,7 +52,10 @@ impl RedisBroker {
         settings: RedisSettings,
         dispatcher: Dispatcher,
     ) -> Result<Self, BrokerError> {
-        let topology = Standalone::new(&settings.url, settings.timeout)?;
+        let topology = match &settings.target {
+            RedisTarget::Standalone(url) => Topology::standalone(url, settings.timeout)?,
+            RedisTarget::Cluster(seeds) => Topology::cluster(seeds, settings.timeout)?,
+        };
         let commands = topology.commands();
         let probe_channel = format!(
             "{}{}-{:016x}",
@@ -56,7 +63,7 @@ impl RedisBroker {
             std::process::id(),
             rand::random::<u64>()
         );
-        let publisher = Publisher::from_manager(commands.clone())
+        let publisher = Publisher::from_conn(commands.clone())
             .with_limits(settings.limits)
             .with_history(settings.history);
         let history = settings
@@ -70,6 +77,7 @@ impl RedisBroker {
             topology,
             dispatcher,
             probe_channel,
+            probe_targets: std::sync::Mutex::new(Vec::new()),
             state: State::new(),
         });
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
@@ -82,7 +90,7 @@ impl RedisBroker {
     }
 
     /// The shared command connection (for token checks).
-    pub(crate) fn commands(&self) -> ConnectionManager {
+    pub(crate) fn commands(&self) -> RedisConn {
         self.shared.topology.commands()
     }
 

@@ -1,21 +1,23 @@
 //! The self-probe that proves delivery end to end: every probe interval the node publishes a
-//! timestamp to its private channel through the command connection; the subscriber sees it come
-//! back. Readiness requires a fresh probe, a stale one makes the subscriber reconnect, and the
-//! Redis time it carries is a gap-repair point.
+//! timestamp to each link's probe channel through the command connection (on a cluster: a shard
+//! channel in one of the link's slots, with `SPUBLISH`); the subscriber sees it come back.
+//! Readiness requires every link's probe to be fresh, a stale one makes the subscriber
+//! reconnect, and the Redis time it carries is a gap-repair point.
 
 use std::sync::Weak;
 
 use super::context::Context;
 
-/// Publishes the probe with Redis's clock appended (ARGV: channel, sender's timestamp).
+/// Publishes the probe with Redis's clock appended (KEYS: the channel on a cluster, for routing;
+/// ARGV: channel, sender's timestamp, publish command).
 const PROBE_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-return redis.call('PUBLISH', ARGV[1], ARGV[2] .. ':' .. ms)
+return redis.call(ARGV[3] or 'PUBLISH', ARGV[1], ARGV[2] .. ':' .. ms)
 "#;
 
-/// Publish the node's probe periodically through the command connection; the subscriber marks
-/// its return. Ends when the broker is dropped.
+/// Publish the node's probes periodically through the command connection; the subscriber marks
+/// their return. Ends when the broker is dropped.
 pub(crate) async fn run(shared: Weak<Context>) {
     let interval = match shared.upgrade() {
         Some(s) => s.settings.probe_interval,
@@ -29,35 +31,41 @@ pub(crate) async fn run(shared: Weak<Context>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut conn = shared.topology.commands();
+        let conn = shared.topology.commands();
+        let command = conn.publish_command();
         let sent = shared.state.now_nanos().to_string();
-        let mut invocation = script.arg(&shared.probe_channel);
-        invocation.arg(sent);
-        let publish = invocation.invoke_async::<i64>(&mut conn);
-        match tokio::time::timeout(shared.settings.timeout, publish).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "probe publish failed"),
+        let publishes = shared.probe_targets().into_iter().map(|channel| {
+            let mut conn = conn.clone();
+            let mut invocation = script.prepare_invoke();
+            if conn.is_cluster() {
+                invocation.key(&channel);
+            }
+            invocation.arg(&channel).arg(&sent).arg(command);
+            async move { invocation.invoke_async::<i64>(&mut conn).await }
+        });
+        let all = futures_util::future::join_all(publishes);
+        match tokio::time::timeout(shared.settings.timeout, all).await {
+            Ok(results) => {
+                for e in results.into_iter().filter_map(Result::err) {
+                    tracing::debug!(error = %e, "probe publish failed");
+                }
+            }
             Err(_) => tracing::debug!("probe publish timed out"),
         }
     }
 }
 
-/// A probe came back: record its round trip, freshness and Redis time.
-/// Payload: `<sent, ns since the node's time base>:<Redis time, ms>`.
-pub(super) fn on_probe(shared: &Context, payload: &[u8]) {
-    let parsed = std::str::from_utf8(payload).ok().and_then(|s| {
-        let (sent, redis_ms) = s.split_once(':')?;
-        Some((sent.parse::<u64>().ok()?, redis_ms.parse::<u64>().ok()?))
-    });
-    if let Some((sent, redis_ms)) = parsed {
-        let now = shared.state.now_nanos();
-        shared
-            .dispatcher
-            .metrics()
-            .probe_rtt
-            .observe(now.saturating_sub(sent) as f64 / 1e9);
-        shared.state.probe_returned();
-        // Everything published before the probe was delivered before it: a repair point.
-        shared.state.delivered_until(redis_ms);
-    }
+/// A probe came back: its send time (ns since the state's time base) and Redis time (ms).
+/// Payload: `<sent>:<Redis time, ms>`. Records the round trip.
+pub(super) fn on_probe(shared: &Context, payload: &[u8]) -> Option<(u64, u64)> {
+    let s = std::str::from_utf8(payload).ok()?;
+    let (sent, redis_ms) = s.split_once(':')?;
+    let (sent, redis_ms) = (sent.parse::<u64>().ok()?, redis_ms.parse::<u64>().ok()?);
+    let now = shared.state.now_nanos();
+    shared
+        .dispatcher
+        .metrics()
+        .probe_rtt
+        .observe(now.saturating_sub(sent) as f64 / 1e9);
+    Some((now, redis_ms))
 }

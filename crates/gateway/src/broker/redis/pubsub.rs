@@ -1,6 +1,6 @@
-//! The node's Redis pub/sub connection, spoken directly in RESP2: SUBSCRIBE/UNSUBSCRIBE
-//! commands out; `message` pushes and subscription confirmations in, parsed in place from one
-//! read buffer.
+//! The node's Redis pub/sub connection, spoken directly in RESP2: (S)SUBSCRIBE/(S)UNSUBSCRIBE
+//! commands out; `message`/`smessage` pushes and subscription confirmations in, parsed in place
+//! from one read buffer.
 //!
 //! Why not redis-rs here (it serves every other command): its pub/sub path parses each push into
 //! owned values with a parser-combinator and forwards it over a channel to another task. At
@@ -50,6 +50,11 @@ pub(crate) enum Push<'a> {
     Subscribed,
     /// Confirmation of one channel of an UNSUBSCRIBE.
     Unsubscribed,
+    /// Confirmation of one channel of an SSUBSCRIBE.
+    ShardSubscribed,
+    /// One channel of an SUNSUBSCRIBE, or a shard channel Redis dropped by itself (its slot
+    /// moved to another node, or this node lost it in a failover).
+    ShardUnsubscribed { channel: &'a [u8] },
     /// Anything else a subscribed connection may receive (ignored).
     Other,
 }
@@ -67,8 +72,9 @@ pub(crate) struct PubSubConn {
 }
 
 impl PubSubConn {
-    /// Connect to the address of `info` and authenticate with its credentials, if any.
-    pub(crate) async fn connect(info: &ConnectionInfo) -> Result<Self, PubSubError> {
+    /// Connect to the address of `info`, authenticate with its credentials, if any, and name
+    /// the connection `name` (`CLIENT SETNAME`, shown by `CLIENT LIST`).
+    pub(crate) async fn connect(info: &ConnectionInfo, name: &str) -> Result<Self, PubSubError> {
         let io: Box<dyn Io> = match info.addr() {
             ConnectionAddr::Tcp(host, port) => {
                 let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
@@ -94,6 +100,8 @@ impl PubSubConn {
             conn.send(&args).await?;
             conn.next().await?;
         }
+        conn.send(&[b"CLIENT", b"SETNAME", name.as_bytes()]).await?;
+        conn.next().await?;
         Ok(conn)
     }
 
@@ -105,6 +113,16 @@ impl PubSubConn {
     /// UNSUBSCRIBE from `channels` (one confirmation per channel follows).
     pub(crate) async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), PubSubError> {
         self.channel_command(b"UNSUBSCRIBE", channels).await
+    }
+
+    /// SSUBSCRIBE to shard `channels`, all of one slot (one confirmation per channel follows).
+    pub(crate) async fn ssubscribe(&mut self, channels: &[String]) -> Result<(), PubSubError> {
+        self.channel_command(b"SSUBSCRIBE", channels).await
+    }
+
+    /// SUNSUBSCRIBE from shard `channels`, all of one slot.
+    pub(crate) async fn sunsubscribe(&mut self, channels: &[String]) -> Result<(), PubSubError> {
+        self.channel_command(b"SUNSUBSCRIBE", channels).await
     }
 
     async fn channel_command(
@@ -157,7 +175,7 @@ impl PubSubConn {
             }
             Kind::Push([Item::Bulk(kind), Item::Bulk(channel), Item::Bulk(payload)]) => {
                 match &buf[kind] {
-                    b"message" => Push::Message {
+                    b"message" | b"smessage" => Push::Message {
                         channel: &buf[channel],
                         payload: &buf[payload],
                     },
@@ -166,6 +184,15 @@ impl PubSubConn {
                     _ => Push::Other,
                 }
             }
+            Kind::Push([Item::Bulk(kind), Item::Bulk(channel), Item::Int]) => match &buf[kind] {
+                b"subscribe" => Push::Subscribed,
+                b"unsubscribe" => Push::Unsubscribed,
+                b"ssubscribe" => Push::ShardSubscribed,
+                b"sunsubscribe" => Push::ShardUnsubscribed {
+                    channel: &buf[channel],
+                },
+                _ => Push::Other,
+            },
             Kind::Push([Item::Bulk(kind), _, Item::Int]) => match &buf[kind] {
                 b"subscribe" => Push::Subscribed,
                 b"unsubscribe" => Push::Unsubscribed,

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use gleepost_event::RedisConn;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::pubsub::{PubSubConn, PubSubError};
 use crate::broker::BrokerError;
 
 /// The connections to one Redis server.
@@ -30,12 +30,12 @@ impl Standalone {
     }
 
     /// The shared command connection (reconnects by itself).
-    pub(super) fn commands(&self) -> ConnectionManager {
-        self.commands.clone()
+    pub(super) fn commands(&self) -> RedisConn {
+        RedisConn::Single(self.commands.clone())
     }
 
-    /// A new pub/sub connection (authenticated, nothing subscribed yet).
-    pub(super) async fn pubsub(&self) -> Result<PubSubConn, PubSubError> {
-        PubSubConn::connect(self.client.get_connection_info()).await
+    /// The server's connection settings (for the pub/sub connection).
+    pub(super) fn info(&self) -> &redis::ConnectionInfo {
+        self.client.get_connection_info()
     }
 }

@@ -12,7 +12,7 @@ pub(super) struct State {
     base: Instant,
     /// The pub/sub connection is up and every wanted channel is subscribed.
     subscribed: AtomicBool,
-    /// Nanoseconds since `base` when a probe last came back (0: never).
+    /// Nanoseconds since `base` since when every link's probe has come back (0: not yet).
     last_probe_back: AtomicU64,
     /// Newest Redis time (ms) known to have been delivered on the subscription.
     delivered_ms: AtomicU64,
@@ -44,10 +44,10 @@ impl State {
         self.subscribed.load(Ordering::Acquire)
     }
 
-    /// A probe came back now.
-    pub(super) fn probe_returned(&self) {
-        self.last_probe_back
-            .store(self.now_nanos(), Ordering::Release);
+    /// Every link's probe came back at `at` or later (ns of [`State::now_nanos`]): the
+    /// oldest of the links' latest returns.
+    pub(super) fn probes_back_since(&self, at: u64) {
+        self.last_probe_back.store(at, Ordering::Release);
     }
 
     /// True when a probe came back within `timeout`.

@@ -72,11 +72,16 @@ pub(super) struct Sent {
 }
 
 impl Sent {
-    /// Take the dirty users of `wanted`: those to subscribe and those to unsubscribe.
-    pub(super) fn plan(&mut self, wanted: &mut Wanted) -> (Vec<UserId>, Vec<UserId>) {
+    /// Of the `dirty` users (taken from [`Wanted::dirty`]), those to subscribe on this
+    /// connection and those to unsubscribe, given the users `wanted`.
+    pub(super) fn plan(
+        &self,
+        wanted: &HashSet<UserId>,
+        dirty: impl IntoIterator<Item = UserId>,
+    ) -> (Vec<UserId>, Vec<UserId>) {
         let (mut add, mut remove) = (Vec::new(), Vec::new());
-        for user in wanted.dirty.drain() {
-            match (wanted.users.contains(&user), self.current.contains(&user)) {
+        for user in dirty {
+            match (wanted.contains(&user), self.current.contains(&user)) {
                 (true, false) => add.push(user),
                 (false, true) => remove.push(user),
                 _ => {}
@@ -185,8 +190,8 @@ mod tests {
         assert!(!w.users.contains(&1));
         assert!(w.users.contains(&2));
         assert_eq!(w.dirty.len(), 2);
-        let mut sent = Sent::default();
-        assert_eq!(sent.plan(&mut w), (vec![2], vec![]));
+        let sent = Sent::default();
+        assert_eq!(sent.plan(&w.users, w.dirty.drain()), (vec![2], vec![]));
     }
 
     #[test]
@@ -194,7 +199,7 @@ mod tests {
         let (mut w, mut sent) = (Wanted::default(), Sent::default());
         let r1 = subscribe(&mut w, 1);
         let r2 = subscribe(&mut w, 2);
-        let (mut add, _) = sent.plan(&mut w);
+        let (mut add, _) = sent.plan(&w.users, w.dirty.drain());
         add.sort();
         sent.subscribing(&add[..1], 2); // user 1: two channels
         sent.subscribing(&add[1..], 2); // user 2
@@ -215,15 +220,15 @@ mod tests {
     fn resubscribe_while_unsubscribe_is_in_flight_waits_for_the_new_command() {
         let (mut w, mut sent) = (Wanted::default(), Sent::default());
         let _r = subscribe(&mut w, 7);
-        let (add, _) = sent.plan(&mut w);
+        let (add, _) = sent.plan(&w.users, w.dirty.drain());
         sent.subscribing(&add, 1);
         assert!(sent.confirmed());
         w.apply(SubCommand::Unsubscribe(7));
-        let (_, remove) = sent.plan(&mut w);
+        let (_, remove) = sent.plan(&w.users, w.dirty.drain());
         assert_eq!(remove, vec![7]);
         sent.unsubscribing(&remove, 1);
         let again = subscribe(&mut w, 7);
-        let (add, _) = sent.plan(&mut w);
+        let (add, _) = sent.plan(&w.users, w.dirty.drain());
         assert_eq!(
             add,
             vec![7],

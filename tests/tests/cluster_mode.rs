@@ -1,0 +1,170 @@
+//! Cluster mode (issue 10): gateway nodes on a Redis Cluster of real `redis-server
+//! --cluster-enabled yes` processes (3 primaries + 3 replicas). Users on every shard receive
+//! every event once and in order through either node's API, the Rust `Publisher` and the
+//! `publish` subcommand (sharded pub/sub), legacy `PUBLISH c:<id>` on any primary is delivered,
+//! and each node's Redis connections stay constant as clients grow.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use gleepost_event::{Event, Publisher};
+use gleepost_tests::gateway::gateway_binary;
+use gleepost_tests::redis_mode::{eventually, tcp_ports_to};
+use gleepost_tests::resume::{parse_frame, seq_event, Frame};
+use gleepost_tests::{Client, Gateway, GatewayOptions, RedisCluster};
+
+const READY: Duration = Duration::from_secs(30);
+
+async fn node(cluster: &RedisCluster) -> Result<Gateway> {
+    let gw = Gateway::start(
+        GatewayOptions::cluster(cluster.urls_csv()).arg(&["--probe-interval", "100ms"]),
+    )
+    .await?;
+    gw.wait_ready(true, READY)
+        .await
+        .context("cluster node ready")?;
+    Ok(gw)
+}
+
+/// The next frame is numbered event `seq` (with an id when `with_id`).
+async fn expect_seq(client: &mut Client, seq: u64, with_id: bool) -> Result<()> {
+    let text = client
+        .next_text()
+        .await
+        .with_context(|| format!("waiting for seq {seq}"))?;
+    match parse_frame(&text)? {
+        Frame::Event { seq: got, id } if got == seq && id.is_some() == with_id => Ok(()),
+        other => anyhow::bail!("expected seq {seq} (id: {with_id}), got {other:?}"),
+    }
+}
+
+/// TCP connections from gateway `gw` to any node of the cluster.
+fn redis_connections(gw: &Gateway, cluster: &RedisCluster) -> Result<usize> {
+    let mut total = 0;
+    for node in cluster.nodes() {
+        total += tcp_ports_to(gw.pid(), node.port())?.len();
+    }
+    Ok(total)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_on_every_shard_get_every_event_once_in_order_from_every_publisher() -> Result<()> {
+    let cluster = RedisCluster::start(3, 1).await?;
+    let users = cluster.users_on_every_shard(2).await?;
+    let (a, b) = (node(&cluster).await?, node(&cluster).await?);
+    let mut clients: Vec<(u64, Client)> = Vec::new();
+    for &user in &users {
+        clients.push((user, a.connect(user).await?));
+        clients.push((user, b.connect(user).await?));
+    }
+
+    // 1: node A's API; 2: node B's API (history on: ids).
+    a.publish(&users, &seq_event(1, 0)).await?;
+    b.publish(&users, &seq_event(2, 0)).await?;
+    // 3: the Rust Publisher on the cluster.
+    let publisher = Publisher::connect_cluster(&cluster.seed_urls()).await?;
+    let report = publisher
+        .publish(&users, &Event::from_json(seq_event(3, 0).as_bytes())?)
+        .await?;
+    ensure!(
+        report.ids.len() == users.len(),
+        "Publisher returned no ids: {report:?}"
+    );
+    ensure!(
+        report.receivers == 2 * users.len() as u64,
+        "each user's event reached {} subscriptions, expected 2 per user",
+        report.receivers
+    );
+    // 4: the operators' subcommand.
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(gateway_binary()?)
+            .args(["publish", "--users"])
+            .arg(
+                users
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .args(["--event", &seq_event(4, 0)])
+            .env("REDIS_CLUSTER_URLS", cluster.urls_csv())
+            .env_remove("REDIS_URL")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("`gleepost-gateway publish` did not finish")??;
+    ensure!(
+        output.status.success(),
+        "publish subcommand failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // 5: legacy classic PUBLISH c:<id>, each sent to a different primary (cluster-wide).
+    let primaries = cluster.primaries().await?;
+    for (i, &user) in users.iter().enumerate() {
+        let primary = &primaries[i % primaries.len()];
+        let channel = format!("c:{user}");
+        let _: i64 = primary
+            .cmd(&["PUBLISH", &channel, &seq_event(5, 0)])
+            .await?;
+    }
+
+    for (user, client) in &mut clients {
+        for seq in 1..=4 {
+            expect_seq(client, seq, true)
+                .await
+                .with_context(|| format!("user {user}"))?;
+        }
+        expect_seq(client, 5, false)
+            .await
+            .with_context(|| format!("user {user} legacy"))?;
+        client.expect_silence(Duration::from_millis(200)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_connections_per_node_stay_constant_from_10_to_1000_clients() -> Result<()> {
+    let cluster = RedisCluster::start(3, 1).await?;
+    let gw = node(&cluster).await?;
+    let mut clients = Vec::new();
+    for user in 1..=10u64 {
+        clients.push(gw.connect(user).await?);
+    }
+    let at_10 = redis_connections(&gw, &cluster)?;
+    for user in 11..=1000u64 {
+        clients.push(gw.connect(user).await?);
+    }
+    eventually(READY, "1,000 clients registered", || async {
+        let open = gw.metric("gleepost_gateway_connections").await?;
+        ensure!(open == 1000.0, "{open} open");
+        Ok(())
+    })
+    .await?;
+    let at_1000 = redis_connections(&gw, &cluster)?;
+    ensure!(
+        at_10 == at_1000,
+        "Redis connections grew with clients: {at_10} at 10, {at_1000} at 1,000"
+    );
+    // One pub/sub connection per primary (named), plus the cluster command connections.
+    let mut named: HashMap<u16, usize> = HashMap::new();
+    for primary in cluster.primaries().await? {
+        let list: String = primary.cmd(&["CLIENT", "LIST"]).await?;
+        let ours = list
+            .lines()
+            .filter(|l| l.contains("name=gleepost-gateway-") && l.contains("sub="))
+            .count();
+        named.insert(primary.port(), ours);
+    }
+    ensure!(
+        named.values().all(|&n| n == 1),
+        "expected one named pub/sub connection per primary: {named:?}"
+    );
+    ensure!(
+        at_1000 <= 3 * 3,
+        "{at_1000} Redis connections for 3 primaries + 3 replicas"
+    );
+    Ok(())
+}

@@ -205,6 +205,11 @@ pub struct Config {
     )]
     pub token_key: String,
 
+    /// Replicas that must acknowledge each publish (Redis `WAIT`) before the publish API answers
+    /// 200 (0 = do not wait). With 1, an acknowledged event survives its primary's failover.
+    #[arg(long, env = "GATEWAY_PUBLISH_REPLICAS", default_value_t = 0)]
+    pub publish_replicas: u32,
+
     /// Timeout of a Redis command on the request path (token check, publish).
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub redis_timeout: Duration,

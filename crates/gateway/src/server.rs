@@ -114,6 +114,7 @@ pub async fn run(config: Config) -> Result<()> {
                 limits,
                 history: config.history(),
                 max_replay: config.max_replay,
+                publish_replicas: config.publish_replicas,
             };
             let broker = RedisBroker::start(settings, dispatcher)
                 .context("invalid REDIS_URL or REDIS_CLUSTER_URLS")?;

@@ -40,6 +40,7 @@ pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> 
     }
     .context("connecting to Redis")?
     .with_history(config.history())
+    .with_replicas(config.publish_replicas, config.redis_timeout)
     .with_limits(limits);
     let report = publisher.publish(users, &event).await?;
     println!(

@@ -41,6 +41,8 @@ pub(crate) struct RedisSettings {
     pub(crate) history: HistoryConfig,
     /// Most events replayed on one resume or repair.
     pub(crate) max_replay: usize,
+    /// Replicas that must acknowledge each publish (`WAIT`) before the API answers 200.
+    pub(crate) publish_replicas: u32,
 }
 
 /// Shared by the broker handle, the subscriber task and the probe task.

@@ -65,7 +65,8 @@ impl RedisBroker {
         );
         let publisher = Publisher::from_conn(commands.clone())
             .with_limits(settings.limits)
-            .with_history(settings.history);
+            .with_history(settings.history)
+            .with_replicas(settings.publish_replicas, settings.timeout);
         let history = settings
             .history
             .enabled()
@@ -102,7 +103,10 @@ impl RedisBroker {
         event: &[u8],
     ) -> Result<Vec<(UserId, String)>, BrokerError> {
         let publish = self.shared.publisher.publish_encoded(users, event);
-        let report = tokio::time::timeout(self.shared.settings.timeout, publish)
+        // The script, then (with --publish-replicas) a WAIT of up to one more timeout.
+        let settings = &self.shared.settings;
+        let limit = settings.timeout * if settings.publish_replicas > 0 { 2 } else { 1 };
+        let report = tokio::time::timeout(limit, publish)
             .await
             .map_err(|_| BrokerError::Timeout)??;
         Ok(report.ids)

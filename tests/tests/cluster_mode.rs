@@ -148,20 +148,30 @@ async fn redis_connections_per_node_stay_constant_from_10_to_1000_clients() -> R
         at_10 == at_1000,
         "Redis connections grew with clients: {at_10} at 10, {at_1000} at 1,000"
     );
-    // One pub/sub connection per primary (named), plus the cluster command connections.
-    let mut named: HashMap<u16, usize> = HashMap::new();
-    for primary in cluster.primaries().await? {
-        let list: String = primary.cmd(&["CLIENT", "LIST"]).await?;
-        let ours = list
-            .lines()
-            .filter(|l| l.contains("name=gleepost-gateway-") && l.contains("sub="))
-            .count();
-        named.insert(primary.port(), ours);
-    }
-    ensure!(
-        named.values().all(|&n| n == 1),
-        "expected one named pub/sub connection per primary: {named:?}"
-    );
+    // One pub/sub connection per primary and the cluster command connection(s), all named
+    // (CLIENT SETNAME gleepost-gateway-<node>-sub<i> / -cmd).
+    eventually(
+        READY,
+        "one named pub/sub and command connection per primary",
+        || async {
+            let mut named: HashMap<u16, (usize, usize)> = HashMap::new();
+            for primary in cluster.primaries().await? {
+                let list: String = primary.cmd(&["CLIENT", "LIST"]).await?;
+                let has = |part: &str| {
+                    list.lines()
+                        .filter(|l| l.contains(" name=gleepost-gateway-") && l.contains(part))
+                        .count()
+                };
+                named.insert(primary.port(), (has("-sub"), has("-cmd ")));
+            }
+            ensure!(
+                named.values().all(|&(sub, cmd)| sub == 1 && cmd >= 1),
+                "per primary (pub/sub, command) named connections: {named:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
     ensure!(
         at_1000 <= 3 * 3,
         "{at_1000} Redis connections for 3 primaries + 3 replicas"

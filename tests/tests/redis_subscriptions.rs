@@ -76,6 +76,20 @@ async fn thousand_clients_over_two_nodes_use_at_most_four_redis_connections_per_
             lines.join("\n")
         );
         channels_gauge_reaches(gw, (CHANNELS_PER_USER * USERS + 1) as f64).await?;
+        // Every connection names itself (CLIENT SETNAME) so operators can tell them apart;
+        // the command connection is (re)named by the probe, so allow it a few intervals.
+        eventually(Duration::from_secs(15), "connections named", || async {
+            let conns = node_redis_clients(&redis, gw).await?;
+            for c in &conns {
+                ensure!(
+                    c.line.contains(" name=gleepost-gateway-"),
+                    "node {name}: unnamed Redis connection {}",
+                    c.line
+                );
+            }
+            Ok(())
+        })
+        .await?;
     }
     let others = client_list(&redis).await?;
     ensure!(

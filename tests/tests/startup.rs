@@ -109,3 +109,50 @@ async fn the_soft_file_limit_is_raised_to_the_hard_limit_and_more_than_1024_clie
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_started_while_its_redis_cluster_is_unreachable_stays_up_and_unready() -> Result<()>
+{
+    let seeds = format!(
+        "redis://127.0.0.1:{},redis://127.0.0.1:{}",
+        gleepost_tests::free_port()?,
+        gleepost_tests::free_port()?
+    );
+    let mut gw = Gateway::start(GatewayOptions::cluster(seeds).arg(&["--redis-timeout", "300ms"]))
+        .await
+        .context("the node must start while its cluster is unreachable")?;
+    for _ in 0..10 {
+        ensure!(gw.admin_get("/healthz").await?.status == 200, "/healthz");
+        let ready = gw.admin_get("/readyz").await?;
+        ensure!(
+            ready.status == 503,
+            "/readyz while the cluster is down: {}",
+            ready.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        gw.is_running(),
+        "the node exited while its cluster was unreachable"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_url_and_redis_cluster_urls_together_are_a_startup_error() -> Result<()> {
+    let options = GatewayOptions {
+        redis_url: Some("redis://127.0.0.1:1/".into()),
+        redis_cluster_urls: Some("redis://127.0.0.1:2".into()),
+        ..GatewayOptions::default()
+    };
+    let started = Gateway::start(options).await;
+    let err = match started {
+        Ok(_) => anyhow::bail!("the node started with both REDIS_URL and REDIS_CLUSTER_URLS"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("REDIS_URL and REDIS_CLUSTER_URLS are both set"),
+        "unclear start-up error: {err}"
+    );
+    Ok(())
+}

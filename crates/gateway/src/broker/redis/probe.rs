@@ -32,6 +32,7 @@ pub(crate) async fn run(shared: Weak<Context>) {
             return;
         };
         let conn = shared.topology.commands();
+        name_command_connections(&shared, &conn).await;
         let command = conn.publish_command();
         let sent = shared.state.now_nanos().to_string();
         let publishes = shared.probe_targets().into_iter().map(|channel| {
@@ -52,6 +53,20 @@ pub(crate) async fn run(shared: Weak<Context>) {
             }
             Err(_) => tracing::debug!("probe publish timed out"),
         }
+    }
+}
+
+/// Name the command connection(s) `gleepost-gateway-<node>-cmd` (`CLIENT LIST`): redis-rs
+/// reconnects them by itself without a name, so the probe renames them every interval (one
+/// small command; on a cluster redis-rs sends it to every node).
+async fn name_command_connections(shared: &Context, conn: &gleepost_event::RedisConn) {
+    let name = format!("gleepost-gateway-{}-cmd", shared.node_name());
+    let mut conn = conn.clone();
+    let mut command = redis::cmd("CLIENT");
+    command.arg("SETNAME").arg(name);
+    let setname = command.query_async::<redis::Value>(&mut conn);
+    if let Ok(Err(e)) = tokio::time::timeout(shared.settings.timeout, setname).await {
+        tracing::debug!(error = %e, "naming the command connection failed");
     }
 }
 

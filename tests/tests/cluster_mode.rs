@@ -178,3 +178,36 @@ async fn redis_connections_per_node_stay_constant_from_10_to_1000_clients() -> R
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gleepost_tokens_and_resume_work_on_a_cluster() -> Result<()> {
+    let cluster = RedisCluster::start(3, 1).await?;
+    let users = cluster.users_on_every_shard(1).await?;
+    let gw = node(&cluster).await?;
+    for &user in &users {
+        // The login service's token key, on its own slot's owner.
+        let key = format!("users:{user}:token:tok{user}");
+        let _: String = cluster.cmd_routed(&key, &["SET", &key, "1"]).await?;
+        let url = gleepost_tests::redis_mode::gleepost_url(&gw, user, &format!("tok{user}"));
+        let mut client = Client::connect(&url)
+            .await
+            .with_context(|| format!("user {user}"))?;
+        let first = gleepost_tests::resume::publish_seq(&gw, user, 1).await?;
+        expect_seq(&mut client, 1, true).await?;
+        client.close().await;
+        for seq in 2..=3 {
+            gleepost_tests::resume::publish_seq(&gw, user, seq).await?;
+        }
+        // Resume after the first event: the history on the user's shard replays 2 and 3.
+        let mut resumed = gleepost_tests::resume::connect_since(&gw, user, &first).await?;
+        expect_seq(&mut resumed, 2, true).await?;
+        expect_seq(&mut resumed, 3, true).await?;
+    }
+    // A token whose key does not exist is refused.
+    let bad = gleepost_tests::redis_mode::gleepost_url(&gw, users[0], "nope");
+    ensure!(
+        Client::connect(&bad).await.is_err(),
+        "unknown token admitted"
+    );
+    Ok(())
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Offline checks of the Helm chart helm/gleepost-gateway:
-#   1. helm lint --strict, with default values and with every optional feature on
-#      (helm/gleepost-gateway/ci/all-on-values.yaml);
+#   1. helm lint --strict, with default values, with every optional feature on
+#      (helm/gleepost-gateway/ci/all-on-values.yaml) and on a Redis Cluster
+#      (ci/cluster-values.yaml);
 #   2. helm template of several value sets; the rendered manifests are validated
 #      against the Kubernetes JSON schemas (PyPI kubernetes-validate, strict, for
 #      each version in K8S_VERSIONS); CRD kinds (ServiceMonitor, PrometheusRule)
@@ -9,8 +10,9 @@
 #      chart-specific checks below;
 #   3. chart-specific checks on the rendered output (scripts/chart_check_manifests.py):
 #      terminationGracePeriodSeconds = preStop sleep + GATEWAY_PRE_DRAIN_DELAY +
-#      GATEWAY_DRAIN_WINDOW + 7 s exit waits + margin, REDIS_URL required from its
-#      Secret key (or absent with one Recreate pod on the embedded broker), pod
+#      GATEWAY_DRAIN_WINDOW + 7 s exit waits + margin, REDIS_URL or
+#      REDIS_CLUSTER_URLS (exactly one) required from its Secret key (or neither,
+#      with one Recreate pod on the embedded broker), GATEWAY_PUBLISH_REPLICAS, pod
 #      template labels = selector labels (a chart version bump leaves the pod
 #      template unchanged), PDB unhealthyPodEvictionPolicy, probes, ports,
 #      security context, PrometheusRule == files/alerts.yaml, ServiceMonitor wiring;
@@ -80,6 +82,8 @@ step "helm lint --strict (defaults)"
 "$HELM" lint --strict "$CHART"
 step "helm lint --strict (ci/all-on-values.yaml)"
 "$HELM" lint --strict "$CHART" -f "$CHART/ci/all-on-values.yaml"
+step "helm lint --strict (ci/cluster-values.yaml)"
+"$HELM" lint --strict "$CHART" -f "$CHART/ci/cluster-values.yaml"
 
 # ---------------------------------------------------------------- render
 step "helm template"
@@ -104,6 +108,11 @@ render existing-secret-key --set secrets.existingSecret=gw-creds \
 # ... an existing Secret without a Redis URL: the embedded broker, one pod.
 render existing-secret-embedded --set secrets.existingSecret=gw-creds \
   --set secrets.existingSecretRedisUrlKey= --set config.maxConnections=0
+# Redis Cluster: seed URLs in the chart's Secret, publishReplicas 1, HPA, PDB, a surge.
+render cluster -f "$CHART/ci/cluster-values.yaml"
+# ... seed URLs from an existing Secret's key (the Redis URL key emptied), several pods.
+render existing-secret-cluster --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= \
+  --set secrets.existingSecretRedisClusterUrlsKey=cluster-seeds --set replicaCount=4
 # The same chart with only its version bumped (appVersion unchanged): the pod
 # templates must come out identical, or a chart-only upgrade restarts every pod.
 BUMPED="$OUT/bumped-chart"
@@ -120,7 +129,7 @@ step "Kubernetes schema validation (kubernetes-validate, strict, k8s $K8S_VERSIO
 # ---------------------------------------------------------------- yamllint
 step "yamllint"
 "$VENV/bin/yamllint" --strict -c "$ROOT/helm/.yamllint" \
-  "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART/ci/all-on-values.yaml" \
+  "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART/ci/all-on-values.yaml" "$CHART/ci/cluster-values.yaml" \
   "$CHART/files/alerts.yaml" "$ROOT/helm/tests/alerts.test.yaml" "$OUT"/*.yaml
 echo "yamllint: ok"
 
@@ -191,10 +200,49 @@ expect_ok "strategy.type=Recreate with the embedded broker" --set strategy.type=
 expect_ok "maxSurge=0/maxUnavailable=1 with the embedded broker" \
   --set strategy.type=RollingUpdate --set strategy.rollingUpdate.maxSurge=0 --set strategy.rollingUpdate.maxUnavailable=1
 expect_fail "strategy.type=Bogus (schema enum)" "schema.*/strategy/type.*must be one of" --set strategy.type=Bogus
-expect_fail "existingSecret together with secrets.redisUrl" "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey and secrets.redisUrl would be ignored" \
+expect_fail "existingSecret together with secrets.redisUrl" \
+  "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey, secrets.redisUrl and secrets.redisClusterUrls would be ignored" \
   --set secrets.existingSecret=gw-creds --set secrets.redisUrl=redis://r:6379/
 expect_fail "secrets.existingSecretRedisUrlKey with a space (schema pattern)" "schema.*/secrets/existingSecretRedisUrlKey.*does not match pattern" \
   --set secrets.existingSecret=gw-creds --set "secrets.existingSecretRedisUrlKey=redis url"
+# Redis Cluster: exactly one Redis; a cluster counts as Redis for every rule above.
+CLUSTER=(--set 'secrets.redisClusterUrls=redis://:pw@rc-0.rc:6379\,redis://:pw@rc-1.rc:6379')
+SECRET_CLUSTER=(--set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey=
+  --set secrets.existingSecretRedisClusterUrlsKey=cluster-seeds)
+expect_fail "secrets.redisUrl together with secrets.redisClusterUrls" \
+  "secrets.redisUrl and secrets.redisClusterUrls are both set: configure exactly one Redis .*the gateway refuses to start with both REDIS_URL and REDIS_CLUSTER_URLS" \
+  --set secrets.redisUrl=redis://r:6379/ "${CLUSTER[@]}"
+expect_fail "existingSecret with both a Redis URL key (default redis-url) and a cluster key" \
+  "secrets.existingSecretRedisUrlKey \(\"redis-url\"\) and secrets.existingSecretRedisClusterUrlsKey \(\"cluster-seeds\"\) are both set: configure exactly one Redis.*For a cluster set secrets.existingSecretRedisUrlKey to \"\"" \
+  --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisClusterUrlsKey=cluster-seeds
+expect_fail "existingSecret together with secrets.redisClusterUrls" \
+  "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey, secrets.redisUrl and secrets.redisClusterUrls would be ignored" \
+  --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= "${CLUSTER[@]}"
+expect_fail "secrets.redisClusterUrls with rediss:// (schema pattern)" "schema.*/secrets/redisClusterUrls.*does not match pattern" \
+  --set secrets.redisClusterUrls=rediss://rc-0.rc:6379
+expect_fail "secrets.redisClusterUrls without a scheme (schema pattern)" "schema.*/secrets/redisClusterUrls.*does not match pattern" \
+  --set secrets.redisClusterUrls=rc-0.rc:6379
+expect_fail "secrets.redisClusterUrls with an empty seed (schema pattern)" "schema.*/secrets/redisClusterUrls.*does not match pattern" \
+  --set 'secrets.redisClusterUrls=redis://rc-0.rc:6379\,\,redis://rc-1.rc:6379'
+expect_fail "secrets.existingSecretRedisClusterUrlsKey with a space (schema pattern)" \
+  "schema.*/secrets/existingSecretRedisClusterUrlsKey.*does not match pattern" \
+  --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= --set "secrets.existingSecretRedisClusterUrlsKey=cluster seeds"
+expect_ok "secrets.redisClusterUrls with spaces after the commas" --set 'secrets.redisClusterUrls=redis://rc-0.rc:6379\, redis://rc-1.rc:6379'
+expect_ok "replicaCount=3 on a cluster" "${CLUSTER[@]}" --set replicaCount=3
+expect_ok "autoscaling on a cluster" "${CLUSTER[@]}" --set autoscaling.enabled=true
+expect_ok "strategy.rollingUpdate.maxSurge=1 on a cluster" "${CLUSTER[@]}" \
+  --set strategy.type=RollingUpdate --set strategy.rollingUpdate.maxSurge=1 --set strategy.rollingUpdate.maxUnavailable=0
+expect_ok "replicaCount=3 on a cluster from existingSecret" "${SECRET_CLUSTER[@]}" --set replicaCount=3
+expect_ok "autoscaling on a cluster from existingSecret" "${SECRET_CLUSTER[@]}" --set autoscaling.enabled=true
+expect_ok "strategy.type=RollingUpdate (default surge) on a cluster from existingSecret" "${SECRET_CLUSTER[@]}" \
+  --set strategy.type=RollingUpdate
+# publishReplicas: Redis WAIT, so Redis only.
+expect_fail "config.publishReplicas=-1 (schema minimum)" "schema.*/config/publishReplicas.*minimum" --set config.publishReplicas=-1
+expect_fail "config.publishReplicas=\"one\" (type)" "schema.*/config/publishReplicas.*want integer" --set-string config.publishReplicas=one
+expect_fail "config.publishReplicas=1 with the embedded broker" \
+  "config.publishReplicas=1 needs a Redis broker with replicas \(Redis WAIT\); the embedded broker has none" --set config.publishReplicas=1
+expect_ok "config.publishReplicas=1 with a Redis URL" --set secrets.redisUrl=redis://r:6379/ --set config.publishReplicas=1
+expect_ok "config.publishReplicas=2 on a cluster from existingSecret" "${SECRET_CLUSTER[@]}" --set config.publishReplicas=2
 # Labels, PDB, HPA.
 expect_fail "podLabels overriding a selector label" "podLabels must not set the selector label app.kubernetes.io/instance" \
   --set podLabels."app\.kubernetes\.io/instance"=other

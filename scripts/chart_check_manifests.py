@@ -9,6 +9,7 @@ wiring that cannot split events across pods, stable pod template labels,
 probes, ports, hardening, PDB/HPA/ServiceMonitor/PrometheusRule wiring.
 Exits 1 listing every failed check.
 """
+import base64
 import functools
 import os
 import re
@@ -28,18 +29,27 @@ DEFAULT_MARGIN = 10
 SELECTOR = {"app.kubernetes.io/name": "gleepost-gateway", "app.kubernetes.io/instance": "gw"}
 failures = []
 
-# render name -> (expected kinds, expected REDIS_URL secret key or None, extra pod labels)
+REDIS_VARS = ("REDIS_URL", "REDIS_CLUSTER_URLS")
+# Secret key the chart's own Secret uses for each Redis variable.
+CHART_REDIS_KEYS = {"REDIS_URL": "redis-url", "REDIS_CLUSTER_URLS": "redis-cluster-urls"}
+# render name -> (expected kinds, expected Redis (variable, secret key) or None for the
+# embedded broker, extra pod labels, expected GATEWAY_PUBLISH_REPLICAS)
 RENDERS = {
-    "default": (["ConfigMap", "Deployment", "Secret", "Service", "Service", "ServiceAccount"], None, {}),
+    "default": (["ConfigMap", "Deployment", "Secret", "Service", "Service", "ServiceAccount"], None, {}, "0"),
     "all-on": (["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
                 "PodDisruptionBudget", "PrometheusRule", "Secret", "Service", "Service",
-                "ServiceAccount", "ServiceMonitor"], "redis-url", {"team": "realtime"}),
+                "ServiceAccount", "ServiceMonitor"], ("REDIS_URL", "redis-url"), {"team": "realtime"}, "1"),
     "existing-secret": (["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "Service",
-                         "ServiceAccount"], "redis-url", {}),
+                         "ServiceAccount"], ("REDIS_URL", "redis-url"), {}, "0"),
     "existing-secret-key": (["ConfigMap", "Deployment", "Service", "Service", "ServiceAccount"],
-                            "url", {}),
+                            ("REDIS_URL", "url"), {}, "0"),
     "existing-secret-embedded": (["ConfigMap", "Deployment", "Service", "Service", "ServiceAccount"],
-                                 None, {}),
+                                 None, {}, "0"),
+    "cluster": (["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
+                 "PodDisruptionBudget", "Secret", "Service", "Service", "ServiceAccount"],
+                ("REDIS_CLUSTER_URLS", "redis-cluster-urls"), {}, "1"),
+    "existing-secret-cluster": (["ConfigMap", "Deployment", "Service", "Service", "ServiceAccount"],
+                                ("REDIS_CLUSTER_URLS", "cluster-seeds"), {}, "0"),
 }
 
 
@@ -73,7 +83,7 @@ with open(os.path.join(chart, "files", "alerts.yaml")) as f:
     alerts = yaml.safe_load(f)
 
 for render in sorted(RENDERS):
-    want_kinds, redis_key, extra_pod_labels = RENDERS[render]
+    want_kinds, redis, extra_pod_labels, publish_replicas = RENDERS[render]
     docs = load(render)
     print(f"[{render}] {len(docs)} objects")
     kinds = sorted(d["kind"] for d in docs)
@@ -173,9 +183,26 @@ for render in sorted(RENDERS):
         if ref.get("key") != key or ref.get("name") != secret:
             fail(f"[{render}] {var} must come from secret {secret} key {key}, not {ref}")
     strategy = dep["spec"].get("strategy")
-    if redis_key is None:
-        if "REDIS_URL" in env:
-            fail(f"[{render}] REDIS_URL set although no Redis URL is configured")
+    if cm.get("GATEWAY_PUBLISH_REPLICAS") != publish_replicas:
+        fail(f"[{render}] GATEWAY_PUBLISH_REPLICAS={cm.get('GATEWAY_PUBLISH_REPLICAS')!r}, want {publish_replicas!r}")
+    else:
+        ok(f"GATEWAY_PUBLISH_REPLICAS={publish_replicas}")
+    if secret != "gw-creds":
+        # The chart's own Secret holds the Redis key of the configured mode, and only it.
+        data = only(by_kind, "Secret")["data"]
+        want_data = {"jwt-secret", "api-key"} | ({CHART_REDIS_KEYS[redis[0]]} if redis else set())
+        if set(data) != want_data:
+            fail(f"[{render}] Secret keys {sorted(data)} != {sorted(want_data)}")
+        if redis and redis[0] == "REDIS_CLUSTER_URLS":
+            seeds = [u.strip() for u in base64.b64decode(data.get("redis-cluster-urls", "")).decode().split(",")]
+            if not seeds or not all(re.fullmatch(r"redis://[^,\s]+", u) for u in seeds):
+                fail(f"[{render}] redis-cluster-urls does not hold comma-separated redis:// seeds: {seeds}")
+            else:
+                ok(f"Secret redis-cluster-urls holds {len(seeds)} redis:// seed URLs")
+    set_vars = [v for v in REDIS_VARS if v in env]
+    if redis is None:
+        if set_vars:
+            fail(f"[{render}] {set_vars} set although no Redis is configured")
         if dep["spec"].get("replicas") != 1:
             fail(f"[{render}] the embedded broker must run exactly 1 replica, not {dep['spec'].get('replicas')}")
         if strategy != {"type": "Recreate"}:
@@ -183,12 +210,18 @@ for render in sorted(RENDERS):
         else:
             ok("embedded broker: no REDIS_URL, 1 replica, strategy Recreate")
     else:
-        ref = env.get("REDIS_URL", {}).get("valueFrom", {}).get("secretKeyRef", {})
+        var, redis_key = redis
+        if set_vars != [var]:
+            fail(f"[{render}] Redis variables {set_vars}, want exactly [{var}] (the binary refuses both)")
+        ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
         if ref != {"name": secret, "key": redis_key}:
-            fail(f"[{render}] REDIS_URL secretKeyRef {ref} != required key {redis_key} of {secret} (never optional)")
+            fail(f"[{render}] {var} secretKeyRef {ref} != required key {redis_key} of {secret} (never optional)")
         else:
-            ok(f"REDIS_URL from secret {secret} key {redis_key}, required")
-        if render != "all-on" and strategy != {"type": "RollingUpdate",
+            ok(f"{var} from secret {secret} key {redis_key}, required")
+        replicas = dep["spec"].get("replicas")
+        if replicas is not None and replicas < 2:
+            fail(f"[{render}] a Redis render should exercise several pods, not {replicas}")
+        if render not in ("all-on", "cluster") and strategy != {"type": "RollingUpdate",
                                                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}:
             fail(f"[{render}] Redis broker: default strategy {strategy}, want RollingUpdate 25%/0")
 

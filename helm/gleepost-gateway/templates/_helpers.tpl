@@ -52,7 +52,7 @@ app.kubernetes.io/part-of: gleepost
 {{- end }}
 {{- end }}
 
-{{/* Name of the Secret holding jwt-secret, api-key and (optional) redis-url. */}}
+{{/* Name of the Secret holding jwt-secret, api-key and (optional) redis-url or redis-cluster-urls. */}}
 {{- define "gleepost-gateway.secretName" -}}
 {{- default (include "gleepost-gateway.fullname" .) .Values.secrets.existingSecret }}
 {{- end }}
@@ -66,17 +66,39 @@ app.kubernetes.io/part-of: gleepost
 {{- end }}
 
 {{/*
-True ("true") when the pods get REDIS_URL: secrets.redisUrl is set, or an
-existingSecret names the key that holds it (secrets.existingSecretRedisUrlKey,
-"redis-url" by default). Empty otherwise: the embedded single-node broker.
+The variable that gives the pods their Redis, or empty for the embedded
+single-node broker:
+  REDIS_URL           one Redis server: secrets.redisUrl, or the existingSecret
+                      key secrets.existingSecretRedisUrlKey ("redis-url" by default);
+  REDIS_CLUSTER_URLS  a Redis Cluster's seed URLs: secrets.redisClusterUrls, or
+                      the existingSecret key secrets.existingSecretRedisClusterUrlsKey.
+Both at once is refused by gleepost-gateway.validate (the binary refuses it too).
 */}}
-{{- define "gleepost-gateway.hasRedis" -}}
-{{- if or .Values.secrets.redisUrl (and .Values.secrets.existingSecret .Values.secrets.existingSecretRedisUrlKey) }}true{{- end }}
+{{- define "gleepost-gateway.redisEnv" -}}
+{{- $s := .Values.secrets }}
+{{- if $s.existingSecret }}
+{{- if $s.existingSecretRedisClusterUrlsKey }}REDIS_CLUSTER_URLS{{ else if $s.existingSecretRedisUrlKey }}REDIS_URL{{ end }}
+{{- else if $s.redisClusterUrls }}REDIS_CLUSTER_URLS
+{{- else if $s.redisUrl }}REDIS_URL
+{{- end }}
 {{- end }}
 
-{{/* Key of the Secret that holds REDIS_URL (only meaningful when hasRedis). */}}
-{{- define "gleepost-gateway.redisUrlKey" -}}
-{{- if .Values.secrets.existingSecret }}{{ .Values.secrets.existingSecretRedisUrlKey }}{{ else }}redis-url{{ end }}
+{{/*
+True ("true") when the pods get a Redis (a server or a cluster: redisEnv is set),
+so several pods share one event stream. Empty: the embedded single-node broker.
+*/}}
+{{- define "gleepost-gateway.hasRedis" -}}
+{{- if include "gleepost-gateway.redisEnv" . }}true{{- end }}
+{{- end }}
+
+{{/* Key of the Secret that holds redisEnv's value (only meaningful when hasRedis). */}}
+{{- define "gleepost-gateway.redisSecretKey" -}}
+{{- $s := .Values.secrets }}
+{{- if eq (include "gleepost-gateway.redisEnv" .) "REDIS_CLUSTER_URLS" }}
+{{- if $s.existingSecret }}{{ $s.existingSecretRedisClusterUrlsKey }}{{ else }}redis-cluster-urls{{ end }}
+{{- else }}
+{{- if $s.existingSecret }}{{ $s.existingSecretRedisUrlKey }}{{ else }}redis-url{{ end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -166,11 +188,22 @@ SIGKILL a pod that is still draining: its last clients would see 1006).
 
 {{/* Cross-value checks that JSON schema cannot express. */}}
 {{- define "gleepost-gateway.validate" -}}
-{{- $embedded := "The embedded broker is single-node: set secrets.redisUrl, or secrets.existingSecret with secrets.existingSecretRedisUrlKey naming its Redis URL key." }}
-{{- if and .Values.secrets.existingSecret (or .Values.secrets.jwtSecret .Values.secrets.apiKey .Values.secrets.redisUrl) }}
-{{- fail "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey and secrets.redisUrl would be ignored: put them in the existing Secret and leave them empty" }}
+{{- $s := .Values.secrets }}
+{{- $embedded := "The embedded broker is single-node: set secrets.redisUrl (a Redis server) or secrets.redisClusterUrls (a Redis Cluster's seed URLs), or secrets.existingSecret with secrets.existingSecretRedisUrlKey or secrets.existingSecretRedisClusterUrlsKey naming the key that holds it." }}
+{{- $oneRedis := "configure exactly one Redis (a server's URL or a cluster's seed URLs): the gateway refuses to start with both REDIS_URL and REDIS_CLUSTER_URLS" }}
+{{- if and $s.existingSecret (or $s.jwtSecret $s.apiKey $s.redisUrl $s.redisClusterUrls) }}
+{{- fail "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey, secrets.redisUrl and secrets.redisClusterUrls would be ignored: put them in the existing Secret and leave them empty" }}
+{{- end }}
+{{- if and $s.redisUrl $s.redisClusterUrls }}
+{{- fail (printf "secrets.redisUrl and secrets.redisClusterUrls are both set: %s" $oneRedis) }}
+{{- end }}
+{{- if and $s.existingSecret $s.existingSecretRedisUrlKey $s.existingSecretRedisClusterUrlsKey }}
+{{- fail (printf "secrets.existingSecretRedisUrlKey (%q) and secrets.existingSecretRedisClusterUrlsKey (%q) are both set: %s. For a cluster set secrets.existingSecretRedisUrlKey to \"\" (its default is redis-url)" $s.existingSecretRedisUrlKey $s.existingSecretRedisClusterUrlsKey $oneRedis) }}
 {{- end }}
 {{- if not (include "gleepost-gateway.hasRedis" .) }}
+{{- if gt (int .Values.config.publishReplicas) 0 }}
+{{- fail (printf "config.publishReplicas=%d needs a Redis broker with replicas (Redis WAIT); the embedded broker has none and would ignore it. %s" (int .Values.config.publishReplicas) $embedded) }}
+{{- end }}
 {{- if gt (int .Values.replicaCount) 1 }}
 {{- fail (printf "replicaCount > 1 needs a Redis broker. %s" $embedded) }}
 {{- end }}
@@ -241,6 +274,7 @@ historyTtl: GATEWAY_HISTORY_TTL
 maxReplay: GATEWAY_MAX_REPLAY
 workerThreads: GATEWAY_WORKER_THREADS
 maxConnections: GATEWAY_MAX_CONNECTIONS
+publishReplicas: GATEWAY_PUBLISH_REPLICAS
 {{- end }}
 
 {{/*

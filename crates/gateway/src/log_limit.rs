@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// At most one log line per interval for one call site.
 #[derive(Debug)]
-pub struct LogLimit {
+pub(crate) struct LogLimit {
     interval_ms: u64,
     /// When the last line was allowed: milliseconds since [`epoch`] plus one; 0 = never.
     last: AtomicU64,
@@ -22,7 +22,7 @@ pub struct LogLimit {
 
 impl LogLimit {
     /// A limiter allowing one line per `interval` (sub-millisecond parts are ignored).
-    pub const fn new(interval: Duration) -> Self {
+    pub(crate) const fn new(interval: Duration) -> Self {
         LogLimit {
             // Saturates only for intervals of 584 million years.
             interval_ms: interval.as_millis() as u64,
@@ -33,7 +33,7 @@ impl LogLimit {
 
     /// `Some(n)` when a line may be logged now, `n` being the lines suppressed since the last
     /// allowed one (mention it in the line); `None` (counted as suppressed) otherwise.
-    pub fn allow(&self) -> Option<u64> {
+    pub(crate) fn allow(&self) -> Option<u64> {
         let now = now_ms().saturating_add(1);
         let last = self.last.load(Ordering::Acquire);
         let due = last == 0 || now.saturating_sub(last) >= self.interval_ms;

@@ -10,7 +10,7 @@ use prometheus::{
 const NS: &str = "gleepost_gateway";
 
 /// Every `connections_refused_total` reason (each series exists from start-up).
-pub const REFUSAL_REASONS: [&str; 6] = [
+pub(crate) const REFUSAL_REASONS: [&str; 6] = [
     "capacity",
     "broker",
     "per_user",
@@ -20,62 +20,62 @@ pub const REFUSAL_REASONS: [&str; 6] = [
 ];
 
 /// All gateway metrics.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Open WebSocket connections.
-    pub connections: IntGauge,
+    pub(crate) connections: IntGauge,
     /// WebSocket connections opened (upgrade completed).
-    pub connections_opened: IntCounter,
+    pub(crate) connections_opened: IntCounter,
     /// Connections closed, by reason.
-    pub connections_closed: IntCounterVec,
+    pub(crate) connections_closed: IntCounterVec,
     /// Rejected connection attempts, by reason.
-    pub auth_failures: IntCounterVec,
+    pub(crate) auth_failures: IntCounterVec,
     /// Connection attempts refused by a limit (429) or for lack of capacity (503), by reason.
-    pub connections_refused: IntCounterVec,
+    pub(crate) connections_refused: IntCounterVec,
     /// Publish API requests, by HTTP status.
-    pub publish_requests: IntCounterVec,
+    pub(crate) publish_requests: IntCounterVec,
     /// Open connections on the admin port.
-    pub admin_connections: IntGauge,
+    pub(crate) admin_connections: IntGauge,
     /// Admin connections closed by the gateway without a complete request, by reason.
-    pub admin_dropped: IntCounterVec,
+    pub(crate) admin_dropped: IntCounterVec,
     /// Events accepted for publishing (one per recipient user).
-    pub events_published: IntCounter,
+    pub(crate) events_published: IntCounter,
     /// Frames written to client sockets.
-    pub events_delivered: IntCounter,
+    pub(crate) events_delivered: IntCounter,
     /// Events not delivered to a connection, by reason.
-    pub events_dropped: IntCounterVec,
+    pub(crate) events_dropped: IntCounterVec,
     /// Time from an event entering this node (publish accepted or broker receive) to its frame
     /// being written.
-    pub delivery_latency: Histogram,
+    pub(crate) delivery_latency: Histogram,
     /// Broker channels this node is subscribed to (users × channel templates, plus the probe).
-    pub subscribed_channels: IntGauge,
+    pub(crate) subscribed_channels: IntGauge,
     /// Broker (re)connections after a failure.
-    pub broker_reconnects: IntCounter,
+    pub(crate) broker_reconnects: IntCounter,
     /// Messages received from the broker subscription.
-    pub broker_messages: IntCounter,
+    pub(crate) broker_messages: IntCounter,
     /// Broker payloads dropped because they are not valid events, by reason.
-    pub broker_malformed: IntCounterVec,
+    pub(crate) broker_malformed: IntCounterVec,
     /// `resync` events sent to resuming clients, by reason.
-    pub resyncs: IntCounterVec,
+    pub(crate) resyncs: IntCounterVec,
     /// Events replayed from history to resuming clients.
-    pub events_replayed: IntCounter,
+    pub(crate) events_replayed: IntCounter,
     /// Round trip of the node's self-probe through the broker.
-    pub probe_rtt: Histogram,
+    pub(crate) probe_rtt: Histogram,
     /// 1 while the node is ready (broker works end to end, not draining).
-    pub ready: IntGauge,
+    pub(crate) ready: IntGauge,
     /// 1 from SIGTERM on (the node is draining), else 0.
-    pub draining: IntGauge,
+    pub(crate) draining: IntGauge,
     /// The soft `RLIMIT_NOFILE` the process runs with (after raising it to the hard limit).
-    pub open_files_limit: IntGauge,
+    pub(crate) open_files_limit: IntGauge,
     /// The effective `--max-connections` (0 = no limit).
-    pub max_connections: IntGauge,
+    pub(crate) max_connections: IntGauge,
     /// Panics caught in connection tasks.
-    pub panics: IntCounter,
+    pub(crate) panics: IntCounter,
 }
 
 impl Metrics {
     /// Create and register every metric (and process metrics on Linux).
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub(crate) fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::with_opts(Opts::new(name, help).namespace(NS))?;
@@ -224,7 +224,7 @@ impl Metrics {
     }
 
     /// Render every metric in the Prometheus text format.
-    pub fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
+    pub(crate) fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
         let mut out = Vec::with_capacity(8 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(out)

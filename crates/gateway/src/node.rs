@@ -14,52 +14,52 @@ use crate::registry::Registry;
 
 /// Per-connection settings.
 #[derive(Clone, Copy, Debug)]
-pub struct ConnSettings {
+pub(crate) struct ConnSettings {
     /// Interval between pings.
-    pub ping_interval: Duration,
+    pub(crate) ping_interval: Duration,
     /// Close when a ping is not answered within this time.
-    pub pong_timeout: Duration,
+    pub(crate) pong_timeout: Duration,
     /// Longest wait for the broker to confirm a new user's subscription.
-    pub subscribe_timeout: Duration,
+    pub(crate) subscribe_timeout: Duration,
     /// WebSocket protocol limits and buffer sizes.
-    pub websocket: WebSocketConfig,
+    pub(crate) websocket: WebSocketConfig,
     /// Most frames a client may send in one second (closed with 1008 beyond).
-    pub client_frame_rate: u32,
+    pub(crate) client_frame_rate: u32,
 }
 
 /// Shared state of one gateway node.
-pub struct Node {
+pub(crate) struct Node {
     /// Live connections by user.
-    pub registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
     /// Delivery between nodes (or in process).
-    pub broker: Broker,
+    pub(crate) broker: Broker,
     /// Every metric.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Client authentication.
-    pub auth: Authenticator,
+    pub(crate) auth: Authenticator,
     /// Event validation limits.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Publish API: key and bounds.
-    pub publish: PublishSettings,
+    pub(crate) publish: PublishSettings,
     /// Per-connection settings.
-    pub conn: ConnSettings,
+    pub(crate) conn: ConnSettings,
     draining: AtomicBool,
 }
 
 /// Settings of the publish API.
 #[derive(Clone, Debug)]
-pub struct PublishSettings {
+pub(crate) struct PublishSettings {
     /// Bearer key.
-    pub api_key: String,
+    pub(crate) api_key: String,
     /// Most recipients per request.
-    pub max_users: usize,
+    pub(crate) max_users: usize,
     /// Largest request body.
-    pub max_body: u64,
+    pub(crate) max_body: u64,
 }
 
 impl Node {
     /// Assemble a node.
-    pub fn new(
+    pub(crate) fn new(
         registry: Arc<Registry>,
         broker: Broker,
         metrics: Arc<Metrics>,
@@ -82,7 +82,7 @@ impl Node {
 
     /// Ready (`Ok`): not draining and the broker delivers end to end; otherwise why not.
     /// Updates the `ready` gauge.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    pub(crate) fn readiness(&self) -> Result<(), &'static str> {
         let readiness = if self.draining.load(Ordering::Acquire) {
             Err("draining")
         } else {
@@ -93,7 +93,7 @@ impl Node {
     }
 
     /// Start draining: readiness fails from now on.
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
         self.metrics.ready.set(0);
         self.metrics.draining.set(1);

@@ -18,11 +18,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One event frame, shared (reference counted) by every recipient of a publish.
 #[derive(Clone, Debug)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// The encoded event, sent as one text frame.
-    pub text: Utf8Bytes,
+    pub(crate) text: Utf8Bytes,
     /// When the event entered this node, for the delivery-latency histogram.
-    pub entered: Instant,
+    pub(crate) entered: Instant,
     /// The event id, read once from `text` when the frame was made, for every recipient's
     /// deduplication.
     id: Option<FrameId>,
@@ -38,7 +38,7 @@ struct FrameId {
 
 impl Frame {
     /// A frame of `text` (an encoded event) that entered the node at `entered`.
-    pub fn new(text: Utf8Bytes, entered: Instant) -> Frame {
+    pub(crate) fn new(text: Utf8Bytes, entered: Instant) -> Frame {
         let id = frame_id(text.as_bytes()).and_then(|(epoch, ms, seq)| {
             // `epoch` is a slice of `text`: keep its offsets, not a copy.
             let start = epoch.as_ptr() as usize - text.as_bytes().as_ptr() as usize;
@@ -54,7 +54,7 @@ impl Frame {
 
     /// A frame of a legacy payload: delivered verbatim, and an `id` member inside it is never
     /// read (it must not feed deduplication or gap repair).
-    pub fn verbatim(text: Utf8Bytes, entered: Instant) -> Frame {
+    pub(crate) fn verbatim(text: Utf8Bytes, entered: Instant) -> Frame {
         Frame {
             text,
             entered,
@@ -63,7 +63,7 @@ impl Frame {
     }
 
     /// The event id as `(epoch, ms, seq)`, when the frame carries one.
-    pub fn event_id(&self) -> Option<(&str, u64, u64)> {
+    pub(crate) fn event_id(&self) -> Option<(&str, u64, u64)> {
         let id = self.id?;
         let epoch = self
             .text
@@ -75,7 +75,7 @@ impl Frame {
 
 /// Why the gateway closes a connection; each maps to a documented WebSocket close code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// Node shutting down or draining: reconnect (to another node).
     GoingAway,
     /// The client did not read fast enough; reconnect and resume.
@@ -94,7 +94,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// The WebSocket close code sent to the client.
-    pub fn code(self) -> u16 {
+    pub(crate) fn code(self) -> u16 {
         match self {
             CloseReason::GoingAway => 1001,
             CloseReason::SlowConsumer => 4000,
@@ -107,7 +107,7 @@ impl CloseReason {
     }
 
     /// The close frame's reason text.
-    pub fn text(self) -> &'static str {
+    pub(crate) fn text(self) -> &'static str {
         match self {
             CloseReason::GoingAway => "server going away, reconnect",
             CloseReason::SlowConsumer => "slow consumer, reconnect",
@@ -120,7 +120,7 @@ impl CloseReason {
     }
 
     /// Metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             CloseReason::GoingAway => "going_away",
             CloseReason::SlowConsumer => "slow_consumer",
@@ -135,16 +135,16 @@ impl CloseReason {
 
 /// Bounds of one outbox.
 #[derive(Clone, Copy, Debug)]
-pub struct QueueLimits {
+pub(crate) struct QueueLimits {
     /// Most queued events.
-    pub max_events: usize,
+    pub(crate) max_events: usize,
     /// Most queued bytes.
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
 }
 
 /// Result of a push that did not enqueue.
 #[derive(Debug, PartialEq, Eq)]
-pub enum PushError {
+pub(crate) enum PushError {
     /// The queue was full: the connection is now closing as a slow consumer.
     Overflow,
     /// The connection is already closing.
@@ -163,7 +163,7 @@ struct State {
 /// One consumer (the connection task) waits on it: a single `AtomicWaker` holds that task's
 /// waker, and a push wakes it only when the queue goes from empty to non-empty (a non-empty
 /// queue means the task is already due to drain it), on overflow, or on close.
-pub struct Outbox {
+pub(crate) struct Outbox {
     state: Mutex<State>,
     waker: AtomicWaker,
     /// Set (once) when a push overflowed; read without the lock by the writer.
@@ -173,7 +173,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// An empty outbox.
-    pub fn new(limits: QueueLimits) -> Self {
+    pub(crate) fn new(limits: QueueLimits) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
             waker: AtomicWaker::new(),
@@ -189,7 +189,7 @@ impl Outbox {
     }
 
     /// Enqueue a frame without waiting.
-    pub fn push(&self, frame: Frame) -> Result<(), PushError> {
+    pub(crate) fn push(&self, frame: Frame) -> Result<(), PushError> {
         let mut st = self.lock();
         if st.closing.is_some() {
             return Err(PushError::Closed);
@@ -216,7 +216,7 @@ impl Outbox {
 
     /// Ask the connection to close with `reason` (frames already queued are still sent for
     /// [`CloseReason::GoingAway`]). The first reason wins.
-    pub fn close(&self, reason: CloseReason) {
+    pub(crate) fn close(&self, reason: CloseReason) {
         let mut st = self.lock();
         if st.closing.is_none() {
             st.closing = Some(reason);
@@ -227,7 +227,7 @@ impl Outbox {
 
     /// Move every queued frame into `batch` (which must be empty); returns the close reason if
     /// the connection should close after sending them.
-    pub fn take(&self, batch: &mut Vec<Frame>) -> Option<CloseReason> {
+    pub(crate) fn take(&self, batch: &mut Vec<Frame>) -> Option<CloseReason> {
         let mut st = self.lock();
         batch.extend(st.queue.drain(..));
         st.bytes = 0;
@@ -240,7 +240,7 @@ impl Outbox {
 
     /// Wait until a frame is queued or a close was requested. Only the connection's own task
     /// may wait on its outbox (there is one waker slot).
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         poll_fn(|cx| self.poll_ready(cx)).await
     }
 
@@ -257,7 +257,7 @@ impl Outbox {
 
     /// Wait until the queue overflowed (the socket writer may be stuck on a client that stopped
     /// reading: it must give up rather than wait for the socket). Same task rule as `ready`.
-    pub async fn overflowed(&self) {
+    pub(crate) async fn overflowed(&self) {
         poll_fn(|cx| {
             self.waker.register(cx.waker());
             if self.overflow.load(Ordering::Acquire) {

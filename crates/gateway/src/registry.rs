@@ -17,14 +17,14 @@ use crate::metrics::Metrics;
 use crate::outbox::{Frame, Outbox, PushError, QueueLimits};
 
 /// A Gleepost user id.
-pub type UserId = u64;
+pub(crate) type UserId = u64;
 
 /// Becomes `true` once the broker confirmed the subscription to a user's channels.
-pub type Subscribed = watch::Receiver<bool>;
+pub(crate) type Subscribed = watch::Receiver<bool>;
 
 /// Subscription hooks the registry calls under the user's entry lock. Implementations must not
 /// block: they enqueue the request and return at once.
-pub trait Subscriptions: Send + Sync {
+pub(crate) trait Subscriptions: Send + Sync {
     /// The user's first connection on this node registered.
     fn subscribe(&self, user: UserId) -> Subscribed;
     /// The user's last connection on this node left.
@@ -32,13 +32,13 @@ pub trait Subscriptions: Send + Sync {
 }
 
 /// One client connection as seen by the event path.
-pub struct Conn {
+pub(crate) struct Conn {
     /// Node-unique connection id.
-    pub id: u64,
+    pub(crate) id: u64,
     /// The authenticated user.
-    pub user: UserId,
+    pub(crate) user: UserId,
     /// Frames waiting for the socket.
-    pub outbox: Outbox,
+    pub(crate) outbox: Outbox,
 }
 
 struct UserConns {
@@ -47,7 +47,7 @@ struct UserConns {
 }
 
 /// Live connections of this node.
-pub struct Registry {
+pub(crate) struct Registry {
     users: DashMap<UserId, UserConns>,
     next_id: AtomicU64,
     /// Registered connections (a counter, so the capacity check is O(1)).
@@ -61,7 +61,7 @@ pub struct Registry {
 
 /// A connection the registry refused: the node or the user holds its maximum already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AtCapacity {
+pub(crate) enum AtCapacity {
     /// The node holds its `--max-connections`.
     #[error("node at capacity")]
     Node,
@@ -73,7 +73,7 @@ pub enum AtCapacity {
 impl Registry {
     /// An empty registry whose connections get outboxes bounded by `limits`, holding at most
     /// `max` connections and `max_per_user` connections of one user (0 = no limit).
-    pub fn new(limits: QueueLimits, max: usize, max_per_user: usize) -> Self {
+    pub(crate) fn new(limits: QueueLimits, max: usize, max_per_user: usize) -> Self {
         Registry {
             users: DashMap::new(),
             next_id: AtomicU64::new(1),
@@ -88,7 +88,7 @@ impl Registry {
     /// node's subscription to the user's channels is confirmed. Refused when the registry, or the
     /// user, holds its maximum already: both checks are made under the user's entry lock, so
     /// concurrent connections of one user never exceed the per-user limit.
-    pub fn insert(
+    pub(crate) fn insert(
         &self,
         user: UserId,
         subs: &dyn Subscriptions,
@@ -127,7 +127,7 @@ impl Registry {
     }
 
     /// Remove a connection; the user's last one unsubscribes the node.
-    pub fn remove(&self, conn: &Conn, subs: &dyn Subscriptions) {
+    pub(crate) fn remove(&self, conn: &Conn, subs: &dyn Subscriptions) {
         if let Entry::Occupied(mut e) = self.users.entry(conn.user) {
             let before = e.get().conns.len();
             e.get_mut().conns.retain(|c| c.id != conn.id);
@@ -143,7 +143,7 @@ impl Registry {
 
     /// Queue `frame` on every connection of `user`; returns how many connections took it.
     /// Never waits: a full queue closes that connection as a slow consumer.
-    pub fn dispatch(&self, user: UserId, frame: &Frame, metrics: &Metrics) -> usize {
+    pub(crate) fn dispatch(&self, user: UserId, frame: &Frame, metrics: &Metrics) -> usize {
         let Some(entry) = self.users.get(&user) else {
             return 0;
         };
@@ -167,7 +167,7 @@ impl Registry {
     }
 
     /// A snapshot of every live connection (for draining).
-    pub fn connections(&self) -> Vec<Arc<Conn>> {
+    pub(crate) fn connections(&self) -> Vec<Arc<Conn>> {
         self.users
             .iter()
             .flat_map(|e| e.value().conns.clone())
@@ -175,12 +175,12 @@ impl Registry {
     }
 
     /// Number of live connections.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count.load(Ordering::Acquire)
     }
 
     /// True when no connection is registered.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
 }

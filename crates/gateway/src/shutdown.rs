@@ -10,14 +10,14 @@ use crate::outbox::CloseReason;
 use crate::registry::Registry;
 
 /// Resolves on SIGTERM or SIGINT, with the signal's name.
-pub struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     /// Install the handlers (do this before serving, so no signal is missed).
-    pub fn install() -> std::io::Result<Self> {
+    pub(crate) fn install() -> std::io::Result<Self> {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
@@ -25,7 +25,7 @@ impl Signals {
     }
 
     /// Wait for the next SIGTERM or SIGINT.
-    pub async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
@@ -36,7 +36,7 @@ impl Signals {
 /// Close every connection with [`CloseReason::GoingAway`], spread evenly over `window` in random
 /// order (so reconnects to other nodes arrive as a steady trickle, not a storm). Connections
 /// registered while draining are closed at the end. Returns how many were asked to close.
-pub async fn drain(registry: &Registry, window: Duration) -> usize {
+pub(crate) async fn drain(registry: &Registry, window: Duration) -> usize {
     let mut conns = registry.connections();
     conns.shuffle(&mut rand::rng());
     let n = conns.len();
@@ -61,7 +61,7 @@ pub async fn drain(registry: &Registry, window: Duration) -> usize {
 }
 
 /// Wait until every connection has left the registry, at most `limit`.
-pub async fn wait_closed(registry: &Registry, limit: Duration) -> bool {
+pub(crate) async fn wait_closed(registry: &Registry, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while !registry.is_empty() {
         if Instant::now() >= deadline {

@@ -16,7 +16,7 @@ mod publish;
 mod server;
 mod slots;
 
-pub use server::{serve, AdminLimits};
+pub(crate) use server::{serve, AdminLimits};
 
 /// What the connection layer tells a request's handler: when the request (body included) must
 /// be complete, and the connection to mark busy once it is.

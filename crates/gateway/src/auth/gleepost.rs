@@ -13,7 +13,7 @@ use crate::registry::UserId;
 
 /// Checks Gleepost tokens against Redis.
 #[derive(Clone)]
-pub struct GleepostAuth {
+pub(crate) struct GleepostAuth {
     redis: RedisConn,
     key: Template,
     timeout: Duration,
@@ -21,7 +21,7 @@ pub struct GleepostAuth {
 
 impl GleepostAuth {
     /// A checker using the node's shared Redis command connection.
-    pub fn new(redis: RedisConn, key: Template, timeout: Duration) -> Self {
+    pub(crate) fn new(redis: RedisConn, key: Template, timeout: Duration) -> Self {
         GleepostAuth {
             redis,
             key,
@@ -31,7 +31,11 @@ impl GleepostAuth {
 
     /// `Ok` iff the token's key exists, with the time the key expires (`None`: no TTL); a Redis
     /// that does not answer in time is `Unavailable`.
-    pub async fn check(&self, user: UserId, token: &str) -> Result<Option<SystemTime>, AuthError> {
+    pub(crate) async fn check(
+        &self,
+        user: UserId,
+        token: &str,
+    ) -> Result<Option<SystemTime>, AuthError> {
         if token.contains(|c: char| c.is_whitespace() || c.is_control()) {
             return Err(AuthError::Invalid("gp_malformed_token"));
         }

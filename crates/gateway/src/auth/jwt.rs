@@ -31,7 +31,7 @@ struct Claims {
 
 /// Verifies (and, for tooling and dev mode, mints) HS256 tokens.
 #[derive(Clone)]
-pub struct JwtAuth {
+pub(crate) struct JwtAuth {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
@@ -39,7 +39,7 @@ pub struct JwtAuth {
 
 impl JwtAuth {
     /// A verifier for tokens signed with `secret`.
-    pub fn new(secret: &[u8]) -> Self {
+    pub(crate) fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
@@ -52,7 +52,7 @@ impl JwtAuth {
     }
 
     /// Check a token; returns the user id and when it stops being accepted (`exp` + leeway).
-    pub fn verify(&self, token: &str) -> Result<(UserId, SystemTime), AuthError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<(UserId, SystemTime), AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -81,7 +81,11 @@ impl JwtAuth {
     }
 
     /// Mint a token for `user` valid for `ttl`.
-    pub fn mint(&self, user: UserId, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+    pub(crate) fn mint(
+        &self,
+        user: UserId,
+        ttl: Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let exp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -98,7 +102,7 @@ impl JwtAuth {
 }
 
 /// A user id is a plain decimal number (no sign, no spaces, no leading `+`).
-pub fn parse_user_id(s: &str) -> Option<UserId> {
+pub(crate) fn parse_user_id(s: &str) -> Option<UserId> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -11,27 +11,27 @@ use std::time::SystemTime;
 
 use http::HeaderMap;
 
-pub use gleepost::GleepostAuth;
-pub use jwt::{parse_user_id, JwtAuth};
+pub(crate) use gleepost::GleepostAuth;
+pub(crate) use jwt::{parse_user_id, JwtAuth};
 
 use crate::registry::UserId;
 
 /// An authenticated client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The user the connection belongs to.
-    pub user: UserId,
+    pub(crate) user: UserId,
     /// When the credentials stop being valid (the connection is closed then, unless they can be
     /// renewed), if they expire.
-    pub expires: Option<SystemTime>,
+    pub(crate) expires: Option<SystemTime>,
     /// How to check the credentials again at `expires` (Gleepost tokens: the login service may
     /// have extended the key's TTL); `None` for JWTs, whose `exp` is final.
-    pub renewal: Option<Renewal>,
+    pub(crate) renewal: Option<Renewal>,
 }
 
 /// A Gleepost token kept to re-check its key at expiry. Its `Debug` never shows the token.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Renewal(Box<str>);
+pub(crate) struct Renewal(Box<str>);
 
 impl std::fmt::Debug for Renewal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,7 +41,7 @@ impl std::fmt::Debug for Renewal {
 
 /// Why a client was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// Credentials missing, malformed or wrong (HTTP 401); the label names the reason.
     #[error("invalid credentials ({0})")]
     Invalid(&'static str),
@@ -52,7 +52,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             AuthError::Invalid(reason) => reason,
             AuthError::Unavailable => "store_unavailable",
@@ -61,19 +61,19 @@ impl AuthError {
 }
 
 /// Tries every configured credential kind.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     jwt: JwtAuth,
     gleepost: Option<GleepostAuth>,
 }
 
 impl Authenticator {
     /// JWT always; Gleepost tokens when a Redis-backed checker is given.
-    pub fn new(jwt: JwtAuth, gleepost: Option<GleepostAuth>) -> Self {
+    pub(crate) fn new(jwt: JwtAuth, gleepost: Option<GleepostAuth>) -> Self {
         Authenticator { jwt, gleepost }
     }
 
     /// Authenticate a request from its headers and query string.
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
@@ -136,7 +136,7 @@ impl Authenticator {
 
     /// Check `user`'s renewable credentials again: `Ok` with the new expiry (`None`: no longer
     /// expires) while they are still valid.
-    pub async fn renew(
+    pub(crate) async fn renew(
         &self,
         user: UserId,
         renewal: &Renewal,

@@ -34,17 +34,17 @@ pub(super) type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// A connection's place in the registry; leaving the registry (and, for the user's last
 /// connection, unsubscribing) happens when this is dropped, whatever ends the connection.
-pub struct Registration {
+pub(crate) struct Registration {
     node: Arc<Node>,
     /// The registered connection.
-    pub conn: Arc<Conn>,
+    pub(crate) conn: Arc<Conn>,
     /// Turns true once the broker subscription for the user is confirmed.
-    pub subscribed: Subscribed,
+    pub(crate) subscribed: Subscribed,
 }
 
 impl Registration {
     /// Register a connection of `user` (refused when the node holds `--max-connections`).
-    pub fn new(node: Arc<Node>, user: UserId) -> Result<Self, AtCapacity> {
+    pub(crate) fn new(node: Arc<Node>, user: UserId) -> Result<Self, AtCapacity> {
         let (conn, subscribed) = node.registry.insert(user, node.broker.subscriptions())?;
         Ok(Registration {
             node,
@@ -65,7 +65,7 @@ impl Drop for Registration {
 /// Finish the upgrade and serve the connection until it ends. A panic in the connection's
 /// code is caught here: counted (`panics_total`), logged once by the panic hook, and the
 /// registration, the gauge and the socket are released as on any other ending.
-pub async fn run(
+pub(crate) async fn run(
     on_upgrade: OnUpgrade,
     registration: Registration,
     identity: Identity,

@@ -33,11 +33,11 @@ const SLOT_RETRY_AFTER: Duration = Duration::from_secs(10);
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LimitSettings {
     /// Most open connections (and handshakes in progress) per address.
-    pub max_connections_per_ip: usize,
+    pub(crate) max_connections_per_ip: usize,
     /// Connection attempts per second per address (and burst).
-    pub connect_rate_per_ip: u32,
+    pub(crate) connect_rate_per_ip: u32,
     /// Failed authentications per second per address (and burst).
-    pub auth_failures_per_ip: u32,
+    pub(crate) auth_failures_per_ip: u32,
 }
 
 /// Why a connection attempt was refused with 429.

@@ -3,9 +3,9 @@
 mod auth_budget;
 mod budget;
 mod client_ip;
-pub mod connection;
+pub(crate) mod connection;
 mod ending;
 mod handshake;
 mod limits;
-pub mod public;
+pub(crate) mod public;
 mod timer;

@@ -36,7 +36,7 @@ use crate::node::Node;
 use crate::registry::AtCapacity;
 
 /// What the public port needs beyond the node: its time bound and per-address limits.
-pub struct Edge {
+pub(crate) struct Edge {
     handshake_timeout: Duration,
     proxies: TrustedProxies,
     limits: Arc<Limits>,
@@ -44,7 +44,7 @@ pub struct Edge {
 
 impl Edge {
     /// The public port's settings from the configuration.
-    pub fn new(config: &Config) -> Arc<Self> {
+    pub(crate) fn new(config: &Config) -> Arc<Self> {
         Arc::new(Edge {
             handshake_timeout: config.handshake_timeout,
             proxies: TrustedProxies::new(config.trusted_proxies.clone()),
@@ -58,7 +58,7 @@ impl Edge {
 }
 
 /// Accept connections on `listener` until `stop` turns true.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     edge: Arc<Edge>,
@@ -124,7 +124,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
 }
 
 /// A JSON error response `{"error": "<message>"}`.
-pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "error": message }).to_string();
     let mut res = Response::new(Full::new(Bytes::from(body)));
     *res.status_mut() = status;

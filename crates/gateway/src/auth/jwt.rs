@@ -54,7 +54,11 @@ impl JwtAuth {
                 })
             })?;
         let user = parse_user_id(&data.claims.sub).ok_or(AuthError::Invalid("jwt_bad_subject"))?;
-        Ok((user, UNIX_EPOCH + Duration::from_secs(data.claims.exp)))
+        // An `exp` the clock cannot represent (≥ 2^63 s) is malformed, not a panic.
+        let expires = UNIX_EPOCH
+            .checked_add(Duration::from_secs(data.claims.exp))
+            .ok_or(AuthError::Invalid("jwt_malformed"))?;
+        Ok((user, expires))
     }
 
     /// Mint a token for `user` valid for `ttl`.
@@ -98,6 +102,24 @@ mod tests {
             JwtAuth::new(b"b").verify(&token).unwrap_err(),
             AuthError::Invalid("jwt_bad_signature")
         );
+    }
+
+    #[test]
+    fn an_exp_beyond_the_clock_is_malformed_not_a_panic() {
+        // Found by the `auth` fuzz target: a validly signed token with `exp` ≥ 2^63 overflowed
+        // the SystemTime addition (a panic in the request).
+        let auth = JwtAuth::new(b"secret");
+        for exp in [9_233_272_036_854_775_807u64, 1 << 63, u64::MAX] {
+            let claims = serde_json::json!({ "sub": "9", "exp": exp });
+            let token =
+                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding)
+                    .unwrap();
+            assert_eq!(
+                auth.verify(&token).unwrap_err(),
+                AuthError::Invalid("jwt_malformed"),
+                "{exp}"
+            );
+        }
     }
 
     #[test]

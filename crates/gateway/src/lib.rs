@@ -12,6 +12,9 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 mod dev;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod metrics;
 pub mod node;

@@ -7,7 +7,7 @@
 
 mod memory;
 mod probe;
-mod pubsub;
+pub(crate) mod pubsub;
 mod redis;
 mod repair;
 mod subscriber;

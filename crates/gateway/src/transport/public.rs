@@ -144,7 +144,7 @@ async fn handle(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Full<By
 }
 
 /// The id the client resumes after: `?since=<id>` or header `Last-Event-ID`.
-fn resume_point(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+pub(crate) fn resume_point(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     let from_query = query.and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "since")

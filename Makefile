@@ -1,7 +1,7 @@
 # Gleepost realtime gateway — developer commands.
 CARGO ?= cargo
 
-.PHONY: run test lint build chart-check bench
+.PHONY: run test lint build chart-check bench fuzz
 
 ## run: the gateway in dev mode on the embedded broker (prints a token and commands)
 run:
@@ -12,10 +12,12 @@ test: lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
-## lint: cargo fmt --check and clippy with warnings as errors
+## lint: cargo fmt --check and clippy with warnings as errors (also the fuzzing feature and targets)
 lint:
 	$(CARGO) fmt --all -- --check
+	rustfmt --edition 2021 --check fuzz/fuzz_targets/*.rs
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy -p gleepost-gateway --features fuzzing --all-targets -- -D warnings
 
 ## build: release build of every binary
 build:
@@ -28,3 +30,8 @@ bench:
 ## chart-check: offline Helm chart checks (helm lint/template, k8s schemas, yamllint, promtool)
 chart-check:
 	scripts/chart-check.sh
+
+## fuzz: every fuzz target for FUZZ_SECONDS (default 60) each, one at a time (cargo-fuzz on stable; docs/fuzzing.md)
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh

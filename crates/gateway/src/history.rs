@@ -23,13 +23,16 @@ pub(crate) enum Replay {
 }
 
 /// The `resync` control event: `{"type":"resync","data":{"reason":"…"},"id":"<latest>"}` (no
-/// `id` when the history is empty).
+/// `id` when the history is empty, or when `latest` is not an event id).
 pub(crate) fn resync_frame(reason: &str, latest: Option<&str>) -> Utf8Bytes {
     let body = format!(r#"{{"type":"resync","data":{{"reason":"{reason}"}}}}"#);
     match latest {
-        // An id is `[a-z0-9-]` from our own store; one that is not is left out.
-        Some(id) => Utf8Bytes::try_from(splice_id(body.as_bytes(), id)).unwrap_or(body.into()),
-        None => body.into(),
+        // The id comes from the store: one that is not an event id (a corrupted epoch key) is
+        // left out, so that the frame stays JSON.
+        Some(id) if EventId::parse(id).is_some() => {
+            Utf8Bytes::try_from(splice_id(body.as_bytes(), id)).unwrap_or(body.into())
+        }
+        _ => body.into(),
     }
 }
 
@@ -101,5 +104,17 @@ mod tests {
         assert_eq!(v["data"]["reason"], "trimmed");
         assert_eq!(v["id"], "ep-5-0");
         assert!(!resync_frame("too_many", None).as_str().contains("\"id\""));
+    }
+
+    #[test]
+    fn resync_frame_leaves_out_a_latest_that_is_no_event_id() {
+        // Found by the `event_id` fuzz target: a corrupted epoch key in the store made the
+        // frame invalid JSON.
+        for latest in [r#"ep-5-0"}"#, "ep\"-5-0", "EP-5-0", "ep-5", "", "ep-5-0\n"] {
+            let f = resync_frame("trimmed", Some(latest));
+            let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+            assert_eq!(v["type"], "resync", "{latest:?}");
+            assert!(v.get("id").is_none(), "{latest:?}");
+        }
     }
 }

@@ -13,6 +13,9 @@ mod broker;
 mod capacity;
 pub mod config;
 mod dev;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod history;
 mod log_limit;
 mod metrics;

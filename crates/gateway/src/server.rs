@@ -251,7 +251,7 @@ fn max_write_buffer(max_event_bytes: usize) -> usize {
 }
 
 /// Small buffers keep idle connections cheap; client messages are bounded.
-fn websocket_config(config: &Config) -> WebSocketConfig {
+pub(crate) fn websocket_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         // Client data is tiny (pongs): a small read buffer, grown only for larger frames
         // (512 → 128 bytes took 0.4 KiB off every idle connection; docs/benchmarks.md).
@@ -264,4 +264,59 @@ fn websocket_config(config: &Config) -> WebSocketConfig {
         .max_write_buffer_size(max_write_buffer(config.max_event_bytes))
         .max_message_size(Some(config.max_client_frame))
         .max_frame_size(Some(config.max_client_frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cli;
+    use clap::Parser;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// A masked client ping with the largest control payload (125 bytes; mask 0: sent as is).
+    fn ping() -> Vec<u8> {
+        let mut frame = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+        frame.extend([b'p'; 125]);
+        frame
+    }
+
+    #[tokio::test]
+    async fn pongs_to_a_client_that_does_not_read_are_bounded() {
+        // Found by the `client_frames` fuzz target: each pong was appended to an unbounded
+        // write buffer while the client did not read (a ping flood held GiBs).
+        const PINGS: usize = 8_000; // ≈ 1 MB of pongs
+        let config = Cli::try_parse_from(["gleepost-gateway"]).unwrap().config;
+        let (client, server) = tokio::io::duplex(8 << 10);
+        let (mut from_server, mut to_server) = tokio::io::split(client);
+        let mut ws =
+            WebSocketStream::from_raw_socket(server, Role::Server, Some(websocket_config(&config)))
+                .await;
+        let flood = async {
+            for _ in 0..PINGS {
+                to_server.write_all(&ping()).await.unwrap();
+            }
+        };
+        let read = async {
+            for _ in 0..PINGS {
+                assert!(matches!(ws.next().await, Some(Ok(Message::Ping(_)))));
+            }
+        };
+        tokio::join!(flood, read);
+        // The client reads at last: it gets what the server held for it, then end of stream.
+        let flushed = async move {
+            let _ = ws.flush().await;
+        };
+        let mut received = Vec::new();
+        let ((), got) = tokio::join!(flushed, from_server.read_to_end(&mut received));
+        got.unwrap();
+        assert!(
+            received.len() < 256 << 10,
+            "{} bytes of pongs held for one connection",
+            received.len()
+        );
+    }
 }

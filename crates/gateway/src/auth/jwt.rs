@@ -193,6 +193,24 @@ mod tests {
     }
 
     #[test]
+    fn an_exp_beyond_the_clock_is_malformed_not_a_panic() {
+        // Found by the `auth` fuzz target: a validly signed token with `exp` ≥ 2^63 overflowed
+        // the SystemTime addition (a panic in the request).
+        let auth = JwtAuth::new(b"secret");
+        for exp in [9_233_272_036_854_775_807u64, 1 << 63, u64::MAX] {
+            let claims = serde_json::json!({ "sub": "9", "exp": exp });
+            let token =
+                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding)
+                    .unwrap();
+            assert_eq!(
+                auth.verify(&token).unwrap_err(),
+                AuthError::Invalid("jwt_malformed"),
+                "{exp}"
+            );
+        }
+    }
+
+    #[test]
     fn user_ids() {
         assert_eq!(parse_user_id("2147"), Some(2147));
         for bad in ["", "-1", "+1", "1a", " 1", "99999999999999999999999"] {

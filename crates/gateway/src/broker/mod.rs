@@ -6,7 +6,7 @@
 //! Either way an event is encoded once per publish and the same bytes reach every recipient.
 
 mod memory;
-mod redis;
+pub(crate) mod redis;
 
 use std::sync::Arc;
 use std::time::Instant;

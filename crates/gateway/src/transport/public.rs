@@ -245,7 +245,7 @@ fn refuse(node: &Node, refused: Refused, addr: &AddrKey) -> Response<Full<Bytes>
 }
 
 /// The id the client resumes after: `?since=<id>` or header `Last-Event-ID`.
-fn resume_point(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+pub(crate) fn resume_point(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     let from_query = query.and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "since")

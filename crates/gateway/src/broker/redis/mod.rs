@@ -14,7 +14,7 @@ mod context;
 mod history;
 mod links;
 mod probe;
-mod pubsub;
+pub(crate) mod pubsub;
 mod reader;
 mod repair;
 mod standalone;

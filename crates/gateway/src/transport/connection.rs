@@ -179,7 +179,7 @@ async fn session(
                 }
                 let written = tokio::select! {
                     biased;
-                    written = tokio::time::timeout(
+                    written = within(
                         deadline,
                         write_batch(&mut ws, &mut batch, &mut dedup, node),
                     ) => written.unwrap_or(Err(End::Closed(CloseReason::SlowConsumer))),
@@ -305,6 +305,18 @@ async fn resume(
         .collect();
     node.metrics.events_replayed.inc_by(batch.len() as u64);
     write_batch(ws, &mut batch, dedup, node).await
+}
+
+/// `task`, bounded by `deadline`: `None` when it did not finish in time. A task that finishes at
+/// its first poll (a writable socket: nearly every write) costs no timer at all; only a write
+/// that has to wait arms one.
+async fn within<F: std::future::Future>(deadline: Duration, task: F) -> Option<F::Output> {
+    let mut task = std::pin::pin!(task);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(task.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => tokio::time::timeout(deadline, task).await.ok(),
+    }
 }
 
 /// Write every frame of `batch` not already sent and flush once.

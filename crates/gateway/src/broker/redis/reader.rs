@@ -19,10 +19,42 @@ use crate::outbox::Frame;
 /// Malformed broker payloads are logged at most once per second (each one is counted).
 static MALFORMED_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 
+/// A channel name copied out of the read buffer; the names of user channels are short, so
+/// they are kept inline (no allocation per message).
+pub(super) enum Channel {
+    /// Up to 46 bytes, in place.
+    Inline { len: u8, bytes: [u8; 46] },
+    /// Anything longer.
+    Heap(Vec<u8>),
+}
+
+impl Channel {
+    fn new(name: &[u8]) -> Self {
+        let mut bytes = [0u8; 46];
+        match bytes.get_mut(..name.len()) {
+            Some(head) => {
+                head.copy_from_slice(name);
+                // `name.len()` ≤ 46 here: it fits a u8.
+                let len = name.len() as u8;
+                Channel::Inline { len, bytes }
+            }
+            None => Channel::Heap(name.to_vec()),
+        }
+    }
+
+    /// The name.
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Channel::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Channel::Heap(v) => v,
+        }
+    }
+}
+
 /// A push copied out of the link's read buffer (so several links can be read at once).
 pub(super) enum Pushed {
     /// A message: channel and payload (the payload's bytes become the frame's, no other copy).
-    Message { channel: Vec<u8>, payload: Bytes },
+    Message { channel: Channel, payload: Bytes },
     /// One channel of a (S)SUBSCRIBE or UNSUBSCRIBE was confirmed.
     Confirmed,
     /// A shard channel left: our SUNSUBSCRIBE, or Redis dropping it (slot moved).
@@ -35,7 +67,7 @@ pub(super) enum Pushed {
 pub(super) async fn next(conn: &mut PubSubConn) -> Result<Pushed, PubSubError> {
     Ok(match conn.next().await? {
         Push::Message { channel, payload } => Pushed::Message {
-            channel: channel.to_vec(),
+            channel: Channel::new(channel),
             payload: Bytes::copy_from_slice(payload),
         },
         Push::Subscribed | Push::Unsubscribed | Push::ShardSubscribed => Pushed::Confirmed,

@@ -25,7 +25,7 @@ use super::context::Context;
 use super::history::ReadError;
 use super::links::{Link, LinkError, BATCH_USERS};
 use super::pubsub::PubSubError;
-use super::reader::{self, Pushed};
+use super::reader::{self, Channel, Pushed};
 use super::subscriptions::{SubCommand, Wanted};
 use super::{probe, repair};
 use crate::registry::UserId;
@@ -130,7 +130,7 @@ async fn session(
         repair::repair(shared, &users, &mut wanted.delivered).await?;
     }
     for (channel, payload) in held {
-        reader::handle_message(shared, &channel, payload, wanted);
+        reader::handle_message(shared, channel.as_bytes(), payload, wanted);
     }
     shared.state.set_subscribed(true);
     let connected = Instant::now();
@@ -206,12 +206,12 @@ fn on_push(
     i: usize,
     pushed: Pushed,
     wanted: &mut Wanted,
-    held: &mut Option<&mut Vec<(Vec<u8>, bytes::Bytes)>>,
+    held: &mut Option<&mut Vec<(Channel, bytes::Bytes)>>,
 ) -> Result<(), SessionError> {
     match pushed {
         Pushed::Message { channel, payload } => {
             shared.dispatcher.metrics().broker_messages.inc();
-            if channel == links[i].probe.as_bytes() {
+            if channel.as_bytes() == links[i].probe.as_bytes() {
                 if let Some((back, ms)) = probe::on_probe(shared, &payload) {
                     (links[i].probe_back, links[i].probe_ms) = (back, ms);
                     probe_returned(shared, links);
@@ -219,7 +219,7 @@ fn on_push(
             } else if let Some(held) = held {
                 held.push((channel, payload));
             } else {
-                reader::handle_message(shared, &channel, payload, wanted);
+                reader::handle_message(shared, channel.as_bytes(), payload, wanted);
             }
         }
         Pushed::Confirmed => confirmed(&mut links[i], wanted),
@@ -261,7 +261,7 @@ async fn settle(
     links: &mut [Link],
     i: usize,
     wanted: &mut Wanted,
-    held: &mut Vec<(Vec<u8>, bytes::Bytes)>,
+    held: &mut Vec<(Channel, bytes::Bytes)>,
 ) -> Result<(), SessionError> {
     while !links[i].sent.settled() {
         let pushed = reader::next(&mut links[i].conn).await?;

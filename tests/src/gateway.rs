@@ -326,3 +326,28 @@ pub fn token_with(user: u64, ttl_secs: i64, secret: &[u8], alg: jsonwebtoken::Al
     )
     .unwrap_or_default()
 }
+
+/// Run `gleepost-gateway publish --users <users> --event <event>` with `env` (e.g. `REDIS_URL`
+/// or `REDIS_CLUSTER_URLS`), like an operator would; fails unless it succeeds in 30 s.
+pub async fn publish_subcommand(env: &[(&str, &str)], users: &[u64], event: &str) -> Result<()> {
+    let users: Vec<String> = users.iter().map(u64::to_string).collect();
+    let mut command = tokio::process::Command::new(gateway_binary()?);
+    command
+        .args(["publish", "--users", &users.join(","), "--event", event])
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_URLS")
+        .envs(env.iter().copied())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .context("`gleepost-gateway publish` did not finish")??;
+    if !output.status.success() {
+        bail!(
+            "`gleepost-gateway publish` failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}

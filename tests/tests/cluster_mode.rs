@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, Publisher};
-use gleepost_tests::gateway::gateway_binary;
+use gleepost_tests::gateway::publish_subcommand;
 use gleepost_tests::redis_mode::{eventually, tcp_ports_to};
 use gleepost_tests::resume::{parse_frame, seq_event, Frame};
 use gleepost_tests::{Client, Gateway, GatewayOptions, RedisCluster};
@@ -77,30 +77,8 @@ async fn users_on_every_shard_get_every_event_once_in_order_from_every_publisher
         report.receivers
     );
     // 4: the operators' subcommand.
-    let output = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(gateway_binary()?)
-            .args(["publish", "--users"])
-            .arg(
-                users
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            )
-            .args(["--event", &seq_event(4, 0)])
-            .env("REDIS_CLUSTER_URLS", cluster.urls_csv())
-            .env_remove("REDIS_URL")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .context("`gleepost-gateway publish` did not finish")??;
-    ensure!(
-        output.status.success(),
-        "publish subcommand failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let seeds = cluster.urls_csv();
+    publish_subcommand(&[("REDIS_CLUSTER_URLS", &seeds)], &users, &seq_event(4, 0)).await?;
     // 5: legacy classic PUBLISH c:<id>, each sent to a different primary (cluster-wide).
     let primaries = cluster.primaries().await?;
     for (i, &user) in users.iter().enumerate() {

@@ -3,10 +3,8 @@
 //! `gleepost-gateway publish` subcommand — it reaches the user's connections on every node,
 //! exactly once per connection and in publish order.
 
-use std::time::Duration;
-
 use anyhow::{bail, ensure, Context, Result};
-use gleepost_tests::gateway::gateway_binary;
+use gleepost_tests::gateway::publish_subcommand;
 use gleepost_tests::redis_mode::{ensure_same_event, numsub, two_ready_nodes, user_channels};
 use gleepost_tests::{seed, Client, RedisServer};
 use serde_json::Value;
@@ -169,23 +167,7 @@ async fn publish_subcommand_reaches_connected_clients_on_both_nodes() -> Result<
     let mut ten = b.connect(10).await?;
 
     let event = r#"{"type":"video-ready","location":"/posts/12","data":{"post":12,"url":"https://example.invalid/v.mp4"}}"#;
-    let output = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(gateway_binary()?)
-            .args(["publish", "--users", "9,10", "--event", event])
-            .env("REDIS_URL", redis.url())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .context("`gleepost-gateway publish` did not finish")??;
-    ensure!(
-        output.status.success(),
-        "`gleepost-gateway publish` failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    publish_subcommand(&[("REDIS_URL", &redis.url())], &[9, 10], event).await?;
 
     ensure_same_event(&nine.next_text().await?, event)?;
     ensure_same_event(&ten.next_text().await?, event)?;

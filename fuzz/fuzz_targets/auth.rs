@@ -18,8 +18,8 @@ use std::sync::{Mutex, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use gleepost_gateway::auth::Authenticator;
 use gleepost_gateway::fuzzing::authenticator;
+use gleepost_gateway::fuzzing::FuzzAuthenticator as Authenticator;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;

@@ -6,16 +6,12 @@
 //! positions the duplicate filter exactly; the `resync` frame is always JSON.
 #![no_main]
 
-use std::time::Instant;
-
 use gleepost_event::history::{frame_id, parse_stream_id, splice_id};
 use gleepost_event::EventId;
 use gleepost_gateway::fuzzing::resume_point;
-use gleepost_gateway::history::{resync_frame, Dedup};
-use gleepost_gateway::outbox::Frame;
+use gleepost_gateway::fuzzing::{frame_event_id, resync_frame, FuzzDedup as Dedup};
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 const BODY: &[u8] = br#"{"type":"t","data":null}"#;
 
@@ -25,8 +21,11 @@ fuzz_target!(|bytes: &[u8]| {
         return;
     };
     // A frame reads the same id as `frame_id`.
-    let frame = Frame::new(Utf8Bytes::from(text.to_owned()), Instant::now());
-    assert_eq!(frame.event_id(), tail);
+    let read = frame_event_id(text);
+    assert_eq!(
+        read.as_ref().map(|(e, ms, seq)| (e.as_str(), *ms, *seq)),
+        tail
+    );
     if let Some((epoch, ms, seq)) = tail {
         if let Some(id) = EventId::parse(&format!("{epoch}-{ms}-{seq}")) {
             assert_eq!((id.epoch.as_str(), id.ms, id.seq), (epoch, ms, seq));
@@ -79,10 +78,8 @@ fn check_id(text: &str) {
 
     // The duplicate filter started after `id` drops `id` and passes the next position.
     let mut dedup = Dedup::after(&id);
-    let frame = |wire: &str| {
-        let text = String::from_utf8(splice_id(BODY, wire).to_vec()).expect("ids are ASCII");
-        Frame::new(Utf8Bytes::from(text), Instant::now())
-    };
+    let frame =
+        |wire: &str| String::from_utf8(splice_id(BODY, wire).to_vec()).expect("ids are ASCII");
     assert!(
         !dedup.admit(&frame(&wire)),
         "the resume id itself is a duplicate"

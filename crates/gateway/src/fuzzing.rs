@@ -13,7 +13,7 @@ use gleepost_event::RedisConn;
 use http::HeaderMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::IntoConnectionInfo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -134,6 +134,9 @@ pub struct PubSubRead {
     pub end: PubSubEnd,
 }
 
+/// The name the fuzzed pub/sub connection gives itself.
+const NAME: &str = "gleepost-gateway-fuzz";
+
 /// Serve `chunks` (one write each, yielding in between, then end of stream) over a Unix socket
 /// to the node's pub/sub reader (`broker::pubsub`) and read pushes until it fails.
 pub async fn read_pubsub(chunks: &[&[u8]]) -> std::io::Result<PubSubRead> {
@@ -144,19 +147,28 @@ pub async fn read_pubsub(chunks: &[&[u8]]) -> std::io::Result<PubSubRead> {
         .map_err(std::io::Error::other);
     let connected = async {
         let info = info?;
-        PubSubConn::connect(&info, "gleepost-gateway-fuzz")
+        PubSubConn::connect(&info, NAME)
             .await
             .map_err(std::io::Error::other)
     };
-    let (conn, accepted) = tokio::join!(connected, listener.accept());
+    // The server takes the connection's CLIENT SETNAME and answers it (unread bytes would turn
+    // its close into a reset), then serves the fuzz input.
+    let accept = async {
+        let (mut server, addr) = listener.accept().await?;
+        let setname = format!(
+            "*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n${}\r\n{NAME}\r\n",
+            NAME.len()
+        );
+        let mut command = vec![0u8; setname.len()];
+        server.read_exact(&mut command).await?;
+        server.write_all(b"+OK\r\n").await?;
+        std::io::Result::Ok((server, addr))
+    };
+    let (conn, accepted) = tokio::join!(connected, accept);
     // Best effort: the socket file is not needed once connected.
     let _ = std::fs::remove_file(&path);
     let (mut conn, (mut server, _)) = (conn?, accepted?);
     let serve = async move {
-        // The reply to the connection's CLIENT SETNAME, then the fuzz input.
-        if server.write_all(b"+OK\r\n").await.is_err() {
-            return;
-        }
         for chunk in chunks {
             if server.write_all(chunk).await.is_err() {
                 return;
@@ -209,4 +221,42 @@ fn scratch_path(what: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     std::env::temp_dir().join(format!("gp-fuzz-{}-{what}-{n}.sock", std::process::id()))
+}
+
+/// The event id a frame of `text` carries, as the connection's duplicate filter reads it
+/// (`outbox::Frame`).
+pub fn frame_event_id(text: &str) -> Option<(String, u64, u64)> {
+    let frame = crate::outbox::Frame::new(
+        tokio_tungstenite::tungstenite::Utf8Bytes::from(text.to_owned()),
+        std::time::Instant::now(),
+    );
+    frame
+        .event_id()
+        .map(|(epoch, ms, seq)| (epoch.to_owned(), ms, seq))
+}
+
+/// The `resync` control event for a "latest" id read from the store (`history::resync_frame`).
+pub fn resync_frame(reason: &str, latest: Option<&str>) -> String {
+    crate::history::resync_frame(reason, latest)
+        .as_str()
+        .to_owned()
+}
+
+/// A connection's duplicate filter (`history::Dedup`), started after an id.
+pub struct FuzzDedup(crate::history::Dedup);
+
+impl FuzzDedup {
+    /// Start after `since` (the client has it).
+    pub fn after(since: &gleepost_event::EventId) -> Self {
+        FuzzDedup(crate::history::Dedup::after(since))
+    }
+
+    /// True when a frame of `text` must be sent; records its id.
+    pub fn admit(&mut self, text: &str) -> bool {
+        let frame = crate::outbox::Frame::new(
+            tokio_tungstenite::tungstenite::Utf8Bytes::from(text.to_owned()),
+            std::time::Instant::now(),
+        );
+        self.0.admit(&frame)
+    }
 }

@@ -102,6 +102,37 @@ async fn http_latency_includes_time_queued_behind_a_slow_publish_api() {
     assert!(p99 >= 1_000_000, "p99 {p99} µs hides the queueing: {r}");
 }
 
+/// Every max-rate step waits for its own publishes' acknowledgements before it counts: with a
+/// publish API that takes a while per request, events still in flight at the end of a step are
+/// the step's, not the next one's (which would show up as surplus deliveries here and as loss
+/// there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rate_steps_account_for_their_own_in_flight_http_publishes() {
+    let f = fake::start(Duration::from_millis(20)).await;
+    // 4 connections × 20 ms per request ≈ 200 events/s: at 150–340/s requests are in flight
+    // (or queued) whenever a step ends. Latency and loss limits are out of the way: every step runs.
+    let r = run_json(&format!(
+        "max-rate --url {} --url {} -n 20 -u 10 --jwt-secret {} --api-key {} --admin-url {} \
+         --http-connections 4 --start-rate 150 --factor 1.5 --step 1s --step-warmup 200ms \
+         --max-steps 3 --max-p99-ms 100000 --max-loss-pct 100 --drain 10s --settle 0s",
+        f.ws_urls[0],
+        f.ws_urls[1],
+        fake::SECRET,
+        fake::API_KEY,
+        f.admin_url
+    ))
+    .await;
+    let steps = r["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 3, "{r}");
+    for s in steps {
+        assert_eq!(u(s, "publish_errors"), 0, "{s}");
+        // Each user has one connection per node.
+        assert_eq!(u(s, "expected"), 2 * u(s, "published"), "{s}");
+        assert_eq!(u(s, "delivered"), u(s, "expected"), "{s}");
+        assert_eq!(u(s, "lost"), 0, "{s}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_over_redis_with_large_payloads_and_header_auth() {
     let f = fake::start(Duration::ZERO).await;

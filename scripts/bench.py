@@ -1363,6 +1363,15 @@ def cluster_detail(w, suite, opts) -> None:
           f"≈ {fmt(g['shards'] * 1e6 / worst / g['calls_max_mean'], 0)} events/s before the busiest one "
           "saturates (with 2 subscribed nodes per user; each more node with the user costs one more "
           "pub/sub write).")
+        pairs = sorted((s["top_rate"], s["usec_per_event"]) for r in g["runs"] for s in r["shards"]
+                       if s["usec_per_event"])
+        if len(pairs) > 1:
+            w("")
+            w("Cost against the shard's rate (every shard of every run, highest 0.5 s rate → µs per event near "
+              "it): " + ", ".join(f"{fmt(t, 0)}/s → {c:.1f}" for t, c in pairs) + ". A Redis wake-up serves "
+              "more events as the rate rises, and here 3 shards and the load generator take turns on one "
+              "core (cold caches after every switch), so these figures are likely above what a shard with a "
+              "core of its own pays at higher rates (compare the standalone `EVALSHA` costs of b2 and f).")
         w("")
     steps_table(w, g["runs"])
 

@@ -1521,7 +1521,7 @@ def main() -> int:
     ap.add_argument("--start-rate", type=float, default=30_000, help="max-rate first step, events/s (history off)")
     ap.add_argument("--start-rate-history", type=float, default=20_000, help="same, history on")
     ap.add_argument("--shards", type=int, default=3, help="g: cluster primaries")
-    ap.add_argument("--start-rate-cluster", type=float, default=4_000,
+    ap.add_argument("--start-rate-cluster", type=float, default=2_000,
                     help="g: max-rate first step, events/s (publish API)")
     ap.add_argument("--http-connections", type=int, default=64,
                     help="g: the load generator's keep-alive connections to the publish API")

@@ -1336,8 +1336,10 @@ def cluster_detail(w, suite, opts) -> None:
           + f"; busiest shard's busiest 0.5 s: {busiest:.0f} % of a core.")
     w("")
     w("Per shard (`INFO commandstats` reset before the run; commands that the script runs are counted "
-      "on their own too, so the `SPUBLISH` time is part of the `EVALSHA` time; `INFO cpu` = "
-      "`used_cpu_sys` + `used_cpu_user` of the node, sampled every 0.5 s):")
+      "on their own too, so the `SPUBLISH` time is part of the `EVALSHA` time; a command's `usec` is the "
+      "wall time of its execution, so it also holds the time the node was preempted on the shared core; "
+      "`INFO cpu` = `used_cpu_sys` + `used_cpu_user` of the node, CPU time, I/O included, sampled every "
+      "0.5 s):")
     w("")
     w("| run | shard | slots | users | EVALSHA calls | µs/EVALSHA | EVALSHA_RO calls | SPUBLISH calls | µs/SPUBLISH | "
       "Redis CPU µs per event near the max rate (INFO cpu; highest 0.5 s rate) | same, all intervals ≥ 100 events/s | "

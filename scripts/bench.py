@@ -3,10 +3,13 @@
 
 Builds the release binaries, starts its own redis-server and two gateway nodes on free loopback
 ports, runs every scenario several times with `gleepost-loadgen` and writes the medians to
-docs/benchmarks.md (raw JSON reports and logs go to .bench/).
+docs/benchmarks.md (raw JSON reports and logs go to .bench/). Scenario g (issue 10) starts its own
+Redis Cluster of 3 primaries instead (`redis-server --cluster-enabled yes`, formed with
+`CLUSTER ADDSLOTSRANGE` / `CLUSTER MEET`) and the gateways with `REDIS_CLUSTER_URLS`.
 
 Pinning (2-core machine): the gateways run on core 0 (`taskset -c 0`), the load generator and
-Redis on core 1 (`taskset -c 1`). Every scenario run gets a fresh Redis and fresh gateways.
+Redis (every cluster node too) on core 1 (`taskset -c 1`). Every scenario run gets a fresh Redis
+(or cluster) and fresh gateways.
 
 Python 3 standard library only. Everything is bounded in time; every process started here is
 stopped on exit, on Ctrl-C and on errors (and gets SIGKILL if this script dies: PDEATHSIG).
@@ -28,6 +31,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -191,8 +195,240 @@ class Redis:
         PROCS.stop(self.proc)
 
 
+# Redis Cluster (scenario g) -------------------------------------------------------------------
+
+CLUSTER_SLOTS = 16384
+# Client ports of cluster nodes: their bus ports (+10000) then lie in 25000..32767, below 55535 as
+# the bus port requires, and both below Linux's ephemeral range (32768..), where free_port() and
+# outgoing connections take theirs (the test harness, tests/src/cluster.rs, does the same).
+CLUSTER_PORTS = (15000, 22767)
+
+
+def free_cluster_port() -> int:
+    """A port in CLUSTER_PORTS whose bus port (+10000) is free too (both bound, then released)."""
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(*CLUSTER_PORTS)
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free cluster port pair in {CLUSTER_PORTS}")
+
+
+def crc16(data: bytes) -> int:
+    """CRC16-XMODEM, Redis Cluster's key hash."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(key: str) -> int:
+    """Slot of a key or shard channel (hash tag `{…}` honoured), as `CLUSTER KEYSLOT`."""
+    raw = key.encode()
+    start = raw.find(b"{")
+    if start >= 0:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1:end]
+    return crc16(raw) % CLUSTER_SLOTS
+
+
+class RedisCluster:
+    """`shards` primaries, no replicas, each in its own directory on core 1, slots in equal
+    ranges (node i owns the i-th), distinct config epochs, joined with `CLUSTER MEET`; ready
+    when every node reports `cluster_state:ok`, knows every node and sees all slots assigned."""
+
+    def __init__(self, run_dir: Path, shards: int) -> None:
+        self.ports: list[int] = []
+        self.procs: list[subprocess.Popen] = []
+        try:
+            for i in range(shards):
+                port = free_cluster_port()
+                node_dir = run_dir / f"redis-s{i + 1}"
+                node_dir.mkdir(parents=True, exist_ok=True)
+                argv = [
+                    "taskset", "-c", CLIENT_CORE, "redis-server",
+                    "--port", str(port), "--bind", "127.0.0.1",
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",  # in --dir
+                    "--save", "", "--appendonly", "no",
+                    "--dir", str(node_dir), "--loglevel", "warning",
+                ]
+                self.procs.append(PROCS.start(f"redis-s{i + 1}", argv, log=run_dir / f"redis-s{i + 1}.log"))
+                self.ports.append(port)
+            for i, (port, proc) in enumerate(zip(self.ports, self.procs)):
+                wait_until(
+                    f"redis-server :{port} (see {run_dir}/redis-s{i + 1}.log)",
+                    lambda p=port, pr=proc: pr.poll() is None and redis_cli(p, "PING").strip() == "PONG",
+                    10,
+                )
+            self.ranges = []
+            for i, port in enumerate(self.ports):
+                lo, hi = i * CLUSTER_SLOTS // shards, (i + 1) * CLUSTER_SLOTS // shards - 1
+                self.ranges.append((lo, hi))
+                redis_cli(port, "CLUSTER", "ADDSLOTSRANGE", str(lo), str(hi))
+                redis_cli(port, "CLUSTER", "SET-CONFIG-EPOCH", str(i + 1))
+            for port in self.ports[1:]:
+                redis_cli(self.ports[0], "CLUSTER", "MEET", "127.0.0.1", str(port))
+            wait_until("cluster_state:ok on every node", self.settled, 30, 0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def settled(self) -> bool:
+        for port in self.ports:
+            info = redis_cli(port, "CLUSTER", "INFO")
+            if not ("cluster_state:ok" in info
+                    and f"cluster_known_nodes:{len(self.ports)}" in info
+                    and f"cluster_slots_ok:{CLUSTER_SLOTS}" in info):
+                return False
+        return True
+
+    @property
+    def urls_csv(self) -> str:
+        return ",".join(f"redis://127.0.0.1:{p}" for p in self.ports)
+
+    def shard_of_slot(self, slot: int) -> int:
+        return next(i for i, (lo, hi) in enumerate(self.ranges) if lo <= slot <= hi)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            PROCS.stop(proc)
+
+
+class Resp:
+    """A minimal RESP client on one socket (the sampler's; `redis-cli` forks per call)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buf = b""
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def info(self, *sections: str) -> dict[str, str]:
+        args = ["INFO", *sections]
+        self.sock.sendall(f"*{len(args)}\r\n".encode()
+                          + b"".join(f"${len(a)}\r\n{a}\r\n".encode() for a in args))
+        head = self._line()
+        if not head.startswith(b"$"):
+            raise RuntimeError(f"unexpected INFO reply {head[:80]!r}")
+        n = int(head[1:])
+        while len(self.buf) < n + 2:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buf += chunk
+        body, self.buf = self.buf[:n], self.buf[n + 2:]
+        out = {}
+        for line in body.decode().splitlines():
+            if ":" in line and not line.startswith("#"):
+                k, v = line.split(":", 1)
+                out[k] = v
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def cmdstat(info: dict[str, str], cmd: str) -> tuple[int, float]:
+    """(calls, usec) of `cmdstat_<cmd>` in an `INFO commandstats` reply (0, 0 if absent)."""
+    s = info.get(f"cmdstat_{cmd}", "")
+    calls = re.search(r"\bcalls=(\d+)", s)
+    usec = re.search(r"\busec=(\d+)", s)
+    return (int(calls.group(1)) if calls else 0, float(usec.group(1)) if usec else 0.0)
+
+
+def info_cpu_seconds(info: dict[str, str]) -> float:
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+class ShardSampler:
+    """Samples `INFO cpu commandstats` of every cluster node every `interval` seconds in a
+    background thread: (time, CPU seconds, EVALSHA calls) per node."""
+
+    def __init__(self, ports: list[int], interval: float = 0.5) -> None:
+        self.ports = ports
+        self.interval = interval
+        self.samples: list[list[tuple[float, float, int]]] = [[] for _ in ports]
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shard-sampler", daemon=True)
+
+    def _run(self) -> None:
+        conns = []
+        try:
+            conns = [Resp(p) for p in self.ports]
+            while True:
+                for i, c in enumerate(conns):
+                    info = c.info("cpu", "commandstats")
+                    self.samples[i].append(
+                        (time.monotonic(), info_cpu_seconds(info), cmdstat(info, "evalsha")[0]))
+                if self._stop.wait(self.interval):
+                    break
+        except Exception as e:  # noqa: BLE001 - reported with the results
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            for c in conns:
+                c.close()
+
+    def __enter__(self) -> ShardSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def mean_cpu_percent(self, i: int) -> float | None:
+        """Node i's CPU % between the first and the last sample."""
+        s = self.samples[i]
+        if len(s) < 2:
+            return None
+        return round((s[-1][1] - s[0][1]) * 100 / max(s[-1][0] - s[0][0], 1e-9), 1)
+
+    def busy(self, i: int, min_rate: float = 100.0) -> dict:
+        """Node i's CPU µs per EVALSHA (all of the node's CPU in the intervals counted, writes to
+        subscribers included) over the sampling intervals in which it ran ≥ `min_rate` EVALSHA/s
+        (`usec_per_event_busy`) and over those in which it ran ≥ half its highest interval rate
+        (`usec_per_event`: the cost near the max rate, where a wake-up serves many events), and its
+        busiest interval's CPU %."""
+        s = self.samples[i]
+        intervals = []
+        for (t0, c0, n0), (t1, c1, n1) in zip(s, s[1:]):
+            dt = max(t1 - t0, 1e-9)
+            intervals.append((dt, c1 - c0, n1 - n0))
+        top = max((n / dt for dt, _, n in intervals), default=0.0)
+
+        def ratio(floor):
+            chosen = [(c, n) for dt, c, n in intervals if n / dt >= floor and n > 0]
+            calls = sum(n for _, n in chosen)
+            return (sum(c for c, _ in chosen) * 1e6 / calls if calls else None), calls
+
+        near, near_calls = ratio(max(min_rate, top / 2))
+        busy, busy_calls = ratio(min_rate)
+        peak = max((c * 100 / dt for dt, c, _ in intervals), default=0.0)
+        return {"usec_per_event": near, "near_calls": int(near_calls), "top_rate": round(top),
+                "usec_per_event_busy": busy, "busy_calls": int(busy_calls),
+                "peak_cpu_percent": round(peak, 1)}
+
+
 class Gateway:
-    def __init__(self, run_dir: Path, tag: str, redis_url: str | None) -> None:
+    def __init__(self, run_dir: Path, tag: str, redis_url: str | None,
+                 cluster_urls: str | None = None) -> None:
         self.port = free_port()
         self.admin_port = free_port()
         self.argv = [
@@ -204,8 +440,11 @@ class Gateway:
         ]
         env = dict(os.environ, GATEWAY_JWT_SECRET=JWT_SECRET, GATEWAY_API_KEY=API_KEY)
         env.pop("REDIS_URL", None)
+        env.pop("REDIS_CLUSTER_URLS", None)
         if redis_url:
             env["REDIS_URL"] = redis_url
+        if cluster_urls:
+            env["REDIS_CLUSTER_URLS"] = cluster_urls
         self.proc = PROCS.start(f"gateway-{tag}", self.argv, env=env, log=run_dir / f"gateway-{tag}.log")
         wait_until(
             f"gateway {tag} /readyz",
@@ -238,16 +477,22 @@ class Gateway:
 
 
 class Env:
-    """A fresh Redis and `nodes` gateways for one run."""
+    """A fresh Redis (or, with `shards`, a fresh Redis Cluster) and `nodes` gateways for one run."""
 
-    def __init__(self, run_dir: Path, nodes: int, redis: bool = True) -> None:
+    def __init__(self, run_dir: Path, nodes: int, redis: bool = True, shards: int = 0) -> None:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.redis = Redis(run_dir, "r") if redis else None
+        self.redis = Redis(run_dir, "r") if redis and not shards else None
+        self.cluster: RedisCluster | None = None
         self.gateways: list[Gateway] = []
         try:
+            if shards:
+                self.cluster = RedisCluster(run_dir, shards)
             for i in range(nodes):
-                self.gateways.append(Gateway(run_dir, f"n{i + 1}", self.redis.url if self.redis else None))
+                self.gateways.append(Gateway(
+                    run_dir, f"n{i + 1}", self.redis.url if self.redis else None,
+                    self.cluster.urls_csv if self.cluster else None,
+                ))
         except BaseException:
             self.close()
             raise
@@ -257,6 +502,8 @@ class Env:
             g.stop()
         if self.redis:
             self.redis.stop()
+        if self.cluster:
+            self.cluster.stop()
 
     def __enter__(self) -> Env:
         return self
@@ -646,6 +893,114 @@ class Suite:
             "evalsha_usec": median(b["EVALSHA"]["usec_per_call"] for b in bench),
         }
 
+    # g. 3-shard Redis Cluster, history on, publish API (issue 10) ------------------------------
+    def cluster_max_rate(self) -> None:
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        runs = []
+        for r in range(self.o.runs):
+            runs.append(self.cluster_max_rate_run(r))
+        passing = [r for r in runs if r.get("delivered_per_sec") is not None]
+
+        def shard_median(field):
+            return [median(r["shards"][i][field] for r in runs) for i in range(self.o.shards)]
+
+        self.results["g"] = {
+            "started": started,
+            "git": cmd_version(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
+            "runs": runs,
+            "shards": self.o.shards,
+            "deliveries": median(r.get("delivered_per_sec") for r in runs),
+            "deliveries_range": (
+                min((r.get("delivered_per_sec") or 0) for r in runs),
+                max((r.get("delivered_per_sec") or 0) for r in runs),
+            ),
+            "events": median(r.get("publish_rate") for r in passing),
+            "p50_us": median((r.get("latency_us") or {}).get("p50") for r in passing),
+            "p99_us": median((r.get("latency_us") or {}).get("p99") for r in passing),
+            "loadgen_cpu": median(r.get("loadgen_cpu_percent") for r in passing),
+            "server_cpu": median((r.get("cpu") or {}).get("server_cpu_percent") for r in passing),
+            "usec_per_event": shard_median("usec_per_event"),
+            "usec_evalsha": shard_median("usec_per_evalsha"),
+            "usec_spublish": shard_median("usec_per_spublish"),
+            "users": runs[0]["shards_users"],
+            "users_max_mean": runs[0]["users_max_mean"],
+            "calls_max_mean": median(r["calls_max_mean"] for r in runs),
+        }
+
+    def cluster_max_rate_run(self, r: int) -> dict:
+        d = self.dir("g-cluster-max-rate-http", r)
+        users = self.o.conns // 2
+        with Env(d, nodes=2, shards=self.o.shards) as env:
+            g1, g2 = env.gateways
+            ports = env.cluster.ports
+            for port in ports:
+                redis_cli(port, "CONFIG", "RESETSTAT")
+            before = [redis_info(p, "cpu") for p in ports]
+            # Idle baseline (cluster bus, the gateways' probes and slot-map checks), then the run.
+            with ShardSampler(ports) as idle:
+                time.sleep(2)
+            t0 = time.monotonic()
+            with ShardSampler(ports) as sampler:
+                rep = loadgen("g", d, [
+                    "max-rate", "-n", str(self.o.conns), "-u", str(users),
+                    "--url", g1.ws, "--url", g2.ws,
+                    "--publish", "http", "--admin-url", g1.admin_url,
+                    "--http-connections", str(self.o.http_connections),
+                    "--start-rate", str(self.o.start_rate_cluster), "--factor", str(self.o.factor),
+                    "--step", self.o.step, "--step-warmup", "1s", "--drain", "2s",
+                    "--max-steps", str(self.o.max_steps), "--retries", str(self.o.retries),
+                    "--server-pid", str(g1.pid), "--server-pid", str(g2.pid),
+                ], 240)
+            wall = time.monotonic() - t0
+            if sampler.error or idle.error:
+                raise RuntimeError(f"g: sampling INFO failed: {sampler.error or idle.error}")
+            stats = [redis_info(p, "commandstats") for p in ports]
+            after = [redis_info(p, "cpu") for p in ports]
+            users_per_shard = [0] * len(ports)
+            for u in range(1, users + 1):  # loadgen's default --first-user 1
+                users_per_shard[env.cluster.shard_of_slot(key_slot(f"gp:hist:{{{u}}}"))] += 1
+            # Cross-check the CRC16 against Redis for a few users.
+            for u in (1, users // 2, users):
+                got = int(redis_cli(ports[0], "CLUSTER", "KEYSLOT", f"gp:hist:{{{u}}}").strip())
+                if got != key_slot(f"gp:hist:{{{u}}}"):
+                    raise RuntimeError(f"g: slot of user {u}: Redis says {got}, the script {key_slot(f'gp:hist:{{{u}}}')}")
+            shards = []
+            for i, port in enumerate(ports):
+                ev_calls, ev_usec = cmdstat(stats[i], "evalsha")
+                ro_calls, ro_usec = cmdstat(stats[i], "evalsha_ro")
+                sp_calls, sp_usec = cmdstat(stats[i], "spublish")
+                cpu = info_cpu_seconds(after[i]) - info_cpu_seconds(before[i])
+                busy = sampler.busy(i)
+                idle_cpu = idle.mean_cpu_percent(i)
+                shards.append({
+                    "port": port, "slots": env.cluster.ranges[i], "users": users_per_shard[i],
+                    "evalsha_calls": ev_calls, "usec_per_evalsha": ev_usec / ev_calls if ev_calls else None,
+                    "evalsha_ro_calls": ro_calls, "usec_per_evalsha_ro": ro_usec / ro_calls if ro_calls else None,
+                    "spublish_calls": sp_calls, "usec_per_spublish": sp_usec / sp_calls if sp_calls else None,
+                    "cpu_seconds": round(cpu, 3), "cpu_percent_avg": round(cpu * 100 / wall, 1),
+                    "usec_per_event_run": cpu * 1e6 / ev_calls if ev_calls else None,
+                    "usec_per_event": busy["usec_per_event"], "near_calls": busy["near_calls"],
+                    "top_rate": busy["top_rate"], "usec_per_event_busy": busy["usec_per_event_busy"],
+                    "busy_calls": busy["busy_calls"],
+                    "peak_cpu_percent": busy["peak_cpu_percent"], "idle_cpu_percent": idle_cpu,
+                })
+        rep["shards"] = shards
+        rep["shards_users"] = users_per_shard
+        rep["users_max_mean"] = max(users_per_shard) / statistics.mean(users_per_shard)
+        calls = [s["evalsha_calls"] for s in shards]
+        rep["calls_max_mean"] = max(calls) / statistics.mean(calls) if sum(calls) else None
+        rep["wall_seconds"] = round(wall, 1)
+        p99 = (rep.get("latency_us") or {}).get("p99")
+        self.log(f"g run {r}: {rep.get('publish_rate')} events/s, {rep.get('delivered_per_sec')} deliveries/s "
+                 f"p99 {p99} µs; stop: {rep.get('stop_reason')}")
+        for i, s in enumerate(shards):
+            self.log(f"g run {r} shard {i + 1}: {s['users']} users, {s['evalsha_calls']} EVALSHA "
+                     f"({fmt(s['usec_per_evalsha'], 2)} µs), {s['spublish_calls']} SPUBLISH "
+                     f"({fmt(s['usec_per_spublish'], 2)} µs), CPU {fmt(s['usec_per_event'], 2)} µs/event near max "
+                     f"({s['top_rate']}/s), {fmt(s['usec_per_event_busy'], 2)} busy, "
+                     f"{fmt(s['usec_per_event_run'], 2)} whole run, peak {s['peak_cpu_percent']} %")
+        return rep
+
     def run(self, only: set[str]) -> None:
         steps = [
             ("a", self.idle_rss),
@@ -654,6 +1009,7 @@ class Suite:
             ("d", self.connect_rate),
             ("e", self.redis_conns),
             ("f", self.redis_costs),
+            ("g", self.cluster_max_rate),
         ]
         for key, fn in steps:
             if only and key not in only:
@@ -821,6 +1177,18 @@ def write_report(suite: Suite, path: Path, started: datetime.datetime, load_star
         w(f"| f | Redis cost of one publish, history on vs off (Redis alone on core 1, `redis-benchmark` -P 32, no subscribers) | "
           f"`EVALSHA` script **{fmt(f['evalsha_usec'], 2)} µs** vs `PUBLISH` **{fmt(f['publish_usec'], 2)} µs** of Redis CPU per call "
           f"(×{fmt(ratio, 1)}); {fmt(f['evalsha_rps'], 0)} vs {fmt(f['publish_rps'], 0)} calls/s | report | – | – | – |")
+    if "g" in R:
+        g = R["g"]
+        w(f"| g | {g['shards']}-shard Redis Cluster (primaries only), history on, events through the publish API "
+          f"(`POST /v1/publish` on node 1) to {fmt(opts.conns // 2, 0)} users × 2 nodes; max rate with p99 ≤ 50 ms | "
+          f"**{fmt(g['events'], 0)} events/s = {fmt(g['deliveries'], 0)} deliveries/s** (runs: "
+          f"{fmt(g['deliveries_range'][0], 0)}–{fmt(g['deliveries_range'][1], 0)}), p50 {fmt(ms(g['p50_us']), 2)} ms, "
+          f"p99 **{fmt(ms(g['p99_us']), 2)} ms**; Redis CPU per event on shards "
+          f"{' / '.join(str(k + 1) for k in range(g['shards']))}: "
+          f"**{' / '.join(fmt(c, 2) for c in g['usec_per_event'])} µs** (`INFO cpu`; `EVALSHA` "
+          f"{' / '.join(fmt(c, 2) for c in g['usec_evalsha'])} µs per call); users per shard "
+          f"{' / '.join(fmt(u, 0) for u in g['users'])} (max/mean {g['users_max_mean']:.2f}) | "
+          f"report (issue 10) | – | {fmt(g['loadgen_cpu'])} % (+ 3 Redis) | {fmt(g['server_cpu'])} % |")
     w("")
     w("Loadgen CPU is the load generator's own share of core 1 (it reports it from `/proc`); Redis "
       "shares that core. Gateways CPU is the sum over the node processes on core 0 (100 % = the whole core).")
@@ -836,6 +1204,7 @@ def write_report(suite: Suite, path: Path, started: datetime.datetime, load_star
               "read medians and ranges, not single runs.")
     w("")
     detail(w, R)
+    cluster_detail(w, suite, opts)
     w("")
     w("## Commands")
     w("")
@@ -851,7 +1220,16 @@ def write_report(suite: Suite, path: Path, started: datetime.datetime, load_star
     w("taskset -c 1 redis-server --port $PORT --bind 127.0.0.1 --save '' --appendonly no --dir .bench/… --loglevel warning")
     w("taskset -c 0 target/release/gleepost-gateway --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$PORT "
       "--log-format json --log warn --pre-drain-delay 0s --drain-window 0s   # × 2 nodes (× 1 for a, d, f)")
-    for key in ("a", "b", "b2", "c", "d", "e", "f"):
+    if "g" in R:
+        n = opts.shards
+        w(f"# g: per cluster node (× {n}, own directory each), then CLUSTER ADDSLOTSRANGE <i·16384/{n}> "
+          f"<(i+1)·16384/{n}−1> and CLUSTER SET-CONFIG-EPOCH <i+1> on node i, CLUSTER MEET 127.0.0.1 $PORT from "
+          f"node 0 to the others, until every node has cluster_state:ok, cluster_known_nodes:{n}, "
+          f"cluster_slots_ok:16384; gateways get REDIS_CLUSTER_URLS=redis://127.0.0.1:$PORT,… (the {n} nodes) "
+          "instead of REDIS_URL")
+        w("taskset -c 1 redis-server --port $PORT --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "
+          "nodes.conf --save '' --appendonly no --dir .bench/…/redis-sN --loglevel warning")
+    for key in ("a", "b", "b2", "c", "d", "e", "f", "g"):
         for c in COMMANDS.get(key, []):
             w(f"# {key}")
             w(c)
@@ -883,7 +1261,145 @@ def write_report(suite: Suite, path: Path, started: datetime.datetime, load_star
       "with 4 clients × 32 pipelined commands, keys and channels over 1,000 users (`-r 1000`); "
       "`usec_per_call` from `INFO commandstats` is Redis's own CPU time per command (event loop, "
       "excluding I/O), the calls/s are bounded by the single Redis thread.")
+    if "g" in R:
+        w(f"- g: `max-rate` as in b, over {fmt(opts.conns, 0)} connections ({fmt(opts.conns // 2, 0)} users) on "
+          f"the 2 nodes of a fresh {opts.shards}-primary cluster, events through node 1's publish API with "
+          f"`--http-connections {opts.http_connections}` (a user always on the same connection: per-user order "
+          "holds), starting at "
+          f"{fmt(opts.start_rate_cluster, 0)} events/s; an event's latency starts when the load generator queues "
+          "it for its HTTP connection, so a saturated publish path fails the p99 bound. The load generator "
+          "(its HTTP client costs ≈ 20 µs per event) shares core 1 with all the shards, and the gateways also "
+          "run the publish API on core 0: the max rate measures this 2-core box, the per-shard Redis CPU per "
+          "event is the figure for sizing shards. That figure is a "
+          "node's `INFO cpu` delta divided by its `EVALSHA` calls over the 0.5 s samples in which it ran at "
+          "≥ half its highest sampled rate (so connecting, idle time and the low-rate steps, where every event "
+          "pays a whole wake-up of Redis, are left out; the node's cluster bus, the gateways' probes and its "
+          "pub/sub writes to the gateways are in); the ratios over every sample ≥ 100 events/s and over the "
+          "whole run are given too. "
+          f"Run it alone with `python3 scripts/bench.py --only g` (add `--runs 1` for one run).")
     path.write_text("\n".join(lines) + "\n")
+
+
+def cluster_detail(w, suite, opts) -> None:
+    """Scenario g's section: per run, per shard, the steps; self-contained (it names its own
+    date, source and load), so that it can stand next to older results of the other scenarios."""
+    g = suite.results.get("g")
+    if not g:
+        return
+    w(f"### g: {g['shards']}-shard Redis Cluster, history on, publish API")
+    w("")
+    w(f"Run {g['started']} (source `{g['git']}`, {g['seconds'] / 60:.1f} min, load average at its start "
+      f"{suite.loads.get('g', '?')}, other processes ≈ {suite.foreign.get('g', 0):.1f} % of the machine; "
+      f"median of {len(g['runs'])} run(s)). {g['shards']} primaries (no replicas) of "
+      "`redis-server --cluster-enabled yes` and the load generator on core 1, 2 gateway nodes with "
+      "`REDIS_CLUSTER_URLS` on core 0; events go through node 1's publish API (`--publish http`, one "
+      "event per `POST /v1/publish`): the node runs the publish script on the user's slot owner "
+      "(`EVALSHA`: `XADD` to the history, `SPUBLISH` to `gp:user:{<id>}`), the owner sends it to the "
+      "pub/sub connection of each node that has the user (2 here).")
+    w("")
+    w("| run | events/s | deliveries/s | p50 ms | p99 ms | loadgen % | gateways % | stopped because | "
+      "at the failing step: gateways / loadgen / Redis (all shards) ≈ % |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for i, r in enumerate(g["runs"]):
+        lat = r.get("latency_us") or {}
+        steps = r.get("steps", [])
+        failing = steps[-1] if steps and not steps[-1]["pass"] else None
+        per_event = weighted_usec_per_event(r)
+        if failing:
+            redis_pct = failing["publish_rate"] * per_event / 1e4 if per_event else None
+            at_fail = (f"{fmt(failing['cpu'].get('server_cpu_percent'))} / "
+                       f"{fmt(failing['cpu']['loadgen_cpu_percent'])} / {fmt(redis_pct)}")
+        else:
+            at_fail = "–"
+        w(f"| {i} | {fmt(r.get('publish_rate'), 0)} | {fmt(r.get('delivered_per_sec'), 0)} | "
+          f"{fmt(ms(lat.get('p50')), 2)} | {fmt(ms(lat.get('p99')), 2)} | {fmt(r.get('loadgen_cpu_percent'))} | "
+          f"{fmt((r.get('cpu') or {}).get('server_cpu_percent'))} | {r.get('stop_reason')} | {at_fail} |")
+    w("")
+    for i, r in enumerate(g["runs"]):
+        steps = r.get("steps", [])
+        if not steps or steps[-1]["pass"]:
+            continue
+        failing = steps[-1]
+        gw = failing["cpu"].get("server_cpu_percent") or 0
+        redis_pct = failing["publish_rate"] * (weighted_usec_per_event(r) or 0) / 1e4
+        client = failing["cpu"]["loadgen_cpu_percent"] + redis_pct
+        busiest = max(s["peak_cpu_percent"] for s in r["shards"])
+        where = []
+        if gw >= 95:
+            where.append(f"core 0 (gateways {gw:.0f} %)")
+        if client >= 90:
+            where.append(f"core 1 (load generator + Redis ≈ {client:.0f} %)")
+        w(f"- run {i}, final failing step: "
+          + ("saturated " + " and ".join(where) if where else
+             f"no core at ≥ 90–95 % by our processes (gateways {gw:.0f} %, load generator + Redis ≈ "
+             f"{client:.0f} %; other processes used ≈ {suite.foreign.get('g', 0):.0f} % of the machine)")
+          + f"; busiest shard's busiest 0.5 s: {busiest:.0f} % of a core.")
+    w("")
+    w("Per shard (`INFO commandstats` reset before the run; commands that the script runs are counted "
+      "on their own too, so the `SPUBLISH` time is part of the `EVALSHA` time; a command's `usec` is the "
+      "wall time of its execution, so it also holds the time the node was preempted on the shared core; "
+      "`INFO cpu` = `used_cpu_sys` + `used_cpu_user` of the node, CPU time, I/O included, sampled every "
+      "0.5 s):")
+    w("")
+    w("| run | shard | slots | users | EVALSHA calls | µs/EVALSHA | EVALSHA_RO calls | SPUBLISH calls | µs/SPUBLISH | "
+      "Redis CPU µs per event near the max rate (INFO cpu; highest 0.5 s rate) | same, all intervals ≥ 100 events/s | "
+      "same, whole run | CPU avg % | busiest 0.5 s % | idle % before the run |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for i, r in enumerate(g["runs"]):
+        for k, s in enumerate(r["shards"]):
+            w(f"| {i} | {k + 1} | {s['slots'][0]}–{s['slots'][1]} | {fmt(s['users'], 0)} | "
+              f"{fmt(s['evalsha_calls'], 0)} | {fmt(s['usec_per_evalsha'], 2)} | {fmt(s['evalsha_ro_calls'], 0)} | "
+              f"{fmt(s['spublish_calls'], 0)} | {fmt(s['usec_per_spublish'], 2)} | **{fmt(s['usec_per_event'], 2)}** "
+              f"({fmt(s['top_rate'], 0)}/s) | {fmt(s['usec_per_event_busy'], 2)} | {fmt(s['usec_per_event_run'], 2)} | {fmt(s['cpu_percent_avg'])} | {fmt(s['peak_cpu_percent'])} | "
+              f"{fmt(s['idle_cpu_percent'])} |")
+    w("")
+    costs = [c for c in g["usec_per_event"] if c]
+    if costs:
+        worst = max(costs)
+        w(f"Spread: users per shard {' / '.join(fmt(u, 0) for u in g['users'])} (max/mean "
+          f"{g['users_max_mean']:.3f}, CRC16 of the user id, the hash tag of `gp:hist:{{<id>}}`, checked "
+          f"against `CLUSTER KEYSLOT`); `EVALSHA` calls per shard max/mean {fmt(g['calls_max_mean'], 3)}. "
+          f"Redis CPU per event (median over runs) {' / '.join(fmt(c, 2) for c in g['usec_per_event'])} µs "
+          f"on shards {' / '.join(str(k + 1) for k in range(g['shards']))}: at that cost one shard's core is "
+          f"busy 100 % at ≈ {fmt(1e6 / worst, 0)} events/s (its users' share), so {g['shards']} shards "
+          f"≈ {fmt(g['shards'] * 1e6 / worst / g['calls_max_mean'], 0)} events/s before the busiest one "
+          "saturates (with 2 subscribed nodes per user; each more node with the user costs one more "
+          "pub/sub write).")
+        pairs = sorted((s["top_rate"], s["usec_per_event"]) for r in g["runs"] for s in r["shards"]
+                       if s["usec_per_event"])
+        if len(pairs) > 1:
+            w("")
+            w("Cost against the shard's rate (every shard of every run, highest 0.5 s rate → µs per event near "
+              "it): " + ", ".join(f"{fmt(t, 0)}/s → {c:.1f}" for t, c in pairs) + ". A Redis wake-up serves "
+              "more events as the rate rises, and here 3 shards and the load generator take turns on one "
+              "core (cold caches after every switch), so these figures are likely above what a shard with a "
+              "core of its own pays at higher rates (compare the standalone `EVALSHA` costs of b2 and f).")
+        w("")
+    steps_table(w, g["runs"])
+
+
+def weighted_usec_per_event(rep: dict) -> float | None:
+    """Redis CPU per event over the whole cluster: each event runs on one shard, so the shards'
+    costs weighted by their calls."""
+    pairs = [(s["usec_per_event"], s["near_calls"]) for s in rep["shards"] if s["usec_per_event"]]
+    calls = sum(n for _, n in pairs)
+    return sum(c * n for c, n in pairs) / calls if calls else None
+
+
+def steps_table(w, runs: list[dict]) -> None:
+    """The max-rate steps of the middle run."""
+    last = runs[len(runs) // 2]
+    w(f"Steps of run {len(runs) // 2}:")
+    w("")
+    w("| target events/s | published/s | deliveries/s | loss % | p50 ms | p99 ms | p99.9 ms | loadgen % | gateways % | result |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for s in last.get("steps", []):
+        lat = s["latency_us"]
+        w(f"| {fmt(s['rate_target'], 0)} | {fmt(s['publish_rate'], 0)} | {fmt(s['delivered_per_sec'], 0)} | "
+          f"{s['loss_pct']} | {fmt(ms(lat['p50']), 2)} | {fmt(ms(lat['p99']), 2)} | {fmt(ms(lat['p999']), 2)} | "
+          f"{fmt(s['cpu']['loadgen_cpu_percent'])} | {fmt(s['cpu'].get('server_cpu_percent'))} | "
+          f"{'pass' if s['pass'] else 'FAIL: ' + str(s['reason'])} |")
+    w("")
 
 
 def per_cpu(rep):
@@ -951,18 +1467,7 @@ def detail(w, R) -> None:
                  f"no core at ≥ 90–95 % (gateways {gw:.0f} %, load generator + Redis ≈ {client:.0f} %)")
               + ".")
         w("")
-        last = b["runs"][len(b["runs"]) // 2]
-        w(f"Steps of run {len(b['runs']) // 2}:")
-        w("")
-        w("| target events/s | published/s | deliveries/s | loss % | p50 ms | p99 ms | p99.9 ms | loadgen % | gateways % | result |")
-        w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for s in last.get("steps", []):
-            lat = s["latency_us"]
-            w(f"| {fmt(s['rate_target'], 0)} | {fmt(s['publish_rate'], 0)} | {fmt(s['delivered_per_sec'], 0)} | "
-              f"{s['loss_pct']} | {fmt(ms(lat['p50']), 2)} | {fmt(ms(lat['p99']), 2)} | {fmt(ms(lat['p999']), 2)} | "
-              f"{fmt(s['cpu']['loadgen_cpu_percent'])} | {fmt(s['cpu'].get('server_cpu_percent'))} | "
-              f"{'pass' if s['pass'] else 'FAIL: ' + str(s['reason'])} |")
-        w("")
+        steps_table(w, b["runs"])
     simple = [
         ("a", "a: idle RSS", lambda r: f"{r['established']} established, RSS {r['server_rss_kib_before']} → "
          f"{r['server_rss_kib_after']} KiB = {r['server_rss_kib_per_conn']} KiB/conn"),
@@ -1009,7 +1514,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario (median reported)")
     ap.add_argument("--runs-max-rate", type=int, default=5,
                     help="runs of b and b2 (interleaved; the noisiest scenarios)")
-    ap.add_argument("--only", default="", help="comma-separated scenarios: a,b (b and b2),c,d,e,f")
+    ap.add_argument("--only", default="", help="comma-separated scenarios: a,b (b and b2),c,d,e,f,g")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="report path")
     ap.add_argument("--no-build", action="store_true", help="use the existing release binaries")
     ap.add_argument("--idle-connections", type=int, default=10_000)
@@ -1017,6 +1522,11 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=2_000, help="max-rate connections (2 per user)")
     ap.add_argument("--start-rate", type=float, default=30_000, help="max-rate first step, events/s (history off)")
     ap.add_argument("--start-rate-history", type=float, default=20_000, help="same, history on")
+    ap.add_argument("--shards", type=int, default=3, help="g: cluster primaries")
+    ap.add_argument("--start-rate-cluster", type=float, default=2_000,
+                    help="g: max-rate first step, events/s (publish API)")
+    ap.add_argument("--http-connections", type=int, default=64,
+                    help="g: the load generator's keep-alive connections to the publish API")
     ap.add_argument("--factor", type=float, default=1.1)
     ap.add_argument("--step", default="3s")
     ap.add_argument("--max-steps", type=int, default=24)

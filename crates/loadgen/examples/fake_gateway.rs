@@ -14,7 +14,7 @@ async fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let f = fake::start().await;
+    let f = fake::start(std::time::Duration::ZERO).await;
     println!("ws_urls    {} {}", f.ws_urls[0], f.ws_urls[1]);
     println!("admin_url  {}", f.admin_url);
     println!("redis_url  {}", f.redis_url);

@@ -4,6 +4,7 @@ mod fake;
 
 use std::process::Output;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -56,7 +57,7 @@ fn assert_clean_delivery(r: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_over_http_two_nodes() {
-    let f = fake::start().await;
+    let f = fake::start(Duration::ZERO).await;
     let r = run_json(&format!(
         "fanout --url {} --url {} -n 40 -u 20 --jwt-secret {} --api-key {} --admin-url {} \
          --rate 2000 --warmup 300ms --duration 1s --payload-bytes 300 --settle 100ms --drain 2s",
@@ -77,9 +78,64 @@ async fn fanout_over_http_two_nodes() {
     assert_eq!(f.pongs.load(Ordering::Relaxed), 40);
 }
 
+/// A publish API slower than the rate: the events queue up in the load generator, and that wait
+/// is part of their latency (stamped when queued, not when sent), so a saturated publish path
+/// shows up as latency instead of hiding behind the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_latency_includes_time_queued_behind_a_slow_publish_api() {
+    let f = fake::start(Duration::from_millis(10)).await;
+    // One connection, one request at a time, each ≥ 10 ms: ≤ 100 events/s are served while 400
+    // are queued within 1 s, so the k-th event waits ≥ k × (10 − 2.5) ms; the 99th percentile
+    // (k ≈ 396) ≥ 2.9 s. Sent-time stamps would show ≈ 10 ms.
+    let r = run_json(&format!(
+        "fanout --url {} -n 10 --jwt-secret {} --api-key {} --admin-url {} --http-connections 1 \
+         --rate 400 --warmup 0s --duration 1s --settle 0s --drain 20s",
+        f.ws_urls[0],
+        fake::SECRET,
+        fake::API_KEY,
+        f.admin_url
+    ))
+    .await;
+    assert_clean_delivery(&r);
+    assert_eq!(u(&r, "published"), 400, "{r}");
+    let p99 = u(&r["latency_us"], "p99");
+    assert!(p99 >= 1_000_000, "p99 {p99} µs hides the queueing: {r}");
+}
+
+/// Every max-rate step waits for its own publishes' acknowledgements before it counts: with a
+/// publish API that takes a while per request, events still in flight at the end of a step are
+/// the step's, not the next one's (which would show up as surplus deliveries here and as loss
+/// there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rate_steps_account_for_their_own_in_flight_http_publishes() {
+    let f = fake::start(Duration::from_millis(20)).await;
+    // 4 connections × 20 ms per request ≈ 200 events/s: at 150–340/s requests are in flight
+    // (or queued) whenever a step ends. Latency and loss limits are out of the way: every step runs.
+    let r = run_json(&format!(
+        "max-rate --url {} --url {} -n 20 -u 10 --jwt-secret {} --api-key {} --admin-url {} \
+         --http-connections 4 --start-rate 150 --factor 1.5 --step 1s --step-warmup 200ms \
+         --max-steps 3 --max-p99-ms 100000 --max-loss-pct 100 --drain 10s --settle 0s",
+        f.ws_urls[0],
+        f.ws_urls[1],
+        fake::SECRET,
+        fake::API_KEY,
+        f.admin_url
+    ))
+    .await;
+    let steps = r["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 3, "{r}");
+    for s in steps {
+        assert_eq!(u(s, "publish_errors"), 0, "{s}");
+        // Each user has one connection per node.
+        assert_eq!(u(s, "expected"), 2 * u(s, "published"), "{s}");
+        assert_eq!(u(s, "delivered"), u(s, "expected"), "{s}");
+        assert_eq!(u(s, "lost"), 0, "{s}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_over_redis_with_large_payloads_and_header_auth() {
-    let f = fake::start().await;
+    let f = fake::start(Duration::ZERO).await;
     let r = run_json(&format!(
         "fanout --url {} -n 10 --jwt-secret {} --auth header --publish redis --redis-url {} \
          --rate 400 --warmup 200ms --duration 800ms --payload-bytes 150000 --settle 100ms \
@@ -96,7 +152,7 @@ async fn fanout_over_redis_with_large_payloads_and_header_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_rate_steps_until_the_bound() {
-    let f = fake::start().await;
+    let f = fake::start(Duration::ZERO).await;
     let r = run_json(&format!(
         "max-rate --url {} -n 20 --jwt-secret {} --publish redis --redis-url {} \
          --start-rate 500 --factor 2 --step 600ms --step-warmup 200ms --max-steps 3 \
@@ -120,7 +176,7 @@ async fn max_rate_steps_until_the_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_rate_idle_and_bad_credentials() {
-    let f = fake::start().await;
+    let f = fake::start(Duration::ZERO).await;
     let r = run_json(&format!(
         "connect-rate --url {} --url {} -n 300 --concurrency 50 --jwt-secret {} --settle 0s \
          --source-ip 127.0.0.2 --source-ip 127.0.0.3",
@@ -176,7 +232,7 @@ async fn refuses_non_loopback_targets_and_bad_api_keys() {
         assert_eq!(out.status.code(), Some(2), "{args}: {stderr}");
         assert!(stderr.contains("loopback"), "{args}: {stderr}");
     }
-    let f = fake::start().await;
+    let f = fake::start(Duration::ZERO).await;
     let out = run(&format!(
         "fanout --url {} -n 2 --jwt-secret {} --api-key wrong --admin-url {} --rate 1000 \
          --warmup 0s --duration 2s --settle 0s --max-seconds 30",

@@ -1,6 +1,9 @@
 //! `POST /v1/publish` over a few keep-alive HTTP/1.1 connections (hyper client). Events for a
 //! given user always go through the same connection, one request at a time, so per-user publish
-//! order equals sequence order.
+//! order equals sequence order. An event's `t` is taken when the rate loop hands it to its
+//! connection's queue, not when the request is sent: time spent queued behind a slow publish API
+//! counts into the latency (no coordinated omission), as Redis-side queueing does for the Redis
+//! publishers.
 
 use std::sync::Arc;
 
@@ -29,9 +32,12 @@ struct Endpoint {
     auth: HeaderValue,
 }
 
+/// One queued event: user index, sequence, `t` (ns since base) taken when it was queued.
+type Job = (u32, u64, u64);
+
 /// HTTP publishing backend.
 pub(crate) struct HttpPublisher {
-    workers: Vec<mpsc::Sender<(u32, u64)>>,
+    workers: Vec<mpsc::Sender<Job>>,
 }
 
 impl HttpPublisher {
@@ -75,12 +81,13 @@ impl HttpPublisher {
         Ok(HttpPublisher { workers })
     }
 
-    /// Queues a batch (waits when a connection's queue is full).
+    /// Queues a batch, stamping each event as it is queued (waits when a connection's queue is
+    /// full; that wait counts into the event's latency too).
     pub(crate) async fn send(&mut self, batch: &[(u32, u64)]) -> Result<()> {
         let k = self.workers.len();
-        for &job in batch {
-            self.workers[job.0 as usize % k]
-                .send(job)
+        for &(ui, seq) in batch {
+            self.workers[ui as usize % k]
+                .send((ui, seq, now_ns()))
                 .await
                 .context("HTTP publish worker stopped")?;
         }
@@ -101,14 +108,14 @@ async fn open(ep: &Endpoint) -> Result<SendRequest<Full<Bytes>>> {
 async fn worker(
     ep: Arc<Endpoint>,
     sender: SendRequest<Full<Bytes>>,
-    mut rx: mpsc::Receiver<(u32, u64)>,
+    mut rx: mpsc::Receiver<Job>,
     acks: Arc<Acks>,
     spec: Arc<EventSpec>,
     first_user: u64,
 ) {
     let mut sender = Some(sender);
     let mut body = Vec::with_capacity(1024);
-    while let Some((ui, seq)) = rx.recv().await {
+    while let Some((ui, seq, t)) = rx.recv().await {
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
             match open(&ep).await {
                 Ok(s) => sender = Some(s),
@@ -125,7 +132,7 @@ async fn worker(
         body.extend_from_slice(b"{\"users\":[");
         push_u64(&mut body, user);
         body.extend_from_slice(b"],\"event\":");
-        spec.write_event(&mut body, seq, now_ns(), user);
+        spec.write_event(&mut body, seq, t, user);
         body.push(b'}');
         match publish_one(&ep, s, &body).await {
             Ok(()) => {

@@ -244,10 +244,13 @@ impl Publisher {
         Ok(())
     }
 
-    /// Waits until every dispatched event is acknowledged, at most `timeout`.
+    /// Waits until every dispatched event is acknowledged, at most `timeout`. The counters are
+    /// cumulative and `dispatched` counts since the previous [`Publisher::take_totals`], so the
+    /// acknowledgements taken then are added back.
     pub async fn settle(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while self.acks.acknowledged() < self.dispatched && Instant::now() < deadline {
+        let owed = self.taken.0 + self.taken.1 + self.dispatched;
+        while self.acks.acknowledged() < owed && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -50,8 +51,9 @@ async fn listen() -> (TcpListener, SocketAddr) {
     (l, a)
 }
 
-/// Starts two WebSocket listeners, the publish API and the RESP listener.
-pub async fn start() -> Fake {
+/// Starts two WebSocket listeners, the publish API and the RESP listener. Each publish request
+/// waits `publish_delay` before it delivers and answers (a slow publish API).
+pub async fn start(publish_delay: Duration) -> Fake {
     let routes: Routes = Arc::default();
     let pongs = Arc::new(AtomicU64::new(0));
     let upgrades = Arc::new(AtomicU64::new(0));
@@ -74,7 +76,7 @@ pub async fn start() -> Fake {
         while let Ok((s, _)) = l.accept().await {
             let r = r.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| publish(req, r.clone()));
+                let svc = service_fn(move |req| publish(req, r.clone(), publish_delay));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
@@ -186,6 +188,7 @@ fn deliver(routes: &Routes, user: u64, event: &str) -> usize {
 async fn publish(
     req: hyper::Request<hyper::body::Incoming>,
     routes: Routes,
+    delay: Duration,
 ) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
     let reply = |status: u16, body: &str| {
         let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
@@ -209,6 +212,9 @@ async fn publish(
     let Ok(p) = serde_json::from_slice::<Publish>(&body) else {
         return reply(400, r#"{"error":"bad body"}"#);
     };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     for u in &p.users {
         deliver(&routes, *u, p.event.get());
     }

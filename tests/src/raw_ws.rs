@@ -114,6 +114,14 @@ impl RawClient {
         self.send_frame(0x80 | opcode, true, payload).await
     }
 
+    /// Every byte the server sends from now until it closes the connection (frames not
+    /// parsed), waiting at most `limit`; fails if it is still open then.
+    pub async fn bytes_until_closed(mut self, limit: Duration) -> Result<Vec<u8>> {
+        let mut received = std::mem::take(&mut self.buf);
+        received.extend(crate::http::closed_within(&mut self.stream, limit).await?);
+        Ok(received)
+    }
+
     /// Read every frame until the connection ends (close frame, EOF or reset), bounded by
     /// `limit` overall.
     pub async fn read_to_end(mut self, limit: Duration) -> Result<RawRead> {

@@ -3,11 +3,10 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use gleepost_tests::metrics::wait_metric;
+use gleepost_tests::raw_ws::RawClient;
 use gleepost_tests::{
     data_text, token, token_with, Client, Closed, Gateway, GatewayOptions, JWT_SECRET, WAIT,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 fn event(n: u32) -> String {
     format!(r#"{{"type":"tick","location":"/t","data":{{"n":{n}}}}}"#)
@@ -79,37 +78,6 @@ async fn the_client_frame_limit_is_configurable() -> Result<()> {
     }
 }
 
-/// Upgrade by hand on a raw socket (which never answers pings); returns the socket and any
-/// bytes read past the response head.
-async fn raw_upgrade(gw: &Gateway, user: u64) -> Result<(TcpStream, Vec<u8>)> {
-    let mut stream = TcpStream::connect(&gw.public).await?;
-    let request = format!(
-        "GET /ws?access_token={} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
-         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        token(user),
-        gw.public
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let head_end = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                return anyhow::Ok(pos + 4);
-            }
-            let n = stream.read(&mut chunk).await?;
-            ensure!(n > 0, "connection closed during the handshake");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .context("handshake timed out")??;
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    ensure!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
-    Ok((stream, buf[head_end..].to_vec()))
-}
-
 /// Opcodes of the (small, unmasked) server frames in `bytes`.
 fn server_opcodes(bytes: &[u8]) -> Result<Vec<u8>> {
     let mut opcodes = Vec::new();
@@ -140,19 +108,12 @@ async fn a_client_that_does_not_answer_pings_is_disconnected() -> Result<()> {
         (good, frame)
     });
 
-    let (mut raw, mut received) = raw_upgrade(&gw, 9).await?;
-    // Read (never answering) until the gateway closes the socket.
-    let ended = tokio::time::timeout(WAIT, async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            match raw.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    ensure!(ended.is_ok(), "the silent client was not disconnected");
+    // A raw socket that never answers pings, read until the gateway closes it.
+    let raw = RawClient::connect(&gw.public, &format!("/ws?access_token={}", token(9))).await?;
+    let received = raw
+        .bytes_until_closed(WAIT)
+        .await
+        .context("the silent client was not disconnected")?;
     // It was pinged: the first frame is an unmasked ping (FIN + opcode 0x9).
     ensure!(
         received.first() == Some(&0x89),

@@ -100,25 +100,7 @@ impl Link {
         templates: &[Template],
         limit: Duration,
     ) -> Result<(), LinkError> {
-        for chunk in users.chunks(BATCH_USERS) {
-            if self.spec.shard.is_none() {
-                let names = channel_names(chunk, templates, true);
-                timed(limit, self.conn.subscribe(&names)).await?;
-                self.sent.subscribing(chunk, names.len());
-                continue;
-            }
-            if !templates.is_empty() {
-                let names = channel_names(chunk, templates, false);
-                timed(limit, self.conn.subscribe(&names)).await?;
-                self.sent.subscribing(chunk, names.len());
-            }
-            for (_, slot_users) in by_slot(chunk) {
-                let names: Vec<String> = slot_users.iter().map(|&u| user_channel(u)).collect();
-                timed(limit, self.conn.ssubscribe(&names)).await?;
-                self.sent.subscribing(&slot_users, names.len());
-            }
-        }
-        Ok(())
+        self.change(true, users, templates, limit).await
     }
 
     /// Unsubscribe every channel of `users`.
@@ -128,26 +110,63 @@ impl Link {
         templates: &[Template],
         limit: Duration,
     ) -> Result<(), LinkError> {
+        self.change(false, users, templates, limit).await
+    }
+
+    /// Join (or leave) every channel of `users`: classic commands for the legacy channels (and,
+    /// on a standalone server, the gateway channels), one shard command per slot on a cluster.
+    async fn change(
+        &mut self,
+        join: bool,
+        users: &[UserId],
+        templates: &[Template],
+        limit: Duration,
+    ) -> Result<(), LinkError> {
+        let standalone = self.spec.shard.is_none();
         for chunk in users.chunks(BATCH_USERS) {
-            if self.spec.shard.is_none() {
-                let names = channel_names(chunk, templates, true);
-                timed(limit, self.conn.unsubscribe(&names)).await?;
-                self.sent.unsubscribing(chunk, names.len());
-                continue;
+            if standalone || !templates.is_empty() {
+                let names = channel_names(chunk, templates, standalone);
+                self.command(join, false, chunk, &names, limit).await?;
             }
-            if !templates.is_empty() {
-                let names = channel_names(chunk, templates, false);
-                timed(limit, self.conn.unsubscribe(&names)).await?;
-                self.sent.unsubscribing(chunk, names.len());
-            }
-            for (_, slot_users) in by_slot(chunk) {
-                let names: Vec<String> = slot_users.iter().map(|&u| user_channel(u)).collect();
-                for name in &names {
-                    *self.leaving.entry(name.as_bytes().to_vec()).or_default() += 1;
+            if !standalone {
+                for (_, slot_users) in by_slot(chunk) {
+                    let names: Vec<String> = slot_users.iter().map(|&u| user_channel(u)).collect();
+                    self.command(join, true, &slot_users, &names, limit).await?;
                 }
-                timed(limit, self.conn.sunsubscribe(&names)).await?;
-                self.sent.unsubscribing(&slot_users, names.len());
             }
+        }
+        Ok(())
+    }
+
+    /// One (S)SUBSCRIBE or (S)UNSUBSCRIBE of `names`, the channels of `users`, and its
+    /// bookkeeping.
+    async fn command(
+        &mut self,
+        join: bool,
+        sharded: bool,
+        users: &[UserId],
+        names: &[String],
+        limit: Duration,
+    ) -> Result<(), LinkError> {
+        if sharded && !join {
+            for name in names {
+                *self.leaving.entry(name.as_bytes().to_vec()).or_default() += 1;
+            }
+        }
+        let conn = &mut self.conn;
+        let write = async {
+            match (join, sharded) {
+                (true, false) => conn.subscribe(names).await,
+                (false, false) => conn.unsubscribe(names).await,
+                (true, true) => conn.ssubscribe(names).await,
+                (false, true) => conn.sunsubscribe(names).await,
+            }
+        };
+        timed(limit, write).await?;
+        if join {
+            self.sent.subscribing(users, names.len());
+        } else {
+            self.sent.unsubscribing(users, names.len());
         }
         Ok(())
     }

@@ -33,12 +33,21 @@ impl RedisSentinel {
     /// Start a primary with `replicas` replicas and three sentinels, and wait until every
     /// replica is in sync and every sentinel knows every replica and the other sentinels.
     pub async fn start(replicas: usize) -> Result<RedisSentinel> {
-        let primary = RedisServer::launch(data_launch(None)).await?;
+        Self::start_with(replicas, None).await
+    }
+
+    /// [`RedisSentinel::start`] with data nodes that require `password` (`requirepass`,
+    /// `masterauth`; the sentinels get `auth-pass`).
+    pub async fn start_with(replicas: usize, password: Option<&str>) -> Result<RedisSentinel> {
+        let primary = RedisServer::launch(data_launch(None, password)).await?;
         let mut data = vec![primary];
         for _ in 0..replicas {
-            let replica = RedisServer::launch(data_launch(Some(data[0].port()))).await?;
-            data.push(replica);
+            let launch = data_launch(Some(data[0].port()), password);
+            data.push(RedisServer::launch(launch).await?);
         }
+        let auth = password
+            .map(|p| format!("sentinel auth-pass {MASTER} {p}\n"))
+            .unwrap_or_default();
         let primary_port = data[0].port();
         let mut sentinels = Vec::new();
         for _ in 0..3 {
@@ -47,7 +56,7 @@ impl RedisSentinel {
                  sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
                  sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n\
                  sentinel failover-timeout {MASTER} 4000\n\
-                 sentinel parallel-syncs {MASTER} 1\n"
+                 sentinel parallel-syncs {MASTER} 1\n{auth}"
             );
             let launch = Launch {
                 own_dir: true,
@@ -104,6 +113,24 @@ impl RedisSentinel {
         let i = self.primary().await?;
         self.data[i].kill();
         Ok(i)
+    }
+
+    /// Ask a sentinel for a failover (`SENTINEL FAILOVER`): the primary stays up and is demoted
+    /// to a replica of the promoted one. Returns the old primary's index once the switch is
+    /// complete and it answers as a replica.
+    pub async fn manual_failover(&self) -> Result<usize> {
+        let old = self.primary().await?;
+        let _: Value = self.sentinels[0]
+            .cmd(&["SENTINEL", "FAILOVER", MASTER])
+            .await
+            .context("SENTINEL FAILOVER")?;
+        self.wait_failover(old).await?;
+        eventually(SETTLE, "the old primary is demoted", || async {
+            ensure!(self.role(old).await? == "slave", "still a primary");
+            Ok(())
+        })
+        .await?;
+        Ok(old)
     }
 
     /// Wait until the sentinels name a primary other than node `old` and it answers as
@@ -194,7 +221,7 @@ impl RedisSentinel {
 
 /// A data node: a private directory (so a restart keeps its port and state of replication
 /// config), replicating from `primary` when given.
-fn data_launch(primary: Option<u16>) -> Launch {
+fn data_launch(primary: Option<u16>, password: Option<&str>) -> Launch {
     let mut args = Vec::new();
     if let Some(port) = primary {
         args.extend([
@@ -203,8 +230,12 @@ fn data_launch(primary: Option<u16>) -> Launch {
             port.to_string(),
         ]);
     }
+    if let Some(password) = password {
+        args.extend(["--masterauth".to_string(), password.to_string()]);
+    }
     Launch {
         own_dir: true,
+        password: password.map(str::to_string),
         args,
         ..Launch::default()
     }

@@ -3,7 +3,9 @@
 //! (503s retried by the next publish): every acknowledged event reaches every connection once
 //! and in order, or that connection got `resync` (with `--publish-replicas 1`: every
 //! acknowledged event arrives); both nodes go unready and come back; the old primary is
-//! restarted, Sentinel turns it into a replica, and nothing of the gateways is sent to it.
+//! restarted, Sentinel turns it into a replica, and nothing of the gateways is sent to it. A
+//! manual failover (`SENTINEL FAILOVER`: the primary is demoted while it is up and keeps its
+//! connections) moves both nodes' connections off it the same way.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,13 +41,27 @@ async fn node(sentinel: &RedisSentinel, replicas: u32) -> Result<Gateway> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_publish_replicas_0_a_sentinel_failover_loses_nothing_silently() -> Result<()> {
-    failover(0).await
+    failover(0, Fault::KillPrimary).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manual_failover_moves_every_connection_off_the_demoted_primary() -> Result<()> {
+    failover(0, Fault::ManualFailover).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_publish_replicas_1_every_acknowledged_event_survives_a_sentinel_failover(
 ) -> Result<()> {
-    failover(1).await
+    failover(1, Fault::KillPrimary).await
+}
+
+/// How the primary goes away.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL; restarted later (Sentinel turns it into a replica).
+    KillPrimary,
+    /// `SENTINEL FAILOVER`: demoted while up.
+    ManualFailover,
 }
 
 /// What one connection received: numbered events in arrival order, and resyncs.
@@ -80,7 +96,7 @@ async fn collect(mut client: Client, last: Arc<std::sync::Mutex<Option<u64>>>) -
     }
 }
 
-async fn failover(replicas: u32) -> Result<()> {
+async fn failover(replicas: u32, fault: Fault) -> Result<()> {
     let mut sentinel = RedisSentinel::start(1).await?;
     let (a, b) = (
         node(&sentinel, replicas).await?,
@@ -138,21 +154,31 @@ async fn failover(replicas: u32) -> Result<()> {
     };
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let old = sentinel.kill_primary().await?;
-    for gw in gateways.iter() {
-        gw.wait_ready(false, READY)
-            .await
-            .context("unready while the primary is gone")?;
-    }
-    sentinel.wait_failover(old).await?;
+    let old = match fault {
+        Fault::KillPrimary => {
+            let old = sentinel.kill_primary().await?;
+            for gw in gateways.iter() {
+                gw.wait_ready(false, READY)
+                    .await
+                    .context("unready while the primary is gone")?;
+            }
+            sentinel.wait_failover(old).await?;
+            old
+        }
+        Fault::ManualFailover => sentinel.manual_failover().await?,
+    };
     for gw in gateways.iter() {
         gw.wait_ready(true, READY)
             .await
             .context("ready again after the failover")?;
     }
-    // The old primary returns; Sentinel makes it a replica of the new one (with
-    // --publish-replicas 1 publishes are refused until then: WAIT 1 cannot be met).
-    sentinel.restart_as_replica(old).await?;
+    if fault == Fault::KillPrimary {
+        // The old primary returns; Sentinel makes it a replica of the new one (with
+        // --publish-replicas 1 publishes are refused until then: WAIT 1 cannot be met).
+        sentinel.restart_as_replica(old).await?;
+    }
+    // From here on the demoted node must see nothing of the gateways.
+    let _: String = sentinel.node(old).cmd(&["CONFIG", "RESETSTAT"]).await?;
     let rejoined_at = acked_count.load(Ordering::Acquire);
     eventually(READY, "20 more acknowledged publishes", || async {
         let n = acked_count.load(Ordering::Acquire);
@@ -203,5 +229,14 @@ async fn failover(replicas: u32) -> Result<()> {
         !clients.contains("name=gleepost-gateway"),
         "a gateway connection is open on the demoted primary:\n{clients}"
     );
+    // The sentinels' announcement was seen (not only the failed connections).
+    for gw in gateways.iter() {
+        ensure!(
+            gw.logs()
+                .iter()
+                .any(|l| l.contains("sentinel switched the primary")),
+            "a node never saw +switch-master"
+        );
+    }
     Ok(())
 }

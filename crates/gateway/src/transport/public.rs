@@ -177,7 +177,7 @@ async fn handle(
                     edge.limits.auth_failed(addr);
                     json_error(StatusCode::UNAUTHORIZED, "Invalid credentials")
                 }
-                AuthError::Unavailable => json_error(
+                AuthError::Unavailable | AuthError::KeysUnavailable => json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Authentication temporarily unavailable",
                 ),

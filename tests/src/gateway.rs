@@ -6,7 +6,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
 use crate::client::Client;
@@ -208,11 +208,16 @@ impl Gateway {
 
     /// POST /v1/publish with the right key; `body` is the whole request JSON.
     pub async fn publish_raw(&self, body: &str) -> Result<HttpResponse> {
+        self.admin_post("/v1/publish", body).await
+    }
+
+    /// POST a JSON `body` to the admin API's `path` with the API key.
+    pub async fn admin_post(&self, path: &str, body: &str) -> Result<HttpResponse> {
         let auth = format!("Bearer {API_KEY}");
         http::request(
             &self.admin,
             "POST",
-            "/v1/publish",
+            path,
             &[
                 ("Authorization", &auth),
                 ("Content-Type", "application/json"),
@@ -238,6 +243,19 @@ impl Gateway {
     /// GET an admin path.
     pub async fn admin_get(&self, path: &str) -> Result<HttpResponse> {
         http::request(&self.admin, "GET", path, &[], b"").await
+    }
+
+    /// GET `path` on the admin port with the API key; the body as JSON (fails unless 200).
+    pub async fn admin_get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let auth = format!("Bearer {API_KEY}");
+        let res = http::request(&self.admin, "GET", path, &[("Authorization", &auth)], b"").await?;
+        ensure!(
+            res.status == 200,
+            "GET {path}: {} {}",
+            res.status,
+            String::from_utf8_lossy(&res.body)
+        );
+        Ok(serde_json::from_slice(&res.body)?)
     }
 
     /// `/readyz` answered 200.
@@ -310,6 +328,8 @@ impl Drop for Gateway {
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
 }
 
 /// A JWT for `user` signed with [`JWT_SECRET`], valid for an hour.
@@ -331,11 +351,31 @@ pub fn token_with(user: u64, ttl_secs: i64, secret: &[u8], alg: jsonwebtoken::Al
     let claims = Claims {
         sub: user.to_string(),
         exp: (now + ttl_secs).max(0) as u64,
+        iat: None,
     };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(alg),
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_default()
+}
+
+/// A JWT for `user` signed with [`JWT_SECRET`], valid for an hour, issued (`iat`) at
+/// `issued_at` (unix s; `None`: no `iat` claim).
+pub fn token_issued_at(user: u64, issued_at: Option<u64>) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = Claims {
+        sub: user.to_string(),
+        exp: now + 3600,
+        iat: issued_at,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
     .unwrap_or_default()
 }

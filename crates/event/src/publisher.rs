@@ -44,6 +44,9 @@ pub struct PublishReport {
     pub receivers: u64,
     /// `(user, event id)` for each user, when history is on.
     pub ids: Vec<(u64, String)>,
+    /// `(user, receivers)` for each user: how many subscriptions (gateway nodes) received the
+    /// user's copy; 0 means no node held a connection of that user.
+    pub online: Vec<(u64, u64)>,
 }
 
 /// Publishes events to users through Redis. Cheap to clone; clones share one connection.
@@ -184,6 +187,7 @@ impl Publisher {
                 users: distinct.len(),
                 receivers: replies.iter().sum(),
                 ids: Vec::new(),
+                online: distinct.iter().copied().zip(replies).collect(),
             });
         }
         if !self.history.enabled() {
@@ -197,6 +201,7 @@ impl Publisher {
                 users: distinct.len(),
                 receivers: replies.iter().sum(),
                 ids: Vec::new(),
+                online: distinct.iter().copied().zip(replies).collect(),
             });
         }
         let replies = match self.publish_with_history(&distinct, payload).await {
@@ -210,6 +215,11 @@ impl Publisher {
         };
         self.wait_for_replicas(&distinct).await?;
         let receivers = replies.iter().map(|(_, r)| *r).sum();
+        let online = distinct
+            .iter()
+            .zip(&replies)
+            .map(|(&u, (_, r))| (u, *r))
+            .collect();
         let ids = distinct
             .iter()
             .zip(replies)
@@ -219,6 +229,7 @@ impl Publisher {
             users: distinct.len(),
             receivers,
             ids,
+            online,
         })
     }
 

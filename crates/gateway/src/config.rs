@@ -160,6 +160,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_EVENT_BYTES", default_value_t = 65_536)]
     pub max_event_bytes: usize,
 
+    /// How long a token revocation of `POST /v1/disconnect` lasts: set it to at least the
+    /// longest JWT lifetime you issue (a revoked token older than this is accepted again).
+    #[arg(long, env = "GATEWAY_REVOCATION_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub revocation_ttl: Duration,
+
     /// Most recipients in one publish request.
     #[arg(long, env = "GATEWAY_MAX_PUBLISH_USERS", default_value_t = 10_000)]
     pub max_publish_users: usize,

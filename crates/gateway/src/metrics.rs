@@ -34,6 +34,8 @@ pub(crate) struct Metrics {
     pub(crate) connections_refused: IntCounterVec,
     /// Publish API requests, by HTTP status.
     pub(crate) publish_requests: IntCounterVec,
+    /// `POST /v1/disconnect` and `GET /v1/presence` requests, by endpoint and HTTP status.
+    pub(crate) control_requests: IntCounterVec,
     /// Open connections on the admin port.
     pub(crate) admin_connections: IntGauge,
     /// Admin connections closed by the gateway without a complete request, by reason.
@@ -133,6 +135,16 @@ impl Metrics {
                 "Publish API requests, by HTTP status",
                 "status",
             )?,
+            control_requests: {
+                let opts = Opts::new(
+                    "control_requests_total",
+                    "Disconnect and presence API requests, by endpoint and HTTP status",
+                )
+                .namespace(NS);
+                let c = IntCounterVec::new(opts, &["endpoint", "status"])?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             admin_connections: gauge("admin_connections", "Open connections on the admin port")?,
             admin_dropped: counter_vec(
                 "admin_connections_dropped_total",

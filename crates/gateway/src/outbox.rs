@@ -90,6 +90,9 @@ pub(crate) enum CloseReason {
     TooManyFrames,
     /// The client sent a frame or message larger than `--max-client-frame`.
     TooBig,
+    /// The backend disconnected the user (`POST /v1/disconnect`): get fresh credentials
+    /// before reconnecting.
+    Disconnected,
 }
 
 impl CloseReason {
@@ -103,6 +106,7 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => 1007,
             CloseReason::TooManyFrames => 1008,
             CloseReason::TooBig => 1009,
+            CloseReason::Disconnected => 4003,
         }
     }
 
@@ -116,6 +120,7 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => "invalid utf-8",
             CloseReason::TooManyFrames => "too many frames",
             CloseReason::TooBig => "message too big",
+            CloseReason::Disconnected => "disconnected by the server",
         }
     }
 
@@ -129,6 +134,7 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => "invalid_utf8",
             CloseReason::TooManyFrames => "too_many_frames",
             CloseReason::TooBig => "message_too_big",
+            CloseReason::Disconnected => "disconnected",
         }
     }
 }

@@ -150,6 +150,7 @@ pub async fn run(config: Config) -> Result<()> {
             api_key: api_key.clone(),
             max_users: config.max_publish_users,
             max_body: config.max_publish_body,
+            revocation_ttl: config.revocation_ttl,
         },
         ConnSettings {
             ping_interval: config.ping_interval,

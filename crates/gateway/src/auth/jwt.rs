@@ -17,7 +17,7 @@ use crate::registry::UserId;
 const LEEWAY_SECS: u64 = 30;
 
 /// Latest accepted time claim: 9999-12-31T23:59:59Z (keeps every time computation in range).
-const MAX_TIMESTAMP: u64 = 253_402_300_799;
+pub(crate) const MAX_TIMESTAMP: u64 = 253_402_300_799;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -52,7 +52,11 @@ impl JwtAuth {
     }
 
     /// Check a token; returns the user id and when it stops being accepted (`exp` + leeway).
-    pub(crate) fn verify(&self, token: &str) -> Result<(UserId, SystemTime), AuthError> {
+    /// The user, when the token stops being valid (`exp` plus the leeway) and its `iat`.
+    pub(crate) fn verify(
+        &self,
+        token: &str,
+    ) -> Result<(UserId, SystemTime, Option<u64>), AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -77,6 +81,7 @@ impl JwtAuth {
         Ok((
             user,
             UNIX_EPOCH + Duration::from_secs(claims.exp + LEEWAY_SECS),
+            claims.iat,
         ))
     }
 
@@ -188,7 +193,7 @@ mod tests {
             serde_json::json!({"sub": "9", "exp": exp}),
             Header::new(Algorithm::HS256),
         );
-        let (_, expires) = auth.verify(&token).unwrap();
+        let (_, expires, _) = auth.verify(&token).unwrap();
         assert_eq!(expires, UNIX_EPOCH + Duration::from_secs(exp + LEEWAY_SECS));
     }
 

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use http::HeaderMap;
 
 pub(crate) use gleepost::GleepostAuth;
-pub(crate) use jwt::{parse_user_id, JwtAuth};
+pub(crate) use jwt::{parse_user_id, JwtAuth, MAX_TIMESTAMP};
 
 use crate::registry::UserId;
 
@@ -27,6 +27,18 @@ pub(crate) struct Identity {
     /// How to check the credentials again at `expires` (Gleepost tokens: the login service may
     /// have extended the key's TTL); `None` for JWTs, whose `exp` is final.
     pub(crate) renewal: Option<Renewal>,
+    /// What kind of credentials (revocation applies to JWTs by their `iat`).
+    pub(crate) credentials: Credentials,
+}
+
+/// The kind of credentials a client presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Credentials {
+    /// A JWT and its `iat` (unix s), if it has one: refused while the user's tokens issued
+    /// before a revocation time are revoked (`POST /v1/disconnect`).
+    Jwt { issued_at: Option<u64> },
+    /// A Gleepost token: revoked by deleting its key.
+    GleepostToken,
 }
 
 /// A Gleepost token kept to re-check its key at expiry. Its `Debug` never shows the token.
@@ -108,11 +120,12 @@ impl Authenticator {
     }
 
     fn jwt(&self, token: &str) -> Result<Identity, AuthError> {
-        let (user, expires) = self.jwt.verify(token)?;
+        let (user, expires, issued_at) = self.jwt.verify(token)?;
         Ok(Identity {
             user,
             expires: Some(expires),
             renewal: None,
+            credentials: Credentials::Jwt { issued_at },
         })
     }
 
@@ -131,6 +144,7 @@ impl Authenticator {
             user,
             expires,
             renewal,
+            credentials: Credentials::GleepostToken,
         })
     }
 

@@ -29,7 +29,7 @@ use super::client_ip::{AddrKey, TrustedProxies};
 use super::connection;
 use super::handshake::{self, HARD_MAX_HEADERS, HARD_MAX_HEAD_BYTES};
 use super::limits::{LimitSettings, Limits, Refused, CLEANUP_INTERVAL};
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Credentials, Identity};
 use crate::config::Config;
 use crate::log_limit::LogLimit;
 use crate::node::Node;
@@ -217,6 +217,27 @@ async fn handle(
         }
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "Broker unavailable");
     }
+    // Checked once the subscription is confirmed: a disconnect published after a revocation
+    // cannot slip between this check and the subscription.
+    if let Err(e) = timeout_at(deadline, not_revoked(&node, &identity))
+        .await
+        .unwrap_or(Err(AuthError::Unavailable))
+    {
+        node.metrics
+            .auth_failures
+            .with_label_values(&[e.label()])
+            .inc();
+        return match e {
+            AuthError::Invalid(_) => {
+                edge.limits.auth_failed(addr);
+                json_error(StatusCode::UNAUTHORIZED, "Invalid credentials")
+            }
+            AuthError::Unavailable => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Authentication temporarily unavailable",
+            ),
+        };
+    }
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let since = resume_point(req.headers(), req.uri().query());
@@ -232,6 +253,24 @@ async fn handle(
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     res
+}
+
+/// A JWT issued before its user's revocation time (or without `iat` while one holds) is
+/// refused (`POST /v1/disconnect` with `revoke_tokens_before`).
+async fn not_revoked(node: &Node, identity: &Identity) -> Result<(), AuthError> {
+    let Credentials::Jwt { issued_at } = identity.credentials else {
+        return Ok(());
+    };
+    match node.broker.revoked_before(identity.user).await {
+        Ok(Some(before)) if issued_at.is_none_or(|iat| iat < before) => {
+            Err(AuthError::Invalid("jwt_revoked"))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::debug!(error = %e, "revocation check failed");
+            Err(AuthError::Unavailable)
+        }
+    }
 }
 
 /// Count and answer a 429.

@@ -236,9 +236,8 @@ SIGKILL a pod that is still draining: its last clients would see 1006).
 {{- $names := list }}{{- $vars := list }}
 {{- range $redis }}{{ $names = append $names (index . 0) }}{{ $vars = append $vars (index . 1) }}{{ end }}
 {{- $both := ternary "both" "all" (eq (len $redis) 2) }}
-{{- $and := ternary " and " ", " (eq (len $redis) 2) }}
 {{- $hint := ternary " For a cluster or Sentinel set secrets.existingSecretRedisUrlKey to \"\" (its default is redis-url)." "" (and (not (empty $s.existingSecret)) (not (empty $s.existingSecretRedisUrlKey))) }}
-{{- fail (printf "%s are %s set: %s: the gateway refuses to start with %s.%s" (join $and $names) $both $oneRedis (join $and $vars) $hint) }}
+{{- fail (printf "%s are %s set: %s: the gateway refuses to start with %s.%s" (printf "%s and %s" (initial $names | join ", ") (last $names)) $both $oneRedis (printf "%s and %s" (initial $vars | join ", ") (last $vars)) $hint) }}
 {{- end }}
 {{- /* Sentinel: the master name is required; its settings mean nothing without it. */}}
 {{- $c := .Values.config }}

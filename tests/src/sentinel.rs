@@ -108,6 +108,13 @@ impl RedisSentinel {
         }
     }
 
+    /// SIGKILL every sentinel (the data nodes keep running).
+    pub fn kill_sentinels(&mut self) {
+        for s in &mut self.sentinels {
+            s.kill();
+        }
+    }
+
     /// SIGKILL the current primary; returns its index.
     pub async fn kill_primary(&mut self) -> Result<usize> {
         let i = self.primary().await?;

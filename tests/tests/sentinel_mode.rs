@@ -1,6 +1,7 @@
 //! Sentinel mode (issue 11): a gateway on a password-protected primary + replica + 3 sentinels
 //! (`REDIS_SENTINEL_NODE_PASSWORD`) serves every feature: the publish API, the `publish`
-//! subcommand, Gleepost tokens read from the primary, resume from history; configuration
+//! subcommand, Gleepost tokens read from the primary, resume from history; with every sentinel
+//! gone the node keeps its working primary, even across a pub/sub reconnect; configuration
 //! mistakes are clear start-up errors.
 
 use std::time::Duration;
@@ -69,5 +70,36 @@ async fn sentinel_urls_without_a_master_name_are_a_startup_error() -> Result<()>
         err.contains("REDIS_SENTINEL_URLS needs REDIS_SENTINEL_MASTER"),
         "unclear start-up error: {err}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_every_sentinel_gone_the_node_keeps_its_working_primary() -> Result<()> {
+    let mut sentinel = RedisSentinel::start(1).await?;
+    let gw = Gateway::start(
+        GatewayOptions::sentinel(sentinel.sentinel_urls_csv()).arg(&["--probe-interval", "100ms"]),
+    )
+    .await?;
+    gw.wait_ready(true, Duration::from_secs(30)).await?;
+    let mut client = gw.connect(9).await?;
+    sentinel.kill_sentinels();
+    // The pub/sub connection is cut: the node reconnects to the primary it knows.
+    let killed: i64 = sentinel
+        .node(0)
+        .cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .await?;
+    ensure!(killed >= 1, "no pub/sub connection on the primary");
+    gleepost_tests::redis_mode::eventually(Duration::from_secs(30), "resubscribed", || async {
+        let subs: Vec<String> = sentinel
+            .node(0)
+            .cmd(&["PUBSUB", "CHANNELS", "gp:user:*"])
+            .await?;
+        ensure!(!subs.is_empty(), "not subscribed again");
+        Ok(())
+    })
+    .await?;
+    gw.wait_ready(true, Duration::from_secs(30)).await?;
+    publish_seq(&gw, 9, 1).await?;
+    expect_seq(&mut client, 1, true).await?;
     Ok(())
 }

@@ -119,13 +119,26 @@ impl SentinelConn {
     }
 
     /// Ask the sentinels again and move to the primary they name (after a `+switch-master`,
-    /// or before opening a pub/sub connection after a failure).
+    /// or before opening a pub/sub connection after a failure). When no sentinel names a
+    /// usable primary, the current one (if any) is kept: sentinels being away is no reason to
+    /// leave a working primary.
     pub async fn refresh(&self) -> RedisResult<NodeAddr> {
-        let generation = self.lock_current().as_ref().map(|p| p.generation);
-        if let Some(generation) = generation {
-            self.lost(generation);
+        let _one = self.inner.discovering.lock().await;
+        match self.discover().await {
+            Ok(primary) => Ok(self.install(primary)),
+            Err(e) => match self.lock_current().as_ref() {
+                Some(current) => Ok(current.addr.clone()),
+                None => Err(e),
+            },
         }
-        self.primary_addr().await
+    }
+
+    /// Make `primary` the one in use and announce it.
+    fn install(&self, primary: Primary) -> NodeAddr {
+        let addr = primary.addr.clone();
+        *self.lock_current() = Some(primary);
+        self.inner.primary_tx.send_replace(Some(addr.clone()));
+        addr
     }
 
     /// What the sentinels say the primary is now (no connection to it is made).
@@ -157,10 +170,7 @@ impl SentinelConn {
             return Ok(p);
         }
         let primary = self.discover().await?;
-        *self.lock_current() = Some(primary.clone());
-        self.inner
-            .primary_tx
-            .send_replace(Some(primary.addr.clone()));
+        self.install(primary.clone());
         Ok(primary)
     }
 

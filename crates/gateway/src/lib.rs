@@ -12,6 +12,7 @@ mod auth;
 mod broker;
 mod capacity;
 pub mod config;
+pub mod config_values;
 mod dev;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

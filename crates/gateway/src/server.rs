@@ -160,8 +160,8 @@ pub async fn run(config: Config) -> Result<()> {
         },
     );
 
-    let public = bind(config.listen, "public")?;
-    let admin = bind(config.admin_listen, "admin")?;
+    let public = bind(config.listen(), "public")?;
+    let admin = bind(config.admin_listen(), "admin")?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     tracing::info!(public = %public_addr, admin = %admin_addr, redis = config.redis_url.is_some() || !config.redis_cluster_urls.is_empty(), "listening");

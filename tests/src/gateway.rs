@@ -369,20 +369,38 @@ pub fn token_with(user: u64, ttl_secs: i64, secret: &[u8], alg: jsonwebtoken::Al
     .unwrap_or_default()
 }
 
+/// `gleepost-gateway <args>` as an operator would run it: with `env` on top of an environment
+/// without any Redis, dev mode, colour or backtrace settings; its output once it exits (at most
+/// 30 s; killed beyond).
+pub async fn gateway_command(args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Output> {
+    let mut command = tokio::process::Command::new(gateway_binary()?);
+    command.args(args);
+    for name in [
+        "REDIS_URL",
+        "REDIS_CLUSTER_URLS",
+        "GATEWAY_DEV",
+        "NO_COLOR",
+        "RUST_BACKTRACE",
+        "RUST_LIB_BACKTRACE",
+    ] {
+        command.env_remove(name);
+    }
+    command
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .with_context(|| format!("`gleepost-gateway {}` did not finish", args.join(" ")))?
+        .context("running gleepost-gateway")
+}
+
 /// Run `gleepost-gateway publish --users <users> --event <event>` with `env` (e.g. `REDIS_URL`
-/// or `REDIS_CLUSTER_URLS`), like an operator would; fails unless it succeeds in 30 s.
+/// or `REDIS_CLUSTER_URLS`), like an operator would; fails unless it succeeds.
 pub async fn publish_subcommand(env: &[(&str, &str)], users: &[u64], event: &str) -> Result<()> {
     let users: Vec<String> = users.iter().map(u64::to_string).collect();
-    let mut command = tokio::process::Command::new(gateway_binary()?);
-    command
-        .args(["publish", "--users", &users.join(","), "--event", event])
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_CLUSTER_URLS")
-        .envs(env.iter().copied())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
-        .await
-        .context("`gleepost-gateway publish` did not finish")??;
+    let users = users.join(",");
+    let output = gateway_command(&["publish", "--users", &users, "--event", event], env).await?;
     if !output.status.success() {
         bail!(
             "`gleepost-gateway publish` failed ({}): {}{}",

@@ -1,5 +1,6 @@
 //! Startup and shutdown order of one gateway node.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +29,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 pub fn init_logging(config: &Config) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .with_context(|| format!("invalid log filter {:?}", config.log))?;
+    // Colours only for a terminal: a pipe or a file gets plain text, no escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -55,9 +55,9 @@ pub(crate) struct Metrics {
     pub(crate) broker_messages: IntCounter,
     /// Broker payloads dropped because they are not valid events, by reason.
     pub(crate) broker_malformed: IntCounterVec,
-    /// `resync` events sent to resuming clients, by reason.
+    /// `resync` events sent (resume and gap repair), one per connection, by reason.
     pub(crate) resyncs: IntCounterVec,
-    /// Events replayed from history to resuming clients.
+    /// Events sent from history (resume and gap repair), one per connection.
     pub(crate) events_replayed: IntCounter,
     /// Round trip of the node's self-probe through the broker.
     pub(crate) probe_rtt: Histogram,
@@ -176,12 +176,12 @@ impl Metrics {
             )?,
             resyncs: counter_vec(
                 "resyncs_total",
-                "resync events sent to resuming clients, by reason",
+                "resync events sent (resume and gap repair), by reason",
                 "reason",
             )?,
             events_replayed: counter(
                 "events_replayed_total",
-                "Events replayed from history to resuming clients",
+                "Events sent from history (resume and gap repair)",
             )?,
             probe_rtt: histogram(
                 "broker_probe_rtt_seconds",

@@ -94,6 +94,69 @@ pub fn env_note<C: CommandFactory>(error: &clap::Error, args: &[OsString]) -> Op
 mod tests {
     use super::*;
 
+    /// Settings the chart sets elsewhere than under `config:` (with why), or never.
+    const NOT_UNDER_CHART_CONFIG: [&str; 7] = [
+        "GATEWAY_DEV",          // never in a cluster
+        "GATEWAY_LISTEN",       // derived from containerPorts.ws
+        "GATEWAY_ADMIN_LISTEN", // derived from containerPorts.admin
+        "GATEWAY_JWT_SECRET",   // secrets
+        "GATEWAY_API_KEY",
+        "REDIS_URL",
+        "REDIS_CLUSTER_URLS",
+    ];
+
+    /// The Helm chart's `config:` maps to every environment variable of the gateway (but those
+    /// above), and to nothing else; values.yaml and its schema have every key.
+    #[test]
+    fn the_chart_exposes_every_setting_under_config() {
+        use crate::config::Cli;
+        use clap::CommandFactory;
+        let helpers = include_str!("../../../helm/gleepost-gateway/templates/_helpers.tpl");
+        let names = helpers
+            .split("define \"gleepost-gateway.configEnvNames\"")
+            .nth(1)
+            .and_then(|s| s.split("{{- end }}").next())
+            .unwrap_or_default();
+        let chart: Vec<(&str, &str)> = names
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .collect();
+        assert!(chart.len() > 10, "no configEnvNames in _helpers.tpl");
+        let values = include_str!("../../../helm/gleepost-gateway/values.yaml");
+        let schema = include_str!("../../../helm/gleepost-gateway/values.schema.json");
+        for (key, _) in &chart {
+            assert!(
+                values.contains(&format!("\n  {key}: ")),
+                "config.{key} is missing from values.yaml"
+            );
+            assert!(
+                schema.contains(&format!("\"{key}\": {{")),
+                "config.{key} is missing from values.schema.json"
+            );
+        }
+        let env: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        for var in &env {
+            if NOT_UNDER_CHART_CONFIG.contains(&var.as_str()) {
+                continue;
+            }
+            assert!(
+                chart.iter().any(|(_, v)| v == var),
+                "{var} is not under the chart's config: (templates/_helpers.tpl configEnvNames)"
+            );
+        }
+        for (key, var) in &chart {
+            assert!(
+                env.contains(&var.to_string()),
+                "chart config.{key} maps to {var}, which the gateway does not read"
+            );
+        }
+    }
+
     #[test]
     fn listen_addresses_in_the_usual_forms() {
         let all = IpAddr::V4(Ipv4Addr::UNSPECIFIED);

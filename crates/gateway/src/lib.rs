@@ -6,6 +6,7 @@
 //! the socket.
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod admin;
 mod auth;

@@ -1,5 +1,7 @@
 //! `gleepost-gateway`: serve, or run one of the operator tools.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use gleepost_gateway::config::{Cli, Command};

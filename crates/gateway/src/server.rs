@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{Authenticator, GleepostAuth, JwtAuth};
+use crate::broker::redis::PUBSUB_TIMEOUT_FACTOR;
 use crate::broker::{Broker, Dispatcher, MemoryBroker, RedisBroker, RedisSettings};
 use crate::config::{Config, LogFormat};
 use crate::metrics::Metrics;
@@ -157,7 +158,7 @@ pub async fn run(config: Config) -> Result<()> {
         ConnSettings {
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
-            subscribe_timeout: config.redis_timeout * 5,
+            subscribe_timeout: config.redis_timeout * PUBSUB_TIMEOUT_FACTOR,
             websocket: websocket_config(&config),
             client_frame_rate: config.client_frame_rate,
         },

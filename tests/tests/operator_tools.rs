@@ -22,7 +22,7 @@ async fn client_prints_events_and_the_close_frame_as_code_and_reason() -> Result
         "0s",
     ]))
     .await?;
-    let mut client = tokio::process::Command::new(gateway_binary()?)
+    let client = tokio::process::Command::new(gateway_binary()?)
         .args(["client", &gw.ws_url(9)])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Offline checks of the Helm chart helm/gleepost-gateway:
 #   1. helm lint --strict, with default values, with every optional feature on
-#      (helm/gleepost-gateway/ci/all-on-values.yaml) and on a Redis Cluster
-#      (ci/cluster-values.yaml);
+#      (helm/gleepost-gateway/ci/all-on-values.yaml), on a Redis Cluster
+#      (ci/cluster-values.yaml) and on Redis Sentinel (ci/sentinel-values.yaml);
 #   2. helm template of several value sets; the rendered manifests are validated
 #      against the Kubernetes JSON schemas (PyPI kubernetes-validate, strict, for
 #      each version in K8S_VERSIONS); CRD kinds (ServiceMonitor, PrometheusRule)
@@ -10,9 +10,11 @@
 #      chart-specific checks below;
 #   3. chart-specific checks on the rendered output (scripts/chart_check_manifests.py):
 #      terminationGracePeriodSeconds = preStop sleep + GATEWAY_PRE_DRAIN_DELAY +
-#      GATEWAY_DRAIN_WINDOW + 7 s exit waits + margin, REDIS_URL or
-#      REDIS_CLUSTER_URLS (exactly one) required from its Secret key (or neither,
-#      with one Recreate pod on the embedded broker), GATEWAY_PUBLISH_REPLICAS, pod
+#      GATEWAY_DRAIN_WINDOW + 7 s exit waits + margin, REDIS_URL, REDIS_CLUSTER_URLS
+#      or REDIS_SENTINEL_URLS (exactly one) required from its Secret key (or none,
+#      with one Recreate pod on the embedded broker), Sentinel's master and data
+#      node settings (ConfigMap, password from the Secret) and egress to the
+#      sentinels' port, GATEWAY_PUBLISH_REPLICAS, pod
 #      template labels = selector labels (a chart version bump leaves the pod
 #      template unchanged), PDB unhealthyPodEvictionPolicy, probes, ports,
 #      security context, PrometheusRule == files/alerts.yaml, ServiceMonitor wiring;
@@ -27,9 +29,10 @@
 #   6. bad values must FAIL to render (schema and template checks), each with its
 #      message checked; edge values that must render do.
 # Tools: helm (scripts/fetch-helm.sh, cached in .cache/helm/), a venv with
-# kubernetes-validate and yamllint (.cache/chart-check-venv/), promtool (Debian
-# package "prometheus", installed with apt-get when missing). A missing tool is an
-# error, never a skip. Rendered manifests are left in .cache/chart-check/.
+# kubernetes-validate and yamllint (.cache/chart-check-venv/; python3-venv, which
+# .ci/run installs), promtool (scripts/fetch-promtool.sh: unpacked from Debian's
+# "prometheus" package into .cache/promtool/, no server installed). A missing tool
+# is an error, never a skip. Rendered manifests are left in .cache/chart-check/.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,12 +55,12 @@ step "tools"
 HELM="$("$ROOT/scripts/fetch-helm.sh")" || die "helm is unavailable (scripts/fetch-helm.sh failed)"
 echo "helm: $HELM ($("$HELM" version --short))"
 
-command -v python3 >/dev/null 2>&1 || die "python3 is required (apt-get install -y python3 python3-venv)"
+command -v python3 >/dev/null 2>&1 || die "python3 is required (apt-get install -y --no-install-recommends python3 python3-venv)"
 want_stamp="$(python3 --version 2>&1) ${PY_REQS[*]}"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$want_stamp" ]; then
   echo "creating $VENV (${PY_REQS[*]})"
   rm -rf "$VENV"
-  python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install -y python3-venv)"
+  python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install -y --no-install-recommends python3-venv)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQS[@]}" \
     || die "pip install ${PY_REQS[*]} failed (is PyPI reachable?)"
   echo "$want_stamp" > "$VENV/.stamp"
@@ -66,15 +69,11 @@ fi
 [ -x "$VENV/bin/yamllint" ] || die "yamllint missing from $VENV"
 echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1 | tail -1), yamllint: $("$VENV/bin/yamllint" --version)"
 
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "promtool not found: installing Debian package 'prometheus'"
-  command -v apt-get >/dev/null 2>&1 || die "promtool is missing and apt-get is unavailable: install promtool (Debian package 'prometheus')"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 \
-    || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends prometheus >/dev/null; }; } \
-    || die "apt-get install prometheus failed: promtool is required (it is not on PyPI); install it and re-run"
-  command -v promtool >/dev/null 2>&1 || die "promtool still missing after installing 'prometheus'"
-fi
+# promtool without a Prometheus server: see scripts/fetch-promtool.sh (a promtool on the PATH
+# is used; otherwise the Debian package's binary is unpacked into .cache/promtool/, never
+# installed, so no service starts on :9090).
+PROMTOOL="$("$ROOT/scripts/fetch-promtool.sh")" || die "promtool is unavailable (scripts/fetch-promtool.sh failed)"
+promtool() { "$PROMTOOL" "$@"; }
 echo "promtool: $(promtool --version 2>&1 | head -1)"
 
 # ---------------------------------------------------------------- lint
@@ -84,6 +83,8 @@ step "helm lint --strict (ci/all-on-values.yaml)"
 "$HELM" lint --strict "$CHART" -f "$CHART/ci/all-on-values.yaml"
 step "helm lint --strict (ci/cluster-values.yaml)"
 "$HELM" lint --strict "$CHART" -f "$CHART/ci/cluster-values.yaml"
+step "helm lint --strict (ci/sentinel-values.yaml)"
+"$HELM" lint --strict "$CHART" -f "$CHART/ci/sentinel-values.yaml"
 
 # ---------------------------------------------------------------- render
 step "helm template"
@@ -113,6 +114,13 @@ render cluster -f "$CHART/ci/cluster-values.yaml"
 # ... seed URLs from an existing Secret's key (the Redis URL key emptied), several pods.
 render existing-secret-cluster --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= \
   --set secrets.existingSecretRedisClusterUrlsKey=cluster-seeds --set replicaCount=4
+# Redis Sentinel: sentinel URLs and data nodes' password in the chart's Secret, master,
+# user and db in the ConfigMap, publishReplicas 1, HPA, PDB, a surge, egress to 26379.
+render sentinel -f "$CHART/ci/sentinel-values.yaml"
+# ... sentinel URLs and the data nodes' password from an existing Secret's keys, several pods.
+render existing-secret-sentinel --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= \
+  --set secrets.existingSecretRedisSentinelUrlsKey=sentinels --set secrets.existingSecretRedisSentinelNodePasswordKey=node-password \
+  --set config.redisSentinelMaster=mymaster --set replicaCount=4
 # The same chart with only its version bumped (appVersion unchanged): the pod
 # templates must come out identical, or a chart-only upgrade restarts every pod.
 BUMPED="$OUT/bumped-chart"
@@ -130,6 +138,7 @@ step "Kubernetes schema validation (kubernetes-validate, strict, k8s $K8S_VERSIO
 step "yamllint"
 "$VENV/bin/yamllint" --strict -c "$ROOT/helm/.yamllint" \
   "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART/ci/all-on-values.yaml" "$CHART/ci/cluster-values.yaml" \
+  "$CHART/ci/sentinel-values.yaml" \
   "$CHART/files/alerts.yaml" "$ROOT/helm/tests/alerts.test.yaml" "$OUT"/*.yaml
 echo "yamllint: ok"
 
@@ -201,7 +210,7 @@ expect_ok "maxSurge=0/maxUnavailable=1 with the embedded broker" \
   --set strategy.type=RollingUpdate --set strategy.rollingUpdate.maxSurge=0 --set strategy.rollingUpdate.maxUnavailable=1
 expect_fail "strategy.type=Bogus (schema enum)" "schema.*/strategy/type.*must be one of" --set strategy.type=Bogus
 expect_fail "existingSecret together with secrets.redisUrl" \
-  "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey, secrets.redisUrl and secrets.redisClusterUrls would be ignored" \
+  "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey, secrets.redisUrl, secrets.redisClusterUrls, secrets.redisSentinelUrls and secrets.redisSentinelNodePassword would be ignored" \
   --set secrets.existingSecret=gw-creds --set secrets.redisUrl=redis://r:6379/
 expect_fail "secrets.existingSecretRedisUrlKey with a space (schema pattern)" "schema.*/secrets/existingSecretRedisUrlKey.*does not match pattern" \
   --set secrets.existingSecret=gw-creds --set "secrets.existingSecretRedisUrlKey=redis url"
@@ -210,13 +219,13 @@ CLUSTER=(--set 'secrets.redisClusterUrls=redis://:pw@rc-0.rc:6379\,redis://:pw@r
 SECRET_CLUSTER=(--set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey=
   --set secrets.existingSecretRedisClusterUrlsKey=cluster-seeds)
 expect_fail "secrets.redisUrl together with secrets.redisClusterUrls" \
-  "secrets.redisUrl and secrets.redisClusterUrls are both set: configure exactly one Redis .*the gateway refuses to start with both REDIS_URL and REDIS_CLUSTER_URLS" \
+  "secrets.redisUrl and secrets.redisClusterUrls are both set: configure exactly one Redis .*the gateway refuses to start with REDIS_URL and REDIS_CLUSTER_URLS" \
   --set secrets.redisUrl=redis://r:6379/ "${CLUSTER[@]}"
 expect_fail "existingSecret with both a Redis URL key (default redis-url) and a cluster key" \
-  "secrets.existingSecretRedisUrlKey \(\"redis-url\"\) and secrets.existingSecretRedisClusterUrlsKey \(\"cluster-seeds\"\) are both set: configure exactly one Redis.*For a cluster set secrets.existingSecretRedisUrlKey to \"\"" \
+  "secrets.existingSecretRedisUrlKey \(\"redis-url\"\) and secrets.existingSecretRedisClusterUrlsKey \(\"cluster-seeds\"\) are both set: configure exactly one Redis.*For a cluster or Sentinel set secrets.existingSecretRedisUrlKey to \"\"" \
   --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisClusterUrlsKey=cluster-seeds
 expect_fail "existingSecret together with secrets.redisClusterUrls" \
-  "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey, secrets.redisUrl and secrets.redisClusterUrls would be ignored" \
+  "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey, secrets.redisUrl, secrets.redisClusterUrls, secrets.redisSentinelUrls and secrets.redisSentinelNodePassword would be ignored" \
   --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= "${CLUSTER[@]}"
 expect_fail "secrets.redisClusterUrls with rediss:// (schema pattern)" "schema.*/secrets/redisClusterUrls.*does not match pattern" \
   --set secrets.redisClusterUrls=rediss://rc-0.rc:6379
@@ -236,6 +245,62 @@ expect_ok "replicaCount=3 on a cluster from existingSecret" "${SECRET_CLUSTER[@]
 expect_ok "autoscaling on a cluster from existingSecret" "${SECRET_CLUSTER[@]}" --set autoscaling.enabled=true
 expect_ok "strategy.type=RollingUpdate (default surge) on a cluster from existingSecret" "${SECRET_CLUSTER[@]}" \
   --set strategy.type=RollingUpdate
+# Redis Sentinel: exactly one Redis, the master name required, its settings only with it;
+# Sentinel counts as Redis for every rule above.
+SENTINEL=(--set 'secrets.redisSentinelUrls=redis://:spw@s-0.redis:26379\,redis://:spw@s-1.redis:26379' --set config.redisSentinelMaster=mymaster)
+SECRET_SENTINEL=(--set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey=
+  --set secrets.existingSecretRedisSentinelUrlsKey=sentinels --set config.redisSentinelMaster=mymaster)
+expect_fail "secrets.redisUrl together with secrets.redisSentinelUrls" \
+  "secrets.redisUrl and secrets.redisSentinelUrls are both set: configure exactly one Redis .*the gateway refuses to start with REDIS_URL and REDIS_SENTINEL_URLS" \
+  --set secrets.redisUrl=redis://r:6379/ "${SENTINEL[@]}"
+expect_fail "secrets.redisClusterUrls together with secrets.redisSentinelUrls" \
+  "secrets.redisClusterUrls and secrets.redisSentinelUrls are both set: .*refuses to start with REDIS_CLUSTER_URLS and REDIS_SENTINEL_URLS" \
+  "${CLUSTER[@]}" "${SENTINEL[@]}"
+expect_fail "a Redis URL, cluster seeds and sentinels at once" \
+  "secrets.redisUrl, secrets.redisClusterUrls and secrets.redisSentinelUrls are all set: .*REDIS_URL, REDIS_CLUSTER_URLS and REDIS_SENTINEL_URLS" \
+  --set secrets.redisUrl=redis://r:6379/ "${CLUSTER[@]}" "${SENTINEL[@]}"
+expect_fail "existingSecret with a Redis URL key (default redis-url) and a Sentinel key" \
+  "secrets.existingSecretRedisUrlKey \(\"redis-url\"\) and secrets.existingSecretRedisSentinelUrlsKey \(\"sentinels\"\) are both set: .*For a cluster or Sentinel set secrets.existingSecretRedisUrlKey to \"\"" \
+  --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisSentinelUrlsKey=sentinels --set config.redisSentinelMaster=mymaster
+expect_fail "existingSecret with a cluster key and a Sentinel key" \
+  "secrets.existingSecretRedisClusterUrlsKey \(\"cluster-seeds\"\) and secrets.existingSecretRedisSentinelUrlsKey \(\"sentinels\"\) are both set" \
+  "${SECRET_SENTINEL[@]}" --set secrets.existingSecretRedisClusterUrlsKey=cluster-seeds
+expect_fail "secrets.redisSentinelUrls without config.redisSentinelMaster" \
+  "Redis Sentinel is configured \(REDIS_SENTINEL_URLS\) but config.redisSentinelMaster is not set: name the master the sentinels monitor.*refuses to start without REDIS_SENTINEL_MASTER" \
+  --set 'secrets.redisSentinelUrls=redis://s-0.redis:26379'
+expect_fail "existingSecretRedisSentinelUrlsKey without config.redisSentinelMaster" \
+  "Redis Sentinel is configured \(REDIS_SENTINEL_URLS\) but config.redisSentinelMaster is not set" \
+  --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= --set secrets.existingSecretRedisSentinelUrlsKey=sentinels
+expect_fail "config.redisSentinelMaster of spaces (schema pattern)" "schema.*/config/redisSentinelMaster.*does not match pattern" \
+  --set 'secrets.redisSentinelUrls=redis://s-0.redis:26379' --set 'config.redisSentinelMaster=  '
+expect_fail "config.redisSentinelMaster without Sentinel (on a Redis URL)" \
+  "Sentinel settings without Sentinel: config.redisSentinelMaster set, but neither secrets.redisSentinelUrls nor secrets.existingSecretRedisSentinelUrlsKey is" \
+  --set secrets.redisUrl=redis://r:6379/ --set config.redisSentinelMaster=mymaster
+expect_fail "the data nodes' user, db and password without Sentinel (embedded broker)" \
+  "Sentinel settings without Sentinel: config.redisSentinelNodeUsername, config.redisSentinelNodeDb, secrets.redisSentinelNodePassword set" \
+  --set config.redisSentinelNodeUsername=gw --set config.redisSentinelNodeDb=1 --set secrets.redisSentinelNodePassword=pw
+expect_fail "existingSecretRedisSentinelNodePasswordKey without existingSecret" \
+  "secrets.existingSecretRedisSentinelNodePasswordKey names a key of secrets.existingSecret, which is not set" \
+  "${SENTINEL[@]}" --set secrets.existingSecretRedisSentinelNodePasswordKey=node-password
+expect_fail "existingSecret together with secrets.redisSentinelUrls" \
+  "secrets.existingSecret is set, so .*secrets.redisSentinelUrls and secrets.redisSentinelNodePassword would be ignored" \
+  --set secrets.existingSecret=gw-creds --set secrets.existingSecretRedisUrlKey= "${SENTINEL[@]}"
+expect_fail "existingSecret together with secrets.redisSentinelNodePassword" \
+  "secrets.existingSecret is set, so .*secrets.redisSentinelNodePassword would be ignored" \
+  "${SECRET_SENTINEL[@]}" --set secrets.redisSentinelNodePassword=pw
+expect_fail "secrets.redisSentinelUrls with rediss:// (schema pattern)" "schema.*/secrets/redisSentinelUrls.*does not match pattern" \
+  --set secrets.redisSentinelUrls=rediss://s-0.redis:26379 --set config.redisSentinelMaster=mymaster
+expect_fail "config.redisSentinelNodeDb=-1 (schema minimum)" "schema.*/config/redisSentinelNodeDb.*minimum" \
+  "${SENTINEL[@]}" --set config.redisSentinelNodeDb=-1
+expect_fail "networkPolicy.redis.sentinelPorts=[0] (schema minimum)" "schema.*/networkPolicy/redis/sentinelPorts/0.*minimum" \
+  "${SENTINEL[@]}" --set networkPolicy.enabled=true --set 'networkPolicy.redis.sentinelPorts={0}'
+expect_ok "replicaCount=3 on Sentinel" "${SENTINEL[@]}" --set replicaCount=3
+expect_ok "autoscaling on Sentinel" "${SENTINEL[@]}" --set autoscaling.enabled=true
+expect_ok "strategy.type=RollingUpdate (default surge) on Sentinel" "${SENTINEL[@]}" --set strategy.type=RollingUpdate
+expect_ok "replicaCount=3 on Sentinel from existingSecret" "${SECRET_SENTINEL[@]}" --set replicaCount=3
+expect_ok "autoscaling on Sentinel from existingSecret" "${SECRET_SENTINEL[@]}" --set autoscaling.enabled=true
+expect_ok "strategy.rollingUpdate.maxSurge=1 on Sentinel from existingSecret" "${SECRET_SENTINEL[@]}" \
+  --set strategy.type=RollingUpdate --set strategy.rollingUpdate.maxSurge=1 --set strategy.rollingUpdate.maxUnavailable=0
 # publishReplicas: Redis WAIT, so Redis only.
 expect_fail "config.publishReplicas=-1 (schema minimum)" "schema.*/config/publishReplicas.*minimum" --set config.publishReplicas=-1
 expect_fail "config.publishReplicas=\"one\" (type)" "schema.*/config/publishReplicas.*want integer" --set-string config.publishReplicas=one
@@ -243,6 +308,8 @@ expect_fail "config.publishReplicas=1 with the embedded broker" \
   "config.publishReplicas=1 needs a Redis broker with replicas \(Redis WAIT\); the embedded broker has none" --set config.publishReplicas=1
 expect_ok "config.publishReplicas=1 with a Redis URL" --set secrets.redisUrl=redis://r:6379/ --set config.publishReplicas=1
 expect_ok "config.publishReplicas=2 on a cluster from existingSecret" "${SECRET_CLUSTER[@]}" --set config.publishReplicas=2
+expect_ok "config.publishReplicas=1 on Sentinel" "${SENTINEL[@]}" --set config.publishReplicas=1
+expect_ok "config.publishReplicas=1 on Sentinel from existingSecret" "${SECRET_SENTINEL[@]}" --set config.publishReplicas=1
 # Labels, PDB, HPA.
 expect_fail "podLabels overriding a selector label" "podLabels must not set the selector label app.kubernetes.io/instance" \
   --set podLabels."app\.kubernetes\.io/instance"=other

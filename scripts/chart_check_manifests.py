@@ -29,9 +29,11 @@ DEFAULT_MARGIN = 10
 SELECTOR = {"app.kubernetes.io/name": "gleepost-gateway", "app.kubernetes.io/instance": "gw"}
 failures = []
 
-REDIS_VARS = ("REDIS_URL", "REDIS_CLUSTER_URLS")
+REDIS_VARS = ("REDIS_URL", "REDIS_CLUSTER_URLS", "REDIS_SENTINEL_URLS")
 # Secret key the chart's own Secret uses for each Redis variable.
-CHART_REDIS_KEYS = {"REDIS_URL": "redis-url", "REDIS_CLUSTER_URLS": "redis-cluster-urls"}
+CHART_REDIS_KEYS = {"REDIS_URL": "redis-url", "REDIS_CLUSTER_URLS": "redis-cluster-urls",
+                    "REDIS_SENTINEL_URLS": "redis-sentinel-urls"}
+SENTINEL_CONFIG = ("REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_NODE_USERNAME", "REDIS_SENTINEL_NODE_DB")
 # render name -> (expected kinds, expected Redis (variable, secret key) or None for the
 # embedded broker, extra pod labels, expected GATEWAY_PUBLISH_REPLICAS)
 RENDERS = {
@@ -50,7 +52,21 @@ RENDERS = {
                 ("REDIS_CLUSTER_URLS", "redis-cluster-urls"), {}, "1"),
     "existing-secret-cluster": (["ConfigMap", "Deployment", "Service", "Service", "ServiceAccount"],
                                 ("REDIS_CLUSTER_URLS", "cluster-seeds"), {}, "0"),
+    "sentinel": (["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
+                  "PodDisruptionBudget", "Secret", "Service", "Service", "ServiceAccount"],
+                 ("REDIS_SENTINEL_URLS", "redis-sentinel-urls"), {}, "1"),
+    "existing-secret-sentinel": (["ConfigMap", "Deployment", "Service", "Service", "ServiceAccount"],
+                                 ("REDIS_SENTINEL_URLS", "sentinels"), {}, "0"),
 }
+# Sentinel renders -> (ConfigMap REDIS_SENTINEL_* expected, Secret key of
+# REDIS_SENTINEL_NODE_PASSWORD or None). Every other render has none of them.
+SENTINEL = {
+    "sentinel": ({"REDIS_SENTINEL_MASTER": "mymaster", "REDIS_SENTINEL_NODE_USERNAME": "gateway",
+                  "REDIS_SENTINEL_NODE_DB": "2"}, "redis-sentinel-node-password"),
+    "existing-secret-sentinel": ({"REDIS_SENTINEL_MASTER": "mymaster"}, "node-password"),
+}
+# Redis egress ports of each render with a NetworkPolicy: the sentinels' 26379 only with Sentinel.
+REDIS_EGRESS_PORTS = {"all-on": [6379], "cluster": [6379], "sentinel": [6379, 26379]}
 
 
 def fail(msg):
@@ -191,14 +207,17 @@ for render in sorted(RENDERS):
         # The chart's own Secret holds the Redis key of the configured mode, and only it.
         data = only(by_kind, "Secret")["data"]
         want_data = {"jwt-secret", "api-key"} | ({CHART_REDIS_KEYS[redis[0]]} if redis else set())
+        if render in SENTINEL and SENTINEL[render][1]:
+            want_data.add(SENTINEL[render][1])
         if set(data) != want_data:
             fail(f"[{render}] Secret keys {sorted(data)} != {sorted(want_data)}")
-        if redis and redis[0] == "REDIS_CLUSTER_URLS":
-            seeds = [u.strip() for u in base64.b64decode(data.get("redis-cluster-urls", "")).decode().split(",")]
-            if not seeds or not all(re.fullmatch(r"redis://[^,\s]+", u) for u in seeds):
-                fail(f"[{render}] redis-cluster-urls does not hold comma-separated redis:// seeds: {seeds}")
+        if redis and redis[0] in ("REDIS_CLUSTER_URLS", "REDIS_SENTINEL_URLS"):
+            key = CHART_REDIS_KEYS[redis[0]]
+            urls = [u.strip() for u in base64.b64decode(data.get(key, "")).decode().split(",")]
+            if not urls or not all(re.fullmatch(r"redis://[^,\s]+", u) for u in urls):
+                fail(f"[{render}] {key} does not hold comma-separated redis:// URLs: {urls}")
             else:
-                ok(f"Secret redis-cluster-urls holds {len(seeds)} redis:// seed URLs")
+                ok(f"Secret {key} holds {len(urls)} redis:// URLs")
     set_vars = [v for v in REDIS_VARS if v in env]
     if redis is None:
         if set_vars:
@@ -221,9 +240,28 @@ for render in sorted(RENDERS):
         replicas = dep["spec"].get("replicas")
         if replicas is not None and replicas < 2:
             fail(f"[{render}] a Redis render should exercise several pods, not {replicas}")
-        if render not in ("all-on", "cluster") and strategy != {"type": "RollingUpdate",
+        if render not in ("all-on", "cluster", "sentinel") and strategy != {"type": "RollingUpdate",
                                                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}:
             fail(f"[{render}] Redis broker: default strategy {strategy}, want RollingUpdate 25%/0")
+
+    # --- Sentinel: master and data nodes' settings in the ConfigMap, password from the Secret
+    want_cm, pw_key = SENTINEL.get(render, ({}, None))
+    got_cm = {k: cm[k] for k in SENTINEL_CONFIG if k in cm}
+    if got_cm != want_cm:
+        fail(f"[{render}] ConfigMap Sentinel settings {got_cm} != {want_cm}")
+    pw_ref = env.get("REDIS_SENTINEL_NODE_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef")
+    want_pw = {"name": secret, "key": pw_key} if pw_key else None
+    if pw_ref != want_pw:
+        fail(f"[{render}] REDIS_SENTINEL_NODE_PASSWORD secretKeyRef {pw_ref} != {want_pw} (required when named)")
+    elif render in SENTINEL:
+        ok(f"Sentinel: ConfigMap {sorted(want_cm)}, REDIS_SENTINEL_NODE_PASSWORD from {secret} key {pw_key}")
+    # --- NetworkPolicy: Redis egress ports (the sentinels' port only with Sentinel)
+    for np in by_kind.get("NetworkPolicy", []):
+        ports = [p["port"] for p in np["spec"]["egress"][0]["ports"]]
+        if ports != REDIS_EGRESS_PORTS.get(render):
+            fail(f"[{render}] NetworkPolicy Redis egress ports {ports} != {REDIS_EGRESS_PORTS.get(render)}")
+        else:
+            ok(f"NetworkPolicy Redis egress ports {ports}")
 
     svcs = by_kind["Service"]
     admin = [s for s in svcs if s["spec"]["ports"][0]["name"] == "admin"]

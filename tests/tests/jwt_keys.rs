@@ -350,6 +350,14 @@ async fn every_listed_api_key_is_accepted_and_no_other() -> Result<()> {
             http::request(&admin, "POST", "/v1/publish", &headers, body.as_bytes()).await
         }
     };
+    let presence = |key: &'static str| {
+        let admin = gw.admin.clone();
+        async move {
+            let auth = format!("Bearer {key}");
+            let headers = [("Authorization", auth.as_str())];
+            http::request(&admin, "GET", "/v1/presence?users=9", &headers, b"").await
+        }
+    };
     for key in ["old-key-1", "new-key-2"] {
         let res = publish(key).await?;
         ensure!(
@@ -358,7 +366,12 @@ async fn every_listed_api_key_is_accepted_and_no_other() -> Result<()> {
             res.status,
             res.body_text()
         );
+        // Every admin endpoint takes the same keys.
+        let res = presence(key).await?;
+        ensure!(res.status == 200, "presence, {key}: {}", res.status);
     }
+    let res = presence("third-key").await?;
+    ensure!(res.status == 401, "presence, a third key: {}", res.status);
     for key in [
         "third-key",
         "old-key-1, new-key-2",

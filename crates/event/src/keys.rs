@@ -180,26 +180,6 @@ impl Template {
         out
     }
 
-    /// A Redis glob pattern matching every rendered channel (`{id}` becomes `*`, glob
-    /// metacharacters in literals are escaped), e.g. for `PSUBSCRIBE`.
-    pub fn glob_pattern(&self) -> String {
-        let mut out = String::with_capacity(self.source.len());
-        for part in &self.parts {
-            match part {
-                Part::Lit(s) => {
-                    for c in s.chars() {
-                        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                            out.push('\\');
-                        }
-                        out.push(c);
-                    }
-                }
-                Part::Id | Part::Token => out.push('*'),
-            }
-        }
-        out
-    }
-
     /// Recognises a channel rendered by [`Template::render_id`] and returns its user id.
     ///
     /// Only canonical decimal ids match (no sign, no leading zeros, fits in `u64`). Always `None`
@@ -299,4 +279,25 @@ pub fn history_key(user: u64) -> String {
 /// can be updated atomically by one script.
 pub fn epoch_key(user: u64) -> String {
     format!("gp:epoch:{{{user}}}")
+}
+
+/// The payload that, published to a user's [`user_channel`], makes every gateway node close
+/// that user's connections (close code 4003). It is not JSON, so it can never be an event.
+pub const DISCONNECT_PAYLOAD: &[u8] = b"gp:disconnect";
+
+/// Key of a user's token revocation: `gp:revoked:{<id>}`, the unix time (s) before which the
+/// user's JWTs were issued are refused (in the user's slot on a cluster).
+pub fn revoked_key(user: u64) -> String {
+    format!("gp:revoked:{{{user}}}")
+}
+
+/// Key of a user's presence: `gp:presence:{<id>}`, a hash of gateway node name → the number of
+/// that node's connections of the user (in the user's slot on a cluster).
+pub fn presence_key(user: u64) -> String {
+    format!("gp:presence:{{{user}}}")
+}
+
+/// Key that exists while gateway node `node` is alive (its presence counts count only then).
+pub fn node_key(node: &str) -> String {
+    format!("gp:node:{node}")
 }

@@ -145,6 +145,7 @@ async fn publishes_to_every_user_in_one_pipeline() {
             users: 2,
             receivers: 2,
             ids: vec![],
+            online: vec![(9, 1), (10, 1)],
         }
     );
 
@@ -166,6 +167,7 @@ async fn publishes_to_every_user_in_one_pipeline() {
             users: 2,
             receivers: 1,
             ids: vec![],
+            online: vec![(9, 1), (11, 0)],
         }
     );
     let (channel, _) = recv(&mut messages).await;

@@ -56,6 +56,8 @@ pub(crate) struct PublishSettings {
     pub(crate) max_users: usize,
     /// Largest request body.
     pub(crate) max_body: u64,
+    /// How long a token revocation lasts (`POST /v1/disconnect`).
+    pub(crate) revocation_ttl: Duration,
 }
 
 impl Node {

@@ -16,7 +16,8 @@ use futures_util::task::AtomicWaker;
 use gleepost_event::history::frame_id;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// One event frame, shared (reference counted) by every recipient of a publish.
+/// One event frame, shared (reference counted) by every connection it is queued on: all the
+/// recipients of a publish without history, a user's connections with history (per-user id).
 #[derive(Clone, Debug)]
 pub(crate) struct Frame {
     /// The encoded event, sent as one text frame.
@@ -90,6 +91,9 @@ pub(crate) enum CloseReason {
     TooManyFrames,
     /// The client sent a frame or message larger than `--max-client-frame`.
     TooBig,
+    /// The backend disconnected the user (`POST /v1/disconnect`): get fresh credentials
+    /// before reconnecting.
+    Disconnected,
 }
 
 impl CloseReason {
@@ -103,6 +107,7 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => 1007,
             CloseReason::TooManyFrames => 1008,
             CloseReason::TooBig => 1009,
+            CloseReason::Disconnected => 4003,
         }
     }
 
@@ -116,6 +121,7 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => "invalid utf-8",
             CloseReason::TooManyFrames => "too many frames",
             CloseReason::TooBig => "message too big",
+            CloseReason::Disconnected => "disconnected by the server",
         }
     }
 
@@ -129,6 +135,7 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => "invalid_utf8",
             CloseReason::TooManyFrames => "too_many_frames",
             CloseReason::TooBig => "message_too_big",
+            CloseReason::Disconnected => "disconnected",
         }
     }
 }

@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::outbox::{Frame, Outbox, PushError, QueueLimits};
+use crate::outbox::{CloseReason, Frame, Outbox, PushError, QueueLimits};
 
 /// A Gleepost user id.
 pub(crate) type UserId = u64;
@@ -29,6 +29,9 @@ pub(crate) trait Subscriptions: Send + Sync {
     fn subscribe(&self, user: UserId) -> Subscribed;
     /// The user's last connection on this node left.
     fn unsubscribe(&self, user: UserId);
+    /// The user now has `count` connections on this node (presence; after every insert and
+    /// removal, under the entry lock, so counts arrive in order).
+    fn connections_changed(&self, _user: UserId, _count: usize) {}
 }
 
 /// One client connection as seen by the event path.
@@ -112,6 +115,7 @@ impl Registry {
         let subscribed = match entry {
             Entry::Occupied(mut e) => {
                 e.get_mut().conns.push(conn.clone());
+                subs.connections_changed(user, e.get().conns.len());
                 e.get().subscribed.clone()
             }
             Entry::Vacant(e) => {
@@ -120,6 +124,7 @@ impl Registry {
                     conns: vec![conn.clone()],
                     subscribed: subscribed.clone(),
                 });
+                subs.connections_changed(user, 1);
                 subscribed
             }
         };
@@ -133,6 +138,7 @@ impl Registry {
             e.get_mut().conns.retain(|c| c.id != conn.id);
             if e.get().conns.len() < before {
                 self.count.fetch_sub(1, Ordering::AcqRel);
+                subs.connections_changed(conn.user, e.get().conns.len());
             }
             if e.get().conns.is_empty() {
                 subs.unsubscribe(conn.user);
@@ -164,6 +170,30 @@ impl Registry {
             }
         }
         queued
+    }
+
+    /// Close every connection of `user` with `reason`; returns how many were open.
+    pub(crate) fn close_user(&self, user: UserId, reason: CloseReason) -> usize {
+        let Some(entry) = self.users.get(&user) else {
+            return 0;
+        };
+        for conn in &entry.conns {
+            conn.outbox.close(reason);
+        }
+        entry.conns.len()
+    }
+
+    /// Number of connections of `user` on this node.
+    pub(crate) fn connections_of(&self, user: UserId) -> usize {
+        self.users.get(&user).map_or(0, |e| e.conns.len())
+    }
+
+    /// Every user with connections here and their number (presence refresh).
+    pub(crate) fn user_counts(&self) -> Vec<(UserId, usize)> {
+        self.users
+            .iter()
+            .map(|e| (*e.key(), e.value().conns.len()))
+            .collect()
     }
 
     /// A snapshot of every live connection (for draining).

@@ -52,7 +52,10 @@ app.kubernetes.io/part-of: gleepost
 {{- end }}
 {{- end }}
 
-{{/* Name of the Secret holding jwt-secret, api-key and (optional) redis-url or redis-cluster-urls. */}}
+{{/*
+Name of the Secret holding jwt-secret, api-key and (optional) redis-url,
+redis-cluster-urls or redis-sentinel-urls (+ redis-sentinel-node-password).
+*/}}
 {{- define "gleepost-gateway.secretName" -}}
 {{- default (include "gleepost-gateway.fullname" .) .Values.secrets.existingSecret }}
 {{- end }}
@@ -68,24 +71,30 @@ app.kubernetes.io/part-of: gleepost
 {{/*
 The variable that gives the pods their Redis, or empty for the embedded
 single-node broker:
-  REDIS_URL           one Redis server: secrets.redisUrl, or the existingSecret
-                      key secrets.existingSecretRedisUrlKey ("redis-url" by default);
-  REDIS_CLUSTER_URLS  a Redis Cluster's seed URLs: secrets.redisClusterUrls, or
-                      the existingSecret key secrets.existingSecretRedisClusterUrlsKey.
-Both at once is refused by gleepost-gateway.validate (the binary refuses it too).
+  REDIS_URL            one Redis server: secrets.redisUrl, or the existingSecret
+                       key secrets.existingSecretRedisUrlKey ("redis-url" by default);
+  REDIS_CLUSTER_URLS   a Redis Cluster's seed URLs: secrets.redisClusterUrls, or
+                       the existingSecret key secrets.existingSecretRedisClusterUrlsKey;
+  REDIS_SENTINEL_URLS  the sentinels of a primary under Redis Sentinel:
+                       secrets.redisSentinelUrls, or the existingSecret key
+                       secrets.existingSecretRedisSentinelUrlsKey (with
+                       config.redisSentinelMaster, see sentinelNodePasswordKey).
+More than one is refused by gleepost-gateway.validate (the binary refuses it too).
 */}}
 {{- define "gleepost-gateway.redisEnv" -}}
 {{- $s := .Values.secrets }}
 {{- if $s.existingSecret }}
-{{- if $s.existingSecretRedisClusterUrlsKey }}REDIS_CLUSTER_URLS{{ else if $s.existingSecretRedisUrlKey }}REDIS_URL{{ end }}
+{{- if $s.existingSecretRedisSentinelUrlsKey }}REDIS_SENTINEL_URLS{{ else if $s.existingSecretRedisClusterUrlsKey }}REDIS_CLUSTER_URLS{{ else if $s.existingSecretRedisUrlKey }}REDIS_URL{{ end }}
+{{- else if $s.redisSentinelUrls }}REDIS_SENTINEL_URLS
 {{- else if $s.redisClusterUrls }}REDIS_CLUSTER_URLS
 {{- else if $s.redisUrl }}REDIS_URL
 {{- end }}
 {{- end }}
 
 {{/*
-True ("true") when the pods get a Redis (a server or a cluster: redisEnv is set),
-so several pods share one event stream. Empty: the embedded single-node broker.
+True ("true") when the pods get a Redis (a server, a cluster or Sentinel:
+redisEnv is set), so several pods share one event stream. Empty: the embedded
+single-node broker.
 */}}
 {{- define "gleepost-gateway.hasRedis" -}}
 {{- if include "gleepost-gateway.redisEnv" . }}true{{- end }}
@@ -94,10 +103,26 @@ so several pods share one event stream. Empty: the embedded single-node broker.
 {{/* Key of the Secret that holds redisEnv's value (only meaningful when hasRedis). */}}
 {{- define "gleepost-gateway.redisSecretKey" -}}
 {{- $s := .Values.secrets }}
-{{- if eq (include "gleepost-gateway.redisEnv" .) "REDIS_CLUSTER_URLS" }}
+{{- $env := include "gleepost-gateway.redisEnv" . }}
+{{- if eq $env "REDIS_SENTINEL_URLS" }}
+{{- if $s.existingSecret }}{{ $s.existingSecretRedisSentinelUrlsKey }}{{ else }}redis-sentinel-urls{{ end }}
+{{- else if eq $env "REDIS_CLUSTER_URLS" }}
 {{- if $s.existingSecret }}{{ $s.existingSecretRedisClusterUrlsKey }}{{ else }}redis-cluster-urls{{ end }}
 {{- else }}
 {{- if $s.existingSecret }}{{ $s.existingSecretRedisUrlKey }}{{ else }}redis-url{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Key of the Secret that holds REDIS_SENTINEL_NODE_PASSWORD (the data nodes'
+password under Sentinel), or empty when the data nodes need none:
+secrets.redisSentinelNodePassword (chart Secret key redis-sentinel-node-password)
+or the existingSecret key secrets.existingSecretRedisSentinelNodePasswordKey.
+*/}}
+{{- define "gleepost-gateway.sentinelNodePasswordKey" -}}
+{{- $s := .Values.secrets }}
+{{- if $s.existingSecret }}{{ $s.existingSecretRedisSentinelNodePasswordKey }}
+{{- else if $s.redisSentinelNodePassword }}redis-sentinel-node-password
 {{- end }}
 {{- end }}
 
@@ -189,16 +214,51 @@ SIGKILL a pod that is still draining: its last clients would see 1006).
 {{/* Cross-value checks that JSON schema cannot express. */}}
 {{- define "gleepost-gateway.validate" -}}
 {{- $s := .Values.secrets }}
-{{- $embedded := "The embedded broker is single-node: set secrets.redisUrl (a Redis server) or secrets.redisClusterUrls (a Redis Cluster's seed URLs), or secrets.existingSecret with secrets.existingSecretRedisUrlKey or secrets.existingSecretRedisClusterUrlsKey naming the key that holds it." }}
-{{- $oneRedis := "configure exactly one Redis (a server's URL or a cluster's seed URLs): the gateway refuses to start with both REDIS_URL and REDIS_CLUSTER_URLS" }}
-{{- if and $s.existingSecret (or $s.jwtSecret $s.apiKey $s.redisUrl $s.redisClusterUrls) }}
-{{- fail "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey, secrets.redisUrl and secrets.redisClusterUrls would be ignored: put them in the existing Secret and leave them empty" }}
+{{- $embedded := "The embedded broker is single-node: set secrets.redisUrl (a Redis server), secrets.redisClusterUrls (a Redis Cluster's seed URLs) or secrets.redisSentinelUrls (Redis Sentinel, with config.redisSentinelMaster), or secrets.existingSecret with secrets.existingSecretRedisUrlKey, secrets.existingSecretRedisClusterUrlsKey or secrets.existingSecretRedisSentinelUrlsKey naming the key that holds it." }}
+{{- $oneRedis := "configure exactly one Redis (a server's URL, a cluster's seed URLs or Sentinel URLs)" }}
+{{- if and $s.existingSecret (or $s.jwtSecret $s.apiKey $s.redisUrl $s.redisClusterUrls $s.redisSentinelUrls $s.redisSentinelNodePassword) }}
+{{- fail "secrets.existingSecret is set, so secrets.jwtSecret, secrets.apiKey, secrets.redisUrl, secrets.redisClusterUrls, secrets.redisSentinelUrls and secrets.redisSentinelNodePassword would be ignored: put them in the existing Secret and leave them empty" }}
 {{- end }}
-{{- if and $s.redisUrl $s.redisClusterUrls }}
-{{- fail (printf "secrets.redisUrl and secrets.redisClusterUrls are both set: %s" $oneRedis) }}
+{{- /* Each Redis the values name: [value name, variable], chart values or existingSecret keys. */}}
+{{- $redis := list }}
+{{- $sources := list (list "redisUrl" "REDIS_URL") (list "redisClusterUrls" "REDIS_CLUSTER_URLS") (list "redisSentinelUrls" "REDIS_SENTINEL_URLS") }}
+{{- if $s.existingSecret }}
+{{- $sources = list (list "existingSecretRedisUrlKey" "REDIS_URL") (list "existingSecretRedisClusterUrlsKey" "REDIS_CLUSTER_URLS") (list "existingSecretRedisSentinelUrlsKey" "REDIS_SENTINEL_URLS") }}
 {{- end }}
-{{- if and $s.existingSecret $s.existingSecretRedisUrlKey $s.existingSecretRedisClusterUrlsKey }}
-{{- fail (printf "secrets.existingSecretRedisUrlKey (%q) and secrets.existingSecretRedisClusterUrlsKey (%q) are both set: %s. For a cluster set secrets.existingSecretRedisUrlKey to \"\" (its default is redis-url)" $s.existingSecretRedisUrlKey $s.existingSecretRedisClusterUrlsKey $oneRedis) }}
+{{- range $src := $sources }}
+{{- $k := index $src 0 }}
+{{- with index $s $k }}
+{{- $what := ternary (printf "secrets.%s (%q)" $k .) (printf "secrets.%s" $k) (not (empty $s.existingSecret)) }}
+{{- $redis = append $redis (list $what (index $src 1)) }}
+{{- end }}
+{{- end }}
+{{- if gt (len $redis) 1 }}
+{{- $names := list }}{{- $vars := list }}
+{{- range $redis }}{{ $names = append $names (index . 0) }}{{ $vars = append $vars (index . 1) }}{{ end }}
+{{- $both := ternary "both" "all" (eq (len $redis) 2) }}
+{{- $hint := ternary " For a cluster or Sentinel set secrets.existingSecretRedisUrlKey to \"\" (its default is redis-url)." "" (and (not (empty $s.existingSecret)) (not (empty $s.existingSecretRedisUrlKey))) }}
+{{- fail (printf "%s are %s set: %s: the gateway refuses to start with %s.%s" (printf "%s and %s" (initial $names | join ", ") (last $names)) $both $oneRedis (printf "%s and %s" (initial $vars | join ", ") (last $vars)) $hint) }}
+{{- end }}
+{{- /* Sentinel: the master name is required; its settings mean nothing without it. */}}
+{{- $c := .Values.config }}
+{{- if eq (include "gleepost-gateway.redisEnv" .) "REDIS_SENTINEL_URLS" }}
+{{- if not $c.redisSentinelMaster }}
+{{- fail "Redis Sentinel is configured (REDIS_SENTINEL_URLS) but config.redisSentinelMaster is not set: name the master the sentinels monitor (the <name> of \"sentinel monitor <name> ...\", e.g. mymaster); the gateway refuses to start without REDIS_SENTINEL_MASTER" }}
+{{- end }}
+{{- if and $s.existingSecretRedisSentinelNodePasswordKey (not $s.existingSecret) }}
+{{- fail "secrets.existingSecretRedisSentinelNodePasswordKey names a key of secrets.existingSecret, which is not set: use secrets.redisSentinelNodePassword, or set secrets.existingSecret" }}
+{{- end }}
+{{- else }}
+{{- $set := list }}
+{{- range $k := list "redisSentinelMaster" "redisSentinelNodeUsername" "redisSentinelNodeDb" }}
+{{- if not (kindIs "invalid" (index $c $k)) }}{{ $set = append $set (printf "config.%s" $k) }}{{ end }}
+{{- end }}
+{{- range $k := list "redisSentinelNodePassword" "existingSecretRedisSentinelNodePasswordKey" }}
+{{- if index $s $k }}{{ $set = append $set (printf "secrets.%s" $k) }}{{ end }}
+{{- end }}
+{{- with $set }}
+{{- fail (printf "Sentinel settings without Sentinel: %s set, but neither secrets.redisSentinelUrls nor secrets.existingSecretRedisSentinelUrlsKey is; leave them null/empty (the gateway refuses to start with REDIS_SENTINEL_MASTER or REDIS_SENTINEL_NODE_* settings but no REDIS_SENTINEL_URLS)" (join ", " .)) }}
+{{- end }}
 {{- end }}
 {{- if not (include "gleepost-gateway.hasRedis" .) }}
 {{- if gt (int .Values.config.publishReplicas) 0 }}
@@ -251,7 +311,8 @@ SIGKILL a pod that is still draining: its last clients would see 1006).
 {{- end }}
 
 {{/*
-Non-secret configuration: chart value key -> environment variable.
+Non-secret configuration: chart value key -> environment variable (the
+ConfigMap's keys; null values are left out).
 */}}
 {{- define "gleepost-gateway.configEnvNames" -}}
 logFormat: GATEWAY_LOG_FORMAT
@@ -275,6 +336,25 @@ maxReplay: GATEWAY_MAX_REPLAY
 workerThreads: GATEWAY_WORKER_THREADS
 maxConnections: GATEWAY_MAX_CONNECTIONS
 publishReplicas: GATEWAY_PUBLISH_REPLICAS
+redisSentinelMaster: REDIS_SENTINEL_MASTER
+redisSentinelNodeUsername: REDIS_SENTINEL_NODE_USERNAME
+redisSentinelNodeDb: REDIS_SENTINEL_NODE_DB
+adminMaxConnections: GATEWAY_ADMIN_MAX_CONNECTIONS
+handshakeTimeout: GATEWAY_HANDSHAKE_TIMEOUT
+maxPublishBody: GATEWAY_MAX_PUBLISH_BODY
+maxClientFrame: GATEWAY_MAX_CLIENT_FRAME
+clientFrameRate: GATEWAY_CLIENT_FRAME_RATE
+maxConnectionsPerUser: GATEWAY_MAX_CONNECTIONS_PER_USER
+maxConnectionsPerIp: GATEWAY_MAX_CONNECTIONS_PER_IP
+connectRatePerIp: GATEWAY_CONNECT_RATE_PER_IP
+authFailuresPerIp: GATEWAY_AUTH_FAILURES_PER_IP
+trustedProxies: GATEWAY_TRUSTED_PROXIES
+revocationTtl: GATEWAY_REVOCATION_TTL
+jwksUrl: GATEWAY_JWKS_URL
+jwksRefresh: GATEWAY_JWKS_REFRESH
+jwtPublicKeyFile: GATEWAY_JWT_PUBLIC_KEY_FILE
+jwtIssuer: GATEWAY_JWT_ISSUER
+jwtAudience: GATEWAY_JWT_AUDIENCE
 {{- end }}
 
 {{/*

@@ -1,4 +1,5 @@
-//! The admin port: `POST /v1/publish`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
+//! The admin port: `POST /v1/publish`, `POST /v1/disconnect`, `GET /v1/presence`,
+//! `GET /metrics`, `GET /healthz`, `GET /readyz`.
 //!
 //! Every error is JSON `{"error": "<what is wrong>"}` with a 4xx/5xx status. The routes are warp
 //! filters served by [`server`] (timeouts, connection cap, lingering close).
@@ -13,6 +14,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::node::Node;
 
 mod api_keys;
+mod control;
 mod publish;
 mod server;
 mod slots;
@@ -81,14 +83,32 @@ fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Infalli
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and(warp::ext::get::<InFlight>())
-        .and(with_node)
+        .and(with_node.clone())
         .then(publish::handle);
+    let disconnect = warp::path!("v1" / "disconnect")
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(warp::ext::get::<InFlight>())
+        .and(with_node.clone())
+        .then(control::disconnect);
+    let presence = warp::path!("v1" / "presence")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::ext::get::<InFlight>())
+        .and(with_node)
+        .then(control::presence);
     healthz
         .or(readyz)
         .unify()
         .or(metrics)
         .unify()
         .or(publish)
+        .unify()
+        .or(disconnect)
+        .unify()
+        .or(presence)
         .unify()
         .recover(recover)
         .unify()

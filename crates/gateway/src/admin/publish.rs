@@ -50,9 +50,11 @@ where
     response
 }
 
-type Refusal = (StatusCode, String);
+/// A refused request: its status and the reason shown in the JSON body.
+pub(super) type Refusal = (StatusCode, String);
 
-fn authorize(headers: &HeaderMap, node: &Node) -> Result<(), Refusal> {
+/// The request carries one of the admin API keys (`Authorization: Bearer <key>`).
+pub(super) fn authorize(headers: &HeaderMap, node: &Node) -> Result<(), Refusal> {
     if node.publish.api_keys.authorizes(headers) {
         Ok(())
     } else {
@@ -61,7 +63,7 @@ fn authorize(headers: &HeaderMap, node: &Node) -> Result<(), Refusal> {
 }
 
 /// The `Content-Length`, required and at most `max`.
-fn declared_length(headers: &HeaderMap, max: u64) -> Result<usize, Refusal> {
+pub(super) fn declared_length(headers: &HeaderMap, max: u64) -> Result<usize, Refusal> {
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -88,7 +90,7 @@ fn declared_length(headers: &HeaderMap, max: u64) -> Result<usize, Refusal> {
 }
 
 /// Read the body (hyper enforces the declared `length`) by `deadline`, else 408.
-async fn read_body<S, B>(
+pub(super) async fn read_body<S, B>(
     body: S,
     length: usize,
     deadline: tokio::time::Instant,
@@ -160,7 +162,7 @@ async fn publish(body: &[u8], node: &Node) -> Result<serde_json::Value, Refusal>
         return Err(bad("Invalid event: `id` is assigned by the gateway".into()));
     }
     let encoded = event.encode();
-    let ids = node.broker.publish(&users, encoded).await.map_err(|e| {
+    let published = node.broker.publish(&users, encoded).await.map_err(|e| {
         tracing::warn!(error = %e, "publish failed");
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -169,18 +171,25 @@ async fn publish(body: &[u8], node: &Node) -> Result<serde_json::Value, Refusal>
     })?;
     node.metrics.events_published.inc_by(users.len() as u64);
     let mut result = serde_json::json!({ "published": users.len() });
-    if !ids.is_empty() {
-        let ids: serde_json::Map<String, serde_json::Value> = ids
+    if !published.ids.is_empty() {
+        let ids: serde_json::Map<String, serde_json::Value> = published
+            .ids
             .into_iter()
             .map(|(user, id)| (user.to_string(), id.into()))
             .collect();
         result["ids"] = ids.into();
     }
+    let online: serde_json::Map<String, serde_json::Value> = published
+        .online
+        .into_iter()
+        .map(|(user, online)| (user.to_string(), online.into()))
+        .collect();
+    result["online"] = online.into();
     Ok(result)
 }
 
 /// `users` must be a non-empty array of distinct user ids, at most `max`.
-fn parse_users(raw: Option<&RawValue>, max: usize) -> Result<Vec<UserId>, String> {
+pub(super) fn parse_users(raw: Option<&RawValue>, max: usize) -> Result<Vec<UserId>, String> {
     let raw = raw.ok_or("Missing `users`")?;
     let users: Vec<UserId> = serde_json::from_str(raw.get())
         .map_err(|_| "`users` must be an array of non-negative integer user ids".to_string())?;

@@ -26,7 +26,7 @@ use crate::registry::UserId;
 const LEEWAY_SECS: u64 = 30;
 
 /// Latest accepted time claim: 9999-12-31T23:59:59Z (keeps every time computation in range).
-const MAX_TIMESTAMP: u64 = 253_402_300_799;
+pub(crate) const MAX_TIMESTAMP: u64 = 253_402_300_799;
 
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -137,8 +137,11 @@ impl JwtAuth {
             .ok_or(AuthError::Invalid("jwt_wrong_algorithm"))
     }
 
-    /// Check a token; returns the user id and when it stops being accepted (`exp` + leeway).
-    pub(crate) async fn verify(&self, token: &str) -> Result<(UserId, SystemTime), AuthError> {
+    /// Check a token: the user, when the token stops being valid (`exp` plus the leeway) and its `iat`.
+    pub(crate) async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<(UserId, SystemTime, Option<u64>), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("jwt_malformed"))?;
         let (alg, key) = self.key_for(&header).await?;
@@ -168,6 +171,7 @@ impl JwtAuth {
         Ok((
             user,
             UNIX_EPOCH + Duration::from_secs(claims.exp + LEEWAY_SECS),
+            claims.iat,
         ))
     }
 }
@@ -222,7 +226,7 @@ mod tests {
     use futures_util::FutureExt;
 
     /// Without a JWKS nothing in `verify` waits.
-    fn check(auth: &JwtAuth, token: &str) -> Result<(UserId, SystemTime), AuthError> {
+    fn check(auth: &JwtAuth, token: &str) -> Result<(UserId, SystemTime, Option<u64>), AuthError> {
         auth.verify(token)
             .now_or_never()
             .expect("never pending without a JWKS")
@@ -328,7 +332,7 @@ mod tests {
                 &signed(claims.clone(), Header::new(Algorithm::HS256)),
             );
             assert_eq!(
-                got.map(|(u, _)| u),
+                got.map(|(u, _, _)| u),
                 want.map_err(AuthError::Invalid),
                 "{claims}"
             );
@@ -390,7 +394,7 @@ mod tests {
             serde_json::json!({"sub": "9", "exp": exp}),
             Header::new(Algorithm::HS256),
         );
-        let (_, expires) = check(&auth, &token).unwrap();
+        let (_, expires, _) = check(&auth, &token).unwrap();
         assert_eq!(expires, UNIX_EPOCH + Duration::from_secs(exp + LEEWAY_SECS));
     }
 

@@ -18,7 +18,7 @@ use http::HeaderMap;
 pub(crate) use fetch::JwksUrl;
 pub(crate) use gleepost::GleepostAuth;
 pub(crate) use jwks::{Jwks, JwksMetrics};
-pub(crate) use jwt::{parse_user_id, ClaimRules, JwtAuth, Minter};
+pub(crate) use jwt::{parse_user_id, ClaimRules, JwtAuth, Minter, MAX_TIMESTAMP};
 pub(crate) use keys::PublicKey;
 
 use crate::registry::UserId;
@@ -34,6 +34,18 @@ pub(crate) struct Identity {
     /// How to check the credentials again at `expires` (Gleepost tokens: the login service may
     /// have extended the key's TTL); `None` for JWTs, whose `exp` is final.
     pub(crate) renewal: Option<Renewal>,
+    /// What kind of credentials (revocation applies to JWTs by their `iat`).
+    pub(crate) credentials: Credentials,
+}
+
+/// The kind of credentials a client presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Credentials {
+    /// A JWT and its `iat` (unix s), if it has one: refused while the user's tokens issued
+    /// before a revocation time are revoked (`POST /v1/disconnect`).
+    Jwt { issued_at: Option<u64> },
+    /// A Gleepost token: revoked by deleting its key.
+    GleepostToken,
 }
 
 /// A Gleepost token kept to re-check its key at expiry. Its `Debug` never shows the token.
@@ -119,11 +131,12 @@ impl Authenticator {
     }
 
     async fn jwt(&self, token: &str) -> Result<Identity, AuthError> {
-        let (user, expires) = self.jwt.verify(token).await?;
+        let (user, expires, issued_at) = self.jwt.verify(token).await?;
         Ok(Identity {
             user,
             expires: Some(expires),
             renewal: None,
+            credentials: Credentials::Jwt { issued_at },
         })
     }
 
@@ -142,6 +155,7 @@ impl Authenticator {
             user,
             expires,
             renewal,
+            credentials: Credentials::GleepostToken,
         })
     }
 
@@ -157,5 +171,52 @@ impl Authenticator {
             .as_ref()
             .ok_or(AuthError::Invalid("gleepost_tokens_need_redis"))?;
         checker.check(user, &renewal.0).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `auth_failures_total` reason the code can emit (the `Invalid("…")` labels and the
+    /// JWT error mapping in this module's files, and `store_unavailable`) is named in
+    /// docs/operations.md's metrics table.
+    #[test]
+    fn operations_md_names_every_auth_failure_reason() {
+        let doc = include_str!("../../../../docs/operations.md");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with("| `auth_failures_total{reason}`"))
+            .unwrap_or_default();
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("jwt.rs"),
+            include_str!("gleepost.rs"),
+        ];
+        let mut reasons = vec![
+            super::AuthError::Unavailable.label().to_string(),
+            super::AuthError::KeysUnavailable.label().to_string(),
+        ];
+        for source in sources {
+            // Code only, not the tests.
+            let source = source.split("#[cfg(test)]").next().unwrap_or_default();
+            // `Invalid("reason")` and the JWT mapping's `=> "reason",` arms.
+            for (open, close) in [("Invalid(\"", "\")"), ("=> \"", "\",")] {
+                for piece in source.split(open).skip(1) {
+                    if let Some((label, _)) = piece.split_once(close) {
+                        if !label.is_empty()
+                            && label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        {
+                            reasons.push(label.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        assert!(reasons.len() > 10, "found only {reasons:?}");
+        for reason in reasons {
+            assert!(
+                row.contains(&format!("`{reason}`")),
+                "operations.md's auth_failures_total row does not name {reason:?}"
+            );
+        }
     }
 }

@@ -12,7 +12,7 @@ use gleepost_event::{EventId, HistoryConfig};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::Dispatcher;
+use super::{Dispatcher, Published};
 use crate::history::Replay;
 use crate::registry::{Subscribed, Subscriptions, UserId};
 
@@ -23,6 +23,8 @@ pub(crate) struct MemoryBroker {
     confirmed: Subscribed,
     _confirmed_tx: watch::Sender<bool>,
     history: Option<Arc<Rings>>,
+    /// Token revocations: user → (revoke JWTs issued before this unix time, until).
+    revoked: DashMap<UserId, (u64, Instant)>,
 }
 
 /// Per-user rings of recent events (frames with their ids).
@@ -58,12 +60,64 @@ impl MemoryBroker {
             confirmed: rx,
             _confirmed_tx: tx,
             history,
+            revoked: DashMap::new(),
         }
     }
 
     /// Deliver an encoded event (no id) to every local connection of each user; returns the
     /// ids assigned (empty when history is off).
-    pub(crate) fn publish(&self, users: &[UserId], event: Bytes) -> Vec<(UserId, String)> {
+    pub(crate) fn publish(&self, users: &[UserId], event: Bytes) -> Published {
+        let online = users
+            .iter()
+            .map(|&u| (u, self.dispatcher.connections_of(u) > 0))
+            .collect();
+        Published {
+            ids: self.deliver(users, event),
+            online,
+        }
+    }
+
+    /// Close every connection of each user; per user, 1 when this node held one, else 0.
+    pub(crate) fn disconnect(&self, users: &[UserId]) -> Vec<(UserId, u64)> {
+        users
+            .iter()
+            .map(|&u| (u, u64::from(self.dispatcher.disconnect(u) > 0)))
+            .collect()
+    }
+
+    /// Refuse the users' JWTs issued before `before` for `ttl` (a later call for a user keeps
+    /// the later time).
+    pub(crate) fn revoke(&self, users: &[UserId], before: u64, ttl: Duration) {
+        let until = Instant::now() + ttl;
+        for &user in users {
+            let mut entry = self.revoked.entry(user).or_insert((before, until));
+            if entry.0 <= before {
+                *entry = (before, until);
+            }
+        }
+    }
+
+    /// The time before which `user`'s JWTs are revoked, while the revocation lasts.
+    pub(crate) fn revoked_before(&self, user: UserId) -> Option<u64> {
+        let (before, until) = *self.revoked.get(&user)?;
+        if Instant::now() < until {
+            return Some(before);
+        }
+        self.revoked
+            .remove_if(&user, |_, (_, u)| *u <= Instant::now());
+        None
+    }
+
+    /// Connections of each user (this node is the only one).
+    pub(crate) fn presence(&self, users: &[UserId]) -> Vec<(UserId, u64)> {
+        users
+            .iter()
+            .map(|&u| (u, self.dispatcher.connections_of(u) as u64))
+            .collect()
+    }
+
+    /// Hand the event to the users' connections (and history); returns the ids assigned.
+    fn deliver(&self, users: &[UserId], event: Bytes) -> Vec<(UserId, String)> {
         let entered = Instant::now();
         let Some(rings) = &self.history else {
             if let Some(text) = self.utf8(event) {

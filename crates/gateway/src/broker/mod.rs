@@ -3,13 +3,19 @@
 //! - [`MemoryBroker`]: in-process, for a single node (no `REDIS_URL`).
 //! - [`RedisBroker`]: per-user Redis channels on one shared subscription per node.
 //!
-//! Either way an event is encoded once per publish and the same bytes reach every recipient.
+//! Either way an event is encoded once per publish. Without history the same bytes reach every
+//! recipient; with history each user's copy carries that user's event id (spliced in per user),
+//! and the connections of one user share that one frame.
+//!
+//! Besides events, a broker carries the backend's control of connections: disconnecting every
+//! connection of a user on every node, token revocation, and presence (connections per user
+//! over all nodes).
 
 mod memory;
 pub(crate) mod redis;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -36,6 +42,16 @@ pub(crate) enum BrokerError {
     NoSeeds,
 }
 
+/// What a publish did.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    /// The id assigned per user (empty when history is off).
+    pub(crate) ids: Vec<(UserId, String)>,
+    /// Per user: whether any node held a connection of the user when it was published (the
+    /// node was subscribed to the user's channel).
+    pub(crate) online: Vec<(UserId, bool)>,
+}
+
 /// The node's broker.
 pub(crate) enum Broker {
     /// Embedded single-node broker.
@@ -59,10 +75,58 @@ impl Broker {
         &self,
         users: &[UserId],
         event: Bytes,
-    ) -> Result<Vec<(UserId, String)>, BrokerError> {
+    ) -> Result<Published, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.publish(users, event)),
             Broker::Redis(b) => b.publish(users, &event).await,
+        }
+    }
+
+    /// Close every connection of each user on every node (4003); returns per user how many
+    /// nodes were reached (nodes holding a connection of the user).
+    pub(crate) async fn disconnect(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, u64)>, BrokerError> {
+        match self {
+            Broker::Memory(b) => Ok(b.disconnect(users)),
+            Broker::Redis(b) => b.disconnect(users).await,
+        }
+    }
+
+    /// Refuse the users' JWTs issued before `before` (unix s, or without `iat`) on every node,
+    /// for `ttl`.
+    pub(crate) async fn revoke(
+        &self,
+        users: &[UserId],
+        before: u64,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        match self {
+            Broker::Memory(b) => {
+                b.revoke(users, before, ttl);
+                Ok(())
+            }
+            Broker::Redis(b) => b.revoke(users, before, ttl).await,
+        }
+    }
+
+    /// The time before which `user`'s JWTs are revoked, if any.
+    pub(crate) async fn revoked_before(&self, user: UserId) -> Result<Option<u64>, BrokerError> {
+        match self {
+            Broker::Memory(b) => Ok(b.revoked_before(user)),
+            Broker::Redis(b) => b.revoked_before(user).await,
+        }
+    }
+
+    /// Connections of each user over all live nodes.
+    pub(crate) async fn presence(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, u64)>, BrokerError> {
+        match self {
+            Broker::Memory(b) => Ok(b.presence(users)),
+            Broker::Redis(b) => b.presence(users).await,
         }
     }
 
@@ -106,6 +170,22 @@ impl Dispatcher {
     /// Queue a frame on every local connection of `user` (history replays, resync events).
     pub(crate) fn dispatch_frame(&self, user: UserId, frame: &Frame) -> usize {
         self.registry.dispatch(user, frame, &self.metrics)
+    }
+
+    /// Close every local connection of `user` (4003); returns how many were open.
+    pub(crate) fn disconnect(&self, user: UserId) -> usize {
+        self.registry
+            .close_user(user, crate::outbox::CloseReason::Disconnected)
+    }
+
+    /// Number of local connections of `user`.
+    pub(crate) fn connections_of(&self, user: UserId) -> usize {
+        self.registry.connections_of(user)
+    }
+
+    /// Every local user and its number of connections.
+    pub(crate) fn user_counts(&self) -> Vec<(UserId, usize)> {
+        self.registry.user_counts()
     }
 
     /// The node's metrics.

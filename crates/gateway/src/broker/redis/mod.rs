@@ -4,15 +4,18 @@
 //! connections (`standalone.rs`, `sentinel.rs`, `cluster.rs`); the link state (`state.rs`) and what the tasks share
 //! (`context.rs`); history reads (`history.rs`); the tasks: the subscriber (`subscriber.rs`,
 //! bookkeeping in `subscriptions.rs`), its gap repair (`repair.rs`) and the self-probe
-//! (`probe.rs`); and this handle, which the node calls.
+//! (`probe.rs`); the backend's control of connections (`control.rs`: disconnect, revocation)
+//! and presence (`presence.rs`); and this handle, which the node calls.
 //!
 //! Redis connections per node: one pub/sub connection plus one multiplexed command connection
 //! (publish, self-probe, token checks), whatever the number of clients.
 
 mod cluster;
 mod context;
+mod control;
 mod history;
 mod links;
+mod presence;
 mod probe;
 pub(crate) mod pubsub;
 mod reader;
@@ -25,18 +28,19 @@ mod subscriptions;
 mod topology;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gleepost_event::Publisher;
 use gleepost_event::RedisConn;
 use tokio::sync::{mpsc, watch};
 
 use self::context::Context;
-pub(crate) use self::context::{RedisSettings, RedisTarget};
+pub(crate) use self::context::{RedisSettings, RedisTarget, PUBSUB_TIMEOUT_FACTOR};
 use self::history::RedisHistory;
 use self::state::State;
 use self::subscriptions::SubCommand;
 use self::topology::Topology;
-use super::{BrokerError, Dispatcher};
+use super::{BrokerError, Dispatcher, Published};
 use crate::history::Replay;
 use crate::registry::{Subscribed, Subscriptions, UserId};
 
@@ -44,6 +48,8 @@ use crate::registry::{Subscribed, Subscriptions, UserId};
 pub(crate) struct RedisBroker {
     shared: Arc<Context>,
     commands_tx: mpsc::UnboundedSender<SubCommand>,
+    /// Connection counts per user, to the presence writer.
+    presence_tx: mpsc::UnboundedSender<(UserId, usize)>,
 }
 
 impl RedisBroker {
@@ -90,6 +96,8 @@ impl RedisBroker {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         tokio::spawn(subscriber::run(shared.clone(), commands_rx));
         tokio::spawn(probe::run(Arc::downgrade(&shared)));
+        let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+        tokio::spawn(presence::run(Arc::downgrade(&shared), presence_rx));
         if let Topology::Sentinel(s) = &shared.topology {
             let watch = sentinel::watch_switches(
                 Arc::downgrade(&shared),
@@ -101,6 +109,7 @@ impl RedisBroker {
         Ok(RedisBroker {
             shared,
             commands_tx,
+            presence_tx,
         })
     }
 
@@ -115,7 +124,7 @@ impl RedisBroker {
         &self,
         users: &[UserId],
         event: &[u8],
-    ) -> Result<Vec<(UserId, String)>, BrokerError> {
+    ) -> Result<Published, BrokerError> {
         let publish = self.shared.publisher.publish_encoded(users, event);
         // The script, then (with --publish-replicas) a WAIT of up to one more timeout.
         let settings = &self.shared.settings;
@@ -123,7 +132,56 @@ impl RedisBroker {
         let report = tokio::time::timeout(limit, publish)
             .await
             .map_err(|_| BrokerError::Timeout)??;
-        Ok(report.ids)
+        Ok(Published {
+            ids: report.ids,
+            online: report.online.into_iter().map(|(u, n)| (u, n > 0)).collect(),
+        })
+    }
+
+    /// Close every connection of each user on every node; per user, the nodes reached.
+    pub(crate) async fn disconnect(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, u64)>, BrokerError> {
+        let conn = self.shared.topology.commands();
+        self.bounded(control::disconnect(&conn, users)).await
+    }
+
+    /// Revoke the users' JWTs issued before `before` for `ttl`.
+    pub(crate) async fn revoke(
+        &self,
+        users: &[UserId],
+        before: u64,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        let conn = self.shared.topology.commands();
+        self.bounded(control::revoke(&conn, users, before, ttl))
+            .await
+    }
+
+    /// The revocation time of `user`'s JWTs, if any.
+    pub(crate) async fn revoked_before(&self, user: UserId) -> Result<Option<u64>, BrokerError> {
+        let conn = self.shared.topology.commands();
+        self.bounded(control::revoked_before(&conn, user)).await
+    }
+
+    /// Connections of each user over all live nodes.
+    pub(crate) async fn presence(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, u64)>, BrokerError> {
+        let conn = self.shared.topology.commands();
+        self.bounded(presence::read(&conn, users)).await
+    }
+
+    /// `task`, failing with a timeout after the request-path timeout.
+    async fn bounded<T>(
+        &self,
+        task: impl std::future::Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        tokio::time::timeout(self.shared.settings.timeout, task)
+            .await
+            .map_err(|_| BrokerError::Timeout)?
     }
 
     /// Events of `user` after `since`, from Redis history.
@@ -160,5 +218,10 @@ impl Subscriptions for RedisBroker {
 
     fn unsubscribe(&self, user: UserId) {
         let _ = self.commands_tx.send(SubCommand::Unsubscribe(user));
+    }
+
+    fn connections_changed(&self, user: UserId, count: usize) {
+        // The writer lives as long as the broker.
+        let _ = self.presence_tx.send((user, count));
     }
 }

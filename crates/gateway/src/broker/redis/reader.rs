@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gleepost_event::check_broker_payload;
-use gleepost_event::keys::parse_user_channel;
+use gleepost_event::keys::{parse_user_channel, DISCONNECT_PAYLOAD};
 use gleepost_event::EventId;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -103,6 +103,11 @@ pub(super) fn handle_message(
         tracing::debug!(%channel, "message on an unexpected channel");
         return;
     };
+    if trusted && payload.as_ref() == DISCONNECT_PAYLOAD {
+        let closed = shared.dispatcher.disconnect(user);
+        tracing::info!(user, closed, "disconnected by the backend");
+        return;
+    }
     let entered = Instant::now();
     let bytes = payload.len();
     let reason = match check_broker_payload(&payload, &shared.settings.limits) {

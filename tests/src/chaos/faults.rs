@@ -1,0 +1,176 @@
+//! The faults, each injected into a running [`World`] while the publisher and the sessions go
+//! on. [`Fault::inject`] returns when the fault's cause is removed (the heal); the suite then
+//! waits for the sessions to settle. To add a fault: a variant, its name, its description for
+//! the report, its injection, and a place in the plans of [`super::Plan`].
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+
+use super::clients::SessionHandle;
+use super::world::World;
+use crate::redis_mode::eventually;
+
+/// One fault.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Nothing: the steady state, for comparison.
+    Baseline(Duration),
+    /// `CLIENT KILL TYPE pubsub` on Redis (both nodes' subscriptions), `times` times, `gap` apart.
+    PubsubKill {
+        /// How many kills.
+        times: u32,
+        /// Time between kills.
+        gap: Duration,
+    },
+    /// Redis SIGKILLed and started again on its port without its data (no persistence), after
+    /// `down`.
+    RedisRestartEmpty {
+        /// Time Redis stays down.
+        down: Duration,
+    },
+    /// Node A and Redis partitioned by the forwarder for this long.
+    Partition(Duration),
+    /// Node B SIGKILLed; restarted (new ports) after `down`.
+    NodeKill {
+        /// Time the node stays down.
+        down: Duration,
+    },
+    /// SIGTERM to each node in turn; each is restarted once it has drained and exited.
+    RollingTerm,
+    /// One session stops reading until the gateway has closed it, then reads again and resumes.
+    SlowConsumer,
+}
+
+/// Slow-consumer closes and pong timeouts, the two ways a node drops a client that stopped
+/// reading.
+const DROPPED_READERS: [&str; 2] = [
+    "gleepost_gateway_connections_closed_total{reason=\"slow_consumer\"}",
+    "gleepost_gateway_connections_closed_total{reason=\"pong_timeout\"}",
+];
+
+impl Fault {
+    /// The ledger line's name.
+    pub fn name(&self) -> String {
+        match self {
+            Fault::Baseline(_) => "baseline (no fault)".into(),
+            Fault::PubsubKill { times, .. } => format!("pub/sub connections killed ×{times}"),
+            Fault::RedisRestartEmpty { .. } => "Redis restarted empty".into(),
+            Fault::Partition(d) => format!("{} s partition node A ↔ Redis", d.as_secs()),
+            Fault::NodeKill { .. } => "gateway node SIGKILL".into(),
+            Fault::RollingTerm => "rolling SIGTERM of every node".into(),
+            Fault::SlowConsumer => "one client stops reading".into(),
+        }
+    }
+
+    /// What the fault does, for the report.
+    pub fn description(&self) -> String {
+        match self {
+            Fault::Baseline(d) => format!(
+                "{} s of the steady stream without any fault: the reference for the latency columns.",
+                d.as_secs()
+            ),
+            Fault::PubsubKill { times, gap } => format!(
+                "`CLIENT KILL TYPE pubsub` on Redis {times} time(s), {} s apart: both nodes lose their \
+                 subscription connection (node A's through the forwarder), reconnect, resubscribe \
+                 and repair the gap from history; clients stay connected.",
+                gap.as_secs_f64()
+            ),
+            Fault::RedisRestartEmpty { down } => format!(
+                "Redis SIGKILLed and, after {} s, started again on the same port without its data \
+                 (no RDB, no AOF): every history and epoch is gone, so the events acknowledged before \
+                 cannot be replayed; clients must get `resync` (new epoch), never a silent gap.",
+                down.as_secs_f64()
+            ),
+            Fault::Partition(d) => format!(
+                "The forwarder between node A and Redis stops moving bytes for {} s, in both \
+                 directions, without closing any connection (no packet answered, no reset); node A's \
+                 probe fails, it turns unready and tries new connections, which hang too. Then the \
+                 forwarder delivers what it held and forwards again.",
+                d.as_secs()
+            ),
+            Fault::NodeKill { down } => format!(
+                "Node B SIGKILLed (no drain, its clients see the TCP connection end), started again \
+                 after {} s on new ports; its clients reconnect to node A with `since`.",
+                down.as_secs_f64()
+            ),
+            Fault::RollingTerm => "SIGTERM to node A, wait for its drain (1 s pre-drain, 2 s window, \
+                 close 1001) and exit 0, start it again; then the same for node B. Clients move with \
+                 `since` to the other node each time."
+                .into(),
+            Fault::SlowConsumer => "One session (user 11 on node B, 4 KiB socket receive buffer, \
+                 events of 16 KB) stops reading; the node closes it (slow consumer 4000, or the write \
+                 deadline); then it reads what it had, reconnects with `since` and resumes. Every other \
+                 session goes on reading."
+                .into(),
+        }
+    }
+
+    /// Inject the fault; returns once its cause is removed.
+    pub async fn inject(&self, world: &World, slow: &SessionHandle) -> Result<()> {
+        match self {
+            Fault::Baseline(d) => tokio::time::sleep(*d).await,
+            Fault::PubsubKill { times, gap } => {
+                for k in 0..*times {
+                    if k > 0 {
+                        tokio::time::sleep(*gap).await;
+                        world.wait_all_ready().await?;
+                    }
+                    let killed: i64 = world
+                        .redis
+                        .lock()
+                        .await
+                        .cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
+                        .await?;
+                    ensure!(
+                        killed >= 2,
+                        "killed {killed} pub/sub connections, expected 2"
+                    );
+                }
+            }
+            Fault::RedisRestartEmpty { down } => {
+                let mut redis = world.redis.lock().await;
+                redis.kill();
+                tokio::time::sleep(*down).await;
+                redis.restart().await.context("restarting Redis")?;
+            }
+            Fault::Partition(d) => {
+                world.forwarder.partition();
+                tokio::time::sleep(*d).await;
+                world.forwarder.heal();
+            }
+            Fault::NodeKill { down } => {
+                world.kill_node(1).await?;
+                tokio::time::sleep(*down).await;
+                world.start_node(1).await?;
+            }
+            Fault::RollingTerm => {
+                for i in 0..2 {
+                    world.terminate_node(i).await?;
+                    world.start_node(i).await?;
+                }
+            }
+            Fault::SlowConsumer => {
+                let before = dropped_readers(world).await?;
+                slow.pause(true);
+                let closed = eventually(Duration::from_secs(60), "slow client closed", || async {
+                    let now = dropped_readers(world).await?;
+                    ensure!(now > before, "not closed yet");
+                    Ok(())
+                })
+                .await;
+                slow.pause(false);
+                closed?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn dropped_readers(world: &World) -> Result<f64> {
+    let mut sum = 0.0;
+    for sample in DROPPED_READERS {
+        sum += world.metric_sum(sample).await?;
+    }
+    Ok(sum)
+}

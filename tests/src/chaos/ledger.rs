@@ -56,6 +56,8 @@ pub struct Line {
     pub out_of_order: u64,
     /// `resync` events read.
     pub resyncs: u64,
+    /// Those by reason.
+    pub resync_reasons: BTreeMap<String, u64>,
     /// Connections the gateway ended (close frame or TCP end).
     pub closed: u64,
     /// Those closes by close code (`none`: the TCP connection just ended).
@@ -160,7 +162,10 @@ pub fn account(view: &View<'_>, windows: &[Window]) -> Vec<Line> {
                     line.out_of_order += u64::from(ooo);
                     line.unacknowledged += u64::from(!dup && !acked.contains(raw.as_str()));
                 }
-                Entry::Resync { .. } => line.resyncs += 1,
+                Entry::Resync { reason, .. } => {
+                    line.resyncs += 1;
+                    *line.resync_reasons.entry(reason.clone()).or_default() += 1;
+                }
                 Entry::Closed { code, .. } => {
                     line.closed += 1;
                     let code = code.map_or("none".into(), |c| c.to_string());

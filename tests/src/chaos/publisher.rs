@@ -174,21 +174,24 @@ impl Worker {
 
     /// One request on the keep-alive connection to `admin`; the id for `user` on a 200.
     async fn request(&mut self, admin: &str, body: &str, user: u64) -> Result<(String, EventId)> {
-        let head = format!(
+        // One write for head and body (two small writes would meet Nagle and delayed ACKs).
+        let request = format!(
             "POST /v1/publish HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {API_KEY}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let stream = match self.conns.remove(admin) {
+        let mut stream = match self.conns.remove(admin) {
             Some(stream) => stream,
-            None => tokio::time::timeout(ANSWER_WITHIN, TcpStream::connect(admin))
-                .await
-                .context("connect timed out")??,
+            None => {
+                let stream = tokio::time::timeout(ANSWER_WITHIN, TcpStream::connect(admin))
+                    .await
+                    .context("connect timed out")??;
+                stream.set_nodelay(true)?;
+                stream
+            }
         };
-        let mut stream = stream;
         let response = tokio::time::timeout(ANSWER_WITHIN, async {
-            stream.write_all(head.as_bytes()).await?;
-            stream.write_all(body.as_bytes()).await?;
+            stream.write_all(request.as_bytes()).await?;
             read_response(&mut stream).await
         })
         .await

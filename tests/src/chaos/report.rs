@@ -2,6 +2,7 @@
 //! columns and faults mean (written by the `chaos` binary, the way `scripts/bench.py` writes
 //! `docs/benchmarks.md`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
@@ -72,17 +73,13 @@ impl Machine {
     }
 }
 
-/// `33 (1001 ×33)`: closes and their codes.
-fn closes(line: &super::ledger::Line) -> String {
-    if line.closed == 0 {
+/// `33 (1001 ×33)`: a count and its breakdown.
+fn counted(total: u64, parts: &BTreeMap<String, u64>) -> String {
+    if total == 0 {
         return "0".into();
     }
-    let codes: Vec<String> = line
-        .close_codes
-        .iter()
-        .map(|(code, n)| format!("{code} ×{n}"))
-        .collect();
-    format!("{} ({})", line.closed, codes.join(", "))
+    let parts: Vec<String> = parts.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+    format!("{total} ({})", parts.join(", "))
 }
 
 fn ms(d: Option<Duration>) -> String {
@@ -171,8 +168,8 @@ pub fn markdown(outcome: &Outcome, machine: &Machine, command: &str) -> String {
             l.lost,
             l.duplicated,
             l.out_of_order,
-            l.resyncs,
-            closes(l),
+            counted(l.resyncs, &l.resync_reasons),
+            counted(l.closed, &l.close_codes),
             l.retries,
             l.unacknowledged,
             ms(l.p99_during),

@@ -106,11 +106,13 @@ impl Fault {
         }
     }
 
-    /// Inject the fault; returns once its cause is removed.
-    pub async fn inject(&self, world: &World, slow: &SessionHandle) -> Result<()> {
+    /// Inject the fault; returns once its cause is removed, with what was observed on the way
+    /// (for the report).
+    pub async fn inject(&self, world: &World, slow: &SessionHandle) -> Result<Option<String>> {
         match self {
             Fault::Baseline(d) => tokio::time::sleep(*d).await,
             Fault::PubsubKill { times, gap } => {
+                let mut total = 0;
                 for k in 0..*times {
                     if k > 0 {
                         tokio::time::sleep(*gap).await;
@@ -126,7 +128,9 @@ impl Fault {
                         killed >= 2,
                         "killed {killed} pub/sub connections, expected 2"
                     );
+                    total += killed;
                 }
+                return Ok(Some(format!("{total} pub/sub connections killed in all")));
             }
             Fault::RedisRestartEmpty { down } => {
                 let mut redis = world.redis.lock().await;
@@ -152,25 +156,36 @@ impl Fault {
             }
             Fault::SlowConsumer => {
                 let before = dropped_readers(world).await?;
+                let paused = std::time::Instant::now();
                 slow.pause(true);
                 let closed = eventually(Duration::from_secs(60), "slow client closed", || async {
                     let now = dropped_readers(world).await?;
-                    ensure!(now > before, "not closed yet");
-                    Ok(())
+                    ensure!(
+                        now.iter().sum::<f64>() > before.iter().sum(),
+                        "not closed yet"
+                    );
+                    Ok(now)
                 })
                 .await;
                 slow.pause(false);
-                closed?;
+                let now = closed?;
+                return Ok(Some(format!(
+                    "closed by the node {:.1} s after it stopped reading (slow_consumer +{}, \
+                     pong_timeout +{})",
+                    paused.elapsed().as_secs_f64(),
+                    now[0] - before[0],
+                    now[1] - before[1]
+                )));
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
-async fn dropped_readers(world: &World) -> Result<f64> {
-    let mut sum = 0.0;
-    for sample in DROPPED_READERS {
-        sum += world.metric_sum(sample).await?;
+async fn dropped_readers(world: &World) -> Result<[f64; 2]> {
+    let mut out = [0.0; 2];
+    for (value, sample) in out.iter_mut().zip(DROPPED_READERS) {
+        *value = world.metric_sum(sample).await?;
     }
-    Ok(sum)
+    Ok(out)
 }

@@ -120,6 +120,8 @@ pub struct Outcome {
     pub sessions: usize,
     /// Ticks of the stream dropped because every publish worker was busy.
     pub skipped: u64,
+    /// What faults observed while injected (fault name, note).
+    pub notes: Vec<(String, String)>,
 }
 
 /// Run `plan` on a new world. Each window: both nodes ready and every session home, the fault
@@ -168,6 +170,7 @@ pub async fn run(plan: &Plan) -> Result<Outcome> {
     let slow = sessions.last().context("no sessions")?;
 
     let mut windows: Vec<Window> = Vec::new();
+    let mut notes = Vec::new();
     let mut start = Instant::now();
     for fault in &plan.faults {
         let name = fault.name();
@@ -177,10 +180,11 @@ pub async fn run(plan: &Plan) -> Result<Outcome> {
         }
         at_home(&sessions).await.with_context(|| name.clone())?;
         let injected = Instant::now();
-        fault
+        let note = fault
             .inject(&world, slow)
             .await
             .with_context(|| format!("injecting {name}"))?;
+        notes.extend(note.map(|n| (name.clone(), n)));
         world
             .wait_all_ready()
             .await
@@ -215,6 +219,7 @@ pub async fn run(plan: &Plan) -> Result<Outcome> {
         elapsed: began.elapsed(),
         sessions: session_count,
         skipped,
+        notes,
     })
 }
 

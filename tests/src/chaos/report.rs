@@ -184,6 +184,9 @@ pub fn markdown(outcome: &Outcome, machine: &Machine, command: &str) -> String {
          worker was busy: {}; frames that were neither events with ids nor `resync`: {foreign}.",
         outcome.skipped
     );
+    for (fault, note) in &outcome.notes {
+        let _ = writeln!(w, "\n{fault}: {note}.");
+    }
     for l in outcome.lines.iter().filter(|l| !l.lost_examples.is_empty()) {
         let _ = writeln!(
             w,

@@ -47,6 +47,17 @@ impl GatewayOptions {
         }
     }
 
+    /// Options for a gateway on the primary of [`crate::sentinel::MASTER`] found through the
+    /// sentinels of `sentinels_csv`.
+    pub fn sentinel(sentinels_csv: String) -> Self {
+        GatewayOptions::default().arg(&[
+            "--redis-sentinel-urls",
+            &sentinels_csv,
+            "--redis-sentinel-master",
+            crate::sentinel::MASTER,
+        ])
+    }
+
     /// Start the process with this soft and hard `RLIMIT_NOFILE`.
     pub fn nofile(mut self, soft: u64, hard: u64) -> Self {
         self.nofile = Some((soft, hard));
@@ -105,6 +116,8 @@ impl Gateway {
             .env("GATEWAY_API_KEY", API_KEY)
             .env_remove("REDIS_URL")
             .env_remove("REDIS_CLUSTER_URLS")
+            .env_remove("REDIS_SENTINEL_URLS")
+            .env_remove("REDIS_SENTINEL_MASTER")
             .args(&options.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

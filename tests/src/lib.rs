@@ -13,12 +13,14 @@ pub mod raw_ws;
 pub mod redis;
 pub mod redis_mode;
 pub mod resume;
+pub mod sentinel;
 pub mod stream;
 
 pub use client::{Client, Closed, WAIT};
 pub use cluster::RedisCluster;
 pub use gateway::{token, token_with, Gateway, GatewayOptions, API_KEY, JWT_SECRET};
 pub use redis::RedisServer;
+pub use sentinel::RedisSentinel;
 
 /// The seed document's three examples (type, location, data exactly as in the document).
 pub mod seed {

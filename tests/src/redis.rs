@@ -28,6 +28,9 @@ pub(crate) struct Launch {
     pub(crate) own_dir: bool,
     /// Picks a candidate port; [`free_port`] when `None`.
     pub(crate) pick_port: Option<fn() -> std::io::Result<u16>>,
+    /// Run as a sentinel (`redis-server <dir>/sentinel.conf --sentinel`) with these config
+    /// lines (needs `own_dir`; the file is written once, then kept: Sentinel rewrites it).
+    pub(crate) sentinel: Option<String>,
 }
 
 /// A `redis-server` child process; killed on drop.
@@ -99,6 +102,13 @@ impl RedisServer {
 
     async fn spawn(&mut self) -> Result<()> {
         let mut command = Command::new("redis-server");
+        if let (Some(lines), Some(dir)) = (&self.launch.sentinel, &self.dir) {
+            let conf = dir.join("sentinel.conf");
+            if !conf.exists() {
+                std::fs::write(&conf, lines).context("writing sentinel.conf")?;
+            }
+            command.arg(conf).arg("--sentinel");
+        }
         command.args(["--port", &self.port.to_string()]).args([
             "--bind",
             "127.0.0.1",

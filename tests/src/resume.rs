@@ -39,6 +39,18 @@ pub async fn expect_resync(client: &mut Client, reason: &str) -> Result<Option<S
     }
 }
 
+/// The next frame is numbered event `seq` (with an id when `with_id`).
+pub async fn expect_seq(client: &mut Client, seq: u64, with_id: bool) -> Result<()> {
+    let text = client
+        .next_text()
+        .await
+        .with_context(|| format!("waiting for seq {seq}"))?;
+    match parse_frame(&text)? {
+        Frame::Event { seq: got, id } if got == seq && id.is_some() == with_id => Ok(()),
+        other => anyhow::bail!("expected seq {seq} (id: {with_id}), got {other:?}"),
+    }
+}
+
 /// Connect as `user` resuming after `since` (`?since=<id>`).
 pub async fn connect_since(gw: &Gateway, user: u64, since: &str) -> Result<Client> {
     Client::connect(&format!("{}&since={since}", gw.ws_url(user))).await

@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, Publisher};
 use gleepost_tests::gateway::publish_subcommand;
 use gleepost_tests::redis_mode::{eventually, tcp_ports_to};
-use gleepost_tests::resume::{parse_frame, seq_event, Frame};
+use gleepost_tests::resume::{expect_seq, seq_event};
 use gleepost_tests::{Client, Gateway, GatewayOptions, RedisCluster};
 
 const READY: Duration = Duration::from_secs(30);
@@ -25,18 +25,6 @@ async fn node(cluster: &RedisCluster) -> Result<Gateway> {
         .await
         .context("cluster node ready")?;
     Ok(gw)
-}
-
-/// The next frame is numbered event `seq` (with an id when `with_id`).
-async fn expect_seq(client: &mut Client, seq: u64, with_id: bool) -> Result<()> {
-    let text = client
-        .next_text()
-        .await
-        .with_context(|| format!("waiting for seq {seq}"))?;
-    match parse_frame(&text)? {
-        Frame::Event { seq: got, id } if got == seq && id.is_some() == with_id => Ok(()),
-        other => anyhow::bail!("expected seq {seq} (id: {with_id}), got {other:?}"),
-    }
 }
 
 /// TCP connections from gateway `gw` to any node of the cluster.

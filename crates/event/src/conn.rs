@@ -1,5 +1,6 @@
 //! The Redis connection behind a [`crate::Publisher`] (and the gateway's commands): one server
-//! through a reconnecting [`ConnectionManager`], or a Redis Cluster through redis-rs's cluster
+//! through a reconnecting [`ConnectionManager`], the primary under Sentinel through
+//! [`SentinelConn`] (which follows failovers), or a Redis Cluster through redis-rs's cluster
 //! connection, which routes every keyed command (scripts included) to its slot's owner and
 //! follows `MOVED`/`ASK`.
 
@@ -7,11 +8,16 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-/// A connection to a standalone Redis or to a Redis Cluster. Cheap to clone.
+use crate::sentinel::SentinelConn;
+
+/// A connection to a standalone Redis, a Sentinel-monitored primary or a Redis Cluster. Cheap
+/// to clone.
 #[derive(Clone)]
 pub enum RedisConn {
     /// One Redis server (reconnects by itself).
     Single(ConnectionManager),
+    /// The primary of a Sentinel-monitored master (moves to the new primary on failover).
+    Sentinel(SentinelConn),
     /// A Redis Cluster (slot map refreshed on `MOVED` and errors).
     Cluster(ClusterConnection),
 }
@@ -38,6 +44,7 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Sentinel(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -50,6 +57,7 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -57,6 +65,7 @@ impl ConnectionLike for RedisConn {
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Single(c) => c.get_db(),
+            RedisConn::Sentinel(c) => c.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
         }
     }

@@ -46,6 +46,7 @@ pub mod history;
 pub mod keys;
 pub mod payload;
 pub mod publisher;
+pub mod sentinel;
 pub mod validate;
 
 pub use conn::RedisConn;
@@ -57,6 +58,7 @@ pub use keys::{
 };
 pub use payload::{event, kinds};
 pub use publisher::{PublishError, PublishReport, Publisher};
+pub use sentinel::SentinelConn;
 pub use serde_json::value::RawValue;
 pub use validate::{
     check_broker_payload, parse_and_validate, validate, Limits, PayloadError, ValidationError,

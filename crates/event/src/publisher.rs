@@ -83,6 +83,20 @@ impl Publisher {
         Ok(Publisher::from_conn(RedisConn::Cluster(conn)))
     }
 
+    /// Connects to the primary of `master` through its sentinels (`redis://[user:pass@]host:port`);
+    /// `node` carries the data nodes' credentials. The publisher follows failovers: it asks the
+    /// sentinels again when the primary fails or answers `READONLY`.
+    pub async fn connect_sentinel(
+        sentinel_urls: &[String],
+        master: &str,
+        node: redis::RedisConnectionInfo,
+        timeout: Duration,
+    ) -> Result<Publisher, PublishError> {
+        let conn = crate::sentinel::SentinelConn::new(sentinel_urls, master, node, timeout)?;
+        conn.primary_addr().await?;
+        Ok(Publisher::from_conn(RedisConn::Sentinel(conn)))
+    }
+
     /// Wraps an existing connection manager (e.g. one shared with other code).
     pub fn from_manager(conn: ConnectionManager) -> Publisher {
         Publisher::from_conn(RedisConn::Single(conn))
@@ -208,50 +222,40 @@ impl Publisher {
         })
     }
 
-    /// `WAIT` for the configured replicas on every node written for `users` (the command
-    /// connection's node; on a cluster, each user's slot owner).
+    /// The `WAIT` command of the configured replicas (`None`: do not wait).
+    fn wait_command(&self) -> Option<(u32, redis::Cmd)> {
+        let (replicas, timeout) = self.replicas?;
+        let mut wait = redis::cmd("WAIT");
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        wait.arg(replicas).arg(ms);
+        Some((replicas, wait))
+    }
+
+    /// On a cluster, `WAIT` for the configured replicas on each user's slot owner (on one
+    /// server, `publish_with_history` sends the `WAIT` in the scripts' pipeline: it must run on
+    /// the connection that wrote, which a failover in between would change).
     async fn wait_for_replicas(&self, users: &[u64]) -> Result<(), redis::RedisError> {
-        let Some((replicas, timeout)) = self.replicas else {
+        let (RedisConn::Cluster(conn), Some((replicas, wait))) = (&self.conn, self.wait_command())
+        else {
             return Ok(());
         };
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(
-            u64::try_from(timeout.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        );
-        let acked: Vec<u64> = match &self.conn {
-            RedisConn::Single(conn) => vec![wait.query_async(&mut conn.clone()).await?],
-            RedisConn::Cluster(conn) => {
-                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                let waits = users.iter().map(|&user| {
-                    let mut conn = conn.clone();
-                    let route = Route::with_key(history_key(user), SlotAddr::Master);
-                    let routing =
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                    let wait = wait.clone();
-                    async move {
-                        let value = conn.route_command(wait, routing).await?;
-                        redis::from_redis_value::<u64>(value).map_err(|e| {
-                            redis::RedisError::from((
-                                redis::ErrorKind::Parse,
-                                "WAIT reply",
-                                e.to_string(),
-                            ))
-                        })
-                    }
-                });
-                futures_util::future::try_join_all(waits).await?
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let waits = users.iter().map(|&user| {
+            let mut conn = conn.clone();
+            let route = Route::with_key(history_key(user), SlotAddr::Master);
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+            let wait = wait.clone();
+            async move {
+                let value = conn.route_command(wait, routing).await?;
+                redis::from_redis_value::<u64>(value).map_err(parse_error("WAIT reply"))
             }
-        };
-        match acked.iter().min() {
-            Some(&n) if n < u64::from(replicas) => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "fewer replicas acknowledged the publish than required",
-                format!("{n} of {replicas}"),
-            ))),
-            _ => Ok(()),
+        });
+        for acked in futures_util::future::try_join_all(waits).await? {
+            enough_replicas(acked, replicas)?;
         }
+        Ok(())
     }
 
     async fn publish_with_history(
@@ -280,6 +284,7 @@ impl Publisher {
             return futures_util::future::try_join_all(calls).await;
         }
         let mut pipe = redis::pipe();
+        let wait = self.wait_command();
         for &user in users {
             pipe.cmd("EVALSHA")
                 .arg(self.script.get_hash())
@@ -292,7 +297,36 @@ impl Publisher {
                 .arg(ttl)
                 .arg(&epoch);
         }
+        if let Some((_, wait)) = &wait {
+            pipe.add_command(wait.clone());
+        }
         let mut conn = self.conn.clone();
-        pipe.query_async(&mut conn).await
+        let mut values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        if let Some((replicas, _)) = wait {
+            let acked = values.pop().unwrap_or(redis::Value::Nil);
+            let acked = redis::from_redis_value::<u64>(acked).map_err(parse_error("WAIT reply"))?;
+            enough_replicas(acked, replicas)?;
+        }
+        values
+            .into_iter()
+            .map(|v| redis::from_redis_value(v).map_err(parse_error("publish script reply")))
+            .collect()
     }
+}
+
+/// Fewer acknowledgements than `replicas` fail the publish.
+fn enough_replicas(acked: u64, replicas: u32) -> Result<(), redis::RedisError> {
+    if acked < u64::from(replicas) {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "fewer replicas acknowledged the publish than required",
+            format!("{acked} of {replicas}"),
+        )));
+    }
+    Ok(())
+}
+
+/// Maps a reply conversion error to a parse error naming `what`.
+fn parse_error<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> redis::RedisError {
+    move |e| redis::RedisError::from((redis::ErrorKind::Parse, what, e.to_string()))
 }

@@ -85,14 +85,37 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ADMIN_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(2..))]
     pub admin_max_connections: u32,
 
-    /// Redis URL; unset (and no cluster) means the embedded single-node broker.
+    /// Redis URL; unset (and no cluster or Sentinel) means the embedded single-node broker.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
     /// Redis Cluster seed URLs, comma separated (`redis://[user:pass@]host:port`): cluster mode
-    /// with sharded pub/sub. At most one of `REDIS_URL` and `REDIS_CLUSTER_URLS`.
+    /// with sharded pub/sub. At most one of `REDIS_URL`, `REDIS_CLUSTER_URLS` and
+    /// `REDIS_SENTINEL_URLS`.
     #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',')]
     pub redis_cluster_urls: Vec<String>,
+
+    /// Redis Sentinel URLs, comma separated (`redis://[user:pass@]host:port`, the sentinels'
+    /// own credentials): the primary of `REDIS_SENTINEL_MASTER`, followed across failovers.
+    #[arg(long, env = "REDIS_SENTINEL_URLS", value_delimiter = ',')]
+    pub redis_sentinel_urls: Vec<String>,
+
+    /// The master name the sentinels monitor (`sentinel monitor <name> …`); required with
+    /// `REDIS_SENTINEL_URLS`.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// Username of the data nodes under Sentinel (ACL user; unset: `default`).
+    #[arg(long, env = "REDIS_SENTINEL_NODE_USERNAME")]
+    pub redis_sentinel_node_username: Option<String>,
+
+    /// Password of the data nodes under Sentinel (`requirepass` / the ACL user's).
+    #[arg(long, env = "REDIS_SENTINEL_NODE_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_node_password: Option<String>,
+
+    /// Database number on the data nodes under Sentinel.
+    #[arg(long, env = "REDIS_SENTINEL_NODE_DB", default_value_t = 0)]
+    pub redis_sentinel_node_db: i64,
 
     /// HS256 secret for client JWTs. Required unless `--dev`.
     #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
@@ -253,21 +276,68 @@ impl Config {
     /// one is set.
     pub(crate) fn redis_target(&self) -> anyhow::Result<Option<crate::broker::RedisTarget>> {
         use crate::broker::RedisTarget;
-        let cluster: Vec<String> = self
-            .redis_cluster_urls
-            .iter()
-            .map(|u| u.trim().to_string())
-            .filter(|u| !u.is_empty())
-            .collect();
-        match (&self.redis_url, cluster.is_empty()) {
-            (Some(_), false) => anyhow::bail!(
-                "REDIS_URL and REDIS_CLUSTER_URLS are both set: configure exactly one Redis \
-                 (a standalone server or a cluster's seed nodes)"
-            ),
-            (Some(url), true) => Ok(Some(RedisTarget::Standalone(url.clone()))),
-            (None, false) => Ok(Some(RedisTarget::Cluster(cluster))),
-            (None, true) => Ok(None),
+        let listed = |urls: &[String]| -> Vec<String> {
+            urls.iter()
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect()
+        };
+        let cluster = listed(&self.redis_cluster_urls);
+        let sentinels = listed(&self.redis_sentinel_urls);
+        let set: Vec<&str> = [
+            ("REDIS_URL", self.redis_url.is_some()),
+            ("REDIS_CLUSTER_URLS", !cluster.is_empty()),
+            ("REDIS_SENTINEL_URLS", !sentinels.is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        if set.len() > 1 {
+            let how = if set.len() == 2 { "both" } else { "all" };
+            anyhow::bail!(
+                "{} are {how} set: configure exactly one Redis (REDIS_URL for a standalone \
+                 server, REDIS_CLUSTER_URLS for a cluster's seed nodes, or REDIS_SENTINEL_URLS \
+                 with REDIS_SENTINEL_MASTER)",
+                set.join(" and ")
+            );
         }
+        let node_settings = self.redis_sentinel_node_username.is_some()
+            || self.redis_sentinel_node_password.is_some()
+            || self.redis_sentinel_node_db != 0;
+        if sentinels.is_empty() && (self.redis_sentinel_master.is_some() || node_settings) {
+            anyhow::bail!(
+                "REDIS_SENTINEL_MASTER / REDIS_SENTINEL_NODE_* are set without \
+                 REDIS_SENTINEL_URLS (the sentinels to ask)"
+            );
+        }
+        if let Some(url) = &self.redis_url {
+            return Ok(Some(RedisTarget::Standalone(url.clone())));
+        }
+        if !cluster.is_empty() {
+            return Ok(Some(RedisTarget::Cluster(cluster)));
+        }
+        if sentinels.is_empty() {
+            return Ok(None);
+        }
+        let master = match self.redis_sentinel_master.as_deref().map(str::trim) {
+            Some(m) if !m.is_empty() => m.to_string(),
+            _ => anyhow::bail!(
+                "REDIS_SENTINEL_URLS needs REDIS_SENTINEL_MASTER (or --redis-sentinel-master): \
+                 the master name the sentinels monitor"
+            ),
+        };
+        let mut node = redis::RedisConnectionInfo::default().set_db(self.redis_sentinel_node_db);
+        if let Some(user) = &self.redis_sentinel_node_username {
+            node = node.set_username(user);
+        }
+        if let Some(password) = &self.redis_sentinel_node_password {
+            node = node.set_password(password);
+        }
+        Ok(Some(RedisTarget::Sentinel {
+            sentinels,
+            master,
+            node,
+        }))
     }
 
     /// The history settings.
@@ -353,6 +423,50 @@ mod tests {
 
     /// The README's configuration table lists exactly the server's flags, each with its
     /// environment twin and (where the table shows a literal) its default.
+    fn target(args: &[&str]) -> anyhow::Result<Option<crate::broker::RedisTarget>> {
+        let argv = std::iter::once("gleepost-gateway").chain(args.iter().copied());
+        Cli::try_parse_from(argv)?.config.redis_target()
+    }
+
+    #[test]
+    fn exactly_one_redis_and_sentinel_needs_its_master_name() {
+        use crate::broker::RedisTarget;
+        let s = [
+            "--redis-sentinel-urls",
+            "redis://127.0.0.1:26379,redis://h:26380",
+        ];
+        let err = target(&s).unwrap_err().to_string();
+        assert!(err.contains("REDIS_SENTINEL_MASTER"), "{err}");
+        let both = [&s[..], &["--redis-url", "redis://x/"]].concat();
+        let err = target(&both).unwrap_err().to_string();
+        assert!(
+            err.contains("REDIS_URL and REDIS_SENTINEL_URLS are both set"),
+            "{err}"
+        );
+        let three = [&both[..], &["--redis-cluster-urls", "redis://c:7000"]].concat();
+        let err = target(&three).unwrap_err().to_string();
+        assert!(err.contains("are all set"), "{err}");
+        let err = target(&["--redis-sentinel-master", "m"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without REDIS_SENTINEL_URLS"), "{err}");
+        let ok = [&s[..], &["--redis-sentinel-master", "m"]].concat();
+        let ok = [&ok[..], &["--redis-sentinel-node-password", "pw"]].concat();
+        match target(&ok).unwrap() {
+            Some(RedisTarget::Sentinel {
+                sentinels,
+                master,
+                node,
+            }) => {
+                assert_eq!(sentinels.len(), 2);
+                assert_eq!(master, "m");
+                assert_eq!(node.password(), Some("pw"));
+            }
+            other => panic!("not a Sentinel target: {other:?}"),
+        }
+        assert!(target(&[]).unwrap().is_none());
+    }
+
     #[test]
     fn readme_configuration_table_matches_the_flags() {
         use clap::CommandFactory;

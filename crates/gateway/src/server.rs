@@ -117,7 +117,7 @@ pub async fn run(config: Config) -> Result<()> {
                 publish_replicas: config.publish_replicas,
             };
             let broker = RedisBroker::start(settings, dispatcher)
-                .context("invalid REDIS_URL or REDIS_CLUSTER_URLS")?;
+                .context("invalid REDIS_URL, REDIS_CLUSTER_URLS or REDIS_SENTINEL_URLS")?;
             let token_key = Template::parse_token_key(&config.token_key)
                 .with_context(|| format!("token key template {:?}", config.token_key))?;
             let gleepost = GleepostAuth::new(broker.commands(), token_key, config.redis_timeout);

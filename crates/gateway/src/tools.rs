@@ -26,7 +26,7 @@ pub fn token(config: &Config, user: u64, ttl: Duration) -> Result<()> {
 pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> {
     let Some(target) = config.redis_target()? else {
         bail!(
-            "publish needs REDIS_URL or REDIS_CLUSTER_URLS; with the embedded broker, use the \
+            "publish needs REDIS_URL, REDIS_CLUSTER_URLS or REDIS_SENTINEL_URLS; with the embedded broker, use the \
              admin API (POST /v1/publish) of the running gateway"
         );
     };
@@ -37,6 +37,11 @@ pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> 
     let publisher = match target {
         RedisTarget::Standalone(url) => Publisher::connect(&url).await,
         RedisTarget::Cluster(seeds) => Publisher::connect_cluster(&seeds).await,
+        RedisTarget::Sentinel {
+            sentinels,
+            master,
+            node,
+        } => Publisher::connect_sentinel(&sentinels, &master, node, config.redis_timeout).await,
     }
     .context("connecting to Redis")?
     .with_history(config.history())

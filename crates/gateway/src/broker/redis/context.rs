@@ -16,6 +16,15 @@ use crate::broker::Dispatcher;
 pub(crate) enum RedisTarget {
     /// One server: a `redis://…` or `unix://…` URL.
     Standalone(String),
+    /// A primary under Sentinel.
+    Sentinel {
+        /// The sentinels' URLs `redis://[user:pass@]host:port` (their own credentials).
+        sentinels: Vec<String>,
+        /// The monitored master name.
+        master: String,
+        /// The data nodes' credentials and database.
+        node: redis::RedisConnectionInfo,
+    },
     /// A Redis Cluster: seed URLs `redis://[user:pass@]host:port`.
     Cluster(Vec<String>),
 }

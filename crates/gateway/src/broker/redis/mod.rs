@@ -1,7 +1,7 @@
 //! The Redis broker: per-user channels on one shared pub/sub connection per node.
 //!
 //! Layers, bottom up: the RESP pub/sub connection (`pubsub.rs`) and the topology that opens
-//! connections (`standalone.rs`); the link state (`state.rs`) and what the tasks share
+//! connections (`standalone.rs`, `sentinel.rs`, `cluster.rs`); the link state (`state.rs`) and what the tasks share
 //! (`context.rs`); history reads (`history.rs`); the tasks: the subscriber (`subscriber.rs`,
 //! bookkeeping in `subscriptions.rs`), its gap repair (`repair.rs`) and the self-probe
 //! (`probe.rs`); and this handle, which the node calls.
@@ -17,6 +17,7 @@ mod probe;
 pub(crate) mod pubsub;
 mod reader;
 mod repair;
+mod sentinel;
 mod standalone;
 mod state;
 mod subscriber;
@@ -54,6 +55,11 @@ impl RedisBroker {
     ) -> Result<Self, BrokerError> {
         let topology = match &settings.target {
             RedisTarget::Standalone(url) => Topology::standalone(url, settings.timeout)?,
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                node,
+            } => Topology::sentinel(sentinels, master, node.clone(), settings.timeout)?,
             RedisTarget::Cluster(seeds) => Topology::cluster(seeds, settings.timeout)?,
         };
         let commands = topology.commands();
@@ -84,6 +90,14 @@ impl RedisBroker {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         tokio::spawn(subscriber::run(shared.clone(), commands_rx));
         tokio::spawn(probe::run(Arc::downgrade(&shared)));
+        if let Topology::Sentinel(s) = &shared.topology {
+            let watch = sentinel::watch_switches(
+                Arc::downgrade(&shared),
+                s.conn().clone(),
+                shared.settings.timeout,
+            );
+            tokio::spawn(watch);
+        }
         Ok(RedisBroker {
             shared,
             commands_tx,

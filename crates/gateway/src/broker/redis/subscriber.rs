@@ -10,9 +10,10 @@
 //! arriving meanwhile go out together once it is confirmed (so a connection storm becomes a few
 //! large commands). It confirms each waiting connection when Redis confirmed its user's
 //! channels; messages keep flowing meanwhile. Any failure of any link — an error, a stale
-//! probe, an unsolicited `sunsubscribe` (slot migrated, failover), a changed slot map — ends
-//! the session: every link reconnects from a fresh slot map, resubscribes every wanted user in
-//! batches and repairs the gap from history, as after any pub/sub outage.
+//! probe, an unsolicited `sunsubscribe` (slot migrated, failover), a changed slot map, a new
+//! primary under Sentinel — ends the session: every link reconnects from a fresh slot map (or
+//! to the primary the sentinels name), resubscribes every wanted user in batches and repairs
+//! the gap from history, as after any pub/sub outage.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,19 +21,23 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use super::cluster::Shard;
+use gleepost_event::sentinel::NodeAddr;
+use tokio::sync::watch;
+
 use super::context::Context;
 use super::history::ReadError;
 use super::links::{Link, LinkError, BATCH_USERS};
 use super::pubsub::PubSubError;
 use super::reader::{self, Channel, Pushed};
 use super::subscriptions::{SubCommand, Wanted};
+use super::topology::LinkSpec;
 use super::{probe, repair};
 use crate::registry::UserId;
 
 /// Most queued requests applied before talking to Redis.
 const MAX_REQUESTS_PER_ROUND: usize = 4_096;
-/// On a cluster, the slot map is compared with the links' every this many probe intervals.
+/// On a cluster or under Sentinel, the deployment (slot map, primary) is compared with the
+/// links' every this many probe intervals.
 const TOPOLOGY_CHECK_TICKS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,8 @@ enum SessionError {
     ShardChannelDropped(String),
     #[error("the cluster slot map changed")]
     TopologyChanged,
+    #[error("the primary moved to {0}:{1}")]
+    PrimaryChanged(String, u16),
     #[error("gap repair: {0}")]
     Repair(#[from] ReadError),
 }
@@ -107,6 +114,9 @@ async fn session(
         links.push(Link::open(spec.clone(), &shared.probe_channel, &name, limit).await?);
     }
     shared.set_probe_targets(links.iter().map(|l| l.probe.clone()).collect());
+    // Under Sentinel: a primary found after these links opened (by the watcher, a command's
+    // failure or `READONLY`) moves them.
+    let mut primary = shared.topology.primary_changes();
 
     // Everything wanted is (re)subscribed on fresh connections.
     while let Ok(cmd) = requests.try_recv() {
@@ -169,6 +179,11 @@ async fn session(
                     sync(shared, &mut links, wanted).await?;
                 }
             }
+            Some(addr) = next_primary(&mut primary) => {
+                if links.first().and_then(|l| l.spec.primary.as_ref()) != Some(&addr) {
+                    return Err(SessionError::PrimaryChanged(addr.0, addr.1));
+                }
+            }
             _ = check.tick() => {
                 if connected.elapsed() > settings.probe_timeout && !shared.probe_fresh() {
                     return Err(SessionError::ProbeLost);
@@ -177,8 +192,8 @@ async fn session(
                     return Err(SessionError::CommandTimeout);
                 }
                 ticks = ticks.wrapping_add(1);
-                if links.len() > 1 && ticks % TOPOLOGY_CHECK_TICKS == 0 {
-                    let current: Vec<_> = links.iter().map(|l| l.spec.shard.clone()).collect();
+                if shared.topology.can_move() && ticks % TOPOLOGY_CHECK_TICKS == 0 {
+                    let current: Vec<LinkSpec> = links.iter().map(|l| l.spec.clone()).collect();
                     check_topology(shared, &current).await?;
                 }
             }
@@ -304,18 +319,26 @@ async fn sync(
     Ok(())
 }
 
-/// A cluster's slot map must still be the links' (a slot that moved without a `sunsubscribe`
-/// reaching us, a new primary): otherwise reconnect.
-async fn check_topology(shared: &Context, current: &[Option<Shard>]) -> Result<(), SessionError> {
+/// The deployment must still be the links' (a slot that moved without a `sunsubscribe`
+/// reaching us, a new primary whose announcement was missed): otherwise reconnect.
+async fn check_topology(shared: &Context, current: &[LinkSpec]) -> Result<(), SessionError> {
     let limit = shared.pubsub_limit();
-    let Ok(Ok(specs)) = tokio::time::timeout(limit, shared.topology.links()).await else {
-        // Not answering: the probes decide.
-        return Ok(());
-    };
-    if !specs.iter().map(|s| &s.shard).eq(current.iter()) {
-        return Err(SessionError::TopologyChanged);
+    match tokio::time::timeout(limit, shared.topology.moved(current)).await {
+        Ok(true) => Err(SessionError::TopologyChanged),
+        // Unchanged, or not answering: the probes decide.
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// The next primary announced on `changes` (never, without Sentinel).
+async fn next_primary(changes: &mut Option<watch::Receiver<Option<NodeAddr>>>) -> Option<NodeAddr> {
+    let Some(rx) = changes else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    rx.borrow_and_update().clone()
 }
 
 #[cfg(test)]

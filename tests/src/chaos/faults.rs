@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 
 use super::clients::SessionHandle;
-use super::world::World;
+use super::world::{Topology, World};
 use crate::redis_mode::eventually;
 
 /// One fault.
@@ -40,6 +40,12 @@ pub enum Fault {
     RollingTerm,
     /// One session stops reading until the gateway has closed it, then reads again and resumes.
     SlowConsumer,
+    /// Sentinel world with this `--publish-replicas`: the primary SIGKILLed, the sentinels
+    /// promote the replica; the old primary is then restarted and becomes a replica.
+    SentinelFailover {
+        /// The nodes' `--publish-replicas`.
+        publish_replicas: u32,
+    },
 }
 
 /// Slow-consumer closes and pong timeouts, the two ways a node drops a client that stopped
@@ -60,6 +66,19 @@ impl Fault {
             Fault::NodeKill { .. } => "gateway node SIGKILL".into(),
             Fault::RollingTerm => "rolling SIGTERM of every node".into(),
             Fault::SlowConsumer => "one client stops reading".into(),
+            Fault::SentinelFailover { publish_replicas } => {
+                format!(
+                    "Sentinel failover (primary SIGKILL), --publish-replicas {publish_replicas}"
+                )
+            }
+        }
+    }
+
+    /// The world it needs.
+    pub fn topology(&self) -> Topology {
+        match self {
+            Fault::SentinelFailover { publish_replicas } => Topology::Sentinel(*publish_replicas),
+            _ => Topology::Standalone,
         }
     }
 
@@ -103,6 +122,21 @@ impl Fault {
                  deadline); then it reads what it had, reconnects with `since` and resumes. Every other \
                  session goes on reading."
                 .into(),
+            Fault::SentinelFailover { publish_replicas } => format!(
+                "Own world: a primary with one replica under three sentinels (down-after 1 s, \
+                 failover timeout 4 s), both nodes with `REDIS_SENTINEL_URLS` and \
+                 `--publish-replicas {publish_replicas}`. The primary is SIGKILLed; the sentinels \
+                 promote the replica and the nodes follow it (+switch-master), resubscribe and repair \
+                 from history; then the old primary is restarted and the sentinels make it a replica. \
+                 {}",
+                if *publish_replicas == 0 {
+                    "With 0 an event acknowledged just before the kill may not have reached the \
+                     replica: its clients must get `resync` for it, never a silent gap."
+                } else {
+                    "With 1 every acknowledged event is on the replica before the 200, so every one \
+                     must arrive; publishes get 503 while no replica is in sync."
+                }
+            ),
         }
     }
 
@@ -119,7 +153,8 @@ impl Fault {
                         world.wait_all_ready().await?;
                     }
                     let killed: i64 = world
-                        .redis
+                        .redis()?
+                        .0
                         .lock()
                         .await
                         .cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
@@ -133,15 +168,16 @@ impl Fault {
                 return Ok(Some(format!("{total} pub/sub connections killed in all")));
             }
             Fault::RedisRestartEmpty { down } => {
-                let mut redis = world.redis.lock().await;
+                let mut redis = world.redis()?.0.lock().await;
                 redis.kill();
                 tokio::time::sleep(*down).await;
                 redis.restart().await.context("restarting Redis")?;
             }
             Fault::Partition(d) => {
-                world.forwarder.partition();
+                let forwarder = &world.redis()?.1;
+                forwarder.partition();
                 tokio::time::sleep(*d).await;
-                world.forwarder.heal();
+                forwarder.heal();
             }
             Fault::NodeKill { down } => {
                 world.kill_node(1).await?;
@@ -170,11 +206,29 @@ impl Fault {
                 slow.pause(false);
                 let now = closed?;
                 return Ok(Some(format!(
-                    "closed by the node {:.1} s after it stopped reading (slow_consumer +{}, \
+                    "the session was closed by the node {:.1} s after it stopped reading (slow_consumer +{}, \
                      pong_timeout +{})",
                     paused.elapsed().as_secs_f64(),
                     now[0] - before[0],
                     now[1] - before[1]
+                )));
+            }
+            Fault::SentinelFailover { .. } => {
+                let sentinel = world
+                    .sentinel
+                    .as_ref()
+                    .context("this fault needs the Sentinel world")?;
+                let mut sentinel = sentinel.lock().await;
+                let killed = std::time::Instant::now();
+                let old = sentinel.kill_primary().await?;
+                let new = sentinel.wait_failover(old).await?;
+                let promoted = killed.elapsed();
+                sentinel.restart_as_replica(old).await?;
+                return Ok(Some(format!(
+                    "data node {new} promoted {:.1} s after the primary (node {old}) was killed; \
+                     node {old} back as a replica after {:.1} s",
+                    promoted.as_secs_f64(),
+                    killed.elapsed().as_secs_f64()
                 )));
             }
         }

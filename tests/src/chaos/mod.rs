@@ -1,7 +1,8 @@
 //! The chaos suite with a loss ledger (issue 11): one steady stream of events through the
 //! publish API with history on, client sessions that resume with `since` whenever they are
 //! closed, and each fault of a [`Plan`] in turn, one after another, on one [`World`] (Redis, a
-//! forwarder, two gateway nodes). Each fault gets a window of time and a ledger [`Line`].
+//! forwarder, two gateway nodes; or a Sentinel deployment and two nodes). Each fault gets a
+//! window of time and a ledger [`Line`].
 //!
 //! `make chaos` runs [`Plan::full`] (binary `chaos`, writes `docs/reliability.md`);
 //! `tests/tests/chaos.rs` runs [`Plan::short`] in `make test`.
@@ -54,7 +55,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The full suite (`make chaos`, ≈ 4 minutes).
+    /// The full suite (`make chaos`, ≈ 4 minutes): Sentinel failovers with `--publish-replicas`
+    /// 0 and 1, each on its own Sentinel world.
     pub fn full() -> Plan {
         Plan {
             name: "full",
@@ -74,13 +76,20 @@ impl Plan {
                 },
                 Fault::RollingTerm,
                 Fault::SlowConsumer,
+                Fault::SentinelFailover {
+                    publish_replicas: 0,
+                },
+                Fault::SentinelFailover {
+                    publish_replicas: 1,
+                },
             ],
             after: Duration::from_secs(8),
             settle: Duration::from_secs(30),
         }
     }
 
-    /// Each fault once, shorter windows (`make test`, ≈ 1–1.5 minutes).
+    /// Each fault once, shorter windows (`make test`, ≈ 1.5 minutes); the Sentinel failover with
+    /// the default `--publish-replicas 0`.
     pub fn short() -> Plan {
         Plan {
             name: "short",
@@ -100,6 +109,9 @@ impl Plan {
                 },
                 Fault::RollingTerm,
                 Fault::SlowConsumer,
+                Fault::SentinelFailover {
+                    publish_replicas: 0,
+                },
             ],
             after: Duration::from_secs(2),
             settle: Duration::from_secs(20),
@@ -124,12 +136,44 @@ pub struct Outcome {
     pub notes: Vec<(String, String)>,
 }
 
-/// Run `plan` on a new world. Each window: both nodes ready and every session home, the fault
-/// injected, its cause removed and both nodes ready again (the heal), then [`Plan::after`] and
-/// the settling.
+/// Run `plan`: each run of consecutive faults that need the same [`world::Topology`] on a new
+/// world of that kind.
 pub async fn run(plan: &Plan) -> Result<Outcome> {
     let began = Instant::now();
-    let world = World::start().await.context("starting the world")?;
+    let mut outcome = Outcome {
+        plan: plan.clone(),
+        lines: Vec::new(),
+        elapsed: Duration::ZERO,
+        sessions: 0,
+        skipped: 0,
+        notes: Vec::new(),
+    };
+    let mut faults = plan.faults.as_slice();
+    while let Some(first) = faults.first() {
+        let topology = first.topology();
+        let n = faults
+            .iter()
+            .take_while(|f| f.topology() == topology)
+            .count();
+        let (group, rest) = faults.split_at(n);
+        faults = rest;
+        let world = World::start(topology)
+            .await
+            .with_context(|| format!("starting the {topology:?} world"))?;
+        let part = run_world(plan, &world, group).await?;
+        outcome.lines.extend(part.lines);
+        outcome.notes.extend(part.notes);
+        outcome.sessions = outcome.sessions.max(part.sessions);
+        outcome.skipped += part.skipped;
+    }
+    outcome.elapsed = began.elapsed();
+    Ok(outcome)
+}
+
+/// Run `faults` one after another on `world`. Each window: both nodes ready and every session
+/// home, the fault injected, its cause removed and both nodes ready again (the heal), then
+/// [`Plan::after`] and the settling.
+async fn run_world(plan: &Plan, world: &World, faults: &[Fault]) -> Result<Outcome> {
     let records = Arc::new(Records::default());
     let mut sessions = Vec::new();
     for user in 1..=USERS {
@@ -172,7 +216,7 @@ pub async fn run(plan: &Plan) -> Result<Outcome> {
     let mut windows: Vec<Window> = Vec::new();
     let mut notes = Vec::new();
     let mut start = Instant::now();
-    for fault in &plan.faults {
+    for fault in faults {
         let name = fault.name();
         world.wait_all_ready().await.with_context(|| name.clone())?;
         for s in &sessions {
@@ -181,7 +225,7 @@ pub async fn run(plan: &Plan) -> Result<Outcome> {
         at_home(&sessions).await.with_context(|| name.clone())?;
         let injected = Instant::now();
         let note = fault
-            .inject(&world, slow)
+            .inject(world, slow)
             .await
             .with_context(|| format!("injecting {name}"))?;
         notes.extend(note.map(|n| (name.clone(), n)));
@@ -216,7 +260,7 @@ pub async fn run(plan: &Plan) -> Result<Outcome> {
     Ok(Outcome {
         plan: plan.clone(),
         lines,
-        elapsed: began.elapsed(),
+        elapsed: Duration::ZERO,
         sessions: session_count,
         skipped,
         notes,

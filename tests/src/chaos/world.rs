@@ -1,7 +1,8 @@
-//! The world the faults act on: one `redis-server` (own process, free port) and two gateway
-//! nodes, node A reaching Redis through a [`Forwarder`], node B directly. Nodes are replaced
-//! when killed or restarted (new ports); clients and the publisher find the current addresses
-//! and readiness in an [`AddressBook`].
+//! The world the faults act on: two gateway nodes on either one `redis-server` (own process,
+//! free port; node A reaching it through a [`Forwarder`], node B directly) or a Sentinel
+//! deployment (primary, replica, three sentinels: [`RedisSentinel`]). Nodes are replaced when
+//! killed or restarted (new ports); clients and the publisher find the current addresses and
+//! readiness in an [`AddressBook`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::forwarder::Forwarder;
-use crate::{http, Gateway, GatewayOptions, RedisServer};
+use crate::{http, Gateway, GatewayOptions, RedisSentinel, RedisServer};
 
 /// Names of the node slots (index 0 is behind the forwarder).
 pub const NODE_NAMES: [&str; 2] = ["A", "B"];
@@ -70,12 +71,23 @@ impl AddressBook {
     }
 }
 
-/// Redis, the forwarder and the two nodes.
+/// What the nodes run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One Redis server, node A behind the forwarder.
+    Standalone,
+    /// A primary with one replica under three sentinels; the nodes' `--publish-replicas`.
+    Sentinel(u32),
+}
+
+/// Redis (and the forwarder) or Sentinel, and the two nodes.
 pub struct World {
-    /// The Redis server.
-    pub redis: Mutex<RedisServer>,
-    /// Node A's path to Redis.
-    pub forwarder: Forwarder,
+    /// The topology.
+    pub topology: Topology,
+    /// The Redis server and node A's forwarder to it (standalone).
+    pub standalone: Option<(Mutex<RedisServer>, Forwarder)>,
+    /// The Sentinel deployment.
+    pub sentinel: Option<Mutex<RedisSentinel>>,
     /// The running node of each slot.
     pub nodes: [Mutex<Option<Gateway>>; 2],
     /// Where the nodes are.
@@ -84,16 +96,23 @@ pub struct World {
 }
 
 impl World {
-    /// Start Redis, the forwarder and both nodes, and wait until both are ready.
-    pub async fn start() -> Result<World> {
-        let redis = RedisServer::start().await?;
-        let upstream: SocketAddr = format!("127.0.0.1:{}", redis.port()).parse()?;
-        let forwarder = Forwarder::start(upstream).await?;
+    /// Start the Redis side of `topology` and both nodes, and wait until both are ready.
+    pub async fn start(topology: Topology) -> Result<World> {
+        let (standalone, sentinel) = match topology {
+            Topology::Standalone => {
+                let redis = RedisServer::start().await?;
+                let upstream: SocketAddr = format!("127.0.0.1:{}", redis.port()).parse()?;
+                let forwarder = Forwarder::start(upstream).await?;
+                (Some((Mutex::new(redis), forwarder)), None)
+            }
+            Topology::Sentinel(_) => (None, Some(Mutex::new(RedisSentinel::start(1).await?))),
+        };
         let book = Arc::new(AddressBook::default());
         let monitor = tokio::spawn(monitor(book.clone()));
         let world = World {
-            redis: Mutex::new(redis),
-            forwarder,
+            topology,
+            standalone,
+            sentinel,
             nodes: [Mutex::new(None), Mutex::new(None)],
             book,
             monitor,
@@ -104,16 +123,29 @@ impl World {
         Ok(world)
     }
 
-    async fn redis_url_of(&self, i: usize) -> String {
-        match i {
-            0 => self.forwarder.url(),
-            _ => self.redis.lock().await.url(),
-        }
+    /// The Redis server and the forwarder (standalone worlds only).
+    pub fn redis(&self) -> Result<&(Mutex<RedisServer>, Forwarder)> {
+        self.standalone
+            .as_ref()
+            .context("this fault needs the standalone world")
+    }
+
+    async fn options_of(&self, i: usize) -> GatewayOptions {
+        let options = match (&self.standalone, &self.sentinel, self.topology) {
+            (Some((_, forwarder)), _, _) if i == 0 => GatewayOptions::redis(forwarder.url()),
+            (Some((redis, _)), _, _) => GatewayOptions::redis(redis.lock().await.url()),
+            (_, Some(sentinel), Topology::Sentinel(replicas)) => {
+                GatewayOptions::sentinel(sentinel.lock().await.sentinel_urls_csv())
+                    .arg(&["--publish-replicas", &replicas.to_string()])
+            }
+            _ => GatewayOptions::default(),
+        };
+        options.arg(&NODE_ARGS)
     }
 
     /// Start node `i` (replacing a stopped one) and wait until it is ready.
     pub async fn start_node(&self, i: usize) -> Result<()> {
-        let options = GatewayOptions::redis(self.redis_url_of(i).await).arg(&NODE_ARGS);
+        let options = self.options_of(i).await;
         let gw = Gateway::start(options)
             .await
             .with_context(|| format!("starting node {}", NODE_NAMES[i]))?;

@@ -131,7 +131,11 @@ impl Session {
             if self.control.borrow().stop {
                 return;
             }
-            let node = if attempt % 2 == 0 { prefer } else { 1 - prefer };
+            let node = if attempt.is_multiple_of(2) {
+                prefer
+            } else {
+                1 - prefer
+            };
             let ws = match self.book.public(node) {
                 Some(addr) => self.connect(&addr).await.ok(),
                 None => None,

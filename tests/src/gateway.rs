@@ -28,6 +28,9 @@ pub struct GatewayOptions {
     pub args: Vec<String>,
     /// `RLIMIT_NOFILE` (soft, hard) the process starts with, instead of the test's own.
     pub nofile: Option<(u64, u64)>,
+    /// Public and admin listen addresses (`host:port`) instead of free ports, e.g. to restart a
+    /// node on the addresses a load balancer knows.
+    pub listen: Option<(String, String)>,
 }
 
 impl GatewayOptions {
@@ -61,6 +64,13 @@ impl GatewayOptions {
     /// Start the process with this soft and hard `RLIMIT_NOFILE`.
     pub fn nofile(mut self, soft: u64, hard: u64) -> Self {
         self.nofile = Some((soft, hard));
+        self
+    }
+
+    /// Listen on these public and admin addresses (`host:port`), e.g. those of a node that
+    /// exited (`gateway.public`, `gateway.admin`), instead of free ports.
+    pub fn listen_on(mut self, public: &str, admin: &str) -> Self {
+        self.listen = Some((public.to_owned(), admin.to_owned()));
         self
     }
 
@@ -103,7 +113,11 @@ impl Gateway {
     /// Start a gateway and wait until it listens.
     pub async fn start(options: GatewayOptions) -> Result<Gateway> {
         let mut cmd = Command::new(gateway_binary()?);
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        let (public, admin) = options
+            .listen
+            .clone()
+            .unwrap_or_else(|| ("127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned()));
+        cmd.args(["--listen", &public, "--admin-listen", &admin])
             .args([
                 "--log-format",
                 "json",
@@ -229,15 +243,7 @@ impl Gateway {
 
     /// Publish `event` (JSON text) to `users`; fails unless 200.
     pub async fn publish(&self, users: &[u64], event: &str) -> Result<serde_json::Value> {
-        let body = format!(
-            "{{\"users\":{},\"event\":{event}}}",
-            serde_json::to_string(users)?
-        );
-        let res = self.publish_raw(&body).await?;
-        if res.status != 200 {
-            bail!("publish failed: {} {}", res.status, res.body_text());
-        }
-        Ok(serde_json::from_slice(&res.body)?)
+        publish_via(&self.admin, users, event).await
     }
 
     /// GET an admin path.
@@ -322,6 +328,31 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Publish `event` (JSON text) to `users` through the admin port at `admin` (`host:port`, e.g.
+/// a [`Gateway::admin`] kept across a restart of that node); fails unless 200.
+pub async fn publish_via(admin: &str, users: &[u64], event: &str) -> Result<serde_json::Value> {
+    let body = format!(
+        "{{\"users\":{},\"event\":{event}}}",
+        serde_json::to_string(users)?
+    );
+    let auth = format!("Bearer {API_KEY}");
+    let res = http::request(
+        admin,
+        "POST",
+        "/v1/publish",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await?;
+    if res.status != 200 {
+        bail!("publish failed: {} {}", res.status, res.body_text());
+    }
+    Ok(serde_json::from_slice(&res.body)?)
 }
 
 #[derive(Serialize)]

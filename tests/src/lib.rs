@@ -4,6 +4,7 @@
 pub mod client;
 pub mod cluster;
 pub mod gateway;
+pub mod haproxy;
 pub mod http;
 pub mod loadgen;
 pub mod metrics;
@@ -17,7 +18,7 @@ pub mod stream;
 
 pub use client::{Client, Closed, WAIT};
 pub use cluster::RedisCluster;
-pub use gateway::{token, token_with, Gateway, GatewayOptions, API_KEY, JWT_SECRET};
+pub use gateway::{publish_via, token, token_with, Gateway, GatewayOptions, API_KEY, JWT_SECRET};
 pub use redis::RedisServer;
 pub use sentinel::RedisSentinel;
 

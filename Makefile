@@ -4,7 +4,10 @@ CARGO ?= cargo
 .PHONY: run test lint build chart-check bench fuzz
 
 ## run: the gateway in dev mode on the embedded broker (prints a token and commands)
+# Built first, with cargo's progress shown (a first build takes a few minutes), then run quietly.
 run:
+	@echo "make run: building gleepost-gateway (the first build takes a few minutes)…"
+	$(CARGO) build -p gleepost-gateway
 	$(CARGO) run -q -p gleepost-gateway -- --dev
 
 ## test: formatting, clippy, every unit and end-to-end test

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! The nodes are `node1` and `node2` (in the order given) in HAProxy's backend `gateway`; a node
-//! restarted on the same addresses ([`crate::GatewayOptions::listen_on`]) is the same server.
+//! restarted on the same addresses ([`crate::GatewayOptions::listen`]) is the same server.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

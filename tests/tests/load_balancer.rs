@@ -297,7 +297,7 @@ async fn rolling_scenario() -> Result<()> {
         .await?;
 
         // Restart it on the same addresses; it rejoins the pool once ready.
-        nodes[i] = Gateway::start(node_options(&redis).listen_on(&public, &admin))
+        nodes[i] = Gateway::start(node_options(&redis).listen(&public, &admin))
             .await
             .with_context(|| format!("restarting {name}"))?;
         nodes[i].wait_ready(true, READY).await?;

@@ -6,12 +6,14 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use gleepost_tests::{haproxy::HaProxy, Gateway, GatewayOptions, RedisServer};
-//! let redis = RedisServer::start().await?;
-//! let a = Gateway::start(GatewayOptions::redis(redis.url())).await?;
-//! let b = Gateway::start(GatewayOptions::redis(redis.url())).await?;
-//! let lb = HaProxy::start([&a, &b]).await?; // returns once both nodes are UP behind it
-//! let mut client = gleepost_tests::Client::connect(&lb.ws_url(7)).await?;
+//! use gleepost_tests::haproxy::{two_nodes, HaProxy};
+//! use gleepost_tests::sse::{sse_path, SseStream};
+//! let redis = gleepost_tests::RedisServer::start().await?;
+//! let nodes = two_nodes(&redis).await?; // or any two `Gateway`s on one Redis
+//! let lb = HaProxy::start([&nodes[0], &nodes[1]]).await?; // once both are UP behind it
+//! let ws = gleepost_tests::Client::connect(&lb.ws_url(7)).await?;
+//! let sse = SseStream::connect(&lb.public, &sse_path(7, None), &[]).await?;
+//! nodes[0].publish(&[7], r#"{"type":"typing","data":{}}"#).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -30,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::redis_mode::eventually;
-use crate::{free_port, token, Gateway};
+use crate::{free_port, token, Gateway, GatewayOptions, RedisServer};
 
 /// Name of HAProxy's backend of gateway nodes in `docs/haproxy.cfg`.
 pub const BACKEND: &str = "gateway";
@@ -38,6 +40,22 @@ pub const BACKEND: &str = "gateway";
 pub const NODES: [&str; 2] = ["node1", "node2"];
 /// Bound on waits for HAProxy itself (start, both nodes UP).
 const START: Duration = Duration::from_secs(20);
+
+/// Options of a node behind the balancer on `redis`: a quick readiness probe (100 ms), a short
+/// drain window (3 s), and the default pre-drain delay (5 s), which the recommended health-check
+/// timing must fit in. Restart a node with `.listen(&old.public, &old.admin)` added.
+pub fn node_options(redis: &RedisServer) -> GatewayOptions {
+    GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms", "--drain-window", "3s"])
+}
+
+/// Two ready nodes with [`node_options`] on one Redis, for [`HaProxy::start`].
+pub async fn two_nodes(redis: &RedisServer) -> Result<[Gateway; 2]> {
+    let a = Gateway::start(node_options(redis)).await.context("node1")?;
+    let b = Gateway::start(node_options(redis)).await.context("node2")?;
+    a.wait_ready(true, START).await.context("node1")?;
+    b.wait_ready(true, START).await.context("node2")?;
+    Ok([a, b])
+}
 
 /// The recommended configuration file (`docs/haproxy.cfg` of this repository).
 pub fn config_path() -> PathBuf {
@@ -83,6 +101,8 @@ impl HaProxy {
                     lb.wait_status(&NODES, "UP", START).await?;
                     return Ok(lb);
                 }
+                // Not installed: no other port will help.
+                Err(e) if e.downcast_ref::<std::io::Error>().is_some() => return Err(e),
                 Err(e) => last_err = Some(e),
             }
         }

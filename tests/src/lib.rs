@@ -14,6 +14,7 @@ pub mod redis;
 pub mod redis_mode;
 pub mod resume;
 pub mod sentinel;
+pub mod sse;
 pub mod stream;
 
 pub use client::{Client, Closed, WAIT};

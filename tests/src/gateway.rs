@@ -101,11 +101,13 @@ pub struct Gateway {
 /// Path of the gateway binary built by `cargo build` (the Makefile builds it before tests).
 pub fn gateway_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test-binary> → target/<profile>/gleepost-gateway
-    let dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .context("unexpected test binary location")?;
+    // target/<profile>/deps/<test-binary> → target/<profile>/gleepost-gateway; a binary of this
+    // crate (target/<profile>/chaos) has it next to itself.
+    let own_dir = exe.parent().context("unexpected test binary location")?;
+    let dir = match own_dir.file_name() {
+        Some(name) if name == "deps" => own_dir.parent().unwrap_or(own_dir),
+        _ => own_dir,
+    };
     let bin = dir.join("gleepost-gateway");
     if !bin.exists() {
         bail!(

@@ -1,6 +1,7 @@
 //! End-to-end test harness: real `redis-server` processes, real `gleepost-gateway` processes
 //! and real WebSocket clients, so each test in `tests/` reads like the scenario it checks.
 
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod gateway;

@@ -34,6 +34,8 @@ pub(crate) struct Metrics {
     pub(crate) connections_refused: IntCounterVec,
     /// Publish API requests, by HTTP status.
     pub(crate) publish_requests: IntCounterVec,
+    /// JWT connections admitted without a revocation check (the broker did not answer).
+    pub(crate) revocation_unchecked: IntCounter,
     /// `POST /v1/disconnect` and `GET /v1/presence` requests, by endpoint and HTTP status.
     pub(crate) control_requests: IntCounterVec,
     /// Open connections on the admin port.
@@ -138,6 +140,10 @@ impl Metrics {
                 "publish_requests_total",
                 "Publish API requests, by HTTP status",
                 "status",
+            )?,
+            revocation_unchecked: counter(
+                "revocation_unchecked_total",
+                "JWT connections admitted without a revocation check (the broker did not answer)",
             )?,
             control_requests: {
                 let opts = Opts::new(

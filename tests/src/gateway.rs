@@ -265,15 +265,7 @@ impl Gateway {
 
     /// Publish `event` (JSON text) to `users`; fails unless 200.
     pub async fn publish(&self, users: &[u64], event: &str) -> Result<serde_json::Value> {
-        let body = format!(
-            "{{\"users\":{},\"event\":{event}}}",
-            serde_json::to_string(users)?
-        );
-        let res = self.publish_raw(&body).await?;
-        if res.status != 200 {
-            bail!("publish failed: {} {}", res.status, res.body_text());
-        }
-        Ok(serde_json::from_slice(&res.body)?)
+        publish_via(&self.admin, users, event).await
     }
 
     /// GET an admin path.
@@ -366,6 +358,31 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Publish `event` (JSON text) to `users` through the admin port at `admin` (`host:port`, e.g.
+/// a [`Gateway::admin`] kept across a restart of that node); fails unless 200.
+pub async fn publish_via(admin: &str, users: &[u64], event: &str) -> Result<serde_json::Value> {
+    let body = format!(
+        "{{\"users\":{},\"event\":{event}}}",
+        serde_json::to_string(users)?
+    );
+    let auth = format!("Bearer {API_KEY}");
+    let res = http::request(
+        admin,
+        "POST",
+        "/v1/publish",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await?;
+    if res.status != 200 {
+        bail!("publish failed: {} {}", res.status, res.body_text());
+    }
+    Ok(serde_json::from_slice(&res.body)?)
 }
 
 #[derive(Serialize)]

@@ -113,7 +113,27 @@ pub async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse> {
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut response = parse_head(&String::from_utf8_lossy(&buf[..head_end]))?;
+    let length: usize = response
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    response.body = body;
+    Ok(response)
+}
+
+/// A response head (status line and headers, without the blank line) as a response with an
+/// empty body.
+pub fn parse_head(head: &str) -> Result<HttpResponse> {
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let status: u16 = status_line
@@ -125,24 +145,10 @@ pub async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(length);
     Ok(HttpResponse {
         status,
         headers,
-        body,
+        body: Vec::new(),
     })
 }
 

@@ -5,6 +5,7 @@ pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod gateway;
+pub mod haproxy;
 pub mod http;
 pub mod jwks;
 pub mod loadgen;
@@ -15,11 +16,12 @@ pub mod redis;
 pub mod redis_mode;
 pub mod resume;
 pub mod sentinel;
+pub mod sse;
 pub mod stream;
 
 pub use client::{Client, Closed, WAIT};
 pub use cluster::RedisCluster;
-pub use gateway::{token, token_with, Gateway, GatewayOptions, API_KEY, JWT_SECRET};
+pub use gateway::{publish_via, token, token_with, Gateway, GatewayOptions, API_KEY, JWT_SECRET};
 pub use redis::RedisServer;
 pub use sentinel::RedisSentinel;
 

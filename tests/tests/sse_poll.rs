@@ -1,0 +1,240 @@
+//! SSE and long-poll beside WebSocket (issue 12, items 1–2), straight against a node (the same
+//! through HAProxy: load_balancer.rs): the same refusals before any stream byte, the same event
+//! objects and ids, resume with `Last-Event-ID` / `since`, heartbeats, the final `close` event of
+//! a drain or a disconnect, long-poll answers from history, live and at the timeout, `resync`,
+//! CORS.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use gleepost_tests::http;
+use gleepost_tests::resume::{publish_seq, SeqCheck};
+use gleepost_tests::sse::{accept_poll, poll, sse_path, SseStream};
+use gleepost_tests::{Gateway, GatewayOptions};
+use serde_json::json;
+
+const READY: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn node(args: &[&str]) -> Result<Gateway> {
+    let gw = Gateway::start(GatewayOptions::default().arg(args)).await?;
+    gw.wait_ready(true, READY).await?;
+    Ok(gw)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_streams_events_resumes_and_ends_with_a_close_event() -> Result<()> {
+    let mut gw = node(&[
+        "--ping-interval",
+        "300ms",
+        "--pre-drain-delay",
+        "0s",
+        "--drain-window",
+        "1s",
+    ])
+    .await?;
+    // Refused before any stream byte, with the JSON body and CORS.
+    let bad = http::request(&gw.public, "GET", "/sse?access_token=nope", &[], b"").await?;
+    ensure!(bad.status == 401, "bad token: {}", bad.status);
+    ensure!(
+        bad.json()?["error"].is_string(),
+        "no JSON reason: {}",
+        bad.body_text()
+    );
+    ensure!(
+        bad.header("access-control-allow-origin") == Some("*"),
+        "no CORS on 401"
+    );
+
+    let mut stream = SseStream::connect(&gw.public, &sse_path(9, None), &[]).await?;
+    ensure!(
+        stream.head.header("cache-control") == Some("no-cache"),
+        "cache-control"
+    );
+    ensure!(
+        stream.head.header("x-accel-buffering") == Some("no"),
+        "x-accel-buffering"
+    );
+    ensure!(
+        stream.head.header("access-control-allow-origin") == Some("*"),
+        "CORS"
+    );
+    let mut check = SeqCheck::new("sse user 9", 1);
+    let first = publish_seq(&gw, 9, 1).await?;
+    publish_seq(&gw, 9, 2).await?;
+    for expected_id in [Some(first.clone()), None] {
+        let event = stream.next_event(WAIT).await?.context("stream ended")?;
+        ensure!(event.event == "message", "event type {}", event.event);
+        check.accept(&event.data)?;
+        // `id:` is the event's own id.
+        ensure!(
+            event.id == check.last_id,
+            "id field {:?} vs {:?}",
+            event.id,
+            check.last_id
+        );
+        if let Some(id) = expected_id {
+            ensure!(event.id.as_deref() == Some(id.as_str()), "first id");
+        }
+    }
+    ensure!(stream.retry == Some(1000), "retry hint {:?}", stream.retry);
+    // Heartbeats while nothing is published.
+    let _ = stream.next_event(Duration::from_millis(800)).await;
+    ensure!(stream.comments >= 1, "no heartbeat comment");
+
+    // The browser's own resume: Last-Event-ID.
+    let mut resumed =
+        SseStream::connect(&gw.public, &sse_path(9, None), &[("Last-Event-ID", &first)]).await?;
+    let mut check2 = SeqCheck::new("sse resumed", 2);
+    let event = resumed
+        .next_event(WAIT)
+        .await?
+        .context("resumed stream ended")?;
+    check2.accept(&event.data)?;
+    publish_seq(&gw, 9, 3).await?;
+    let event = resumed
+        .next_event(WAIT)
+        .await?
+        .context("resumed stream ended")?;
+    check2.accept(&event.data)?;
+    let event = stream.next_event(WAIT).await?.context("stream ended")?;
+    check.accept(&event.data)?;
+
+    // Disconnect from the backend: close event 4003, then the stream ends.
+    let res = gw
+        .admin_post("/v1/disconnect", &json!({"users": [9]}).to_string())
+        .await?;
+    ensure!(res.status == 200, "disconnect: {}", res.status);
+    for s in [&mut stream, &mut resumed] {
+        let close = s.next_event(WAIT).await?.context("no close event")?;
+        ensure!(
+            close.event == "close",
+            "expected a close event, got {close:?}"
+        );
+        let data: serde_json::Value = serde_json::from_str(&close.data)?;
+        ensure!(data["code"] == 4003, "close code {data}");
+        ensure!(
+            s.next_event(WAIT).await?.is_none(),
+            "stream goes on after close"
+        );
+    }
+
+    // Drain: close event 1001.
+    let mut draining = SseStream::connect(&gw.public, &sse_path(10, None), &[]).await?;
+    gw.signal(libc::SIGTERM);
+    let close = draining
+        .next_event(WAIT)
+        .await?
+        .context("no close event on drain")?;
+    let data: serde_json::Value = serde_json::from_str(&close.data)?;
+    ensure!(
+        close.event == "close" && data["code"] == 1001,
+        "drain close {close:?}"
+    );
+    gw.wait_exit(Duration::from_secs(20)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poll_answers_history_then_live_then_empty_and_resync() -> Result<()> {
+    let gw = node(&[]).await?;
+    let mut check = SeqCheck::new("poll user 9", 1);
+    let first = publish_seq(&gw, 9, 1).await?;
+    // From history: everything after `since`, at once.
+    publish_seq(&gw, 9, 2).await?;
+    let mut after_first = SeqCheck::new("poll since 1", 2);
+    let res = poll(&gw.public, 9, Some(&first), "5s").await?;
+    ensure!(
+        res.header("cache-control") == Some("no-store"),
+        "cache-control"
+    );
+    ensure!(
+        res.header("access-control-allow-origin") == Some("*"),
+        "CORS"
+    );
+    ensure!(accept_poll(&res, &mut after_first)?.is_none(), "closed");
+    ensure!(
+        after_first.last() == 2,
+        "history answer ended at {}",
+        after_first.last()
+    );
+    check.next = 3;
+    check.last_id = after_first.last_id.clone();
+
+    // Live: a poll waiting when the event is published.
+    let since = check.last_id.clone().context("no id")?;
+    let waiting = {
+        let public = gw.public.clone();
+        tokio::spawn(async move { poll(&public, 9, Some(&since), "8s").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_seq(&gw, 9, 3).await?;
+    let res = waiting.await??;
+    accept_poll(&res, &mut check)?;
+    ensure!(check.last() == 3, "live answer ended at {}", check.last());
+
+    // Nothing new: empty at the timeout.
+    let res = poll(&gw.public, 9, check.last_id.as_deref(), "300ms").await?;
+    ensure!(
+        res.json()?["events"] == json!([]),
+        "not empty: {}",
+        res.body_text()
+    );
+
+    // An id the history cannot place: resync inside the answer.
+    let res = poll(&gw.public, 9, Some("zz9-1-0"), "300ms").await?;
+    let body = res.json()?;
+    ensure!(body["events"][0]["type"] == "resync", "no resync: {body}");
+
+    // A pending poll ended by a disconnect carries the close code.
+    let since = check.last_id.clone().context("no id")?;
+    let waiting = {
+        let public = gw.public.clone();
+        tokio::spawn(async move { poll(&public, 9, Some(&since), "8s").await })
+    };
+    gleepost_tests::redis_mode::eventually(READY, "the poll is waiting", || async {
+        let n = gw
+            .metric("gleepost_gateway_transport_connections{transport=\"poll\"}")
+            .await?;
+        ensure!(n == 1.0, "{n} pending polls");
+        Ok(())
+    })
+    .await?;
+    gw.admin_post("/v1/disconnect", &json!({"users": [9]}).to_string())
+        .await?;
+    let body = waiting.await??.json()?;
+    ensure!(body["close"]["code"] == 4003, "no close in {body}");
+
+    // Bad input and preflight.
+    let bad = http::request(
+        &gw.public,
+        "GET",
+        &format!(
+            "{}&timeout=soon",
+            &sse_path(9, None).replace("/sse", "/poll")
+        ),
+        &[],
+        b"",
+    )
+    .await?;
+    ensure!(
+        bad.status == 400 && bad.json()?["error"].is_string(),
+        "bad timeout: {}",
+        bad.status
+    );
+    let preflight = http::request(&gw.public, "OPTIONS", "/poll", &[], b"").await?;
+    ensure!(preflight.status == 204, "preflight {}", preflight.status);
+    ensure!(
+        preflight
+            .header("access-control-allow-headers")
+            .is_some_and(|h| h.contains("Last-Event-ID")),
+        "preflight headers"
+    );
+    ensure!(
+        gw.metric("gleepost_gateway_transport_events_delivered_total{transport=\"poll\"}")
+            .await?
+            >= 3.0,
+        "poll deliveries not counted"
+    );
+    Ok(())
+}

@@ -4,6 +4,7 @@ mod auth_budget;
 mod budget;
 mod client_ip;
 pub(crate) mod connection;
+mod demo;
 mod ending;
 mod handshake;
 mod limits;

@@ -40,6 +40,8 @@ pub(crate) struct Edge {
     handshake_timeout: Duration,
     proxies: TrustedProxies,
     limits: Arc<Limits>,
+    /// Dev mode: `GET /` serves the demo page (`demo.rs`).
+    dev: bool,
 }
 
 impl Edge {
@@ -53,6 +55,7 @@ impl Edge {
                 connect_rate_per_ip: config.connect_rate_per_ip,
                 auth_failures_per_ip: config.auth_failures_per_ip,
             }),
+            dev: config.dev,
         })
     }
 }
@@ -142,6 +145,9 @@ async fn handle(
     peer: IpAddr,
 ) -> Response<Full<Bytes>> {
     let deadline = Instant::now() + edge.handshake_timeout;
+    if let Some(page) = super::demo::route(edge.dev, &req) {
+        return page;
+    }
     if req.uri().path() != "/ws" {
         return json_error(StatusCode::NOT_FOUND, "Not found");
     }

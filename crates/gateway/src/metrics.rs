@@ -3,8 +3,8 @@
 //! Names carry the `gleepost_gateway_` prefix; `docs/operations.md` explains each one.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 const NS: &str = "gleepost_gateway";
@@ -44,6 +44,10 @@ pub(crate) struct Metrics {
     pub(crate) events_published: IntCounter,
     /// Frames written to client sockets.
     pub(crate) events_delivered: IntCounter,
+    /// Events written, by transport (`ws`, `sse`, `poll`).
+    pub(crate) transport_delivered: IntCounterVec,
+    /// Open client connections, by transport (`ws`, `sse`, `poll`: pending long-polls).
+    pub(crate) transport_connections: IntGaugeVec,
     /// Events not delivered to a connection, by reason.
     pub(crate) events_dropped: IntCounterVec,
     /// Time from an event entering this node (publish accepted or broker receive) to its frame
@@ -164,6 +168,21 @@ impl Metrics {
                 "Events not delivered to a connection, by reason",
                 "reason",
             )?,
+            transport_delivered: counter_vec(
+                "transport_events_delivered_total",
+                "Events written to clients, by transport",
+                "transport",
+            )?,
+            transport_connections: {
+                let opts = Opts::new(
+                    "transport_connections",
+                    "Open client connections by transport (poll: pending long-polls)",
+                )
+                .namespace(NS);
+                let g = IntGaugeVec::new(opts, &["transport"])?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             delivery_latency: histogram(
                 "delivery_latency_seconds",
                 "Event entering this node to frame written, in seconds",
@@ -222,6 +241,12 @@ impl Metrics {
         }
         for reason in ["evicted", "timeout", "error"] {
             metrics.admin_dropped.with_label_values(&[reason]);
+        }
+        for transport in ["ws", "sse", "poll"] {
+            metrics.transport_delivered.with_label_values(&[transport]);
+            metrics
+                .transport_connections
+                .with_label_values(&[transport]);
         }
         for reason in REFUSAL_REASONS {
             metrics.connections_refused.with_label_values(&[reason]);

@@ -79,12 +79,29 @@ pub(crate) async fn run(
     .await;
 }
 
-/// Decrements the open-connections gauge however the session ends (panics included).
-struct Open<'a>(&'a Metrics);
+/// Counts an open connection of `transport` in the gauges, and decrements them however the
+/// session ends (panics included).
+pub(super) struct Open<'a>(&'a Metrics, &'static str);
+
+impl<'a> Open<'a> {
+    /// Count a connection of `transport` (`ws`, `sse`, `poll`) as open.
+    pub(super) fn new(metrics: &'a Metrics, transport: &'static str) -> Self {
+        metrics.connections.inc();
+        metrics
+            .transport_connections
+            .with_label_values(&[transport])
+            .inc();
+        Open(metrics, transport)
+    }
+}
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
         self.0.connections.dec();
+        self.0
+            .transport_connections
+            .with_label_values(&[self.1])
+            .dec();
     }
 }
 
@@ -109,8 +126,7 @@ async fn serve(
     )
     .await;
     let metrics = &node.metrics;
-    metrics.connections.inc();
-    let open = Open(metrics);
+    let open = Open::new(metrics, "ws");
     metrics.connections_opened.inc();
     let end = session(ws, &registration.conn, &identity, since, &node).await;
     drop(open);
@@ -257,14 +273,14 @@ async fn session(
 const RENEW_RETRY: Duration = Duration::from_secs(5);
 
 /// The tokio instant of a wall-clock time (now when it is past).
-fn tokio_instant(at: SystemTime) -> TokioInstant {
+pub(super) fn tokio_instant(at: SystemTime) -> TokioInstant {
     TokioInstant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
 }
 
 /// The credentials expired: check them again if they are renewable. `Some(new expiry)` keeps
 /// the connection; `None` closes it (4001). A store that does not answer is asked again later:
 /// a Redis blip must not log everyone out.
-async fn renew(identity: &Identity, node: &Node) -> Option<Option<TokioInstant>> {
+pub(super) async fn renew(identity: &Identity, node: &Node) -> Option<Option<TokioInstant>> {
     let renewal = identity.renewal.as_ref()?;
     let floor = TokioInstant::now() + Duration::from_secs(1);
     match node.auth.renew(identity.user, renewal).await {
@@ -286,6 +302,18 @@ async fn resume(
     dedup: &mut Dedup,
     node: &Node,
 ) -> Result<(), End> {
+    let mut batch = replayed(user, since, dedup, node).await;
+    write_batch(ws, &mut batch, dedup, node).await
+}
+
+/// What a client resuming after `since` gets before live events (history, or a `resync`
+/// event), counted; `dedup` starts after `since` when the history proves it.
+pub(super) async fn replayed(
+    user: UserId,
+    since: &str,
+    dedup: &mut Dedup,
+    node: &Node,
+) -> Vec<Frame> {
     let frames = match node.broker.replay(user, since).await {
         Replay::Events(frames) => {
             if let Some(id) = EventId::parse(since) {
@@ -299,12 +327,12 @@ async fn resume(
         }
     };
     let entered = Instant::now();
-    let mut batch: Vec<Frame> = frames
+    let batch: Vec<Frame> = frames
         .into_iter()
         .map(|text| Frame::new(text, entered))
         .collect();
     node.metrics.events_replayed.inc_by(batch.len() as u64);
-    write_batch(ws, &mut batch, dedup, node).await
+    batch
 }
 
 /// `task`, bounded by `deadline`: `None` when it did not finish in time. A task that finishes at
@@ -338,13 +366,22 @@ async fn write_batch(
     if let Err(e) = ws.flush().await {
         return Err(ending::ending(&e));
     }
+    delivered(node, "ws", batch);
+    Ok(())
+}
+
+/// Count the frames of `batch` as delivered on `transport` (and their latency); empties it.
+pub(super) fn delivered(node: &Node, transport: &str, batch: &mut Vec<Frame>) {
     let metrics = &node.metrics;
     metrics.events_delivered.inc_by(batch.len() as u64);
+    metrics
+        .transport_delivered
+        .with_label_values(&[transport])
+        .inc_by(batch.len() as u64);
     let now = Instant::now();
     for frame in batch.drain(..) {
         metrics
             .delivery_latency
             .observe(now.duration_since(frame.entered).as_secs_f64());
     }
-    Ok(())
 }

@@ -1,7 +1,8 @@
-//! The public HTTP server: `GET /ws` checks the request (`handshake.rs`) and the client
-//! address's limits (`limits.rs`), authenticates, registers the connection, waits for the
-//! broker subscription, and only then answers `101 Switching Protocols`, so every event published
-//! after the handshake response reaches the client.
+//! The public HTTP server and its three transports: `GET /ws` (WebSocket; the request is
+//! checked by `handshake.rs`), `GET /sse` (Server-Sent Events, `sse.rs`) and `GET /poll`
+//! (long-poll, `poll.rs`). Each client is admitted the same way (`admit.rs`: the address's
+//! limits, authentication, registration, the broker subscription, revocation) and only then
+//! answered, so every event published after the answer reaches the client.
 //!
 //! Time is bounded twice: a client has `--handshake-timeout` to send its request head (hyper's
 //! header read timeout, also between keep-alive requests), and the gateway answers within the
@@ -16,30 +17,28 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 
-use super::client_ip::{AddrKey, TrustedProxies};
-use super::connection;
+use super::client_ip::TrustedProxies;
 use super::handshake::{self, HARD_MAX_HEADERS, HARD_MAX_HEAD_BYTES};
-use super::limits::{LimitSettings, Limits, Refused, CLEANUP_INTERVAL};
-use crate::auth::{AuthError, Credentials, Identity};
+use super::limits::{LimitSettings, Limits, CLEANUP_INTERVAL};
+use super::{admit, connection, cors, poll, sse};
 use crate::config::Config;
 use crate::log_limit::LogLimit;
 use crate::node::Node;
-use crate::registry::AtCapacity;
 
 /// What the public port needs beyond the node: its time bound and per-address limits.
 pub(crate) struct Edge {
     handshake_timeout: Duration,
-    proxies: TrustedProxies,
-    limits: Arc<Limits>,
+    pub(super) proxies: TrustedProxies,
+    pub(super) limits: Arc<Limits>,
     /// Dev mode: `GET /` serves the demo page (`demo.rs`).
     dev: bool,
 }
@@ -92,7 +91,6 @@ pub(crate) async fn serve(
 
 /// Log lines a flood (or a Redis outage) would repeat: at most one per second each.
 static ACCEPT_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
-static SUBSCRIBE_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, edge: Arc<Edge>) {
     let _ = stream.set_nodelay(true);
@@ -114,7 +112,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
                 .await;
             Ok::<_, Infallible>(handled.unwrap_or_else(|_| {
                 metrics.panics.inc();
-                json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error").map(Either::Left)
             }))
         }
     });
@@ -143,150 +141,77 @@ async fn handle(
     node: Arc<Node>,
     edge: Arc<Edge>,
     peer: IpAddr,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let deadline = Instant::now() + edge.handshake_timeout;
     if let Some(page) = super::demo::route(edge.dev, &req) {
-        return page;
+        return page.map(Either::Left);
     }
-    if req.uri().path() != "/ws" {
-        return json_error(StatusCode::NOT_FOUND, "Not found");
+    let transport = match req.uri().path() {
+        "/ws" => Transport::WebSocket,
+        "/sse" => Transport::Sse,
+        "/poll" => Transport::Poll,
+        _ => return json_error(StatusCode::NOT_FOUND, "Not found").map(Either::Left),
+    };
+    if req.method() == Method::OPTIONS && transport != Transport::WebSocket {
+        return cors::preflight().map(Either::Left);
     }
     if req.method() != Method::GET {
-        return json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
+        return json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed").map(Either::Left);
     }
-    let accept = match handshake::check(&req) {
-        Ok(accept) => accept,
-        Err(bad) => return bad.response(),
+    let accept = match transport {
+        Transport::WebSocket => match handshake::check(&req) {
+            Ok(accept) => Some(accept),
+            Err(bad) => return bad.response().map(Either::Left),
+        },
+        _ => None,
     };
-    let addr = AddrKey::of(edge.proxies.client(peer, req.headers()));
-    // Held until the WebSocket ends (or the handshake fails).
-    let slot = match edge.limits.admit(addr) {
-        Ok(slot) => slot,
-        Err(refused) => return refuse(&node, refused, &addr),
-    };
-    let authenticated = timeout_at(
-        deadline,
-        node.auth.authenticate(req.headers(), req.uri().query()),
-    )
-    .await
-    .unwrap_or(Err(AuthError::Unavailable));
-    let identity = match authenticated {
-        Ok(identity) => identity,
-        Err(e) => {
-            node.metrics
-                .auth_failures
-                .with_label_values(&[e.label()])
-                .inc();
-            tracing::debug!(reason = e.label(), "connection rejected");
-            return match e {
-                AuthError::Invalid(_) => {
-                    edge.limits.auth_failed(addr);
-                    json_error(StatusCode::UNAUTHORIZED, "Invalid credentials")
-                }
-                AuthError::Unavailable => json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Authentication temporarily unavailable",
-                ),
-            };
-        }
-    };
-
-    let registration = match connection::Registration::new(node.clone(), identity.user) {
-        Ok(registration) => registration,
-        Err(AtCapacity::User) => return refuse(&node, Refused::PerUser, &addr),
-        Err(AtCapacity::Node) => {
-            node.metrics
-                .connections_refused
-                .with_label_values(&["capacity"])
-                .inc();
-            tracing::debug!(user = identity.user, "connection refused: node at capacity");
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "Server at capacity");
-        }
-    };
-    let mut subscribed = registration.subscribed.clone();
-    let wait_until = deadline.min(Instant::now() + node.conn.subscribe_timeout);
-    let confirmed = timeout_at(wait_until, async {
-        subscribed.wait_for(|s| *s).await.is_ok()
-    })
-    .await;
-    if confirmed != Ok(true) {
-        node.metrics
-            .connections_refused
-            .with_label_values(&["broker"])
-            .inc();
-        if let Some(suppressed) = SUBSCRIBE_LOG.allow() {
-            tracing::warn!(
-                user = identity.user,
-                suppressed,
-                "subscription not confirmed in time"
-            );
-        }
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Broker unavailable");
-    }
-    // Checked once the subscription is confirmed: a disconnect published after a revocation
-    // cannot slip between this check and the subscription.
-    if let Err(e) = timeout_at(deadline, not_revoked(&node, &identity))
-        .await
-        .unwrap_or(Err(AuthError::Unavailable))
-    {
-        node.metrics
-            .auth_failures
-            .with_label_values(&[e.label()])
-            .inc();
-        return match e {
-            AuthError::Invalid(_) => {
-                edge.limits.auth_failed(addr);
-                json_error(StatusCode::UNAUTHORIZED, "Invalid credentials")
+    let wait = match transport {
+        Transport::Poll => match poll::wait_param(req.uri().query()) {
+            Ok(wait) => wait,
+            Err(message) => {
+                let bad = json_error(StatusCode::BAD_REQUEST, &message);
+                return cors::allow(bad).map(Either::Left);
             }
-            AuthError::Unavailable => json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Authentication temporarily unavailable",
-            ),
-        };
-    }
-
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let since = resume_point(req.headers(), req.uri().query());
-    tokio::spawn(async move {
-        let _slot = slot;
-        connection::run(on_upgrade, registration, identity, since).await;
-    });
-
-    let mut res = Response::new(Full::new(Bytes::new()));
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = res.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    res
-}
-
-/// A JWT issued before its user's revocation time (or without `iat` while one holds) is
-/// refused (`POST /v1/disconnect` with `revoke_tokens_before`).
-async fn not_revoked(node: &Node, identity: &Identity) -> Result<(), AuthError> {
-    let Credentials::Jwt { issued_at } = identity.credentials else {
-        return Ok(());
+        },
+        _ => Duration::ZERO,
     };
-    match node.broker.revoked_before(identity.user).await {
-        Ok(Some(before)) if issued_at.is_none_or(|iat| iat < before) => {
-            Err(AuthError::Invalid("jwt_revoked"))
+    let admitted = match admit::admit(&req, &node, &edge, peer, deadline).await {
+        Ok(admitted) => admitted,
+        Err(refusal) if transport == Transport::WebSocket => return refusal.map(Either::Left),
+        Err(refusal) => return cors::allow(refusal).map(Either::Left),
+    };
+    let since = resume_point(req.headers(), req.uri().query());
+    match (transport, accept) {
+        (Transport::WebSocket, Some(accept)) => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let _slot = admitted.slot;
+                connection::run(on_upgrade, admitted.registration, admitted.identity, since).await;
+            });
+            let mut res = Response::new(Full::new(Bytes::new()));
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = res.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            res.map(Either::Left)
         }
-        Ok(_) => Ok(()),
-        Err(e) => {
-            tracing::debug!(error = %e, "revocation check failed");
-            Err(AuthError::Unavailable)
-        }
+        (Transport::Sse, _) => sse::start(admitted, since, node).map(Either::Right),
+        _ => poll::answer(admitted, since, wait, &node)
+            .await
+            .map(Either::Left),
     }
 }
 
-/// Count and answer a 429.
-fn refuse(node: &Node, refused: Refused, addr: &AddrKey) -> Response<Full<Bytes>> {
-    node.metrics
-        .connections_refused
-        .with_label_values(&[refused.label()])
-        .inc();
-    tracing::debug!(reason = refused.label(), %addr, "connection refused: limit");
-    refused.response()
+/// The response body of the public port: a whole body, or an SSE stream.
+pub(crate) type Body = Either<Full<Bytes>, sse::SseBody>;
+
+/// Which endpoint a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    WebSocket,
+    Sse,
+    Poll,
 }
 
 /// The id the client resumes after: `?since=<id>` or header `Last-Event-ID`.

@@ -1,0 +1,241 @@
+//! `GET /sse`: the event stream as Server-Sent Events, for clients and networks where a
+//! WebSocket upgrade fails. Each event is one SSE event (`id:` when it has one, `data:` the same
+//! JSON object a WebSocket client gets); a comment line is the heartbeat at the ping interval;
+//! the stream ends with a final `close` event carrying the WebSocket close code of the reason.
+//!
+//! Bounded like a WebSocket: the session task hands the response body at most [`CHUNKS`]
+//! chunks (one batch of frames each), and a chunk the client does not take within the pong
+//! timeout (it stopped reading and the socket is full) ends the stream as a slow consumer.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{header, HeaderValue, Response, StatusCode};
+use hyper::body::Frame as BodyFrame;
+use tokio::sync::mpsc;
+use tokio::time::Instant as TokioInstant;
+
+use super::admit::Admitted;
+use super::connection::{delivered, renew, replayed, tokio_instant, Open};
+use super::cors;
+use super::ending::{self, End};
+use crate::history::Dedup;
+use crate::node::Node;
+use crate::outbox::{CloseReason, Frame};
+
+/// Chunks waiting for the client's socket.
+const CHUNKS: usize = 4;
+/// The reconnect delay suggested to the browser (`retry:`, ms).
+const RETRY_MS: u32 = 1000;
+
+/// The body of an SSE response: the chunks of its session task, until the task ends.
+pub(crate) struct SseBody {
+    chunks: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
+        self.chunks
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(BodyFrame::data(c))))
+    }
+}
+
+/// Start the stream of an admitted client: the response now, the session in its own task.
+pub(super) fn start(
+    admitted: Admitted,
+    since: Option<String>,
+    node: Arc<Node>,
+) -> Response<SseBody> {
+    let (tx, chunks) = mpsc::channel(CHUNKS);
+    let metrics = node.metrics.clone();
+    tokio::spawn(async move {
+        ending::contain_panic(run(tx, admitted, since, node), &metrics).await;
+    });
+    let mut res = Response::new(SseBody { chunks });
+    *res.status_mut() = StatusCode::OK;
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    cors::allow(res)
+}
+
+async fn run(tx: mpsc::Sender<Bytes>, admitted: Admitted, since: Option<String>, node: Arc<Node>) {
+    let Admitted {
+        registration,
+        identity,
+        slot,
+    } = admitted;
+    let metrics = &node.metrics;
+    let open = Open::new(metrics, "sse");
+    metrics.connections_opened.inc();
+    let end = session(&tx, &registration.conn, &identity, since, &node).await;
+    if let End::Closed(reason) = &end {
+        // Best effort: a client that does not read does not get it.
+        let _ = tx.try_send(close_event(*reason));
+    }
+    drop(open);
+    metrics
+        .connections_closed
+        .with_label_values(&[end.label()])
+        .inc();
+    tracing::debug!(
+        user = identity.user,
+        reason = end.label(),
+        "sse stream closed"
+    );
+    drop((registration, slot));
+}
+
+async fn session(
+    tx: &mpsc::Sender<Bytes>,
+    conn: &crate::registry::Conn,
+    identity: &crate::auth::Identity,
+    since: Option<String>,
+    node: &Node,
+) -> End {
+    let settings = &node.conn;
+    // A chunk must be taken within this time: otherwise the client does not read.
+    let deadline = settings.pong_timeout;
+    let send = |chunk: Bytes| async move {
+        match tokio::time::timeout(deadline, tx.send(chunk)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::ClientGone),
+            Err(_) => Err(End::Closed(CloseReason::SlowConsumer)),
+        }
+    };
+    if let Err(end) = send(Bytes::from(format!("retry: {RETRY_MS}\n\n"))).await {
+        return end;
+    }
+    let mut dedup = Dedup::default();
+    let mut batch: Vec<Frame> = Vec::new();
+    if let Some(since) = since {
+        batch = Box::pin(replayed(conn.user, &since, &mut dedup, node)).await;
+        if let Err(end) = write(&send, &mut batch, &mut dedup, node).await {
+            return end;
+        }
+    }
+    let mut next_ping = TokioInstant::now() + settings.ping_interval;
+    let mut expiry = identity.expires.map(tokio_instant);
+    loop {
+        let wake = expiry.map_or(next_ping, |e| e.min(next_ping));
+        tokio::select! {
+            biased;
+            _ = conn.outbox.ready() => {
+                let closing = conn.outbox.take(&mut batch);
+                if closing == Some(CloseReason::SlowConsumer) {
+                    return End::Closed(CloseReason::SlowConsumer);
+                }
+                if let Err(end) = write(&send, &mut batch, &mut dedup, node).await {
+                    return end;
+                }
+                if let Some(reason) = closing {
+                    return End::Closed(reason);
+                }
+            }
+            _ = tx.closed() => return End::ClientGone,
+            _ = tokio::time::sleep_until(wake) => {
+                let now = TokioInstant::now();
+                if expiry.is_some_and(|e| e <= now) {
+                    match Box::pin(renew(identity, node)).await {
+                        Some(renewed) => expiry = renewed,
+                        None => return End::Closed(CloseReason::AuthExpired),
+                    }
+                }
+                if next_ping <= now {
+                    next_ping = now + settings.ping_interval;
+                    if let Err(end) = send(Bytes::from_static(b": ping\n\n")).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Send the frames of `batch` not already sent as one chunk.
+async fn write<F, Fut>(
+    send: &F,
+    batch: &mut Vec<Frame>,
+    dedup: &mut Dedup,
+    node: &Node,
+) -> Result<(), End>
+where
+    F: Fn(Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<(), End>>,
+{
+    batch.retain(|frame| dedup.admit(frame));
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let size: usize = batch.iter().map(|f| f.text.len() + 64).sum();
+    let mut chunk = BytesMut::with_capacity(size);
+    for frame in batch.iter() {
+        encode(&mut chunk, frame);
+    }
+    send(chunk.freeze()).await?;
+    delivered(node, "sse", batch);
+    Ok(())
+}
+
+/// One frame as an SSE event: `id:` (when it has one), then its text as `data:` lines (a
+/// verbatim legacy payload may contain line breaks: one `data:` line each, which the client
+/// joins back with `\n`).
+fn encode(out: &mut BytesMut, frame: &Frame) {
+    if let Some((epoch, ms, seq)) = frame.event_id() {
+        out.put_slice(format!("id: {epoch}-{ms}-{seq}\n").as_bytes());
+    }
+    for line in frame.text.as_str().split('\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line.strip_suffix('\r').unwrap_or(line).as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+}
+
+/// The stream's last event: why it ends, as the WebSocket close code.
+fn close_event(reason: CloseReason) -> Bytes {
+    let data = serde_json::json!({ "code": reason.code(), "reason": reason.text() });
+    Bytes::from(format!("event: close\ndata: {data}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_encoded_one_data_line_per_line() {
+        let mut out = BytesMut::new();
+        let text = r#"{"type":"x","location":"/","data":1,"id":"ab1-5-0"}"#;
+        encode(
+            &mut out,
+            &Frame::new(text.into(), std::time::Instant::now()),
+        );
+        assert_eq!(
+            &out[..],
+            format!("id: ab1-5-0\ndata: {text}\n\n").as_bytes()
+        );
+        let mut out = BytesMut::new();
+        let legacy = "{\"type\":\"x\",\r\n\"data\":1}";
+        encode(
+            &mut out,
+            &Frame::verbatim(legacy.into(), std::time::Instant::now()),
+        );
+        assert_eq!(&out[..], b"data: {\"type\":\"x\",\ndata: \"data\":1}\n\n");
+        let close = close_event(CloseReason::Disconnected);
+        assert!(close.starts_with(b"event: close\ndata: {\"code\":4003"));
+    }
+}

@@ -3,8 +3,9 @@
 // is proven to work and `ctx.onEvent(text)` with the JSON text of every event.
 //
 // Outcomes:
-//   {kind: 'closed', code, reason}   the server ended an open stream (WebSocket close code, or
-//                                    the SSE `close` event, which carries the same codes)
+//   {kind: 'closed', code, reason}   the server ended an open stream (WebSocket close code, the
+//                                    SSE `close` event or a poll answer's `close` member, which
+//                                    carry the same codes)
 //   {kind: 'http', status, retryAfter} the server refused the request (401, 429, 503, …)
 //   {kind: 'refused'}                the transport itself does not get through (a WebSocket
 //                                    upgrade failed while plain HTTP to /sse answers 200, or an
@@ -261,6 +262,10 @@ export const poll = {
           ctx.onOpen();
         }
         for (const ev of rawElements(events)) ctx.onEvent(ev);
+        // The server ended the poll for a reason (drain 1001, 4000, 4001, 4003): the same
+        // codes as a WebSocket close, after the events that came with it.
+        const close = rawMember(text, 'close');
+        if (close !== undefined) return { kind: 'closed', ...parseClose(close) };
       } catch (error) {
         if (ctx.signal.aborted) break;
         return { kind: 'network', reason: t.timedOut() ? 'poll timeout' : String(error) };

@@ -226,3 +226,23 @@ test('close() during a backoff wait stops at once and makes no further attempt',
   assert.equal(h.client.state, 'closed');
   assert.equal(h.sockets.length, 1);
 });
+
+test('long-poll: an answer with close 4003 delivers its events, then refreshes the token', async () => {
+  const polls = [];
+  const h = harness({
+    transports: ['poll'],
+    route: (url) => {
+      polls.push(url);
+      if (polls.length === 1) {
+        return new Response(`{"events":[${withId(seed.notification, 'n-1')}],"close":{"code":4003,"reason":"disconnected"}}`);
+      }
+      return new Promise(() => {});
+    },
+  });
+  await until(() => polls.length === 2, 'the poll after 4003');
+  assert.deepEqual(h.rec.events.map((e) => e.id), ['n-1']);
+  assert.deepEqual(h.rec.tokens.at(-1), { refresh: true, reason: 'close 4003' });
+  assert.equal(polls[1].searchParams.get('since'), 'n-1');
+  assert.equal(polls[1].searchParams.get('access_token'), 'jwt-2');
+  await h.client.close();
+});

@@ -63,7 +63,10 @@ mod tests {
     #[test]
     fn serves_the_page_and_the_client_only_in_dev_mode() {
         let page = route(true, &get("/")).unwrap();
-        assert_eq!(page.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(
+            page.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
         assert!(route(true, &get("/client/index.js")).is_some());
         assert!(route(false, &get("/")).is_none());
         assert!(route(true, &get("/client/missing.js")).is_none());
@@ -74,7 +77,13 @@ mod tests {
     fn every_module_the_client_imports_is_served() {
         for (path, _, body) in FILES.iter().filter(|(p, _, _)| p.ends_with(".js")) {
             for line in body.lines().filter(|l| l.contains(" from './")) {
-                let module = line.split("from './").nth(1).unwrap().split('\'').next().unwrap();
+                let module = line
+                    .split("from './")
+                    .nth(1)
+                    .unwrap()
+                    .split('\'')
+                    .next()
+                    .unwrap();
                 let wanted = format!("/client/{module}");
                 assert!(
                     FILES.iter().any(|(p, _, _)| *p == wanted),

@@ -1,10 +1,13 @@
 # Gleepost realtime gateway — developer commands.
 CARGO ?= cargo
 
-.PHONY: run test test-js lint build chart-check bench fuzz
+.PHONY: run test test-js lint build chart-check bench chaos fuzz
 
 ## run: the gateway in dev mode on the embedded broker (prints a token and commands)
+# Built first, with cargo's progress shown (a first build takes a few minutes), then run quietly.
 run:
+	@echo "make run: building gleepost-gateway (the first build takes a few minutes)…"
+	$(CARGO) build -p gleepost-gateway
 	$(CARGO) run -q -p gleepost-gateway -- --dev
 
 ## test: formatting, clippy, every unit and end-to-end test, then the JS client's unit and browser tests
@@ -31,6 +34,11 @@ build:
 ## bench: benchmark suite (release build, own redis-server or 3-shard Redis Cluster + 2 gateways, pinned; ~13 min) → docs/benchmarks.md
 bench:
 	python3 scripts/bench.py
+
+## chaos: chaos suite with a loss ledger (release build, own redis-server + 2 gateways, each fault in turn; ≤ 6 min) → docs/reliability.md
+chaos:
+	$(CARGO) build --release -p gleepost-gateway -p gleepost-tests --bins
+	target/release/chaos --out docs/reliability.md
 
 ## chart-check: offline Helm chart checks (helm lint/template, k8s schemas, yamllint, promtool)
 chart-check:

@@ -29,9 +29,10 @@
 #   6. bad values must FAIL to render (schema and template checks), each with its
 #      message checked; edge values that must render do.
 # Tools: helm (scripts/fetch-helm.sh, cached in .cache/helm/), a venv with
-# kubernetes-validate and yamllint (.cache/chart-check-venv/), promtool (Debian
-# package "prometheus", installed with apt-get when missing). A missing tool is an
-# error, never a skip. Rendered manifests are left in .cache/chart-check/.
+# kubernetes-validate and yamllint (.cache/chart-check-venv/; python3-venv, which
+# .ci/run installs), promtool (scripts/fetch-promtool.sh: unpacked from Debian's
+# "prometheus" package into .cache/promtool/, no server installed). A missing tool
+# is an error, never a skip. Rendered manifests are left in .cache/chart-check/.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,12 +55,12 @@ step "tools"
 HELM="$("$ROOT/scripts/fetch-helm.sh")" || die "helm is unavailable (scripts/fetch-helm.sh failed)"
 echo "helm: $HELM ($("$HELM" version --short))"
 
-command -v python3 >/dev/null 2>&1 || die "python3 is required (apt-get install -y python3 python3-venv)"
+command -v python3 >/dev/null 2>&1 || die "python3 is required (apt-get install -y --no-install-recommends python3 python3-venv)"
 want_stamp="$(python3 --version 2>&1) ${PY_REQS[*]}"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$want_stamp" ]; then
   echo "creating $VENV (${PY_REQS[*]})"
   rm -rf "$VENV"
-  python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install -y python3-venv)"
+  python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install -y --no-install-recommends python3-venv)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQS[@]}" \
     || die "pip install ${PY_REQS[*]} failed (is PyPI reachable?)"
   echo "$want_stamp" > "$VENV/.stamp"
@@ -68,15 +69,11 @@ fi
 [ -x "$VENV/bin/yamllint" ] || die "yamllint missing from $VENV"
 echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1 | tail -1), yamllint: $("$VENV/bin/yamllint" --version)"
 
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "promtool not found: installing Debian package 'prometheus'"
-  command -v apt-get >/dev/null 2>&1 || die "promtool is missing and apt-get is unavailable: install promtool (Debian package 'prometheus')"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 \
-    || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends prometheus >/dev/null; }; } \
-    || die "apt-get install prometheus failed: promtool is required (it is not on PyPI); install it and re-run"
-  command -v promtool >/dev/null 2>&1 || die "promtool still missing after installing 'prometheus'"
-fi
+# promtool without a Prometheus server: see scripts/fetch-promtool.sh (a promtool on the PATH
+# is used; otherwise the Debian package's binary is unpacked into .cache/promtool/, never
+# installed, so no service starts on :9090).
+PROMTOOL="$("$ROOT/scripts/fetch-promtool.sh")" || die "promtool is unavailable (scripts/fetch-promtool.sh failed)"
+promtool() { "$PROMTOOL" "$@"; }
 echo "promtool: $(promtool --version 2>&1 | head -1)"
 
 # ---------------------------------------------------------------- lint

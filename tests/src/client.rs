@@ -55,21 +55,24 @@ impl Client {
         Ok(Client { ws })
     }
 
+    /// The next text frame (pings/pongs skipped), or how the connection ended.
+    async fn next_text_or_end(&mut self) -> Result<String> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+                Some(Ok(Message::Close(frame))) => bail!("closed by server: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("socket error: {e}"),
+                None => bail!("connection ended"),
+            }
+        }
+    }
+
     /// The next text frame (pings/pongs skipped), waiting at most `limit`.
     pub async fn next_text_within(&mut self, limit: Duration) -> Result<String> {
-        tokio::time::timeout(limit, async {
-            loop {
-                match self.ws.next().await {
-                    Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
-                    Some(Ok(Message::Close(frame))) => bail!("closed by server: {frame:?}"),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => bail!("socket error: {e}"),
-                    None => bail!("connection ended"),
-                }
-            }
-        })
-        .await
-        .context("no event arrived in time")?
+        tokio::time::timeout(limit, self.next_text_or_end())
+            .await
+            .context("no event arrived in time")?
     }
 
     /// The next text frame, waiting at most [`WAIT`].
@@ -83,11 +86,13 @@ impl Client {
         serde_json::from_str(&text).with_context(|| format!("frame is not JSON: {text}"))
     }
 
-    /// Fail if a text frame arrives within `window` (used to check that nothing is delivered).
+    /// Fail if a text frame arrives within `window`, or if the connection ends meanwhile (a
+    /// closed connection receives nothing, which proves nothing).
     pub async fn expect_silence(&mut self, window: Duration) -> Result<()> {
-        match self.next_text_within(window).await {
-            Ok(text) => bail!("unexpected event: {text}"),
+        match tokio::time::timeout(window, self.next_text_or_end()).await {
             Err(_) => Ok(()),
+            Ok(Ok(text)) => bail!("unexpected event: {text}"),
+            Ok(Err(ended)) => Err(ended.context("expected an open, silent connection")),
         }
     }
 

@@ -28,6 +28,10 @@ pub struct GatewayOptions {
     pub args: Vec<String>,
     /// `RLIMIT_NOFILE` (soft, hard) the process starts with, instead of the test's own.
     pub nofile: Option<(u64, u64)>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// `--listen` and `--admin-listen`; `None`: `127.0.0.1:0` for both.
+    pub listen: Option<(String, String)>,
 }
 
 impl GatewayOptions {
@@ -64,6 +68,18 @@ impl GatewayOptions {
         self
     }
 
+    /// Set an environment variable of the process.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Listen on these addresses (any form `--listen` takes) instead of `127.0.0.1:0`.
+    pub fn listen(mut self, public: &str, admin: &str) -> Self {
+        self.listen = Some((public.to_string(), admin.to_string()));
+        self
+    }
+
     /// Add command-line arguments.
     pub fn arg(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|s| s.to_string()));
@@ -79,16 +95,19 @@ pub struct Gateway {
     /// Admin address.
     pub admin: String,
     logs: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 /// Path of the gateway binary built by `cargo build` (the Makefile builds it before tests).
 pub fn gateway_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test-binary> → target/<profile>/gleepost-gateway
-    let dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .context("unexpected test binary location")?;
+    // target/<profile>/deps/<test-binary> → target/<profile>/gleepost-gateway; a binary of this
+    // crate (target/<profile>/chaos) has it next to itself.
+    let own_dir = exe.parent().context("unexpected test binary location")?;
+    let dir = match own_dir.file_name() {
+        Some(name) if name == "deps" => own_dir.parent().unwrap_or(own_dir),
+        _ => own_dir,
+    };
     let bin = dir.join("gleepost-gateway");
     if !bin.exists() {
         bail!(
@@ -103,7 +122,11 @@ impl Gateway {
     /// Start a gateway and wait until it listens.
     pub async fn start(options: GatewayOptions) -> Result<Gateway> {
         let mut cmd = Command::new(gateway_binary()?);
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        let (public, admin) = options
+            .listen
+            .clone()
+            .unwrap_or_else(|| ("127.0.0.1:0".into(), "127.0.0.1:0".into()));
+        cmd.args(["--listen", &public, "--admin-listen", &admin])
             .args([
                 "--log-format",
                 "json",
@@ -116,9 +139,11 @@ impl Gateway {
             .env_remove("REDIS_CLUSTER_URLS")
             .env_remove("REDIS_SENTINEL_URLS")
             .env_remove("REDIS_SENTINEL_MASTER")
+            .env_remove("GATEWAY_DEV")
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .args(&options.args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(url) = &options.redis_url {
             cmd.env("REDIS_URL", url);
@@ -145,6 +170,16 @@ impl Gateway {
         }
         let mut child = cmd.spawn().context("spawning gleepost-gateway")?;
         let stderr = child.stderr.take().context("no stderr")?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        {
+            let stdout = stdout.clone();
+            let out = child.stdout.take().context("no stdout")?;
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    stdout.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         {
@@ -178,6 +213,7 @@ impl Gateway {
             public,
             admin,
             logs,
+            stdout,
         })
     }
 
@@ -311,6 +347,14 @@ impl Gateway {
         }
     }
 
+    /// Every line the process wrote to stdout so far (the dev mode banner).
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Every log line so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -380,20 +424,40 @@ pub fn token_issued_at(user: u64, issued_at: Option<u64>) -> String {
     .unwrap_or_default()
 }
 
+/// `gleepost-gateway <args>` as an operator would run it: with `env` on top of an environment
+/// without any Redis, dev mode, colour or backtrace settings; its output once it exits (at most
+/// 30 s; killed beyond).
+pub async fn gateway_command(args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Output> {
+    let mut command = tokio::process::Command::new(gateway_binary()?);
+    command.args(args);
+    for name in [
+        "REDIS_URL",
+        "REDIS_CLUSTER_URLS",
+        "REDIS_SENTINEL_URLS",
+        "REDIS_SENTINEL_MASTER",
+        "GATEWAY_DEV",
+        "NO_COLOR",
+        "RUST_BACKTRACE",
+        "RUST_LIB_BACKTRACE",
+    ] {
+        command.env_remove(name);
+    }
+    command
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .with_context(|| format!("`gleepost-gateway {}` did not finish", args.join(" ")))?
+        .context("running gleepost-gateway")
+}
+
 /// Run `gleepost-gateway publish --users <users> --event <event>` with `env` (e.g. `REDIS_URL`
-/// or `REDIS_CLUSTER_URLS`), like an operator would; fails unless it succeeds in 30 s.
+/// or `REDIS_CLUSTER_URLS`), like an operator would; fails unless it succeeds.
 pub async fn publish_subcommand(env: &[(&str, &str)], users: &[u64], event: &str) -> Result<()> {
     let users: Vec<String> = users.iter().map(u64::to_string).collect();
-    let mut command = tokio::process::Command::new(gateway_binary()?);
-    command
-        .args(["publish", "--users", &users.join(","), "--event", event])
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_CLUSTER_URLS")
-        .envs(env.iter().copied())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
-        .await
-        .context("`gleepost-gateway publish` did not finish")??;
+    let users = users.join(",");
+    let output = gateway_command(&["publish", "--users", &users, "--event", event], env).await?;
     if !output.status.success() {
         bail!(
             "`gleepost-gateway publish` failed ({}): {}{}",
@@ -403,4 +467,42 @@ pub async fn publish_subcommand(env: &[(&str, &str)], users: &[u64], event: &str
         );
     }
     Ok(())
+}
+
+/// The local addresses with a TCP socket listening on `port` (from `/proc/net/tcp` and
+/// `/proc/net/tcp6`, so every process of this network namespace counts).
+pub fn listening_addresses(port: u16) -> Result<Vec<std::net::IpAddr>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut found = Vec::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let table = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st …; st 0A = LISTEN
+            let (Some(local), Some("0A")) = (fields.get(1), fields.get(3).copied()) else {
+                continue;
+            };
+            let Some((ip, p)) = local.split_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(p, 16).ok() != Some(port) {
+                continue;
+            }
+            // The address is in the kernel's byte order: 32-bit words, each little-endian.
+            let words: Vec<u32> = (0..ip.len() / 8)
+                .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).map(u32::swap_bytes))
+                .collect::<Result<_, _>>()?;
+            found.push(match (v6, words.as_slice()) {
+                (false, [a]) => IpAddr::V4(Ipv4Addr::from(*a)),
+                (true, [a, b, c, d]) => {
+                    let bytes: Vec<u8> =
+                        [a, b, c, d].iter().flat_map(|w| w.to_be_bytes()).collect();
+                    let bytes: [u8; 16] = bytes.try_into().unwrap_or_default();
+                    IpAddr::V6(Ipv6Addr::from(bytes))
+                }
+                _ => bail!("unexpected address {local:?} in {file}"),
+            });
+        }
+    }
+    Ok(found)
 }

@@ -1,6 +1,7 @@
 //! End-to-end test harness: real `redis-server` processes, real `gleepost-gateway` processes
 //! and real WebSocket clients, so each test in `tests/` reads like the scenario it checks.
 
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod gateway;
@@ -31,31 +32,18 @@ pub mod seed {
     pub const NOTIFICATION: &str = r#"{"type":"notification","location":"/notifications","data":{"id":596,"type":"added_you","time":"2013-12-16T14:33:40.260990792Z","user":{"id":2395,"username":"TestingUser","profile_image":"https://s3-eu-west-1.amazonaws.com/gpimg/5c780da1230506100f037abf88d74d88cb0556510c49af40c95ee02e0a35ad57.png"}}}"#;
 }
 
-/// The text of the `data` member of an event frame, exactly as sent (byte-exact checks).
+/// The text of the `data` member of an event frame, exactly as sent (byte-exact checks);
+/// `None` when the frame is not a JSON object with a `data` member.
 pub fn data_text(frame: &str) -> Option<&str> {
-    let start = frame.find("\"data\":")? + "\"data\":".len();
-    let value = &frame[start..];
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, b) in value.bytes().enumerate() {
-        match (in_string, b) {
-            (true, _) if escaped => escaped = false,
-            (true, b'\\') => escaped = true,
-            (true, b'"') => in_string = false,
-            (true, _) => {}
-            (false, b'"') => in_string = true,
-            (false, b'{' | b'[') => depth += 1,
-            (false, b'}' | b']') => match depth {
-                0 => return Some(&value[..i]),
-                1 => return Some(&value[..=i]),
-                _ => depth -= 1,
-            },
-            (false, b',') if depth == 0 => return Some(&value[..i]),
-            _ => {}
-        }
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        // Not an Option: that would turn `"data":null` into `None`.
+        #[serde(borrow)]
+        data: &'a serde_json::value::RawValue,
     }
-    None
+    serde_json::from_str::<Envelope<'_>>(frame)
+        .ok()
+        .map(|e| e.data.get())
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released).

@@ -146,6 +146,13 @@ async fn across_nodes(a: &Gateway, b: &Gateway, kill_b: impl FnOnce() -> Result<
 
     // A node that dies stops counting.
     drop(ten_a);
+    eventually(READY, "user 10 left node a", || async {
+        let got = presence(a, "10").await?;
+        ensure!(got == json!({"10": 0}), "presence {got}");
+        Ok(())
+    })
+    .await?;
+    // Now the only count of user 10 is node b's.
     let _ten_b = b.connect(ten).await?;
     eventually(READY, "presence sees user 10 on b", || async {
         let got = presence(a, "10").await?;
@@ -175,7 +182,9 @@ async fn disconnect_revoke_presence_and_online_across_two_nodes_on_redis() -> Re
         Ok(())
     })
     .await?;
-    ensure!(!b.is_running(), "node b survived SIGKILL");
+    b.wait_exit(Duration::from_secs(10))
+        .await
+        .context("node b survived SIGKILL")?;
     Ok(())
 }
 
@@ -191,7 +200,9 @@ async fn disconnect_revoke_presence_and_online_across_two_nodes_on_a_cluster() -
         Ok(())
     })
     .await?;
-    ensure!(!b.is_running(), "node b survived SIGKILL");
+    b.wait_exit(Duration::from_secs(10))
+        .await
+        .context("node b survived SIGKILL")?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use gleepost_event::{Event, HistoryConfig, Publisher};
+use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::resume::{parse_frame, seq_event, Frame, SeqCheck};
 use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
@@ -329,6 +330,8 @@ async fn gap_repair_covers_an_outage_before_any_event_was_delivered() -> Result<
     SeqCheck::new("user 71, connected through the outage", 1)
         .read_until(&mut client, 6)
         .await?;
+    // The five events missed were sent by gap repair, and counted as replayed.
+    wait_metric(&gw, "gleepost_gateway_events_replayed_total", 5.0).await?;
     Ok(())
 }
 
@@ -402,6 +405,12 @@ async fn outage_longer_than_the_history(user: u64, before: u64) -> Result<()> {
         resyncs == ["trimmed"],
         "expected one resync (trimmed), got {resyncs:?}"
     );
+    wait_metric(
+        &gw,
+        r#"gleepost_gateway_resyncs_total{reason="trimmed"}"#,
+        1.0,
+    )
+    .await?;
     Ok(())
 }
 
@@ -446,6 +455,12 @@ async fn gap_repair_after_redis_lost_its_data_during_the_outage_sends_resync() -
         resyncs == ["epoch_changed"],
         "expected one resync (epoch_changed), got {resyncs:?}"
     );
+    wait_metric(
+        &gw,
+        r#"gleepost_gateway_resyncs_total{reason="epoch_changed"}"#,
+        1.0,
+    )
+    .await?;
     Ok(())
 }
 

@@ -69,7 +69,6 @@ impl Event {
         let mut out = Vec::with_capacity(self.encoded_len());
         // Infallible: writing into a Vec performs no I/O, and every member is a string or an
         // already-valid RawValue, whose Serialize impls never fail.
-        #[allow(clippy::expect_used)]
         serde_json::to_writer(&mut out, self).expect("serializing an Event into a Vec cannot fail");
         Bytes::from(out)
     }

@@ -180,26 +180,6 @@ impl Template {
         out
     }
 
-    /// A Redis glob pattern matching every rendered channel (`{id}` becomes `*`, glob
-    /// metacharacters in literals are escaped), e.g. for `PSUBSCRIBE`.
-    pub fn glob_pattern(&self) -> String {
-        let mut out = String::with_capacity(self.source.len());
-        for part in &self.parts {
-            match part {
-                Part::Lit(s) => {
-                    for c in s.chars() {
-                        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                            out.push('\\');
-                        }
-                        out.push(c);
-                    }
-                }
-                Part::Id | Part::Token => out.push('*'),
-            }
-        }
-        out
-    }
-
     /// Recognises a channel rendered by [`Template::render_id`] and returns its user id.
     ///
     /// Only canonical decimal ids match (no sign, no leading zeros, fits in `u64`). Always `None`

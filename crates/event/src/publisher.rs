@@ -26,11 +26,20 @@ use crate::validate::{validate, Limits, ValidationError};
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// The event failed validation; nothing was published.
-    #[error("invalid event: {0}")]
+    #[error("invalid event")]
     Invalid(#[from] ValidationError),
-    /// Connecting to or talking to Redis failed. When a pipeline fails, some users may already
-    /// have received the event.
-    #[error("redis error: {0}")]
+    /// The first connection to Redis failed (`address`: host and port of the server or of the
+    /// cluster's seeds, without credentials).
+    #[error("connecting to Redis at {address}")]
+    Connect {
+        /// Where the connection was tried.
+        address: String,
+        /// Why it failed.
+        source: redis::RedisError,
+    },
+    /// Talking to Redis failed. When a pipeline fails, some users may already have received
+    /// the event.
+    #[error("Redis")]
     Redis(#[from] redis::RedisError),
 }
 
@@ -73,7 +82,10 @@ impl Publisher {
     /// re-established automatically after failures.
     pub async fn connect(redis_url: &str) -> Result<Publisher, PublishError> {
         let client = redis::Client::open(redis_url)?;
-        let conn = ConnectionManager::new(client).await?;
+        let address = client.get_connection_info().addr().to_string();
+        let conn = ConnectionManager::new(client)
+            .await
+            .map_err(|source| PublishError::Connect { address, source })?;
         Ok(Publisher::from_manager(conn))
     }
 
@@ -82,7 +94,20 @@ impl Publisher {
     /// gateway channel by the same script that appends it to the history.
     pub async fn connect_cluster(seed_urls: &[String]) -> Result<Publisher, PublishError> {
         let client = redis::cluster::ClusterClient::new(seed_urls.to_vec())?;
-        let conn = client.get_async_connection().await?;
+        let address = seed_urls
+            .iter()
+            .map(
+                |url| match redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                    Ok(info) => info.addr().to_string(),
+                    Err(_) => "?".to_string(),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join(", ");
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|source| PublishError::Connect { address, source })?;
         Ok(Publisher::from_conn(RedisConn::Cluster(conn)))
     }
 

@@ -130,15 +130,6 @@ fn match_id_with_suffix_and_prefix_collisions() {
 }
 
 #[test]
-fn glob_pattern() {
-    assert_eq!(Template::parse("c:{id}").unwrap().glob_pattern(), "c:*");
-    assert_eq!(
-        Template::parse("a*[b]?\\{id}").unwrap().glob_pattern(),
-        "a\\*\\[b\\]\\?\\\\*"
-    );
-}
-
-#[test]
 fn hash_tagged_keys() {
     assert_eq!(history_key(9), "gp:hist:{9}");
     assert_eq!(epoch_key(9), "gp:epoch:{9}");

@@ -4,11 +4,15 @@
 //! safe for production: without `--dev` the gateway refuses to start without a JWT secret and an
 //! API key. The README's configuration table mirrors this file.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
+
+use crate::config_values::parse_listen;
+pub use crate::config_values::ListenAddr;
 
 /// Top-level command line.
 #[derive(Debug, Parser)]
@@ -67,17 +71,20 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Development mode: embedded broker allowed, generated JWT secret and API key, prints a token
-    /// and ready-to-paste commands.
-    #[arg(long, env = "GATEWAY_DEV", default_value_t = false)]
+    /// and ready-to-paste commands; both ports on loopback unless given. `GATEWAY_DEV` takes
+    /// 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "GATEWAY_DEV", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub dev: bool,
 
-    /// Public listen address (WebSocket endpoint `GET /ws`).
-    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+    /// Public listen address (WebSocket endpoint `GET /ws`): IP:PORT, localhost:PORT or a bare
+    /// PORT. Default: 0.0.0.0:8080; 127.0.0.1:8080 with --dev (a bare port keeps that host).
+    #[arg(long, env = "GATEWAY_LISTEN", value_parser = parse_listen)]
+    pub listen: Option<ListenAddr>,
 
-    /// Admin listen address (publish API, metrics, health).
-    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
-    pub admin_listen: SocketAddr,
+    /// Admin listen address (publish API, metrics, health), in the forms of --listen.
+    /// Default: 0.0.0.0:9090; 127.0.0.1:9090 with --dev.
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", value_parser = parse_listen)]
+    pub admin_listen: Option<ListenAddr>,
 
     /// Most open connections on the admin port (at least 2); beyond it the connection that has
     /// waited longest for its request is closed to make room, and at most 7/8 of them handle a
@@ -262,14 +269,21 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_REPLAY", default_value_t = 1_000)]
     pub max_replay: usize,
 
-    /// After SIGTERM, keep serving (unready) this long so load balancers notice.
+    /// After SIGTERM, keep serving (unready) this long so load balancers notice. Default: 5s;
+    /// 0s with --dev.
     #[arg(long, env = "GATEWAY_PRE_DRAIN_DELAY", value_parser = parse_duration)]
     pub pre_drain_delay: Option<Duration>,
 
-    /// Spread the closing of connections over this window after the pre-drain delay.
+    /// Spread the closing of connections over this window after the pre-drain delay. Default:
+    /// 20s; 0s with --dev.
     #[arg(long, env = "GATEWAY_DRAIN_WINDOW", value_parser = parse_duration)]
     pub drain_window: Option<Duration>,
 }
+
+/// Default public port.
+pub const DEFAULT_PUBLIC_PORT: u16 = 8080;
+/// Default admin port.
+pub const DEFAULT_ADMIN_PORT: u16 = 9090;
 
 /// Production defaults of the drain settings (dev mode uses zero so Ctrl-C is instant).
 pub const DEFAULT_PRE_DRAIN_DELAY: Duration = Duration::from_secs(5);
@@ -345,6 +359,30 @@ impl Config {
         }))
     }
 
+    /// Where a bare port (or no address) binds: every interface, or loopback in dev mode, so that
+    /// a developer's publish API and generated key are not open to their network.
+    fn default_host(&self) -> IpAddr {
+        if self.dev {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        }
+    }
+
+    /// Effective public listen address.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or(ListenAddr::Port(DEFAULT_PUBLIC_PORT))
+            .resolve(self.default_host())
+    }
+
+    /// Effective admin listen address.
+    pub fn admin_listen(&self) -> SocketAddr {
+        self.admin_listen
+            .unwrap_or(ListenAddr::Port(DEFAULT_ADMIN_PORT))
+            .resolve(self.default_host())
+    }
+
     /// The history settings.
     pub fn history(&self) -> gleepost_event::HistoryConfig {
         gleepost_event::HistoryConfig {
@@ -392,8 +430,8 @@ mod tests {
     #[test]
     fn defaults_parse() {
         let cli = Cli::try_parse_from(["gleepost-gateway"]).unwrap();
-        assert_eq!(cli.config.listen.port(), 8080);
-        assert_eq!(cli.config.admin_listen.port(), 9090);
+        assert_eq!(cli.config.listen(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(cli.config.admin_listen(), "0.0.0.0:9090".parse().unwrap());
         assert_eq!(cli.config.channels, vec!["c:{id}", "n:{id}"]);
         assert_eq!(cli.config.ping_interval, Duration::from_secs(30));
         assert_eq!(cli.config.drain_window(), DEFAULT_DRAIN_WINDOW);
@@ -403,6 +441,38 @@ mod tests {
         assert_eq!(cli.config.connect_rate_per_ip, 0);
         assert_eq!(cli.config.auth_failures_per_ip, 50);
         assert!(cli.config.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn dev_mode_binds_loopback_unless_told_otherwise() {
+        let config = |args: &[&str]| {
+            Cli::try_parse_from(["gleepost-gateway"].iter().chain(args))
+                .unwrap()
+                .config
+        };
+        let dev = config(&["--dev"]);
+        assert_eq!(dev.listen(), "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(dev.admin_listen(), "127.0.0.1:9090".parse().unwrap());
+        let bare = config(&["--dev", "--listen", "8081", "--admin-listen", "9091"]);
+        assert_eq!(bare.listen(), "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(bare.admin_listen(), "127.0.0.1:9091".parse().unwrap());
+        let open = config(&[
+            "--dev",
+            "--listen",
+            "0.0.0.0:8080",
+            "--admin-listen",
+            "[::]:1",
+        ]);
+        assert_eq!(open.listen(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(open.admin_listen(), "[::]:1".parse().unwrap());
+        assert_eq!(
+            config(&["--listen", "8081"]).listen(),
+            "0.0.0.0:8081".parse().unwrap()
+        );
+        assert_eq!(
+            config(&["--listen", "localhost:8081"]).listen(),
+            "127.0.0.1:8081".parse().unwrap()
+        );
     }
 
     #[test]

@@ -27,9 +27,10 @@ pub(crate) enum Replay {
 pub(crate) fn resync_frame(reason: &str, latest: Option<&str>) -> Utf8Bytes {
     let body = format!(r#"{{"type":"resync","data":{{"reason":"{reason}"}}}}"#);
     match latest {
-        // The id comes from the store: one that is not an event id (a corrupted epoch key) is
-        // left out, so that the frame stays JSON.
+        // The id comes from the store: one that is not an event id (a corrupted epoch key in
+        // Redis, found by fuzzing) is left out, so that the frame stays JSON.
         Some(id) if EventId::parse(id).is_some() => {
+            // Never falls back: `body` and `id` are both UTF-8, so is the splice.
             Utf8Bytes::try_from(splice_id(body.as_bytes(), id)).unwrap_or(body.into())
         }
         _ => body.into(),

@@ -6,12 +6,14 @@
 //! the socket.
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod admin;
 mod auth;
 mod broker;
 mod capacity;
 pub mod config;
+pub mod config_values;
 mod dev;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -1,12 +1,25 @@
 //! `gleepost-gateway`: serve, or run one of the operator tools.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use gleepost_gateway::config::{Cli, Command};
-use gleepost_gateway::{server, tools};
+use gleepost_gateway::{config_values, server, tools};
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let note = config_values::env_note::<Cli>(&error, &args);
+            let _ = error.print();
+            if let Some(note) = note {
+                eprintln!("{note}");
+            }
+            std::process::exit(error.exit_code());
+        }
+    };
     let runtime = runtime(cli.config.worker_threads).context("starting the tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {

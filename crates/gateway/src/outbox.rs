@@ -16,7 +16,8 @@ use futures_util::task::AtomicWaker;
 use gleepost_event::history::frame_id;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// One event frame, shared (reference counted) by every recipient of a publish.
+/// One event frame, shared (reference counted) by every connection it is queued on: all the
+/// recipients of a publish without history, a user's connections with history (per-user id).
 #[derive(Clone, Debug)]
 pub(crate) struct Frame {
     /// The encoded event, sent as one text frame.

@@ -1,5 +1,6 @@
 //! Startup and shutdown order of one gateway node.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{Authenticator, GleepostAuth, JwtAuth};
+use crate::broker::redis::PUBSUB_TIMEOUT_FACTOR;
 use crate::broker::{Broker, Dispatcher, MemoryBroker, RedisBroker, RedisSettings};
 use crate::config::{Config, LogFormat};
 use crate::metrics::Metrics;
@@ -28,8 +30,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 pub fn init_logging(config: &Config) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .with_context(|| format!("invalid log filter {:?}", config.log))?;
+    // Colours only for a terminal: a pipe or a file gets plain text, no escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -155,14 +159,14 @@ pub async fn run(config: Config) -> Result<()> {
         ConnSettings {
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
-            subscribe_timeout: config.redis_timeout * 5,
+            subscribe_timeout: config.redis_timeout * PUBSUB_TIMEOUT_FACTOR,
             websocket: websocket_config(&config),
             client_frame_rate: config.client_frame_rate,
         },
     );
 
-    let public = bind(config.listen, "public")?;
-    let admin = bind(config.admin_listen, "admin")?;
+    let public = bind(config.listen(), "public")?;
+    let admin = bind(config.admin_listen(), "admin")?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     tracing::info!(public = %public_addr, admin = %admin_addr, redis = config.redis_url.is_some() || !config.redis_cluster_urls.is_empty(), "listening");

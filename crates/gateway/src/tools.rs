@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use gleepost_event::{parse_and_validate, Limits, Publisher};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Error as WsError, Message};
 
 use crate::auth::JwtAuth;
 use crate::broker::RedisTarget;
@@ -43,11 +44,14 @@ pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> 
             node,
         } => Publisher::connect_sentinel(&sentinels, &master, node, config.redis_timeout).await,
     }
-    .context("connecting to Redis")?
+    .map_err(|e| anyhow::anyhow!(causes(&e)))?
     .with_history(config.history())
     .with_replicas(config.publish_replicas, config.redis_timeout)
     .with_limits(limits);
-    let report = publisher.publish(users, &event).await?;
+    let report = publisher
+        .publish(users, &event)
+        .await
+        .map_err(|e| anyhow::anyhow!("publishing: {}", causes(&e)))?;
     println!(
         "published to {} users ({} subscribed gateway nodes received it)",
         report.users, report.receivers
@@ -55,21 +59,111 @@ pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> 
     Ok(())
 }
 
+/// An error and its causes on one line, each cause once: Redis errors carry their I/O error
+/// both in their text and as their source, which a plain chain would print three times.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// `gleepost-gateway client`: print each event frame received from `url` until it closes.
 pub async fn client(url: &str) -> Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .context("connecting (is the gateway running and the token valid?)")?;
+    let (mut ws, _) = match tokio_tungstenite::connect_async(url).await {
+        Ok(connected) => connected,
+        // A refusal: its status and JSON body say why (401 bad token, 429, 503…).
+        Err(WsError::Http(response)) => bail!("{}", refusal(&response)),
+        Err(e) => bail!(
+            "connecting to {} (is the gateway running?): {}",
+            redact(url),
+            causes(&e)
+        ),
+    };
     eprintln!("connected; waiting for events (Ctrl-C to quit)");
     while let Some(msg) = ws.next().await {
-        match msg? {
+        match msg.map_err(|e| anyhow::anyhow!("connection lost: {}", causes(&e)))? {
             Message::Text(text) => println!("{text}"),
             Message::Close(frame) => {
-                eprintln!("closed by server: {frame:?}");
+                eprintln!("closed by server: {}", close_text(frame.as_ref()));
                 break;
             }
             _ => {}
         }
     }
     Ok(())
+}
+
+/// `401 Unauthorized: {"error":"…"}`.
+fn refusal(response: &tungstenite::http::Response<Option<Vec<u8>>>) -> String {
+    let status = response.status();
+    let body = response
+        .body()
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    format!(
+        "the gateway refused the connection: {} {}{}{}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        if body.is_empty() { "" } else { ": " },
+        body.trim_end()
+    )
+}
+
+/// `1001 server going away`; `no close code` for an empty close frame.
+fn close_text(frame: Option<&CloseFrame>) -> String {
+    match frame {
+        Some(frame) if frame.reason.is_empty() => u16::from(frame.code).to_string(),
+        Some(frame) => format!("{} {}", u16::from(frame.code), frame.reason),
+        None => "no close code".to_string(),
+    }
+}
+
+/// The URL without its query (it carries the access token).
+fn redact(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(base, _)| base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    #[test]
+    fn close_frames_read_as_code_and_reason() {
+        let frame = CloseFrame {
+            code: CloseCode::Away,
+            reason: "server going away".into(),
+        };
+        assert_eq!(close_text(Some(&frame)), "1001 server going away");
+        let bare = CloseFrame {
+            code: CloseCode::Library(4001),
+            reason: "".into(),
+        };
+        assert_eq!(close_text(Some(&bare)), "4001");
+        assert_eq!(close_text(None), "no close code");
+    }
+
+    #[test]
+    fn each_cause_is_shown_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let redis = redis::RedisError::from(io);
+        let error = gleepost_event::PublishError::Connect {
+            address: "127.0.0.1:1".into(),
+            source: redis,
+        };
+        let text = causes(&error);
+        assert!(
+            text.starts_with("connecting to Redis at 127.0.0.1:1: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("refused").count(), 1, "{text}");
+    }
 }

@@ -82,7 +82,6 @@ pub fn event<T: Serialize + ?Sized>(
 fn raw<T: Serialize>(data: &T) -> Box<RawValue> {
     // Infallible: the payload structs hold only strings, integers, booleans, vectors and
     // options of those, all of which always serialize.
-    #[allow(clippy::expect_used)]
     to_raw_value(data).expect("payload structs always serialize")
 }
 

@@ -162,3 +162,47 @@ impl Authenticator {
         checker.check(user, &renewal.0).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every `auth_failures_total` reason the code can emit (the `Invalid("…")` labels and the
+    /// JWT error mapping in this module's files, and `store_unavailable`) is named in
+    /// docs/operations.md's metrics table.
+    #[test]
+    fn operations_md_names_every_auth_failure_reason() {
+        let doc = include_str!("../../../../docs/operations.md");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with("| `auth_failures_total{reason}`"))
+            .unwrap_or_default();
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("jwt.rs"),
+            include_str!("gleepost.rs"),
+        ];
+        let mut reasons = vec![super::AuthError::Unavailable.label().to_string()];
+        for source in sources {
+            // Code only, not the tests.
+            let source = source.split("#[cfg(test)]").next().unwrap_or_default();
+            // `Invalid("reason")` and the JWT mapping's `=> "reason",` arms.
+            for (open, close) in [("Invalid(\"", "\")"), ("=> \"", "\",")] {
+                for piece in source.split(open).skip(1) {
+                    if let Some((label, _)) = piece.split_once(close) {
+                        if !label.is_empty()
+                            && label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        {
+                            reasons.push(label.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        assert!(reasons.len() > 10, "found only {reasons:?}");
+        for reason in reasons {
+            assert!(
+                row.contains(&format!("`{reason}`")),
+                "operations.md's auth_failures_total row does not name {reason:?}"
+            );
+        }
+    }
+}

@@ -3,8 +3,9 @@
 //! - [`MemoryBroker`]: in-process, for a single node (no `REDIS_URL`).
 //! - [`RedisBroker`]: per-user Redis channels on one shared subscription per node.
 //!
-//! Either way an event is encoded once per publish and shared by every recipient (with history
-//! on, each user's copy carries that user's id).
+//! Either way an event is encoded once per publish. Without history the same bytes reach every
+//! recipient; with history each user's copy carries that user's event id (spliced in per user),
+//! and the connections of one user share that one frame.
 //!
 //! Besides events, a broker carries the backend's control of connections: disconnecting every
 //! connection of a user on every node, token revocation, and presence (connections per user

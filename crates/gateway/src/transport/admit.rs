@@ -22,6 +22,8 @@ use crate::registry::AtCapacity;
 
 /// A subscription that is not confirmed in time is logged at most once per second.
 static SUBSCRIBE_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
+/// Revocation checks that could not be made are logged at most once per second.
+static REVOCATION_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 
 /// An admitted client: its place in the registry (subscribed), who it is, and its address slot
 /// (held until the client leaves).
@@ -124,7 +126,9 @@ fn auth_refusal(node: &Node, edge: &Edge, addr: AddrKey, e: AuthError) -> Respon
 }
 
 /// A JWT issued before its user's revocation time (or without `iat` while one holds) is
-/// refused (`POST /v1/disconnect` with `revoke_tokens_before`).
+/// refused (`POST /v1/disconnect` with `revoke_tokens_before`). When the broker cannot answer
+/// (within the Redis timeout) the connection is admitted and counted
+/// (`revocation_unchecked_total`).
 async fn not_revoked(node: &Node, identity: &Identity) -> Result<(), AuthError> {
     let Credentials::Jwt { issued_at } = identity.credentials else {
         return Ok(());
@@ -134,9 +138,14 @@ async fn not_revoked(node: &Node, identity: &Identity) -> Result<(), AuthError> 
             Err(AuthError::Invalid("jwt_revoked"))
         }
         Ok(_) => Ok(()),
+        // Availability first: a broker that cannot answer could not deliver a disconnect
+        // either; the connection is admitted, counted and logged.
         Err(e) => {
-            tracing::debug!(error = %e, "revocation check failed");
-            Err(AuthError::Unavailable)
+            node.metrics.revocation_unchecked.inc();
+            if let Some(suppressed) = REVOCATION_LOG.allow() {
+                tracing::warn!(error = %e, suppressed, "revocation not checked: broker unavailable");
+            }
+            Ok(())
         }
     }
 }

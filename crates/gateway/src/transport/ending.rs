@@ -57,10 +57,20 @@ pub(super) fn socket_error(error: &WsError) -> Result<CloseReason, End> {
         // The bounded write buffer is full (our frames or pongs to the client's pings): the
         // client does not read.
         WsError::WriteBufferFull(_) => Ok(CloseReason::SlowConsumer),
-        WsError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Err(End::ClientGone),
+        // The peer vanished: reset, closed under a write (EPIPE), aborted, or ended mid-frame.
+        WsError::Io(e) if client_vanished(e.kind()) => Err(End::ClientGone),
         WsError::ConnectionClosed | WsError::AlreadyClosed => Err(End::ClientGone),
         _ => Err(End::SocketError),
     }
+}
+
+/// I/O errors that mean the client's side of the TCP connection is gone.
+fn client_vanished(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof | NotConnected
+    )
 }
 
 /// [`socket_error`] as the session's ending: a close reason becomes `End::Closed` (the caller
@@ -116,6 +126,37 @@ mod tests {
         fn drop(&mut self) {
             self.0.store(true, Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn a_vanished_client_is_client_gone_not_a_socket_error() {
+        use std::io::{Error, ErrorKind};
+        let label = |error: WsError| ending(&error).label();
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::BrokenPipe,
+            ErrorKind::ConnectionAborted,
+            ErrorKind::UnexpectedEof,
+            ErrorKind::NotConnected,
+        ] {
+            assert_eq!(
+                label(WsError::Io(Error::from(kind))),
+                "client_gone",
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            label(WsError::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake
+            )),
+            "client_gone"
+        );
+        assert_eq!(label(WsError::ConnectionClosed), "client_gone");
+        // What is not the client leaving stays a socket error.
+        assert_eq!(
+            label(WsError::Io(Error::from(ErrorKind::OutOfMemory))),
+            "socket_error"
+        );
     }
 
     #[tokio::test]

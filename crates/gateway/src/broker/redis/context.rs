@@ -11,6 +11,10 @@ use super::state::State;
 use super::topology::Topology;
 use crate::broker::Dispatcher;
 
+/// A pub/sub round (connect, subscribe, resubscribe) may take this many Redis command timeouts
+/// (`--redis-timeout`) before it is abandoned; a new user's subscription is waited for as long.
+pub(crate) const PUBSUB_TIMEOUT_FACTOR: u32 = 5;
+
 /// Which Redis deployment.
 #[derive(Clone, Debug)]
 pub(crate) enum RedisTarget {
@@ -100,6 +104,6 @@ impl Context {
     /// The longest wait for a pub/sub connect or command round (a Redis that stops answering
     /// must not wedge the subscriber).
     pub(super) fn pubsub_limit(&self) -> Duration {
-        self.settings.timeout * 5
+        self.settings.timeout * PUBSUB_TIMEOUT_FACTOR
     }
 }

@@ -35,7 +35,7 @@ use gleepost_event::RedisConn;
 use tokio::sync::{mpsc, watch};
 
 use self::context::Context;
-pub(crate) use self::context::{RedisSettings, RedisTarget};
+pub(crate) use self::context::{RedisSettings, RedisTarget, PUBSUB_TIMEOUT_FACTOR};
 use self::history::RedisHistory;
 use self::state::State;
 use self::subscriptions::SubCommand;

@@ -54,17 +54,24 @@ pub(super) async fn repair(
         if let Some(last) = last {
             delivered.insert(user, last);
         }
+        // Counted like a resume's, once per connection the frame was queued on.
+        let metrics = shared.dispatcher.metrics();
         match replay {
             Replay::Events(frames) => {
                 events += frames.len();
                 for text in frames {
-                    shared.dispatcher.dispatch(user, text, entered);
+                    let queued = shared.dispatcher.dispatch(user, text, entered);
+                    metrics.events_replayed.inc_by(queued as u64);
                 }
             }
             Replay::Resync { reason, latest } => {
                 resyncs += 1;
                 let frame = Frame::new(resync_frame(reason, latest.as_deref()), entered);
-                shared.dispatcher.dispatch_frame(user, &frame);
+                let queued = shared.dispatcher.dispatch_frame(user, &frame);
+                metrics
+                    .resyncs
+                    .with_label_values(&[reason])
+                    .inc_by(queued as u64);
             }
         }
     }

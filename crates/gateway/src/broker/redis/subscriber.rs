@@ -347,11 +347,27 @@ mod tests {
 
     #[test]
     fn backoff_is_bounded_and_grows() {
+        // Many draws per attempt: jitter must not hide the trend.
+        let draws = |attempt: u32| (0..200).map(move |_| backoff(attempt));
         for attempt in 0..40 {
-            let d = backoff(attempt);
-            assert!(d <= Duration::from_secs(5));
-            assert!(d >= Duration::from_millis(50));
+            for d in draws(attempt) {
+                assert!(d <= Duration::from_secs(5));
+                assert!(d >= Duration::from_millis(50));
+            }
         }
-        assert!(backoff(0) <= Duration::from_millis(100));
+        assert!(draws(0).all(|d| d <= Duration::from_millis(100)));
+        // Two attempts later the shortest delay is longer than the longest one now (jitter
+        // is [d/2, d] and d doubles per attempt), until the 5 s cap.
+        for attempt in 0..5 {
+            let longest_now = draws(attempt).max().unwrap();
+            let shortest_later = draws(attempt + 2).min().unwrap();
+            assert!(
+                shortest_later > longest_now,
+                "attempt {attempt}: {longest_now:?}, attempt {}: {shortest_later:?}",
+                attempt + 2
+            );
+        }
+        // At the cap: between 2.5 s and 5 s, not back to short delays.
+        assert!(draws(30).all(|d| d >= Duration::from_millis(2_500)));
     }
 }

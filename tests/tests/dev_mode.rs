@@ -67,7 +67,8 @@ async fn gateway_dev_1_binds_both_ports_on_loopback_and_the_banner_says_so() -> 
 async fn listen_takes_localhost_and_port() -> Result<()> {
     let gw = Gateway::start(GatewayOptions::default().listen("localhost:0", "localhost:0")).await?;
     // Not dev mode: no demo page.
-    ensure!(http::request(&gw.public, "GET", "/", &[], b"").await?.status == 404);
+    let root = http::request(&gw.public, "GET", "/", &[], b"").await?;
+    ensure!(root.status == 404, "GET / without --dev: {}", root.status);
     let admin: SocketAddr = gw.admin.parse()?;
     ensure!(
         listening_addresses(admin.port())? == [IpAddr::V4(Ipv4Addr::LOCALHOST)],

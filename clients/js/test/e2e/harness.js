@@ -252,6 +252,7 @@ export async function openClientPage(browser, pageUrl, options) {
     events: () => page.evaluate(() => window.received),
     states: () => page.evaluate(() => window.states),
     fallbacks: () => page.evaluate(() => window.fallbacks),
+    tokenRequests: () => page.evaluate(() => window.tokenRequests),
     close: async () => {
       await page.evaluate(() => window.client.close());
       await page.close();

@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster;
 pub mod gateway;
 pub mod http;
+pub mod jwks;
 pub mod loadgen;
 pub mod metrics;
 pub mod python;

@@ -13,11 +13,13 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::node::Node;
 
+mod api_keys;
 mod control;
 mod publish;
 mod server;
 mod slots;
 
+pub(crate) use api_keys::ApiKeys;
 pub(crate) use server::{serve, AdminLimits};
 
 /// What the connection layer tells a request's handler: when the request (body included) must

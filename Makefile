@@ -1,7 +1,7 @@
 # Gleepost realtime gateway — developer commands.
 CARGO ?= cargo
 
-.PHONY: run test lint build chart-check bench chaos fuzz
+.PHONY: run test test-js lint build chart-check bench chaos fuzz
 
 ## run: the gateway in dev mode on the embedded broker (prints a token and commands)
 # Built first, with cargo's progress shown (a first build takes a few minutes), then run quietly.
@@ -10,10 +10,15 @@ run:
 	$(CARGO) build -p gleepost-gateway
 	$(CARGO) run -q -p gleepost-gateway -- --dev
 
-## test: formatting, clippy, every unit and end-to-end test
+## test: formatting, clippy, every unit and end-to-end test, then the JS client's unit and browser tests
 test: lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+	$(MAKE) test-js
+
+## test-js: the JS client (clients/js): npm ci from the lockfile, then npm test (type check, unit tests, headless Chromium against target/debug/gleepost-gateway)
+test-js:
+	cd clients/js && npm ci --no-audit --no-fund && npm test
 
 ## lint: cargo fmt --check and clippy with warnings as errors (also the fuzzing feature and targets)
 lint:

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use gleepost_tests::gateway::listening_addresses;
 use gleepost_tests::redis_mode::eventually;
-use gleepost_tests::{seed, Gateway, GatewayOptions};
+use gleepost_tests::{http, seed, Gateway, GatewayOptions};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -41,6 +41,21 @@ async fn gateway_dev_1_binds_both_ports_on_loopback_and_the_banner_says_so() -> 
         banner.contains(&format!("ws://{}/ws?access_token=", gw.public)),
         "banner without the client URL: {banner}"
     );
+    // Issue 12 item 5: the banner links the demo page, which the public port serves with the
+    // JS client (the page itself is tested in a browser by clients/js/test/e2e/demo.test.js).
+    ensure!(
+        banner.contains(&format!("http://{}/#access_token=", gw.public)),
+        "banner without the demo page link: {banner}"
+    );
+    let page = http::request(&gw.public, "GET", "/", &[], b"").await?;
+    ensure!(page.status == 200, "GET / in dev mode: {}", page.status);
+    ensure!(page.header("content-type") == Some("text/html; charset=utf-8"));
+    ensure!(page.body_text().contains("from '/client/index.js'"));
+    let client = http::request(&gw.public, "GET", "/client/index.js", &[], b"").await?;
+    ensure!(
+        client.body_text() == include_str!("../../clients/js/src/index.js"),
+        "the served client is not clients/js/src/index.js"
+    );
     // It is dev mode indeed: publishing and delivery work on the embedded broker.
     let mut client = gw.connect(9).await?;
     gw.publish(&[9], seed::MESSAGE).await?;
@@ -51,6 +66,9 @@ async fn gateway_dev_1_binds_both_ports_on_loopback_and_the_banner_says_so() -> 
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_takes_localhost_and_port() -> Result<()> {
     let gw = Gateway::start(GatewayOptions::default().listen("localhost:0", "localhost:0")).await?;
+    // Not dev mode: no demo page.
+    let root = http::request(&gw.public, "GET", "/", &[], b"").await?;
+    ensure!(root.status == 404, "GET / without --dev: {}", root.status);
     let admin: SocketAddr = gw.admin.parse()?;
     ensure!(
         listening_addresses(admin.port())? == [IpAddr::V4(Ipv4Addr::LOCALHOST)],

@@ -1,4 +1,5 @@
-//! Dev mode: generated credentials and a banner with ready-to-paste commands.
+//! Dev mode: generated credentials and a banner with ready-to-paste commands and the link to the
+//! demo page (`transport/demo.rs`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub(crate) fn print_banner(
         }
     };
     let ws_url = format!("ws://{}/ws?access_token={token}", host(public));
+    // The token rides in the fragment: the browser never sends it in the page request.
+    let page_url = format!("http://{}/#access_token={token}", host(public));
     let body = format!(r#"{{"users":[9],"event":{SEED_MESSAGE}}}"#);
     println!(
         r#"
@@ -40,7 +43,10 @@ gleepost-gateway dev mode (embedded broker, generated credentials; do not use in
   token for user 9 (24 h):  {token}
   publish API key:          {api_key}
 
-1. Connect as user 9 (in another terminal; any one of these):
+1. Watch user 9's live event stream in a browser (the demo page, built on the JS client in clients/js):
+   {page_url}
+
+   or connect as user 9 in another terminal (any one of these):
    cargo run -q -p gleepost-gateway -- client '{ws_url}'
    websocat '{ws_url}'
    browser console: new WebSocket('{ws_url}').onmessage = e => console.log(e.data)

@@ -8,6 +8,7 @@ mod budget;
 mod client_ip;
 pub(crate) mod connection;
 mod cors;
+mod demo;
 mod ending;
 mod handshake;
 mod limits;

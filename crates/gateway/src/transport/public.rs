@@ -39,6 +39,8 @@ pub(crate) struct Edge {
     handshake_timeout: Duration,
     pub(super) proxies: TrustedProxies,
     pub(super) limits: Arc<Limits>,
+    /// Dev mode: `GET /` serves the demo page (`demo.rs`).
+    dev: bool,
 }
 
 impl Edge {
@@ -52,6 +54,7 @@ impl Edge {
                 connect_rate_per_ip: config.connect_rate_per_ip,
                 auth_failures_per_ip: config.auth_failures_per_ip,
             }),
+            dev: config.dev,
         })
     }
 }
@@ -140,6 +143,9 @@ async fn handle(
     peer: IpAddr,
 ) -> Response<Body> {
     let deadline = Instant::now() + edge.handshake_timeout;
+    if let Some(page) = super::demo::route(edge.dev, &req) {
+        return page.map(Either::Left);
+    }
     let transport = match req.uri().path() {
         "/ws" => Transport::WebSocket,
         "/sse" => Transport::Sse,

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod gateway;
 pub mod haproxy;
 pub mod http;
+pub mod jwks;
 pub mod loadgen;
 pub mod metrics;
 pub mod python;

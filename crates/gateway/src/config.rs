@@ -1,10 +1,11 @@
 //! Command line and environment configuration.
 //!
 //! Every setting is a CLI flag with a `GATEWAY_*` environment twin (plus `REDIS_URL`). Defaults are
-//! safe for production: without `--dev` the gateway refuses to start without a JWT secret and an
-//! API key. The README's configuration table mirrors this file.
+//! safe for production: without `--dev` the gateway refuses to start without a JWT key (HS256
+//! secret, public key file or JWKS URL) and an API key. The README's configuration table mirrors this file.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
@@ -124,11 +125,36 @@ pub struct Config {
     #[arg(long, env = "REDIS_SENTINEL_NODE_DB", default_value_t = 0)]
     pub redis_sentinel_node_db: i64,
 
-    /// HS256 secret for client JWTs. Required unless `--dev`.
+    /// HS256 secret for client JWTs. Required unless `--dev`, `--jwt-public-key-file` or
+    /// `--jwks-url` is set.
     #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// Bearer key for the publish API. Required unless `--dev`.
+    /// PEM public key (`-----BEGIN PUBLIC KEY-----`) verifying client JWTs: RSA (RS256), EC
+    /// P-256 (ES256) or Ed25519 (EdDSA).
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// `http://` URL of a JWKS document whose RS256, ES256 and EdDSA keys verify client JWTs
+    /// (chosen by the token's `kid`).
+    #[arg(long, env = "GATEWAY_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// Interval between JWKS fetches (at least 1 s); a token with an unknown `kid` also triggers
+    /// one, at most every 10 s.
+    #[arg(long, env = "GATEWAY_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    pub jwks_refresh: Duration,
+
+    /// The `iss` claim client JWTs must carry (unset: not checked).
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// A value the `aud` claim of client JWTs must hold (unset: not checked).
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Bearer key of the admin API (publish); several comma-separated keys are all accepted
+    /// (rotation). Required unless `--dev`.
     #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
@@ -357,6 +383,18 @@ impl Config {
             master,
             node,
         }))
+    }
+
+    /// The `iss` / `aud` rules of client JWTs (empty values are unset).
+    pub(crate) fn claim_rules(&self) -> crate::auth::ClaimRules {
+        fn set(value: &Option<String>) -> Option<String> {
+            let value = value.as_deref()?.trim();
+            (!value.is_empty()).then(|| value.to_owned())
+        }
+        crate::auth::ClaimRules {
+            issuer: set(&self.jwt_issuer),
+            audience: set(&self.jwt_audience),
+        }
     }
 
     /// Where a bare port (or no address) binds: every interface, or loopback in dev mode, so that

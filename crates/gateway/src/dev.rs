@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::auth::JwtAuth;
+use crate::auth::Minter;
 
 /// The seed document's message example, used in the printed publish command.
 const SEED_MESSAGE: &str = r#"{"type":"message","location":"/conversations/67","data":{"id":1173,"by":{"id":9,"username":"Patrick","profile_image":"https://s3-eu-west-1.amazonaws.com/gpimg/59bdb3c4a4151cc7ab41137eecbcc4d461291f72cfd6b6516b12de00a7ad1a94.jpg"},"text":"testing12345678901234","timestamp":"2013-12-12T15:20:54.665361234Z","seen":false}}"#;
@@ -18,7 +18,7 @@ pub(crate) fn random_secret() -> String {
 
 /// Print a token for user 9 and commands to connect and publish.
 pub(crate) fn print_banner(
-    jwt: &JwtAuth,
+    jwt: &Minter,
     api_key: &str,
     public: SocketAddr,
     admin: SocketAddr,

@@ -79,6 +79,14 @@ pub(crate) struct Metrics {
     pub(crate) max_connections: IntGauge,
     /// Panics caught in connection tasks.
     pub(crate) panics: IntCounter,
+    /// JWKS fetches that failed (the cached keys were kept).
+    pub(crate) jwks_refresh_failures: IntCounter,
+    /// JWKS fetches that loaded a key set.
+    pub(crate) jwks_refreshes: IntCounter,
+    /// Keys in the JWKS cache.
+    pub(crate) jwks_keys: IntGauge,
+    /// Unix time of the last successful JWKS fetch (0: none yet).
+    pub(crate) jwks_last_success: IntGauge,
 }
 
 impl Metrics {
@@ -236,6 +244,16 @@ impl Metrics {
                 "Effective connection cap of this node (0 = no limit)",
             )?,
             panics: counter("panics_total", "Panics caught in connection tasks")?,
+            jwks_refresh_failures: counter(
+                "jwks_refresh_failures_total",
+                "JWKS fetches that failed (the cached keys were kept)",
+            )?,
+            jwks_refreshes: counter("jwks_refreshes_total", "JWKS fetches that loaded a key set")?,
+            jwks_keys: gauge("jwks_keys", "Keys in the JWKS cache")?,
+            jwks_last_success: gauge(
+                "jwks_last_success_timestamp_seconds",
+                "Unix time of the last successful JWKS fetch (0: none yet)",
+            )?,
             registry,
         };
         // Series the shipped alerts rate() over exist from the start (at 0).

@@ -7,6 +7,7 @@ use std::time::Duration;
 use gleepost_event::Limits;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::admin::ApiKeys;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::metrics::Metrics;
@@ -49,8 +50,8 @@ pub(crate) struct Node {
 /// Settings of the publish API.
 #[derive(Clone, Debug)]
 pub(crate) struct PublishSettings {
-    /// Bearer key.
-    pub(crate) api_key: String,
+    /// Bearer keys (any one is accepted).
+    pub(crate) api_keys: ApiKeys,
     /// Most recipients per request.
     pub(crate) max_users: usize,
     /// Largest request body.

@@ -12,7 +12,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::auth::{Authenticator, GleepostAuth, JwtAuth};
+use crate::admin::ApiKeys;
+use crate::auth::{
+    Authenticator, GleepostAuth, Jwks, JwksMetrics, JwksUrl, JwtAuth, Minter, PublicKey,
+};
 use crate::broker::redis::PUBSUB_TIMEOUT_FACTOR;
 use crate::broker::{Broker, Dispatcher, MemoryBroker, RedisBroker, RedisSettings};
 use crate::config::{Config, LogFormat};
@@ -42,23 +45,70 @@ pub fn init_logging(config: &Config) -> Result<()> {
     result.map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))
 }
 
-/// The JWT secret and API key: configured, or generated in dev mode.
-fn credentials(config: &Config) -> Result<(String, String)> {
+/// The JWT secret (optional when a public key source is configured) and the API key list:
+/// configured, or generated in dev mode.
+fn credentials(config: &Config) -> Result<(Option<String>, String)> {
     let generate = || dev::random_secret();
+    let public_keys = config.jwks_url.is_some() || config.jwt_public_key_file.is_some();
     let secret = match (&config.jwt_secret, config.dev) {
-        (Some(s), _) if !s.is_empty() => s.clone(),
-        (_, true) => generate(),
-        _ => bail!("GATEWAY_JWT_SECRET is required (or run with --dev for generated credentials)"),
+        (Some(s), _) if !s.is_empty() => Some(s.clone()),
+        (_, true) => Some(generate()),
+        _ if public_keys => None,
+        _ => bail!(
+            "GATEWAY_JWT_SECRET is required unless GATEWAY_JWT_PUBLIC_KEY_FILE or \
+             GATEWAY_JWKS_URL is set (or run with --dev for generated credentials)"
+        ),
     };
     let key = match (&config.api_key, config.dev) {
-        (Some(k), _) if !k.is_empty() => k.clone(),
+        (Some(k), _) if !k.trim_matches([',', ' ']).is_empty() => k.clone(),
         (_, true) => generate(),
         _ => bail!("GATEWAY_API_KEY is required (or run with --dev for generated credentials)"),
     };
-    if secret.len() < 32 {
+    if secret.as_ref().is_some_and(|s| s.len() < 32) {
         tracing::warn!("GATEWAY_JWT_SECRET is shorter than 32 bytes; use a longer random secret");
     }
     Ok((secret, key))
+}
+
+/// The client JWT verifier: every configured key source, and the iss / aud rules.
+fn jwt_auth(config: &Config, secret: Option<&str>, metrics: &Metrics) -> Result<JwtAuth> {
+    let public_key = match &config.jwt_public_key_file {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| {
+                format!("reading GATEWAY_JWT_PUBLIC_KEY_FILE {}", path.display())
+            })?;
+            let key = PublicKey::from_pem(&pem)
+                .with_context(|| format!("GATEWAY_JWT_PUBLIC_KEY_FILE {}", path.display()))?;
+            tracing::info!(path = %path.display(), alg = ?key.alg, "JWT public key loaded");
+            Some(key)
+        }
+        None => None,
+    };
+    let jwks = match &config.jwks_url {
+        Some(url) => {
+            if config.jwks_refresh < Duration::from_secs(1) {
+                bail!("GATEWAY_JWKS_REFRESH must be at least 1s");
+            }
+            let url = JwksUrl::parse(url)
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("GATEWAY_JWKS_URL")?;
+            let jwks_metrics = JwksMetrics {
+                failures: metrics.jwks_refresh_failures.clone(),
+                refreshes: metrics.jwks_refreshes.clone(),
+                keys: metrics.jwks_keys.clone(),
+                last_success: metrics.jwks_last_success.clone(),
+            };
+            Some(Jwks::start(url, config.jwks_refresh, jwks_metrics))
+        }
+        None => None,
+    };
+    let rules = config.claim_rules();
+    Ok(JwtAuth::with_keys(
+        secret.map(str::as_bytes),
+        public_key,
+        jwks,
+        rules,
+    ))
 }
 
 /// Run a node until SIGTERM/SIGINT, then drain and return.
@@ -69,7 +119,10 @@ pub async fn run(config: Config) -> Result<()> {
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     let mut signals = Signals::install().context("installing signal handlers")?;
     let (jwt_secret, api_key) = credentials(&config)?;
+    let api_keys = ApiKeys::parse(&api_key).context("GATEWAY_API_KEY holds no key")?;
+    tracing::info!(keys = api_keys.len(), "admin API keys");
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let jwt = jwt_auth(&config, jwt_secret.as_deref(), &metrics)?;
     let open_files = capacity::raise_open_files();
     let memory = capacity::memory_limit();
     let max_connections = config
@@ -143,15 +196,14 @@ pub async fn run(config: Config) -> Result<()> {
             )
         }
     };
-    let jwt = JwtAuth::new(jwt_secret.as_bytes());
     let node = Node::new(
         registry.clone(),
         broker,
         metrics,
-        Authenticator::new(jwt.clone(), gleepost),
+        Authenticator::new(jwt, gleepost),
         limits,
         PublishSettings {
-            api_key: api_key.clone(),
+            api_keys,
             max_users: config.max_publish_users,
             max_body: config.max_publish_body,
             revocation_ttl: config.revocation_ttl,
@@ -170,8 +222,11 @@ pub async fn run(config: Config) -> Result<()> {
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     tracing::info!(public = %public_addr, admin = %admin_addr, redis = config.redis_url.is_some() || !config.redis_cluster_urls.is_empty(), "listening");
-    if config.dev {
-        dev::print_banner(&jwt, &api_key, public_addr, admin_addr)?;
+    if let (true, Some(secret)) = (config.dev, &jwt_secret) {
+        let minter = Minter::new(secret.as_bytes(), config.claim_rules());
+        // The first key: what a developer pastes (a configured list may hold several).
+        let key = api_key.split(',').map(str::trim).find(|k| !k.is_empty());
+        dev::print_banner(&minter, key.unwrap_or_default(), public_addr, admin_addr)?;
     }
 
     let (stop_public, stop_public_rx) = watch::channel(false);

@@ -8,17 +8,20 @@ use gleepost_event::{parse_and_validate, Limits, Publisher};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Error as WsError, Message};
 
-use crate::auth::JwtAuth;
+use crate::auth::Minter;
 use crate::broker::RedisTarget;
 use crate::config::Config;
 
-/// `gleepost-gateway token`: print a JWT for `user` signed with the configured secret.
+/// `gleepost-gateway token`: print an HS256 JWT for `user` signed with the configured secret,
+/// with the configured `iss` and `aud` (tokens of public keys come from their issuer).
 pub fn token(config: &Config, user: u64, ttl: Duration) -> Result<()> {
     let secret = config
         .jwt_secret
         .as_deref()
+        .filter(|s| !s.is_empty())
         .context("GATEWAY_JWT_SECRET (or --jwt-secret) is required to mint tokens")?;
-    println!("{}", JwtAuth::new(secret.as_bytes()).mint(user, ttl)?);
+    let minter = Minter::new(secret.as_bytes(), config.claim_rules());
+    println!("{}", minter.mint(user, ttl)?);
     Ok(())
 }
 

@@ -1,18 +1,25 @@
 //! Client authentication, checked before the WebSocket upgrade.
 //!
 //! Credentials are tried in this order: `Authorization: Bearer <jwt>`, `?access_token=<jwt>`,
-//! `X-GP-Auth: <id>-<token>`, `?id=<id>&token=<token>`. JWTs are verified locally; Gleepost tokens
-//! are valid while their Redis key exists (Redis mode only).
+//! `X-GP-Auth: <id>-<token>`, `?id=<id>&token=<token>`. JWTs are verified locally (HS256 secret,
+//! PEM public key, JWKS keys: `jwt.rs`); Gleepost tokens are valid while their Redis key exists
+//! (Redis mode only).
 
+mod fetch;
 mod gleepost;
+mod jwks;
 mod jwt;
+mod keys;
 
 use std::time::SystemTime;
 
 use http::HeaderMap;
 
+pub(crate) use fetch::JwksUrl;
 pub(crate) use gleepost::GleepostAuth;
-pub(crate) use jwt::{parse_user_id, JwtAuth, MAX_TIMESTAMP};
+pub(crate) use jwks::{Jwks, JwksMetrics};
+pub(crate) use jwt::{parse_user_id, ClaimRules, JwtAuth, Minter, MAX_TIMESTAMP};
+pub(crate) use keys::PublicKey;
 
 use crate::registry::UserId;
 
@@ -60,6 +67,9 @@ pub(crate) enum AuthError {
     /// The credential store did not answer in time (HTTP 503).
     #[error("credential store unavailable")]
     Unavailable,
+    /// The token needs a JWKS key and no JWKS fetch has succeeded yet (HTTP 503).
+    #[error("JWKS keys not loaded yet")]
+    KeysUnavailable,
 }
 
 impl AuthError {
@@ -68,6 +78,7 @@ impl AuthError {
         match self {
             AuthError::Invalid(reason) => reason,
             AuthError::Unavailable => "store_unavailable",
+            AuthError::KeysUnavailable => "jwks_unavailable",
         }
     }
 }
@@ -102,10 +113,10 @@ impl Authenticator {
             let token = value
                 .strip_prefix("Bearer ")
                 .ok_or(AuthError::Invalid("bad_authorization_header"))?;
-            return self.jwt(token.trim());
+            return self.jwt(token.trim()).await;
         }
         if let Some(token) = param("access_token") {
-            return self.jwt(&token);
+            return self.jwt(&token).await;
         }
         if let Some(value) = header("x-gp-auth") {
             let (id, token) = value
@@ -119,8 +130,8 @@ impl Authenticator {
         Err(AuthError::Invalid("missing"))
     }
 
-    fn jwt(&self, token: &str) -> Result<Identity, AuthError> {
-        let (user, expires, issued_at) = self.jwt.verify(token)?;
+    async fn jwt(&self, token: &str) -> Result<Identity, AuthError> {
+        let (user, expires, issued_at) = self.jwt.verify(token).await?;
         Ok(Identity {
             user,
             expires: Some(expires),
@@ -180,7 +191,10 @@ mod tests {
             include_str!("jwt.rs"),
             include_str!("gleepost.rs"),
         ];
-        let mut reasons = vec![super::AuthError::Unavailable.label().to_string()];
+        let mut reasons = vec![
+            super::AuthError::Unavailable.label().to_string(),
+            super::AuthError::KeysUnavailable.label().to_string(),
+        ];
         for source in sources {
             // Code only, not the tests.
             let source = source.split("#[cfg(test)]").next().unwrap_or_default();

@@ -106,7 +106,8 @@ pub(super) async fn admit<B>(
     })
 }
 
-/// Count an authentication failure and answer it (401, or 503 when the store is away).
+/// Count an authentication failure and answer it (401, or 503 when the store is away or the
+/// JWKS keys are not loaded yet).
 fn auth_refusal(node: &Node, edge: &Edge, addr: AddrKey, e: AuthError) -> Response<Full<Bytes>> {
     node.metrics
         .auth_failures
@@ -118,7 +119,7 @@ fn auth_refusal(node: &Node, edge: &Edge, addr: AddrKey, e: AuthError) -> Respon
             edge.limits.auth_failed(addr);
             json_error(StatusCode::UNAUTHORIZED, "Invalid credentials")
         }
-        AuthError::Unavailable => json_error(
+        AuthError::Unavailable | AuthError::KeysUnavailable => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "Authentication temporarily unavailable",
         ),

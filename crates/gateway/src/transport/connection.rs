@@ -289,7 +289,9 @@ pub(super) async fn renew(identity: &Identity, node: &Node) -> Option<Option<Tok
             // Not sooner than the floor: a key about to vanish is checked once more, not in a loop.
             Some(expires.map(|at| tokio_instant(at).max(floor)))
         }
-        Err(AuthError::Unavailable) => Some(Some(TokioInstant::now() + RENEW_RETRY)),
+        Err(AuthError::Unavailable | AuthError::KeysUnavailable) => {
+            Some(Some(TokioInstant::now() + RENEW_RETRY))
+        }
         Err(AuthError::Invalid(_)) => None,
     }
 }

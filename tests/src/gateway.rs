@@ -249,18 +249,7 @@ impl Gateway {
 
     /// POST a JSON `body` to the admin API's `path` with the API key.
     pub async fn admin_post(&self, path: &str, body: &str) -> Result<HttpResponse> {
-        let auth = format!("Bearer {API_KEY}");
-        http::request(
-            &self.admin,
-            "POST",
-            path,
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.as_bytes(),
-        )
-        .await
+        admin_post_to(&self.admin, path, body).await
     }
 
     /// Publish `event` (JSON text) to `users`; fails unless 200.
@@ -367,22 +356,27 @@ pub async fn publish_via(admin: &str, users: &[u64], event: &str) -> Result<serd
         "{{\"users\":{},\"event\":{event}}}",
         serde_json::to_string(users)?
     );
+    let res = admin_post_to(admin, "/v1/publish", &body).await?;
+    if res.status != 200 {
+        bail!("publish failed: {} {}", res.status, res.body_text());
+    }
+    Ok(serde_json::from_slice(&res.body)?)
+}
+
+/// POST a JSON `body` to `path` on the admin port at `admin` with the API key.
+async fn admin_post_to(admin: &str, path: &str, body: &str) -> Result<HttpResponse> {
     let auth = format!("Bearer {API_KEY}");
-    let res = http::request(
+    http::request(
         admin,
         "POST",
-        "/v1/publish",
+        path,
         &[
             ("Authorization", &auth),
             ("Content-Type", "application/json"),
         ],
         body.as_bytes(),
     )
-    .await?;
-    if res.status != 200 {
-        bail!("publish failed: {} {}", res.status, res.body_text());
-    }
-    Ok(serde_json::from_slice(&res.body)?)
+    .await
 }
 
 #[derive(Serialize)]

@@ -82,7 +82,14 @@ impl RedisBroker {
         let history = settings
             .history
             .enabled()
-            .then(|| RedisHistory::new(commands.clone(), settings.max_replay, settings.timeout));
+            // History reads are bounded like subscriptions, not like publishes: a resume storm
+            // (a drained node's clients all resuming here) queues a thousand reads on the one
+            // command connection, and one that misses a publish-sized bound becomes a `resync`
+            // (`unavailable`) where the events were there to replay.
+            .then(|| {
+                let bound = settings.timeout * PUBSUB_TIMEOUT_FACTOR;
+                RedisHistory::new(commands.clone(), settings.max_replay, bound)
+            });
         let shared = Arc::new(Context {
             publisher,
             history,

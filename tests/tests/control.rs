@@ -170,11 +170,10 @@ async fn across_nodes(a: &Gateway, b: &Gateway, kill_b: impl FnOnce() -> Result<
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn disconnect_revoke_presence_and_online_across_two_nodes_on_redis() -> Result<()> {
-    let redis = RedisServer::start().await?;
-    let a = node(GatewayOptions::redis(redis.url())).await?;
-    let mut b = node(GatewayOptions::redis(redis.url())).await?;
+/// [`across_nodes`] on two nodes started with `options`; node b is SIGKILLed in it.
+async fn two_nodes(options: GatewayOptions) -> Result<()> {
+    let a = node(options.clone()).await?;
+    let mut b = node(options).await?;
     let pid = b.pid();
     across_nodes(&a, &b, || {
         // SAFETY: kill(2) on our own child.
@@ -189,21 +188,15 @@ async fn disconnect_revoke_presence_and_online_across_two_nodes_on_redis() -> Re
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn disconnect_revoke_presence_and_online_across_two_nodes_on_redis() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    two_nodes(GatewayOptions::redis(redis.url())).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn disconnect_revoke_presence_and_online_across_two_nodes_on_a_cluster() -> Result<()> {
     let cluster = RedisCluster::start(3, 0).await?;
-    let a = node(GatewayOptions::cluster(cluster.urls_csv())).await?;
-    let mut b = node(GatewayOptions::cluster(cluster.urls_csv())).await?;
-    let pid = b.pid();
-    across_nodes(&a, &b, || {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        Ok(())
-    })
-    .await?;
-    b.wait_exit(Duration::from_secs(10))
-        .await
-        .context("node b survived SIGKILL")?;
-    Ok(())
+    two_nodes(GatewayOptions::cluster(cluster.urls_csv())).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

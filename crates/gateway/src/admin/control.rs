@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{self, Reply, Response};
 
-use super::publish::{authorize, declared_length, parse_users, read_body, Refusal};
+use super::publish::{authorize, authorized_body, parse_users, Refusal};
 use super::{error, InFlight};
 use crate::node::Node;
 use crate::registry::UserId;
@@ -29,12 +29,7 @@ where
     B: Buf,
 {
     let res = async {
-        authorize(&headers, &node)?;
-        let length = declared_length(&headers, node.publish.max_body)?;
-        let body = read_body(body, length, in_flight.deadline, &node).await?;
-        if !in_flight.busy() {
-            return Err(busy());
-        }
+        let body = authorized_body(&headers, body, &in_flight, &node).await?;
         run_disconnect(&body, &node).await
     }
     .await;

@@ -27,15 +27,7 @@ where
     B: Buf,
 {
     let res = async {
-        authorize(&headers, &node)?;
-        let length = declared_length(&headers, node.publish.max_body)?;
-        let body = read_body(body, length, in_flight.deadline, &node).await?;
-        if !in_flight.busy() {
-            return Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Too many publish requests in flight on this node; retry later".into(),
-            ));
-        }
+        let body = authorized_body(&headers, body, &in_flight, &node).await?;
         publish(&body, &node).await
     }
     .await;
@@ -48,6 +40,31 @@ where
         .with_label_values(&[status.as_str()])
         .inc();
     response
+}
+
+/// The body of an admin request that carries one: the key and the declared length checked
+/// before any byte of it is read, the body read by the request's deadline, and a share of the
+/// admin port left for `/healthz` and `/metrics` (503 beyond).
+pub(super) async fn authorized_body<S, B>(
+    headers: &HeaderMap,
+    body: S,
+    in_flight: &InFlight,
+    node: &Node,
+) -> Result<Vec<u8>, Refusal>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    authorize(headers, node)?;
+    let length = declared_length(headers, node.publish.max_body)?;
+    let body = read_body(body, length, in_flight.deadline, node).await?;
+    if !in_flight.busy() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many requests in flight on this node; retry later".into(),
+        ));
+    }
+    Ok(body)
 }
 
 /// A refused request: its status and the reason shown in the JSON body.

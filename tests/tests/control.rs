@@ -269,3 +269,39 @@ async fn control_requests_are_authorized_and_validated() -> Result<()> {
     ensure!(res.is_err(), "bad presence query accepted");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redis_down_disconnect_and_presence_answer_503_with_a_reason() -> Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let gw = node(GatewayOptions::redis(redis.url()).arg(&["--redis-timeout", "300ms"])).await?;
+    redis.kill();
+    for (what, res) in [
+        (
+            "disconnect",
+            gw.admin_post("/v1/disconnect", &json!({"users": [9]}).to_string())
+                .await?,
+        ),
+        (
+            "presence",
+            gleepost_tests::http::request(
+                &gw.admin,
+                "GET",
+                "/v1/presence?users=9",
+                &[(
+                    "Authorization",
+                    &format!("Bearer {}", gleepost_tests::API_KEY),
+                )],
+                b"",
+            )
+            .await?,
+        ),
+    ] {
+        ensure!(res.status == 503, "{what} with Redis down: {}", res.status);
+        ensure!(res.json()?["error"].is_string(), "{what}: no JSON reason");
+    }
+    ensure!(
+        gw.admin_get("/healthz").await?.status == 200,
+        "node not alive"
+    );
+    Ok(())
+}

@@ -84,14 +84,27 @@ pub(crate) async fn run(
 pub(super) struct Open<'a>(&'a Metrics, &'static str);
 
 impl<'a> Open<'a> {
-    /// Count a connection of `transport` (`ws`, `sse`, `poll`) as open.
+    /// Count a connection of `transport` (`ws`, `sse`, `poll`) as opened and open.
     pub(super) fn new(metrics: &'a Metrics, transport: &'static str) -> Self {
         metrics.connections.inc();
         metrics
             .transport_connections
             .with_label_values(&[transport])
             .inc();
+        metrics.connections_opened.inc();
         Open(metrics, transport)
+    }
+
+    /// The session of `user` ended for `reason` (a `connections_closed_total` label): no
+    /// longer open, counted and logged.
+    pub(super) fn closed(self, user: UserId, reason: &str) {
+        let (metrics, transport) = (self.0, self.1);
+        drop(self);
+        metrics
+            .connections_closed
+            .with_label_values(&[reason])
+            .inc();
+        tracing::debug!(user, reason, transport, "connection closed");
     }
 }
 
@@ -127,18 +140,8 @@ async fn serve(
     .await;
     let metrics = &node.metrics;
     let open = Open::new(metrics, "ws");
-    metrics.connections_opened.inc();
     let end = session(ws, &registration.conn, &identity, since, &node).await;
-    drop(open);
-    metrics
-        .connections_closed
-        .with_label_values(&[end.label()])
-        .inc();
-    tracing::debug!(
-        user = identity.user,
-        reason = end.label(),
-        "connection closed"
-    );
+    open.closed(identity.user, end.label());
     drop(registration);
 }
 

@@ -50,7 +50,6 @@ pub(super) async fn answer(
 ) -> Response<Full<Bytes>> {
     let metrics = &node.metrics;
     let open = Open::new(metrics, "poll");
-    metrics.connections_opened.inc();
     let conn = &admitted.registration.conn;
     let mut dedup = Dedup::default();
     let mut batch: Vec<Frame> = Vec::new();
@@ -87,8 +86,7 @@ pub(super) async fn answer(
     let body = encode(&batch, closing);
     let label = closing.map_or("poll_answered", CloseReason::label);
     delivered(node, "poll", &mut batch);
-    drop(open);
-    metrics.connections_closed.with_label_values(&[label]).inc();
+    open.closed(admitted.identity.user, label);
     drop(admitted);
     let mut res = Response::new(Full::new(Bytes::from(body)));
     *res.status_mut() = StatusCode::OK;

@@ -81,22 +81,12 @@ async fn run(tx: mpsc::Sender<Bytes>, admitted: Admitted, since: Option<String>,
     } = admitted;
     let metrics = &node.metrics;
     let open = Open::new(metrics, "sse");
-    metrics.connections_opened.inc();
     let end = session(&tx, &registration.conn, &identity, since, &node).await;
     if let End::Closed(reason) = &end {
         // Best effort: a client that does not read does not get it.
         let _ = tx.try_send(close_event(*reason));
     }
-    drop(open);
-    metrics
-        .connections_closed
-        .with_label_values(&[end.label()])
-        .inc();
-    tracing::debug!(
-        user = identity.user,
-        reason = end.label(),
-        "sse stream closed"
-    );
+    open.closed(identity.user, end.label());
     drop((registration, slot));
 }
 

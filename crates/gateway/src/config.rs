@@ -135,8 +135,9 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
 
-    /// `http://` URL of a JWKS document whose RS256, ES256 and EdDSA keys verify client JWTs
-    /// (chosen by the token's `kid`).
+    /// `http://` or `https://` URL of a JWKS document whose RS256, ES256 and EdDSA keys verify
+    /// client JWTs (chosen by the token's `kid`); TLS trusts the system's root certificates, or
+    /// those of `SSL_CERT_FILE` / `SSL_CERT_DIR` when set.
     #[arg(long, env = "GATEWAY_JWKS_URL")]
     pub jwks_url: Option<String>,
 

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::admin::ApiKeys;
 use crate::auth::{
-    Authenticator, GleepostAuth, Jwks, JwksMetrics, JwksUrl, JwtAuth, Minter, PublicKey,
+    Authenticator, GleepostAuth, Jwks, JwksClient, JwksMetrics, JwksUrl, JwtAuth, Minter, PublicKey,
 };
 use crate::broker::redis::PUBSUB_TIMEOUT_FACTOR;
 use crate::broker::{Broker, Dispatcher, MemoryBroker, RedisBroker, RedisSettings};
@@ -89,7 +89,8 @@ fn jwt_auth(config: &Config, secret: Option<&str>, metrics: &Metrics) -> Result<
             if config.jwks_refresh < Duration::from_secs(1) {
                 bail!("GATEWAY_JWKS_REFRESH must be at least 1s");
             }
-            let url = JwksUrl::parse(url)
+            let client = JwksUrl::parse(url)
+                .and_then(JwksClient::new)
                 .map_err(|e| anyhow::anyhow!(e))
                 .context("GATEWAY_JWKS_URL")?;
             let jwks_metrics = JwksMetrics {
@@ -98,7 +99,7 @@ fn jwt_auth(config: &Config, secret: Option<&str>, metrics: &Metrics) -> Result<
                 keys: metrics.jwks_keys.clone(),
                 last_success: metrics.jwks_last_success.clone(),
             };
-            Some(Jwks::start(url, config.jwks_refresh, jwks_metrics))
+            Some(Jwks::start(client, config.jwks_refresh, jwks_metrics))
         }
         None => None,
     };

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::Algorithm;
 use prometheus::{IntCounter, IntGauge};
 
-use super::fetch::JwksUrl;
+use super::fetch::JwksClient;
 use super::keys::{parse_jwks, PublicKey};
 
 /// Least time between two fetches triggered by unknown `kid`s.
 pub(crate) const MIN_KID_REFRESH: Duration = Duration::from_secs(10);
 /// Longest wait before the next periodic fetch after a failed one.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
-/// Deadline of one fetch (connect, request, whole body).
+/// Deadline of one fetch (connect, TLS handshake, request, whole body).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the cache reports about itself.
@@ -46,7 +46,7 @@ pub(crate) enum Lookup {
 
 /// The cached keys of one JWKS URL.
 pub(crate) struct Jwks {
-    url: JwksUrl,
+    client: JwksClient,
     keys: RwLock<Arc<Vec<PublicKey>>>,
     loaded: AtomicBool,
     /// One fetch at a time; callers that waited for one use its result.
@@ -59,10 +59,10 @@ pub(crate) struct Jwks {
 }
 
 impl Jwks {
-    /// A cache of `url`'s keys, fetched now and every `refresh` by a background task.
-    pub(crate) fn start(url: JwksUrl, refresh: Duration, metrics: JwksMetrics) -> Arc<Jwks> {
+    /// A cache of the keys `client` fetches, now and every `refresh` (a background task).
+    pub(crate) fn start(client: JwksClient, refresh: Duration, metrics: JwksMetrics) -> Arc<Jwks> {
         let jwks = Arc::new(Jwks {
-            url,
+            client,
             keys: RwLock::new(Arc::new(Vec::new())),
             loaded: AtomicBool::new(false),
             fetching: tokio::sync::Mutex::new(()),
@@ -149,18 +149,18 @@ impl Jwks {
 
     /// Fetch and replace the keys (the caller holds `fetching`); true on success.
     async fn fetch_locked(&self) -> bool {
-        let result = match self.url.fetch(FETCH_TIMEOUT).await {
+        let result = match self.client.fetch(FETCH_TIMEOUT).await {
             Ok(body) => parse_jwks(&body),
             Err(e) => Err(e.to_string()),
         };
         let ok = match result {
             Ok((keys, skipped)) => {
                 for why in &skipped {
-                    tracing::warn!(url = %self.url.as_str(), "JWKS key skipped: {why}");
+                    tracing::warn!(url = %self.client.url(), "JWKS key skipped: {why}");
                 }
                 let kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
                 if self.changed(&keys) {
-                    tracing::info!(url = %self.url.as_str(), keys = keys.len(), ?kids, "JWKS keys loaded");
+                    tracing::info!(url = %self.client.url(), keys = keys.len(), ?kids, "JWKS keys loaded");
                 }
                 self.metrics
                     .keys
@@ -179,7 +179,7 @@ impl Jwks {
             Err(error) => {
                 self.metrics.failures.inc();
                 let kept = self.cached().len();
-                tracing::warn!(url = %self.url.as_str(), %error, kept, "JWKS fetch failed; keeping the cached keys");
+                tracing::warn!(url = %self.client.url(), %error, kept, "JWKS fetch failed; keeping the cached keys");
                 false
             }
         };

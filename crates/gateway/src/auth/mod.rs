@@ -10,12 +10,13 @@ mod gleepost;
 mod jwks;
 mod jwt;
 mod keys;
+mod tls;
 
 use std::time::SystemTime;
 
 use http::HeaderMap;
 
-pub(crate) use fetch::JwksUrl;
+pub(crate) use fetch::{JwksClient, JwksUrl};
 pub(crate) use gleepost::GleepostAuth;
 pub(crate) use jwks::{Jwks, JwksMetrics};
 pub(crate) use jwt::{parse_user_id, ClaimRules, JwtAuth, Minter, MAX_TIMESTAMP};

@@ -140,6 +140,10 @@ impl Gateway {
             .env_remove("REDIS_SENTINEL_URLS")
             .env_remove("REDIS_SENTINEL_MASTER")
             .env_remove("GATEWAY_DEV")
+            // TLS (an https:// JWKS URL) trusts the system's CA bundle unless a test says
+            // otherwise, whatever this machine's environment points these at.
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
             .envs(options.env.iter().map(|(k, v)| (k, v)))
             .args(&options.args)
             .stdin(Stdio::null())

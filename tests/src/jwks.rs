@@ -1,20 +1,27 @@
 //! Asymmetric JWTs for tests: key pairs from `tests/fixtures/jwt` (see its README), tokens signed
-//! with them, and a JWKS document served on loopback by the test itself, whose keys, status and
-//! request count the test controls.
+//! with them, and a JWKS document served on loopback by the test itself, over HTTP or HTTPS
+//! (with a certificate of a [`TestCa`]), whose keys, status and request count the test controls.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+/// Longest a served connection lives (a stalled one, a TLS handshake), so no task outlives a test.
+const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
 
 /// A fixture file's path.
 pub fn fixture(name: &str) -> PathBuf {
@@ -101,14 +108,73 @@ pub fn document(keys: &[&TestKey]) -> Result<String> {
     Ok(json!({ "keys": keys }).to_string())
 }
 
+/// A certificate authority made for one test (a fresh key each time), which signs the HTTPS JWKS
+/// server's certificate; its certificate is written to a PEM file for `SSL_CERT_FILE`, removed on
+/// drop.
+pub struct TestCa {
+    /// The CA certificate (PEM), the file to point `SSL_CERT_FILE` at.
+    pub pem_file: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    /// A new self-signed CA named `name`.
+    pub fn new(name: &str) -> Result<TestCa> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let mut params = CertificateParams::new(Vec::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pem_file =
+            std::env::temp_dir().join(format!("gp-ca-{}-{n}-{name}.pem", std::process::id()));
+        std::fs::write(&pem_file, cert.pem())
+            .with_context(|| format!("writing {}", pem_file.display()))?;
+        Ok(TestCa {
+            pem_file,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// A TLS server set-up with a certificate this CA signed for `127.0.0.1` and `localhost`.
+    fn server_config(&self) -> Result<Arc<ServerConfig>> {
+        let mut params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])?;
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        Ok(Arc::new(config))
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.pem_file);
+    }
+}
+
 struct Served {
     status: u16,
     body: String,
+    /// Accept connections and never answer (not even a TLS handshake).
+    stalled: bool,
 }
 
-/// An HTTP server on 127.0.0.1 answering every request with the current document (or status).
+/// A server on 127.0.0.1 answering every request with the current document (or status).
 pub struct JwksServer {
-    /// `http://127.0.0.1:<port>/.well-known/jwks.json`.
+    /// `http[s]://127.0.0.1:<port>/.well-known/jwks.json`.
     pub url: String,
     served: Arc<Mutex<Served>>,
     requests: Arc<AtomicU64>,
@@ -116,47 +182,54 @@ pub struct JwksServer {
 }
 
 impl JwksServer {
-    /// Serve `keys` (on the current Tokio runtime).
+    /// Serve `keys` over HTTP (on the current Tokio runtime).
     pub async fn start(keys: &[&TestKey]) -> Result<JwksServer> {
+        JwksServer::serve(keys, None).await
+    }
+
+    /// Serve `keys` over HTTPS with a certificate `ca` signed for 127.0.0.1 and localhost.
+    pub async fn start_https(keys: &[&TestKey], ca: &TestCa) -> Result<JwksServer> {
+        JwksServer::serve(keys, Some(TlsAcceptor::from(ca.server_config()?))).await
+    }
+
+    async fn serve(keys: &[&TestKey], tls: Option<TlsAcceptor>) -> Result<JwksServer> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/.well-known/jwks.json", listener.local_addr()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!(
+            "{scheme}://{}/.well-known/jwks.json",
+            listener.local_addr()?
+        );
         let served = Arc::new(Mutex::new(Served {
             status: 200,
             body: document(keys)?,
+            stalled: false,
         }));
         let requests = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn({
             let (served, requests) = (served.clone(), requests.clone());
             async move {
                 while let Ok((mut stream, _)) = listener.accept().await {
-                    let (served, requests) = (served.clone(), requests.clone());
-                    tokio::spawn(async move {
-                        let mut head = Vec::new();
-                        let mut buf = [0u8; 1024];
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
+                    let (served, requests, tls) = (served.clone(), requests.clone(), tls.clone());
+                    tokio::spawn(tokio::time::timeout(CONNECTION_LIMIT, async move {
+                        let stalled = served
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .stalled;
+                        if stalled {
+                            // Read what the client sends (its TLS hello) until it gives up.
+                            let mut buf = [0u8; 1024];
+                            while let Ok(1..) = stream.read(&mut buf).await {}
+                            return;
                         }
-                        requests.fetch_add(1, Ordering::SeqCst);
-                        let response = {
-                            let served = served.lock().unwrap_or_else(PoisonError::into_inner);
-                            let body = if served.status == 200 {
-                                served.body.as_str()
-                            } else {
-                                "{\"error\":\"unavailable\"}"
-                            };
-                            format!(
-                                "HTTP/1.1 {} X\r\nContent-Type: application/json\r\n\
-                                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                                served.status,
-                                body.len()
-                            )
-                        };
-                        let _ = stream.write_all(response.as_bytes()).await;
-                        let _ = stream.shutdown().await;
-                    });
+                        match tls {
+                            Some(tls) => {
+                                if let Ok(stream) = tls.accept(stream).await {
+                                    answer(stream, &served, &requests).await;
+                                }
+                            }
+                            None => answer(stream, &served, &requests).await,
+                        }
+                    }));
                 }
             }
         });
@@ -172,8 +245,21 @@ impl JwksServer {
     pub fn set_keys(&self, keys: &[&TestKey]) -> Result<()> {
         let body = document(keys)?;
         let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
-        *served = Served { status: 200, body };
+        *served = Served {
+            status: 200,
+            body,
+            stalled: false,
+        };
         Ok(())
+    }
+
+    /// Accept connections but never answer them, not even the TLS handshake (a hung server),
+    /// until [`JwksServer::set_keys`].
+    pub fn stall(&self) {
+        self.served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stalled = true;
     }
 
     /// Answer every request with `status` (e.g. 503: an outage) until [`JwksServer::set_keys`].
@@ -194,4 +280,36 @@ impl Drop for JwksServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Read one request head from `stream` and answer it with the served document (or status).
+async fn answer<S>(mut stream: S, served: &Mutex<Served>, requests: &AtomicU64)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    let response = {
+        let served = served.lock().unwrap_or_else(PoisonError::into_inner);
+        let body = if served.status == 200 {
+            served.body.as_str()
+        } else {
+            "{\"error\":\"unavailable\"}"
+        };
+        format!(
+            "HTTP/1.1 {} X\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            served.status,
+            body.len()
+        )
+    };
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }

@@ -1,12 +1,13 @@
 //! Asymmetric JWTs (issue 13, item 4): RS256, ES256 and EdDSA keys from a JWKS document the test
-//! serves on loopback, rotated without a restart and kept through an outage; a PEM public key
-//! file; `iss` / `aud` rules; several admin API keys. Real gateway processes, real HTTP.
+//! serves on loopback (HTTP, or HTTPS with a certificate of a CA the test makes), rotated without
+//! a restart and kept through an outage; a PEM public key file; `iss` / `aud` rules; several admin
+//! API keys. Real gateway processes, real HTTP and TLS.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gleepost_tests::http::{self, HttpResponse};
-use gleepost_tests::jwks::{claims, fixture, JwksServer, TestKey};
+use gleepost_tests::jwks::{claims, fixture, JwksServer, TestCa, TestKey};
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::{seed, token, Client, Gateway, GatewayOptions};
@@ -218,6 +219,140 @@ async fn start_up_does_not_wait_for_the_jwks_server() -> Result<()> {
         },
     )
     .await
+}
+
+fn ca_path(ca: &TestCa) -> Result<&str> {
+    ca.pem_file.to_str().context("CA file path is not UTF-8")
+}
+
+/// Each failed JWKS fetch is counted: wait for `more` beyond `seen`.
+async fn more_failures(gw: &Gateway, seen: f64, more: f64, what: &str) -> Result<f64> {
+    let failures = "gleepost_gateway_jwks_refresh_failures_total";
+    eventually(Duration::from_secs(40), what, || async {
+        let n = gw.metric(failures).await?;
+        ensure!(n >= seen + more, "{n} failures");
+        Ok(())
+    })
+    .await?;
+    gw.metric(failures).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_jwks_is_verified_against_ssl_cert_file_and_a_hung_handshake_times_out(
+) -> Result<()> {
+    let ca = TestCa::new("jwks-ca")?;
+    let (rsa, ed, new) = (key("rsa-a")?, key("ed-a")?, key("ec-a")?);
+    let server = JwksServer::start_https(&[&rsa, &ed], &ca).await?;
+    let gw = Gateway::start(
+        jwks_gateway(&server.url, &["--jwks-refresh", "1s"]).env("SSL_CERT_FILE", ca_path(&ca)?),
+    )
+    .await?;
+    wait_metric(&gw, "gleepost_gateway_jwks_keys", 2.0).await?;
+    admitted(&gw, 91, &rsa.token(91, &json!({}))?).await?;
+    admitted(&gw, 92, &ed.token(92, &json!({}))?).await?;
+    // A rotation is picked up over TLS too.
+    server.set_keys(&[&rsa, &new])?;
+    admitted(&gw, 93, &new.token(93, &json!({}))?)
+        .await
+        .context("a new kid over https")?;
+    ensure!(
+        gw.metric("gleepost_gateway_jwks_refresh_failures_total")
+            .await?
+            == 0.0,
+        "a fetch failed"
+    );
+
+    // The server accepts connections and never answers the TLS handshake: each fetch gives up
+    // at its deadline, the periodic refresh goes on (two failures, not one stuck fetch) and
+    // the cached keys keep working meanwhile.
+    server.stall();
+    let seen = more_failures(&gw, 0.0, 2.0, "stalled handshakes fail").await?;
+    ensure!(
+        gw.logs()
+            .iter()
+            .any(|l| l.contains("JWKS fetch failed") && l.contains("timed out")),
+        "no log line for the timed-out fetch"
+    );
+    admitted(&gw, 94, &new.token(94, &json!({}))?)
+        .await
+        .context("a cached key while the server hangs")?;
+    // It answers again: keys are fetched and no more failures are counted.
+    let refreshes = gw.metric("gleepost_gateway_jwks_refreshes_total").await?;
+    server.set_keys(&[&rsa, &new])?;
+    eventually(LIMIT, "fetches succeed again", || async {
+        let n = gw.metric("gleepost_gateway_jwks_refreshes_total").await?;
+        ensure!(n > refreshes, "{n} refreshes");
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        gw.metric("gleepost_gateway_jwks_refresh_failures_total")
+            .await?
+            <= seen + 1.0,
+        "failures went on after the server recovered"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_jwks_certificate_fails_the_fetch_and_the_node_stays_up() -> Result<()> {
+    let (ca, other) = (TestCa::new("jwks-ca")?, TestCa::new("other-ca")?);
+    let rsa = key("rsa-a")?;
+    let server = JwksServer::start_https(&[&rsa], &ca).await?;
+    // The node trusts only another CA.
+    let mut gw = Gateway::start(
+        jwks_gateway(&server.url, &["--jwks-refresh", "1s"]).env("SSL_CERT_FILE", ca_path(&other)?),
+    )
+    .await?;
+    more_failures(&gw, 0.0, 2.0, "untrusted certificates fail the fetch").await?;
+    ensure!(
+        gw.logs().iter().any(|l| l.contains("JWKS fetch failed")
+            && l.contains("TLS handshake")
+            && l.contains("invalid peer certificate")),
+        "no log line for the refused certificate: {:?}",
+        gw.logs()
+    );
+    ensure!(
+        server.requests() == 0,
+        "a request was sent over an unverified connection"
+    );
+    ensure!(gw.metric("gleepost_gateway_jwks_keys").await? == 0.0);
+    // No key was ever loaded: tokens that need one are refused with the documented 503 (as
+    // before any first fetch); other credentials work and the node stays up and ready.
+    refused(&gw, &rsa.token(95, &json!({}))?, 503, "jwks_unavailable").await?;
+    admitted(&gw, 9, &token(9))
+        .await
+        .context("HS256 while the JWKS is untrusted")?;
+    gw.wait_ready(true, LIMIT).await?;
+    ensure!(gw.is_running(), "the gateway exited");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_jwks_url_without_a_usable_root_certificate_stops_the_start() -> Result<()> {
+    // An SSL_CERT_FILE that cannot be read, or that holds no certificate.
+    let not_a_ca = path("ec-a.pub.pem")?;
+    for (file, expected) in [
+        (
+            path("no-such-ca.pem")?,
+            "reading the root certificates of SSL_CERT_FILE",
+        ),
+        (not_a_ca, "no trusted root certificates in SSL_CERT_FILE"),
+    ] {
+        let started = Gateway::start(
+            jwks_gateway("https://127.0.0.1:9/jwks.json", &[]).env("SSL_CERT_FILE", &file),
+        )
+        .await;
+        let err = match started {
+            Ok(_) => anyhow::bail!("started with SSL_CERT_FILE {file}"),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            err.contains("GATEWAY_JWKS_URL") && err.contains(expected),
+            "{file}: {err}"
+        );
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

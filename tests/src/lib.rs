@@ -16,6 +16,7 @@ pub mod redis;
 pub mod redis_mode;
 pub mod resume;
 pub mod sentinel;
+pub mod sockets;
 pub mod sse;
 pub mod stream;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::http::{self, HttpResponse};
 use crate::resume::SeqCheck;
@@ -57,8 +57,39 @@ impl SseStream {
             .with_context(|| format!("GET {path:.40}… on {addr} timed out"))?
     }
 
+    /// [`SseStream::connect`] on a socket with a receive buffer of `rcvbuf` bytes (set before
+    /// connecting, which turns off receive autotuning): a client that stops reading fills it
+    /// quickly.
+    pub async fn connect_with_rcvbuf(
+        addr: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        rcvbuf: u32,
+    ) -> Result<SseStream> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(rcvbuf)?;
+        let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(addr.parse()?))
+            .await
+            .with_context(|| format!("connecting to {addr} timed out"))??;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            Self::request(stream, addr, path, headers),
+        )
+        .await
+        .with_context(|| format!("GET {path:.40}… on {addr} timed out"))?
+    }
+
     async fn open(addr: &str, path: &str, headers: &[(&str, &str)]) -> Result<SseStream> {
-        let mut stream = TcpStream::connect(addr).await?;
+        let stream = TcpStream::connect(addr).await?;
+        Self::request(stream, addr, path, headers).await
+    }
+
+    async fn request(
+        mut stream: TcpStream,
+        addr: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<SseStream> {
         let mut head =
             format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (name, value) in headers {
@@ -93,6 +124,11 @@ impl SseStream {
             pending: Default::default(),
             ended: false,
         })
+    }
+
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> Result<std::net::SocketAddr> {
+        Ok(self.stream.local_addr()?)
     }
 
     /// The next event, waiting at most `limit`; `None` once the stream ended. Cancel-safe (e.g.

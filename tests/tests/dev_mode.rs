@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::gateway::listening_addresses;
 use gleepost_tests::redis_mode::eventually;
+use gleepost_tests::sockets::listening_addresses;
 use gleepost_tests::{http, seed, Gateway, GatewayOptions};
 
 const LIMIT: Duration = Duration::from_secs(10);

@@ -1,28 +1,19 @@
 // `--dev`: GET / serves the demo page, which shows the printed user's live events.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { eventually, jwt, launchBrowser, publish, startGateway } from './harness.js';
+import { jwt, publish, setup, startGateway } from './harness.js';
 import { seed } from '../seed.js';
 
-let gw, browser;
-
-before(async () => {
-  gw = await startGateway({ args: ['--dev'] }); // embedded broker, as `make run`
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await gw?.stop();
-});
+// The embedded broker, as `make run`; no page server: the gateway serves the page.
+const env = setup({ redis: false, gateway: { args: ['--dev'] }, pages: false });
 
 test('the dev page shows a published seed event, data byte-exact', async () => {
-  const page = await browser.newPage();
+  const page = await env.browser.newPage();
   page.setDefaultTimeout(20_000);
-  await page.goto(`${gw.url}/#access_token=${jwt(9)}`);
+  await page.goto(`${env.gw.url}/#access_token=${jwt(9)}`);
   await page.locator('#status[data-state=open]').waitFor();
-  await publish(gw, [9], seed.message);
+  await publish(env.gw, [9], seed.message);
   const shown = await page.locator('#events li pre').first().textContent();
   const data = seed.message.slice(seed.message.indexOf('"data":') + 7, -1);
   assert.ok(shown.includes(`"data":${data}`), shown);
@@ -31,9 +22,9 @@ test('the dev page shows a published seed event, data byte-exact', async () => {
 });
 
 test('the page is served with the client files as they are in clients/js/src', async () => {
-  const served = await (await fetch(`${gw.url}/client/transports.js`)).text();
+  const served = await (await fetch(`${env.gw.url}/client/transports.js`)).text();
   assert.equal(served, readFileSync(new URL('../../src/transports.js', import.meta.url), 'utf8'));
-  const res = await fetch(`${gw.url}/`);
+  const res = await fetch(`${env.gw.url}/`);
   assert.equal(res.headers.get('content-type'), 'text/html; charset=utf-8');
   assert.match(await res.text(), /import \{ connect \} from '\/client\/index.js'/);
 });

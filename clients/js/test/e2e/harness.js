@@ -9,9 +9,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { after, before } from 'node:test';
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
-const ROOT = here('../../../../');
+/** The repository's root directory. */
+export const ROOT = here('../../../../');
 export const JWT_SECRET = 'js-e2e-secret-0123456789abcdef0123456789';
 export const API_KEY = 'js-e2e-api-key';
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -43,12 +45,12 @@ export function freePort() {
   });
 }
 
-/** A child process that is killed when the test process exits. */
 const children = new Set();
 process.on('exit', () => {
   for (const c of children) c.kill('SIGKILL');
 });
-function track(child) {
+/** Kill `child` when the test process exits; `child.exited` resolves with its {code, signal}. */
+export function track(child) {
   children.add(child);
   child.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
   child.exited.then(() => children.delete(child));
@@ -124,6 +126,12 @@ export async function startGateway({ redisUrl, env = {}, args = [] }) {
     child,
     url: `http://${addrs.public}`,
     admin: `http://${addrs.admin}`,
+    /** The value of `sample` (name and labels as /metrics writes them, e.g. `x{a="b"}`); 0 if absent. */
+    async metric(sample) {
+      const text = await (await fetch(`${gw.admin}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith(`${sample} `));
+      return line === undefined ? 0 : Number(line.slice(sample.length + 1));
+    },
     /** SIGTERM: drain, then exit; resolves with the exit status. */
     async terminate() {
       child.kill('SIGTERM');
@@ -258,4 +266,36 @@ export async function openClientPage(browser, pageUrl, options) {
       await page.close();
     },
   };
+}
+
+/**
+ * The usual setup of a test file, as `before`/`after` hooks of its top-level suite: a Redis
+ * (`redis: false`: none), a gateway on it when `gateway` is given (its `startGateway` options,
+ * e.g. `{}`), the page server (`pages: false`: none) and Chromium. Returns the object the
+ * `before` hook fills in: `{ redis, gw, pages, browser }`; `after` stops all of it. Start what
+ * depends on it inside the test: Node 20 runs a file's top-level `before` hooks concurrently.
+ */
+export function setup({ redis = true, gateway, pages = true } = {}) {
+  const env = {};
+  const stops = [];
+  before(async () => {
+    if (redis) {
+      env.redis = await startRedis();
+      stops.push(() => env.redis.stop());
+    }
+    if (gateway) {
+      env.gw = await startGateway({ redisUrl: env.redis?.url, ...gateway });
+      stops.push(() => env.gw.stop());
+    }
+    if (pages) {
+      env.pages = await startPageServer();
+      stops.push(() => env.pages.close());
+    }
+    env.browser = await launchBrowser();
+    stops.push(() => env.browser.close());
+  });
+  after(async () => {
+    for (const stop of stops.reverse()) await stop();
+  });
+  return env;
 }

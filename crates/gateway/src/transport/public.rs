@@ -23,7 +23,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::client_ip::TrustedProxies;
@@ -101,13 +101,16 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
         .max_buf_size(HARD_MAX_HEAD_BYTES)
         .max_header_size(HARD_MAX_HEAD_BYTES)
         .max_headers(HARD_MAX_HEADERS);
+    // Notified by an SSE stream whose client stopped reading: the connection is dropped.
+    let cut = Arc::new(Notify::new());
+    let cut_by_stream = cut.clone();
     let service = service_fn(move |req| {
-        let (node, edge) = (node.clone(), edge.clone());
+        let (node, edge, cut) = (node.clone(), edge.clone(), cut_by_stream.clone());
         async move {
             // A panic while handling a request is contained: counted, logged once (the panic
             // hook), answered 500 JSON; the connection task goes on.
             let metrics = node.metrics.clone();
-            let handled = AssertUnwindSafe(handle(req, node, edge, peer.ip()))
+            let handled = AssertUnwindSafe(handle(req, node, edge, peer.ip(), cut))
                 .catch_unwind()
                 .await;
             Ok::<_, Infallible>(handled.unwrap_or_else(|_| {
@@ -119,8 +122,14 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "http connection ended with an error");
+    tokio::select! {
+        ended = conn => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        }
+        // Dropping the connection closes the socket and frees what hyper still buffers.
+        () = cut.notified() => tracing::debug!("http connection dropped: its SSE client does not read"),
     }
 }
 
@@ -141,6 +150,7 @@ async fn handle(
     node: Arc<Node>,
     edge: Arc<Edge>,
     peer: IpAddr,
+    cut: Arc<Notify>,
 ) -> Response<Body> {
     let deadline = Instant::now() + edge.handshake_timeout;
     if let Some(page) = super::demo::route(edge.dev, &req) {
@@ -196,7 +206,7 @@ async fn handle(
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
             res.map(Either::Left)
         }
-        (Transport::Sse, _) => sse::start(admitted, since, node).map(Either::Right),
+        (Transport::Sse, _) => sse::start(admitted, since, node, cut).map(Either::Right),
         _ => poll::answer(admitted, since, wait, &node)
             .await
             .map(Either::Left),

@@ -5,7 +5,11 @@
 //!
 //! Bounded like a WebSocket: the session task hands the response body at most [`CHUNKS`]
 //! chunks (one batch of frames each), and a chunk the client does not take within the pong
-//! timeout (it stopped reading and the socket is full) ends the stream as a slow consumer.
+//! timeout (it stopped reading and the socket is full) ends the stream as a slow consumer. When
+//! the gateway ends a stream, what is still queued (its `close` event) gets the same deadline,
+//! as a WebSocket close frame does; beyond it the HTTP connection is dropped: hyper writes a body
+//! only as the client reads, so it would otherwise keep the connection, and the chunks it holds,
+//! for as long as the client neither reads nor disconnects.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -15,7 +19,7 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderValue, Response, StatusCode};
 use hyper::body::Frame as BodyFrame;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant as TokioInstant;
 
 use super::admit::Admitted;
@@ -51,15 +55,17 @@ impl hyper::body::Body for SseBody {
 }
 
 /// Start the stream of an admitted client: the response now, the session in its own task.
+/// `cut` drops the HTTP connection (a client that does not take the stream's end in time).
 pub(super) fn start(
     admitted: Admitted,
     since: Option<String>,
     node: Arc<Node>,
+    cut: Arc<Notify>,
 ) -> Response<SseBody> {
     let (tx, chunks) = mpsc::channel(CHUNKS);
     let metrics = node.metrics.clone();
     tokio::spawn(async move {
-        ending::contain_panic(run(tx, admitted, since, node), &metrics).await;
+        ending::contain_panic(run(tx, admitted, since, node, cut), &metrics).await;
     });
     let mut res = Response::new(SseBody { chunks });
     *res.status_mut() = StatusCode::OK;
@@ -73,7 +79,13 @@ pub(super) fn start(
     cors::allow(res)
 }
 
-async fn run(tx: mpsc::Sender<Bytes>, admitted: Admitted, since: Option<String>, node: Arc<Node>) {
+async fn run(
+    tx: mpsc::Sender<Bytes>,
+    admitted: Admitted,
+    since: Option<String>,
+    node: Arc<Node>,
+    cut: Arc<Notify>,
+) {
     let Admitted {
         registration,
         identity,
@@ -88,6 +100,14 @@ async fn run(tx: mpsc::Sender<Bytes>, admitted: Admitted, since: Option<String>,
     }
     open.closed(identity.user, end.label());
     drop((registration, slot));
+    if let End::Closed(_) = end {
+        // Every chunk taken by the body within the write deadline (all slots free again), or
+        // the body gone: the stream ends normally. Otherwise the client does not read.
+        let taken = tokio::time::timeout(node.conn.pong_timeout, tx.reserve_many(CHUNKS)).await;
+        if taken.is_err() {
+            cut.notify_one();
+        }
+    }
 }
 
 async fn session(

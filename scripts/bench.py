@@ -858,8 +858,10 @@ class Suite:
             event = '{"type":"bench","data":{"seq":1,"t":2,"u":3,"pad":"' + "x" * 150 + '"}}'
             variants = {
                 "PUBLISH": ["PUBLISH", "c:__rand_int__", event],
+                # One user per call (a lone publish), TTLs not refreshed (the common case).
                 "EVALSHA": ["EVALSHA", sha, "2", "gp:hist:{__rand_int__}", "gp:epoch:{__rand_int__}",
-                            "c:__rand_int__", event, "1000", "86400", "benchepoch0"],
+                            "1000", "90000000", "benchepoch0", "PUBLISH", "1", event,
+                            "c:__rand_int__", "1", "0"],
             }
             for r in range(self.o.runs):
                 row = {}

@@ -2,9 +2,9 @@
 //! read back for resume and gap repair.
 //!
 //! Each user has a bounded Redis stream `gp:hist:{<id>}` and an epoch key `gp:epoch:{<id>}`
-//! (one hash slot per user). Publishing runs [`PUBLISH_SCRIPT`]: it XADDs the event, refreshes
-//! both TTLs and PUBLISHes the event with its id in one atomic step, so storage and notification
-//! cannot diverge. An event id on the wire is `<epoch>-<ms>-<seq>`: the stream entry id prefixed
+//! (one hash slot per user). Publishing runs [`PUBLISH_SCRIPT`]: it XADDs the event and
+//! PUBLISHes it with its id in one atomic step, so storage and notification cannot diverge; the
+//! keys' TTLs are set when the history is created and refreshed periodically. An event id on the wire is `<epoch>-<ms>-<seq>`: the stream entry id prefixed
 //! by the epoch, a random word created when the user's history is (re)created. A Redis that lost
 //! its data, or a history that expired, gets a new epoch, so an old id never looks like
 //! "nothing happened since".
@@ -24,7 +24,8 @@ pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(24 * 3600);
 pub struct HistoryConfig {
     /// Most events kept per user (approximate in Redis: trimming is `MAXLEN ~`).
     pub size: usize,
-    /// Time the history lives after the user's last event.
+    /// Time the history lives at least after the user's last event (at most
+    /// [`HistoryConfig::refresh_interval`] longer: see [`HistoryConfig::key_ttl`]).
     pub ttl: Duration,
 }
 
@@ -47,6 +48,20 @@ impl HistoryConfig {
     /// True when events are stored.
     pub fn enabled(&self) -> bool {
         self.size > 0
+    }
+
+    /// How often a publisher refreshes the TTLs of a user it keeps publishing to: a tenth of
+    /// [`HistoryConfig::ttl`], at most an hour (refreshing on every event doubled the Redis
+    /// cost of a publish).
+    pub fn refresh_interval(&self) -> Duration {
+        (self.ttl / 10).min(Duration::from_secs(3600))
+    }
+
+    /// The TTL set on a user's history keys when they are created or refreshed: [`HistoryConfig::ttl`]
+    /// plus [`HistoryConfig::refresh_interval`], so that a history refreshed up to one interval
+    /// before the user's last event still lives at least `ttl` after it.
+    pub fn key_ttl(&self) -> Duration {
+        (self.ttl + self.refresh_interval()).max(Duration::from_millis(1))
     }
 }
 
@@ -157,25 +172,48 @@ pub fn frame_id(frame: &[u8]) -> Option<(&str, u64, u64)> {
     Some((epoch, ms, seq))
 }
 
-/// Append and notify in one atomic step.
+/// Append and notify in one atomic step, for one or several users at once (one call per
+/// batch of publishes on a single server; per slot on a cluster).
 ///
-/// KEYS: stream, epoch key. ARGV: channel, encoded event (no id), max length, TTL seconds,
-/// epoch to create if none exists, and optionally the publish command (`SPUBLISH` on a
-/// cluster: the channel carries the keys' hash tag, so it is in their slot; default
-/// `PUBLISH`). Returns `{id, receivers}`.
+/// KEYS: per item, the user's stream and epoch key. ARGV: max length, TTL in milliseconds,
+/// epoch to create where none exists, the publish command (`PUBLISH`, or `SPUBLISH` on a
+/// cluster: the channel carries the keys' hash tag, so it is in their slot), the number `P` of
+/// distinct payloads, the `P` encoded events (without id), then per item: the user's channel,
+/// the index (1-based) of its payload, and `1` to refresh both keys' TTLs (else `0`).
+/// Returns per item: epoch, stream id, receivers.
+///
+/// Per item the common path is three commands (`GET`, `XADD NOMKSTREAM`, `PUBLISH`); the TTLs
+/// are set when the history is created, when its stream is gone, and when the caller asks for
+/// a refresh ([`crate::publisher::Publisher`] asks once per user per [`HistoryConfig::refresh_interval`]
+/// instead of on every event).
 pub const PUBLISH_SCRIPT: &str = r#"
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('SET', KEYS[2], epoch)
+local maxlen, ttl, fresh, publish = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local count = tonumber(ARGV[5])
+local bodies = {}
+for j = 1, count do bodies[j] = string.sub(ARGV[5 + j], 1, -2) end
+local out = {}
+local a = 5 + count
+for i = 1, #KEYS, 2 do
+  local stream, ekey = KEYS[i], KEYS[i + 1]
+  local j, refresh = tonumber(ARGV[a + 2]), ARGV[a + 3]
+  local payload = ARGV[5 + j]
+  local epoch = redis.call('GET', ekey)
+  local sid = epoch and redis.call('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', maxlen, '*', 'e', payload)
+  if not sid then
+    epoch = epoch or fresh
+    sid = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', payload)
+    refresh = '1'
+  end
+  if refresh == '1' then
+    redis.call('SET', ekey, epoch, 'PX', ttl)
+    redis.call('PEXPIRE', stream, ttl)
+  end
+  out[#out + 1] = epoch
+  out[#out + 1] = sid
+  out[#out + 1] = redis.call(publish, ARGV[a + 1], bodies[j] .. ',"id":"' .. epoch .. '-' .. sid .. '"}')
+  a = a + 3
 end
-local sid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-local id = epoch .. '-' .. sid
-local payload = string.sub(ARGV[2], 1, -2) .. ',"id":"' .. id .. '"}'
-local receivers = redis.call(ARGV[6] or 'PUBLISH', ARGV[1], payload)
-return {id, receivers}
+return out
 "#;
 
 /// Read a user's history.

@@ -41,12 +41,14 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod batcher;
 pub mod conn;
 pub mod envelope;
 pub mod history;
 pub mod keys;
 pub mod payload;
 pub mod publisher;
+mod refresh;
 pub mod sentinel;
 pub mod validate;
 

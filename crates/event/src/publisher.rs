@@ -9,17 +9,16 @@
 //! backends keep publishing raw JSON to `c:<id>` / `n:<id>`; those payloads carry no ids.)
 
 use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-use redis::Script;
 
 use redis::aio::ConnectionManager;
 
+use crate::batcher::{Batcher, Settings};
 use crate::conn::RedisConn;
-
 use crate::envelope::Event;
-use crate::history::{new_epoch, HistoryConfig, PUBLISH_SCRIPT};
-use crate::keys::{epoch_key, history_key, user_channel};
+use crate::history::HistoryConfig;
+use crate::keys::user_channel;
 use crate::validate::{validate, Limits, ValidationError};
 
 /// Error returned by [`Publisher`].
@@ -59,14 +58,20 @@ pub struct PublishReport {
 }
 
 /// Publishes events to users through Redis. Cheap to clone; clones share one connection.
+///
+/// With history on, concurrent publishes of one publisher (and its clones) share Redis calls:
+/// the first publish starts a task on the current Tokio runtime that sends what is queued as
+/// a few script calls per round trip (see the `batcher` module); per user, events keep the
+/// order they were published in.
 #[derive(Clone)]
 pub struct Publisher {
     conn: RedisConn,
     limits: Limits,
     history: HistoryConfig,
-    script: Script,
     /// Replicas that must acknowledge each publish (`WAIT`), and how long to wait for them.
     replicas: Option<(u32, Duration)>,
+    /// The group-commit task of history publishes, started by the first one.
+    batcher: Arc<OnceLock<Batcher>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -136,8 +141,8 @@ impl Publisher {
             conn,
             limits: Limits::default(),
             history: HistoryConfig::default(),
-            script: Script::new(PUBLISH_SCRIPT),
             replicas: None,
+            batcher: Arc::new(OnceLock::new()),
         }
     }
 
@@ -148,6 +153,7 @@ impl Publisher {
     /// `resync`, never a silent gap).
     pub fn with_replicas(mut self, replicas: u32, timeout: Duration) -> Publisher {
         self.replicas = (replicas > 0).then_some((replicas, timeout));
+        self.batcher = Arc::new(OnceLock::new());
         self
     }
 
@@ -161,6 +167,7 @@ impl Publisher {
     /// plain `PUBLISH`es: such events carry no id and cannot be recovered after a disconnect.
     pub fn with_history(mut self, history: HistoryConfig) -> Publisher {
         self.history = history;
+        self.batcher = Arc::new(OnceLock::new());
         self
     }
 
@@ -229,16 +236,14 @@ impl Publisher {
                 online: distinct.iter().copied().zip(replies).collect(),
             });
         }
-        let replies = match self.publish_with_history(&distinct, payload).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Script cache empty (restart, SCRIPT FLUSH): nothing ran; load and retry.
-                let mut conn = self.conn.clone();
-                self.script.prepare_invoke().load_async(&mut conn).await?;
-                self.publish_with_history(&distinct, payload).await?
-            }
-            other => other?,
-        };
-        self.wait_for_replicas(&distinct).await?;
+        let batcher = self.batcher.get_or_init(|| {
+            Batcher::spawn(Settings {
+                conn: self.conn.clone(),
+                history: self.history,
+                replicas: self.replicas,
+            })
+        });
+        let replies = batcher.publish(distinct.clone(), payload).await?;
         let receivers = replies.iter().map(|(_, r)| *r).sum();
         let online = distinct
             .iter()
@@ -257,112 +262,4 @@ impl Publisher {
             online,
         })
     }
-
-    /// The `WAIT` command of the configured replicas (`None`: do not wait).
-    fn wait_command(&self) -> Option<(u32, redis::Cmd)> {
-        let (replicas, timeout) = self.replicas?;
-        let mut wait = redis::cmd("WAIT");
-        let ms = u64::try_from(timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        wait.arg(replicas).arg(ms);
-        Some((replicas, wait))
-    }
-
-    /// On a cluster, `WAIT` for the configured replicas on each user's slot owner (on one
-    /// server, `publish_with_history` sends the `WAIT` in the scripts' pipeline: it must run on
-    /// the connection that wrote, which a failover in between would change).
-    async fn wait_for_replicas(&self, users: &[u64]) -> Result<(), redis::RedisError> {
-        let (RedisConn::Cluster(conn), Some((replicas, wait))) = (&self.conn, self.wait_command())
-        else {
-            return Ok(());
-        };
-        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-        let waits = users.iter().map(|&user| {
-            let mut conn = conn.clone();
-            let route = Route::with_key(history_key(user), SlotAddr::Master);
-            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-            let wait = wait.clone();
-            async move {
-                let value = conn.route_command(wait, routing).await?;
-                redis::from_redis_value::<u64>(value).map_err(parse_error("WAIT reply"))
-            }
-        });
-        for acked in futures_util::future::try_join_all(waits).await? {
-            enough_replicas(acked, replicas)?;
-        }
-        Ok(())
-    }
-
-    async fn publish_with_history(
-        &self,
-        users: &[u64],
-        payload: &[u8],
-    ) -> Result<Vec<(String, u64)>, redis::RedisError> {
-        let epoch = new_epoch();
-        let ttl = self.history.ttl.as_secs().max(1);
-        if self.conn.is_cluster() {
-            // Each user's script runs on its slot's owner (the keys and the channel share the
-            // user's hash tag); redis-rs loads the script where a node lacks it.
-            let calls = users.iter().map(|&user| {
-                let mut conn = self.conn.clone();
-                let mut invocation = self.script.key(history_key(user));
-                invocation
-                    .key(epoch_key(user))
-                    .arg(user_channel(user))
-                    .arg(payload)
-                    .arg(self.history.size)
-                    .arg(ttl)
-                    .arg(&epoch)
-                    .arg("SPUBLISH");
-                async move { invocation.invoke_async::<(String, u64)>(&mut conn).await }
-            });
-            return futures_util::future::try_join_all(calls).await;
-        }
-        let mut pipe = redis::pipe();
-        let wait = self.wait_command();
-        for &user in users {
-            pipe.cmd("EVALSHA")
-                .arg(self.script.get_hash())
-                .arg(2)
-                .arg(history_key(user))
-                .arg(epoch_key(user))
-                .arg(user_channel(user))
-                .arg(payload)
-                .arg(self.history.size)
-                .arg(ttl)
-                .arg(&epoch);
-        }
-        if let Some((_, wait)) = &wait {
-            pipe.add_command(wait.clone());
-        }
-        let mut conn = self.conn.clone();
-        let mut values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        if let Some((replicas, _)) = wait {
-            let acked = values.pop().unwrap_or(redis::Value::Nil);
-            let acked = redis::from_redis_value::<u64>(acked).map_err(parse_error("WAIT reply"))?;
-            enough_replicas(acked, replicas)?;
-        }
-        values
-            .into_iter()
-            .map(|v| redis::from_redis_value(v).map_err(parse_error("publish script reply")))
-            .collect()
-    }
-}
-
-/// Fewer acknowledgements than `replicas` fail the publish.
-fn enough_replicas(acked: u64, replicas: u32) -> Result<(), redis::RedisError> {
-    if acked < u64::from(replicas) {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "fewer replicas acknowledged the publish than required",
-            format!("{acked} of {replicas}"),
-        )));
-    }
-    Ok(())
-}
-
-/// Maps a reply conversion error to a parse error naming `what`.
-fn parse_error<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> redis::RedisError {
-    move |e| redis::RedisError::from((redis::ErrorKind::Parse, what, e.to_string()))
 }

@@ -261,12 +261,34 @@ async fn history_appends_and_publishes_with_ids_atomically() {
         .await
         .unwrap();
     assert_eq!(len, 2);
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(epoch_key(9))
+    // Both keys expire: at least the TTL after the last event, at most a refresh interval
+    // (a tenth) later.
+    for key in [epoch_key(9), history_key(9)] {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 55 && ttl <= 66, "{key}: {ttl}");
+    }
+
+    // A stream gone while its epoch lives is recreated with a TTL (not left to live forever).
+    let _: () = redis::cmd("DEL")
+        .arg(history_key(9))
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(ttl > 0 && ttl <= 60);
+    let after_del = publisher.publish(&[9], &event).await.unwrap();
+    assert_eq!(
+        EventId::parse(&after_del.ids[0].1).unwrap().epoch,
+        id1.epoch
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(history_key(9))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 55 && ttl <= 66, "recreated stream: {ttl}");
 
     // History lost (flush): the next id has a new epoch, so old ids cannot look current.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
@@ -278,4 +300,64 @@ async fn history_appends_and_publishes_with_ids_atomically() {
 async fn bad_url_is_a_redis_error() {
     let err = Publisher::connect("not-a-url").await.unwrap_err();
     assert!(matches!(err, PublishError::Redis(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn concurrent_publishes_share_script_calls_and_each_gets_its_ids() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let publisher = Publisher::connect(&server.url()).await.unwrap();
+    let event = seed_message();
+    // Warm up (loads the script), then count only the concurrent publishes' calls.
+    publisher.publish(&[1], &event).await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let publishes = (0..400u64).map(|i| {
+        let users = [1 + i % 40, 1000 + i];
+        let (publisher, event) = (publisher.clone(), event.clone());
+        async move { (users, publisher.publish(&users, &event).await) }
+    });
+    let reports = futures_util::future::join_all(publishes).await;
+    let mut seen = std::collections::HashSet::new();
+    for (users, report) in reports {
+        let report = report.unwrap();
+        assert_eq!(report.users, 2);
+        let ids: Vec<u64> = report.ids.iter().map(|(u, _)| *u).collect();
+        assert_eq!(ids, users, "ids in the order of the request's users");
+        for (user, id) in &report.ids {
+            assert!(EventId::parse(id).is_some(), "{id}");
+            assert!(
+                seen.insert((*user, id.clone())),
+                "id {id} assigned twice to {user}"
+            );
+        }
+    }
+    // Every event is in its user's history: 10 per shared user (+1 warm-up for user 1).
+    for user in [1u64, 2, 40] {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(history_key(user))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 10 + u64::from(user == 1), "user {user}");
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let calls: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        calls > 0 && calls < 400,
+        "800 users' copies took {calls} script calls: publishes queued together share calls"
+    );
 }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use gleepost_event::history::{new_epoch, PUBLISH_SCRIPT};
+use gleepost_event::history::{new_epoch, HistoryConfig, PUBLISH_SCRIPT};
 use gleepost_event::keys::{epoch_key, history_key};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -30,7 +30,11 @@ struct HistoryScript {
     sha: Vec<u8>,
     /// `(history_key, epoch_key)` per user index.
     keys: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Per user index: whether its TTLs were set by this run (like `Publisher`, which
+    /// refreshes them once per refresh interval, not on every event).
+    refreshed: Vec<bool>,
     maxlen: Vec<u8>,
+    /// The keys' TTL in milliseconds.
     ttl: Vec<u8>,
     epoch: Vec<u8>,
 }
@@ -86,7 +90,7 @@ impl RedisPublisher {
         }
         let history = if args.publish == PublishVia::RedisHistory {
             let sha = load_script(&mut read, &mut writer, PUBLISH_SCRIPT).await?;
-            let keys = (0..u64::from(users.max(1)))
+            let keys: Vec<_> = (0..u64::from(users.max(1)))
                 .map(|i| {
                     let user = first_user + i;
                     (history_key(user).into_bytes(), epoch_key(user).into_bytes())
@@ -94,10 +98,18 @@ impl RedisPublisher {
                 .collect();
             let mut maxlen = Vec::new();
             push_u64(&mut maxlen, args.history_maxlen);
+            let history = HistoryConfig {
+                size: usize::try_from(args.history_maxlen).unwrap_or(usize::MAX),
+                ttl: args.history_ttl,
+            };
             let mut ttl = Vec::new();
-            push_u64(&mut ttl, args.history_ttl.as_secs().max(1));
+            push_u64(
+                &mut ttl,
+                u64::try_from(history.key_ttl().as_millis()).unwrap_or(u64::MAX),
+            );
             Some(HistoryScript {
                 sha,
+                refreshed: vec![false; keys.len()],
                 keys,
                 maxlen,
                 ttl,
@@ -138,10 +150,13 @@ impl RedisPublisher {
                 self.channel.extend_from_slice(&self.prefix);
                 push_u64(&mut self.channel, user);
             }
-            match &self.history {
+            match &mut self.history {
                 None => encode_command(&mut self.buf, &[b"PUBLISH", &self.channel, &self.json]),
                 Some(h) => {
                     let (stream, epoch_key) = &h.keys[ui as usize];
+                    let refresh = !std::mem::replace(&mut h.refreshed[ui as usize], true);
+                    // One user per call, as a lone publish sends it (the layout is the
+                    // script's: keys, constants, payloads, then channel, payload, refresh).
                     encode_command(
                         &mut self.buf,
                         &[
@@ -150,11 +165,15 @@ impl RedisPublisher {
                             b"2",
                             stream,
                             epoch_key,
-                            &self.channel,
-                            &self.json,
                             &h.maxlen,
                             &h.ttl,
                             &h.epoch,
+                            b"PUBLISH",
+                            b"1",
+                            &self.json,
+                            &self.channel,
+                            b"1",
+                            if refresh { b"1" } else { b"0" },
                         ],
                     )
                 }
@@ -355,8 +374,9 @@ mod tests {
 
     #[test]
     fn script_replies_are_counted_whole() {
-        // EVALSHA of the publish script answers {id, receivers}; NOSCRIPT is an error.
-        let replies: &[u8] = b"*2\r\n$19\r\nabc-1700000000000-0\r\n:2\r\n\
+        // EVALSHA of the publish script answers {epoch, stream id, receivers}; NOSCRIPT is
+        // an error.
+        let replies: &[u8] = b"*3\r\n$3\r\nabc\r\n$15\r\n1700000000000-0\r\n:2\r\n\
             -NOSCRIPT No matching script.\r\n\
             *2\r\n$5\r\na\r\nb\n\r\n:0\r\n\
             *0\r\n$-1\r\n*3\r\n*1\r\n:1\r\n-ERR inner\r\n+OK\r\n";

@@ -121,7 +121,7 @@ async fn schemathesis(gw: &Gateway, run: &str) -> Result<BTreeMap<Operation, Vec
 async fn conforms(mut gw: Gateway, run: &str) -> Result<()> {
     let answered = schemathesis(&gw, run).await?;
     let ops = documented()?;
-    ensure!(ops.len() == 6, "the document has {} operations", ops.len());
+    ensure!(ops.len() == 7, "the document has {} operations", ops.len());
     for ((method, path), (statuses, input)) in &ops {
         let got = answered
             .get(&(method.clone(), path.clone()))

@@ -1,4 +1,4 @@
-//! The admin port: `POST /v1/publish`, `POST /v1/disconnect`, `GET /v1/presence`,
+//! The admin port: `POST /v1/publish`, `POST /v1/publish/batch`, `POST /v1/disconnect`, `GET /v1/presence`,
 //! `GET /metrics`, `GET /healthz`, `GET /readyz`.
 //!
 //! Every error is JSON `{"error": "<what is wrong>"}` with a 4xx/5xx status. The routes are warp
@@ -14,6 +14,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::node::Node;
 
 mod api_keys;
+mod batch;
 mod control;
 mod publish;
 mod server;
@@ -85,6 +86,13 @@ fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Infalli
         .and(warp::ext::get::<InFlight>())
         .and(with_node.clone())
         .then(publish::handle);
+    let publish_batch = warp::path!("v1" / "publish" / "batch")
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(warp::ext::get::<InFlight>())
+        .and(with_node.clone())
+        .then(batch::handle);
     let disconnect = warp::path!("v1" / "disconnect")
         .and(warp::post())
         .and(warp::header::headers_cloned())
@@ -105,6 +113,8 @@ fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Infalli
         .or(metrics)
         .unify()
         .or(publish)
+        .unify()
+        .or(publish_batch)
         .unify()
         .or(disconnect)
         .unify()
@@ -183,7 +193,7 @@ mod tests {
             }
         }
         let served = served_routes();
-        assert_eq!(served.len(), 6, "source scan found {served:?}");
+        assert_eq!(served.len(), 7, "source scan found {served:?}");
         assert_eq!(served, documented);
     }
 }

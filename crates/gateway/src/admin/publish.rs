@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
 use gleepost_event::parse_and_validate;
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use warp::http::{header, HeaderMap, StatusCode};
 use warp::reply::{self, Reply, Response};
 
 use super::{error, InFlight};
+use crate::broker::{BrokerError, Published};
 use crate::node::Node;
 use crate::registry::UserId;
 
@@ -153,11 +154,11 @@ where
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PublishRequest<'a> {
+pub(super) struct PublishRequest<'a> {
     #[serde(borrow)]
-    users: Option<&'a RawValue>,
+    pub(super) users: Option<&'a RawValue>,
     #[serde(borrow)]
-    event: Option<&'a RawValue>,
+    pub(super) event: Option<&'a RawValue>,
 }
 
 /// Validate and publish a complete, authorized request body.
@@ -171,23 +172,44 @@ async fn publish(body: &[u8], node: &Node) -> Result<serde_json::Value, Refusal>
     }
     let request: PublishRequest =
         serde_json::from_slice(body).map_err(|e| bad(format!("Invalid request body: {e}")))?;
-    let users = parse_users(request.users, node.publish.max_users).map_err(bad)?;
-    let event = request.event.ok_or_else(|| bad("Missing `event`".into()))?;
-    let event = parse_and_validate(event.get().as_bytes(), &node.limits)
-        .map_err(|e| bad(format!("Invalid event: {e}")))?;
-    if event.id.is_some() {
-        return Err(bad("Invalid event: `id` is assigned by the gateway".into()));
-    }
-    let encoded = event.encode();
-    let published = node.broker.publish(&users, encoded).await.map_err(|e| {
-        tracing::warn!(error = %e, "publish failed");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Broker unavailable; the event may not have been published".to_string(),
-        )
-    })?;
+    let (users, encoded) = prepare(&request, node.publish.max_users, node).map_err(bad)?;
+    let published = node
+        .broker
+        .publish(&users, encoded)
+        .await
+        .map_err(unavailable)?;
     node.metrics.events_published.inc_by(users.len() as u64);
-    let mut result = serde_json::json!({ "published": users.len() });
+    Ok(result(users.len(), published))
+}
+
+/// The recipients and the encoded event (validated once, no id) of one publish.
+pub(super) fn prepare(
+    request: &PublishRequest<'_>,
+    max_users: usize,
+    node: &Node,
+) -> Result<(Vec<UserId>, Bytes), String> {
+    let users = parse_users(request.users, max_users)?;
+    let event = request.event.ok_or("Missing `event`")?;
+    let event = parse_and_validate(event.get().as_bytes(), &node.limits)
+        .map_err(|e| format!("Invalid event: {e}"))?;
+    if event.id.is_some() {
+        return Err("Invalid event: `id` is assigned by the gateway".into());
+    }
+    Ok((users, event.encode()))
+}
+
+/// A broker failure as the API answers it (503: the event may or may not have been published).
+pub(super) fn unavailable(e: BrokerError) -> Refusal {
+    tracing::warn!(error = %e, "publish failed");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Broker unavailable; the event may not have been published".to_string(),
+    )
+}
+
+/// The answer to one publish: `published`, `ids` (when history is on) and `online`.
+pub(super) fn result(users: usize, published: Published) -> serde_json::Value {
+    let mut result = serde_json::json!({ "published": users });
     if !published.ids.is_empty() {
         let ids: serde_json::Map<String, serde_json::Value> = published
             .ids
@@ -202,7 +224,7 @@ async fn publish(body: &[u8], node: &Node) -> Result<serde_json::Value, Refusal>
         .map(|(user, online)| (user.to_string(), online.into()))
         .collect();
     result["online"] = online.into();
-    Ok(result)
+    result
 }
 
 /// `users` must be a non-empty array of distinct user ids, at most `max`.

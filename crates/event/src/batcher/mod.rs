@@ -13,11 +13,12 @@
 //! ([`Refreshes`]), so that decision needs no lock.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use redis::{RedisError, Script, Value};
+use redis::{RedisError, Script};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::RedisConn;
@@ -25,14 +26,21 @@ use crate::history::{new_epoch, HistoryConfig, PUBLISH_SCRIPT};
 use crate::keys::{epoch_key, history_key, slot_of, user_channel};
 use crate::refresh::Refreshes;
 
+mod calls;
+
+use self::calls::{cluster_calls, io_error, parse_reply, single_pipeline};
+
 /// Users per script call: bounds how long one call holds Redis (about 7 µs each).
 const ITEMS_PER_CALL: usize = 64;
 /// Users per batch (one pipeline); a single larger publish is sent alone.
 const MAX_ITEMS: usize = 512;
 /// Batches on the wire at once.
 const IN_FLIGHT: usize = 2;
-/// Publishes queued before new ones fail at once (the caller answers "unavailable").
+/// Publishes queued before new ones fail at once (the caller answers "unavailable")…
 const QUEUE: usize = 16_384;
+/// …and the bytes of their events (a Redis that stops answering must not let callers that
+/// gave up pile up their events in memory).
+const QUEUE_BYTES: usize = 64 << 20;
 
 /// Per user of a publish: the event id and how many subscriptions received it.
 pub(crate) type Assigned = Vec<(String, u64)>;
@@ -55,14 +63,17 @@ struct Job {
 /// Handle of the batching task; the task ends when the last handle is dropped.
 pub(crate) struct Batcher {
     jobs: mpsc::Sender<Job>,
+    /// Bytes of the events queued and not yet taken by the task.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Batcher {
     /// Start the task on the current Tokio runtime.
     pub(crate) fn spawn(settings: Settings) -> Batcher {
         let (jobs, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(Arc::new(settings), rx));
-        Batcher { jobs }
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run(Arc::new(settings), rx, queued.clone()));
+        Batcher { jobs, queued }
     }
 
     /// Publish `payload` to `users` (distinct, not empty) with history.
@@ -71,6 +82,11 @@ impl Batcher {
         users: Vec<u64>,
         payload: &[u8],
     ) -> Result<Assigned, RedisError> {
+        let size = payload.len();
+        if self.queued.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            return Err(io_error("publish not queued", "queue full".into()));
+        }
         let (reply, result) = oneshot::channel();
         let job = Job {
             users,
@@ -78,6 +94,7 @@ impl Batcher {
             reply,
         };
         self.jobs.try_send(job).map_err(|e| {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => "queue full",
                 mpsc::error::TrySendError::Closed(_) => "publisher task gone",
@@ -91,7 +108,7 @@ impl Batcher {
 }
 
 /// The task: take what is queued, send it, repeat; at most [`IN_FLIGHT`] batches at once.
-async fn run(settings: Arc<Settings>, mut rx: mpsc::Receiver<Job>) {
+async fn run(settings: Arc<Settings>, mut rx: mpsc::Receiver<Job>, queued: Arc<AtomicUsize>) {
     let script = Arc::new(Script::new(PUBLISH_SCRIPT));
     let mut refreshes = Refreshes::new(settings.history.refresh_interval(), Instant::now());
     let mut in_flight = FuturesUnordered::new();
@@ -108,6 +125,8 @@ async fn run(settings: Arc<Settings>, mut rx: mpsc::Receiver<Job>) {
                     items += job.users.len();
                     jobs.push(job);
                 }
+                let taken = jobs.iter().map(|job| job.payload.len()).sum();
+                queued.fetch_sub(taken, Ordering::Relaxed);
                 // A caller that gave up (its deadline passed) is not published for.
                 jobs.retain(|job| !job.reply.is_closed());
                 if jobs.is_empty() {
@@ -124,10 +143,10 @@ async fn run(settings: Arc<Settings>, mut rx: mpsc::Receiver<Job>) {
 
 /// One user's copy: its job, its position among the job's users.
 #[derive(Clone, Copy)]
-struct Item {
+pub(super) struct Item {
     job: usize,
     position: usize,
-    user: u64,
+    pub(super) user: u64,
     refresh: bool,
 }
 
@@ -151,6 +170,10 @@ impl Batch {
                 job,
                 position,
                 user,
+                // Recorded as refreshed even if this batch fails: the keys then still live at
+                // least TTL after the previous refresh, and the next refresh comes within an
+                // interval (a tenth of the TTL); a history that expires anyway is recreated
+                // with a new epoch, which clients see as `resync`, never as a silent gap.
                 refresh: refreshes.due(user, now),
             })
             .collect();
@@ -245,163 +268,4 @@ impl Batch {
 /// `items` in runs of at most `size`.
 fn chunks(items: Vec<Item>, size: usize) -> Vec<Vec<Item>> {
     items.chunks(size).map(<[Item]>::to_vec).collect()
-}
-
-/// Every call in one pipeline (plus the `WAIT`, on the same connection: a failover in
-/// between would let a `WAIT` on the new primary return at once); reloads the script once if
-/// the server lost it (then nothing ran).
-async fn single_pipeline(
-    settings: &Settings,
-    script: &Script,
-    commands: &[redis::Cmd],
-) -> Result<Vec<Value>, RedisError> {
-    let mut pipe = redis::pipe();
-    for cmd in commands {
-        pipe.add_command(cmd.clone());
-    }
-    let wait = settings.replicas.map(|(replicas, timeout)| {
-        pipe.add_command(wait_command(replicas, timeout));
-        replicas
-    });
-    let mut conn = settings.conn.clone();
-    let mut values: Vec<Value> = match pipe.query_async(&mut conn).await {
-        Err(e) if is_noscript(&e) => {
-            script.prepare_invoke().load_async(&mut conn).await?;
-            pipe.query_async(&mut conn).await?
-        }
-        other => other?,
-    };
-    if let Some(replicas) = wait {
-        let acked = values.pop().unwrap_or(Value::Nil);
-        enough_replicas(acked, replicas)?;
-    }
-    Ok(values)
-}
-
-/// Each call on its slot's owner (concurrently), then the `WAIT`s per slot when configured.
-async fn cluster_calls(
-    settings: &Settings,
-    script: &Script,
-    commands: &[redis::Cmd],
-    calls: &[Vec<Item>],
-) -> Result<Vec<Value>, RedisError> {
-    let runs = commands.iter().map(|cmd| {
-        let mut conn = settings.conn.clone();
-        async move {
-            match cmd.query_async::<Value>(&mut conn).await {
-                Err(e) if is_noscript(&e) => {
-                    script.prepare_invoke().load_async(&mut conn).await?;
-                    cmd.query_async(&mut conn).await
-                }
-                other => other,
-            }
-        }
-    });
-    let values = futures_util::future::try_join_all(runs).await?;
-    if let (RedisConn::Cluster(conn), Some((replicas, timeout))) =
-        (&settings.conn, settings.replicas)
-    {
-        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-        let waits = calls.iter().filter_map(|items| items.first()).map(|item| {
-            let mut conn = conn.clone();
-            let route = Route::with_key(history_key(item.user), SlotAddr::Master);
-            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-            async move {
-                let acked = conn
-                    .route_command(wait_command(replicas, timeout), routing)
-                    .await?;
-                enough_replicas(acked, replicas)
-            }
-        });
-        futures_util::future::try_join_all(waits).await?;
-    }
-    Ok(values)
-}
-
-/// `WAIT <replicas> <timeout ms>`.
-fn wait_command(replicas: u32, timeout: Duration) -> redis::Cmd {
-    let ms = u64::try_from(timeout.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    let mut wait = redis::cmd("WAIT");
-    wait.arg(replicas).arg(ms);
-    wait
-}
-
-/// Fewer acknowledgements than `replicas` fail the publish.
-fn enough_replicas(acked: Value, replicas: u32) -> Result<(), RedisError> {
-    let acked: u64 =
-        redis::from_redis_value(acked).map_err(|e| parse_error("WAIT reply", e.to_string()))?;
-    if acked < u64::from(replicas) {
-        return Err(io_error(
-            "fewer replicas acknowledged the publish than required",
-            format!("{acked} of {replicas}"),
-        ));
-    }
-    Ok(())
-}
-
-/// `(id, receivers)` per item from the script's flat reply `epoch, stream id, receivers, …`.
-fn parse_reply(reply: Value, items: usize) -> Result<Vec<(String, u64)>, RedisError> {
-    let values: Vec<Value> = redis::from_redis_value(reply)
-        .map_err(|e| parse_error("publish script reply", e.to_string()))?;
-    if values.len() != items * 3 {
-        return Err(parse_error(
-            "publish script reply",
-            format!("{} values for {items} users", values.len()),
-        ));
-    }
-    let mut out = Vec::with_capacity(items);
-    let mut values = values.into_iter();
-    while let (Some(epoch), Some(sid), Some(receivers)) =
-        (values.next(), values.next(), values.next())
-    {
-        let parsed: Result<(String, String, u64), _> = (|| {
-            Ok::<_, redis::ParsingError>((
-                redis::from_redis_value(epoch)?,
-                redis::from_redis_value(sid)?,
-                redis::from_redis_value(receivers)?,
-            ))
-        })();
-        let (epoch, sid, receivers) =
-            parsed.map_err(|e| parse_error("publish script reply", e.to_string()))?;
-        out.push((format!("{epoch}-{sid}"), receivers));
-    }
-    Ok(out)
-}
-
-fn is_noscript(e: &RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-}
-
-fn io_error(what: &'static str, detail: String) -> RedisError {
-    RedisError::from((redis::ErrorKind::Io, what, detail))
-}
-
-fn parse_error(what: &'static str, detail: String) -> RedisError {
-    RedisError::from((redis::ErrorKind::Parse, what, detail))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replies_map_to_ids_in_order() {
-        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let reply = Value::Array(vec![
-            bulk("ep"),
-            bulk("5-0"),
-            Value::Int(2),
-            bulk("ep"),
-            bulk("5-1"),
-            Value::Int(0),
-        ]);
-        assert_eq!(
-            parse_reply(reply, 2).unwrap(),
-            [("ep-5-0".to_string(), 2), ("ep-5-1".to_string(), 0)]
-        );
-        let short = Value::Array(vec![bulk("ep"), bulk("5-0")]);
-        assert!(parse_reply(short, 1).is_err());
-    }
 }

@@ -1,0 +1,169 @@
+//! The Redis side of a batch: its calls sent in one pipeline (single server, Sentinel) or per
+//! slot owner (cluster), the replicas' acknowledgements, and the script's replies.
+
+use std::time::Duration;
+
+use redis::{RedisError, Script, Value};
+
+use super::{Item, Settings};
+use crate::conn::RedisConn;
+use crate::keys::history_key;
+
+/// Every call in one pipeline (plus the `WAIT`, on the same connection: a failover in
+/// between would let a `WAIT` on the new primary return at once); reloads the script once if
+/// the server lost it (then nothing ran).
+pub(super) async fn single_pipeline(
+    settings: &Settings,
+    script: &Script,
+    commands: &[redis::Cmd],
+) -> Result<Vec<Value>, RedisError> {
+    let mut pipe = redis::pipe();
+    for cmd in commands {
+        pipe.add_command(cmd.clone());
+    }
+    let wait = settings.replicas.map(|(replicas, timeout)| {
+        pipe.add_command(wait_command(replicas, timeout));
+        replicas
+    });
+    let mut conn = settings.conn.clone();
+    let mut values: Vec<Value> = match pipe.query_async(&mut conn).await {
+        Err(e) if is_noscript(&e) => {
+            script.prepare_invoke().load_async(&mut conn).await?;
+            pipe.query_async(&mut conn).await?
+        }
+        other => other?,
+    };
+    if let Some(replicas) = wait {
+        let acked = values.pop().unwrap_or(Value::Nil);
+        enough_replicas(acked, replicas)?;
+    }
+    Ok(values)
+}
+
+/// Each call on its slot's owner (concurrently), then the `WAIT`s per slot when configured.
+pub(super) async fn cluster_calls(
+    settings: &Settings,
+    script: &Script,
+    commands: &[redis::Cmd],
+    calls: &[Vec<Item>],
+) -> Result<Vec<Value>, RedisError> {
+    let runs = commands.iter().map(|cmd| {
+        let mut conn = settings.conn.clone();
+        async move {
+            match cmd.query_async::<Value>(&mut conn).await {
+                Err(e) if is_noscript(&e) => {
+                    script.prepare_invoke().load_async(&mut conn).await?;
+                    cmd.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        }
+    });
+    let values = futures_util::future::try_join_all(runs).await?;
+    if let (RedisConn::Cluster(conn), Some((replicas, timeout))) =
+        (&settings.conn, settings.replicas)
+    {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let waits = calls.iter().filter_map(|items| items.first()).map(|item| {
+            let mut conn = conn.clone();
+            let route = Route::with_key(history_key(item.user), SlotAddr::Master);
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+            async move {
+                let acked = conn
+                    .route_command(wait_command(replicas, timeout), routing)
+                    .await?;
+                enough_replicas(acked, replicas)
+            }
+        });
+        futures_util::future::try_join_all(waits).await?;
+    }
+    Ok(values)
+}
+
+/// `WAIT <replicas> <timeout ms>`.
+fn wait_command(replicas: u32, timeout: Duration) -> redis::Cmd {
+    let ms = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(replicas).arg(ms);
+    wait
+}
+
+/// Fewer acknowledgements than `replicas` fail the publish.
+fn enough_replicas(acked: Value, replicas: u32) -> Result<(), RedisError> {
+    let acked: u64 =
+        redis::from_redis_value(acked).map_err(|e| parse_error("WAIT reply", e.to_string()))?;
+    if acked < u64::from(replicas) {
+        return Err(io_error(
+            "fewer replicas acknowledged the publish than required",
+            format!("{acked} of {replicas}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `(id, receivers)` per item from the script's flat reply `epoch, stream id, receivers, …`.
+pub(super) fn parse_reply(reply: Value, items: usize) -> Result<Vec<(String, u64)>, RedisError> {
+    let values: Vec<Value> = redis::from_redis_value(reply)
+        .map_err(|e| parse_error("publish script reply", e.to_string()))?;
+    if values.len() != items * 3 {
+        return Err(parse_error(
+            "publish script reply",
+            format!("{} values for {items} users", values.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(items);
+    let mut values = values.into_iter();
+    while let (Some(epoch), Some(sid), Some(receivers)) =
+        (values.next(), values.next(), values.next())
+    {
+        let parsed: Result<(String, String, u64), _> = (|| {
+            Ok::<_, redis::ParsingError>((
+                redis::from_redis_value(epoch)?,
+                redis::from_redis_value(sid)?,
+                redis::from_redis_value(receivers)?,
+            ))
+        })();
+        let (epoch, sid, receivers) =
+            parsed.map_err(|e| parse_error("publish script reply", e.to_string()))?;
+        out.push((format!("{epoch}-{sid}"), receivers));
+    }
+    Ok(out)
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+pub(super) fn io_error(what: &'static str, detail: String) -> RedisError {
+    RedisError::from((redis::ErrorKind::Io, what, detail))
+}
+
+fn parse_error(what: &'static str, detail: String) -> RedisError {
+    RedisError::from((redis::ErrorKind::Parse, what, detail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_map_to_ids_in_order() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            bulk("ep"),
+            bulk("5-0"),
+            Value::Int(2),
+            bulk("ep"),
+            bulk("5-1"),
+            Value::Int(0),
+        ]);
+        assert_eq!(
+            parse_reply(reply, 2).unwrap(),
+            [("ep-5-0".to_string(), 2), ("ep-5-1".to_string(), 0)]
+        );
+        let short = Value::Array(vec![bulk("ep"), bulk("5-0")]);
+        assert!(parse_reply(short, 1).is_err());
+    }
+}

@@ -2,9 +2,11 @@
 //!
 //! Every setting is a CLI flag with a `GATEWAY_*` environment twin (plus `REDIS_URL`). Defaults are
 //! safe for production: without `--dev` the gateway refuses to start without a JWT key (HS256
-//! secret, public key file or JWKS URL) and an API key. The README's configuration table mirrors this file.
+//! secret, public key file or JWKS URL) and an API key. The README's configuration table mirrors
+//! this file (checked by `config/readme_table.rs`); `config/effective.rs` derives the settings in
+//! use (Redis deployment, claim rules, listen addresses, drain timings).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +16,12 @@ use ipnet::IpNet;
 
 use crate::config_values::parse_listen;
 pub use crate::config_values::ListenAddr;
+
+mod effective;
+#[cfg(test)]
+mod readme_table;
+#[cfg(test)]
+mod tests;
 
 /// Top-level command line.
 #[derive(Debug, Parser)]
@@ -317,138 +325,6 @@ pub const DEFAULT_PRE_DRAIN_DELAY: Duration = Duration::from_secs(5);
 /// See [`DEFAULT_PRE_DRAIN_DELAY`].
 pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(20);
 
-impl Config {
-    /// The Redis deployment configured: `None` for the embedded broker; an error when more than
-    /// one is set.
-    pub(crate) fn redis_target(&self) -> anyhow::Result<Option<crate::broker::RedisTarget>> {
-        use crate::broker::RedisTarget;
-        let listed = |urls: &[String]| -> Vec<String> {
-            urls.iter()
-                .map(|u| u.trim().to_string())
-                .filter(|u| !u.is_empty())
-                .collect()
-        };
-        let cluster = listed(&self.redis_cluster_urls);
-        let sentinels = listed(&self.redis_sentinel_urls);
-        let set: Vec<&str> = [
-            ("REDIS_URL", self.redis_url.is_some()),
-            ("REDIS_CLUSTER_URLS", !cluster.is_empty()),
-            ("REDIS_SENTINEL_URLS", !sentinels.is_empty()),
-        ]
-        .into_iter()
-        .filter_map(|(name, on)| on.then_some(name))
-        .collect();
-        if set.len() > 1 {
-            let how = if set.len() == 2 { "both" } else { "all" };
-            anyhow::bail!(
-                "{} are {how} set: configure exactly one Redis (REDIS_URL for a standalone \
-                 server, REDIS_CLUSTER_URLS for a cluster's seed nodes, or REDIS_SENTINEL_URLS \
-                 with REDIS_SENTINEL_MASTER)",
-                set.join(" and ")
-            );
-        }
-        let node_settings = self.redis_sentinel_node_username.is_some()
-            || self.redis_sentinel_node_password.is_some()
-            || self.redis_sentinel_node_db != 0;
-        if sentinels.is_empty() && (self.redis_sentinel_master.is_some() || node_settings) {
-            anyhow::bail!(
-                "REDIS_SENTINEL_MASTER / REDIS_SENTINEL_NODE_* are set without \
-                 REDIS_SENTINEL_URLS (the sentinels to ask)"
-            );
-        }
-        if let Some(url) = &self.redis_url {
-            return Ok(Some(RedisTarget::Standalone(url.clone())));
-        }
-        if !cluster.is_empty() {
-            return Ok(Some(RedisTarget::Cluster(cluster)));
-        }
-        if sentinels.is_empty() {
-            return Ok(None);
-        }
-        let master = match self.redis_sentinel_master.as_deref().map(str::trim) {
-            Some(m) if !m.is_empty() => m.to_string(),
-            _ => anyhow::bail!(
-                "REDIS_SENTINEL_URLS needs REDIS_SENTINEL_MASTER (or --redis-sentinel-master): \
-                 the master name the sentinels monitor"
-            ),
-        };
-        let mut node = redis::RedisConnectionInfo::default().set_db(self.redis_sentinel_node_db);
-        if let Some(user) = &self.redis_sentinel_node_username {
-            node = node.set_username(user);
-        }
-        if let Some(password) = &self.redis_sentinel_node_password {
-            node = node.set_password(password);
-        }
-        Ok(Some(RedisTarget::Sentinel {
-            sentinels,
-            master,
-            node,
-        }))
-    }
-
-    /// The `iss` / `aud` rules of client JWTs (empty values are unset).
-    pub(crate) fn claim_rules(&self) -> crate::auth::ClaimRules {
-        fn set(value: &Option<String>) -> Option<String> {
-            let value = value.as_deref()?.trim();
-            (!value.is_empty()).then(|| value.to_owned())
-        }
-        crate::auth::ClaimRules {
-            issuer: set(&self.jwt_issuer),
-            audience: set(&self.jwt_audience),
-        }
-    }
-
-    /// Where a bare port (or no address) binds: every interface, or loopback in dev mode, so that
-    /// a developer's publish API and generated key are not open to their network.
-    fn default_host(&self) -> IpAddr {
-        if self.dev {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        }
-    }
-
-    /// Effective public listen address.
-    pub fn listen(&self) -> SocketAddr {
-        self.listen
-            .unwrap_or(ListenAddr::Port(DEFAULT_PUBLIC_PORT))
-            .resolve(self.default_host())
-    }
-
-    /// Effective admin listen address.
-    pub fn admin_listen(&self) -> SocketAddr {
-        self.admin_listen
-            .unwrap_or(ListenAddr::Port(DEFAULT_ADMIN_PORT))
-            .resolve(self.default_host())
-    }
-
-    /// The history settings.
-    pub fn history(&self) -> gleepost_event::HistoryConfig {
-        gleepost_event::HistoryConfig {
-            size: self.history_size,
-            ttl: self.history_ttl,
-        }
-    }
-
-    /// Effective pre-drain delay.
-    pub fn pre_drain_delay(&self) -> Duration {
-        self.pre_drain_delay.unwrap_or(if self.dev {
-            Duration::ZERO
-        } else {
-            DEFAULT_PRE_DRAIN_DELAY
-        })
-    }
-
-    /// Effective drain window.
-    pub fn drain_window(&self) -> Duration {
-        self.drain_window.unwrap_or(if self.dev {
-            Duration::ZERO
-        } else {
-            DEFAULT_DRAIN_WINDOW
-        })
-    }
-}
-
 /// Parse `30s`, `1h`, `250ms`… (humantime syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
@@ -460,185 +336,4 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_parse() {
-        let cli = Cli::try_parse_from(["gleepost-gateway"]).unwrap();
-        assert_eq!(cli.config.listen(), "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(cli.config.admin_listen(), "0.0.0.0:9090".parse().unwrap());
-        assert_eq!(cli.config.channels, vec!["c:{id}", "n:{id}"]);
-        assert_eq!(cli.config.ping_interval, Duration::from_secs(30));
-        assert_eq!(cli.config.drain_window(), DEFAULT_DRAIN_WINDOW);
-        assert_eq!(cli.config.handshake_timeout, Duration::from_secs(10));
-        assert_eq!(cli.config.max_connections_per_user, 100);
-        assert_eq!(cli.config.max_connections_per_ip, 0);
-        assert_eq!(cli.config.connect_rate_per_ip, 0);
-        assert_eq!(cli.config.auth_failures_per_ip, 50);
-        assert!(cli.config.trusted_proxies.is_empty());
-    }
-
-    #[test]
-    fn dev_mode_binds_loopback_unless_told_otherwise() {
-        let config = |args: &[&str]| {
-            Cli::try_parse_from(["gleepost-gateway"].iter().chain(args))
-                .unwrap()
-                .config
-        };
-        let dev = config(&["--dev"]);
-        assert_eq!(dev.listen(), "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(dev.admin_listen(), "127.0.0.1:9090".parse().unwrap());
-        let bare = config(&["--dev", "--listen", "8081", "--admin-listen", "9091"]);
-        assert_eq!(bare.listen(), "127.0.0.1:8081".parse().unwrap());
-        assert_eq!(bare.admin_listen(), "127.0.0.1:9091".parse().unwrap());
-        let open = config(&[
-            "--dev",
-            "--listen",
-            "0.0.0.0:8080",
-            "--admin-listen",
-            "[::]:1",
-        ]);
-        assert_eq!(open.listen(), "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(open.admin_listen(), "[::]:1".parse().unwrap());
-        assert_eq!(
-            config(&["--listen", "8081"]).listen(),
-            "0.0.0.0:8081".parse().unwrap()
-        );
-        assert_eq!(
-            config(&["--listen", "localhost:8081"]).listen(),
-            "127.0.0.1:8081".parse().unwrap()
-        );
-    }
-
-    #[test]
-    fn trusted_proxies_take_cidrs_and_addresses() {
-        let cli = Cli::try_parse_from([
-            "gleepost-gateway",
-            "--trusted-proxies",
-            "10.0.0.0/8, 192.0.2.7,fd00::/8",
-        ])
-        .unwrap();
-        let shown: Vec<String> = cli
-            .config
-            .trusted_proxies
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
-        assert!(
-            Cli::try_parse_from(["gleepost-gateway", "--trusted-proxies", "10.0.0.0/33"]).is_err()
-        );
-        assert!(Cli::try_parse_from(["gleepost-gateway", "--trusted-proxies", "proxy"]).is_err());
-    }
-
-    /// The README's configuration table lists exactly the server's flags, each with its
-    /// environment twin and (where the table shows a literal) its default.
-    fn target(args: &[&str]) -> anyhow::Result<Option<crate::broker::RedisTarget>> {
-        let argv = std::iter::once("gleepost-gateway").chain(args.iter().copied());
-        Cli::try_parse_from(argv)?.config.redis_target()
-    }
-
-    #[test]
-    fn exactly_one_redis_and_sentinel_needs_its_master_name() {
-        use crate::broker::RedisTarget;
-        let s = [
-            "--redis-sentinel-urls",
-            "redis://127.0.0.1:26379,redis://h:26380",
-        ];
-        let err = target(&s).unwrap_err().to_string();
-        assert!(err.contains("REDIS_SENTINEL_MASTER"), "{err}");
-        let both = [&s[..], &["--redis-url", "redis://x/"]].concat();
-        let err = target(&both).unwrap_err().to_string();
-        assert!(
-            err.contains("REDIS_URL and REDIS_SENTINEL_URLS are both set"),
-            "{err}"
-        );
-        let three = [&both[..], &["--redis-cluster-urls", "redis://c:7000"]].concat();
-        let err = target(&three).unwrap_err().to_string();
-        assert!(err.contains("are all set"), "{err}");
-        let err = target(&["--redis-sentinel-master", "m"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("without REDIS_SENTINEL_URLS"), "{err}");
-        let ok = [&s[..], &["--redis-sentinel-master", "m"]].concat();
-        let ok = [&ok[..], &["--redis-sentinel-node-password", "pw"]].concat();
-        match target(&ok).unwrap() {
-            Some(RedisTarget::Sentinel {
-                sentinels,
-                master,
-                node,
-            }) => {
-                assert_eq!(sentinels.len(), 2);
-                assert_eq!(master, "m");
-                assert_eq!(node.password(), Some("pw"));
-            }
-            other => panic!("not a Sentinel target: {other:?}"),
-        }
-        assert!(target(&[]).unwrap().is_none());
-    }
-
-    #[test]
-    fn readme_configuration_table_matches_the_flags() {
-        use clap::CommandFactory;
-        let readme = include_str!("../../../README.md");
-        let rows: Vec<Vec<&str>> = readme
-            .lines()
-            .filter(|l| l.starts_with("| `--"))
-            .map(|l| {
-                l.split(" | ")
-                    .map(|c| c.trim_matches(|ch| ch == '|' || ch == ' '))
-                    .collect()
-            })
-            .collect();
-        let cmd = Cli::command();
-        let flags: Vec<_> = cmd
-            .get_arguments()
-            .filter(|a| a.get_long().is_some_and(|l| l != "help" && l != "version"))
-            .collect();
-        for arg in &flags {
-            let long = format!("`--{}`", arg.get_long().unwrap_or_default());
-            let row = rows
-                .iter()
-                .find(|r| r.first() == Some(&long.as_str()))
-                .unwrap_or_else(|| {
-                    panic!("{long} is missing from the README's configuration table")
-                });
-            let env = arg.get_env().map(|e| format!("`{}`", e.to_string_lossy()));
-            assert_eq!(
-                row.get(1).map(|s| s.to_string()),
-                env,
-                "environment twin of {long}"
-            );
-            if let (Some(default), Some(shown)) = (arg.get_default_values().first(), row.get(2)) {
-                let default = default.to_string_lossy();
-                if shown.starts_with('`') && !default.is_empty() {
-                    assert_eq!(*shown, format!("`{default}`"), "default of {long}");
-                }
-            }
-        }
-        for row in &rows {
-            let name = row[0].trim_matches('`').trim_start_matches("--");
-            assert!(
-                flags.iter().any(|a| a.get_long() == Some(name)),
-                "the README documents --{name}, which is no flag"
-            );
-        }
-    }
-
-    #[test]
-    fn token_subcommand() {
-        let cli = Cli::try_parse_from(["gleepost-gateway", "token", "--user", "9", "--ttl", "2h"])
-            .unwrap();
-        match cli.command {
-            Some(Command::Token { user, ttl }) => {
-                assert_eq!(user, 9);
-                assert_eq!(ttl, Duration::from_secs(7200));
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{ensure, Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -101,24 +101,12 @@ pub async fn closed_within<S: AsyncRead + Unpin>(
 
 /// Read one response (head and `Content-Length` body) from `stream`.
 pub async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("connection closed before the response head");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let mut response = parse_head(&String::from_utf8_lossy(&buf[..head_end]))?;
+    let (mut response, mut body) = read_head(stream).await?;
     let length: usize = response
         .header("content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let mut body = buf[head_end + 4..].to_vec();
+    let mut chunk = [0u8; 4096];
     while body.len() < length {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
@@ -129,6 +117,24 @@ pub async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse> {
     body.truncate(length);
     response.body = body;
     Ok(response)
+}
+
+/// Read a response head from `stream`; returns it (with an empty body) and the bytes that
+/// arrived after it (the start of the body, or of the first WebSocket frames).
+pub async fn read_head(stream: &mut TcpStream) -> Result<(HttpResponse, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos;
+        }
+        let n = stream.read(&mut chunk).await?;
+        ensure!(n > 0, "connection closed before the response head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let rest = buf.split_off(end + 4);
+    buf.truncate(end);
+    Ok((parse_head(&String::from_utf8_lossy(&buf))?, rest))
 }
 
 /// A response head (status line and headers, without the blank line) as a response with an

@@ -10,6 +10,8 @@ use anyhow::{ensure, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::http;
+
 /// Opcodes a test writes.
 pub mod opcode {
     /// Text frame.
@@ -53,32 +55,19 @@ impl RawClient {
     }
 
     async fn handshake(mut stream: TcpStream, addr: &str, url_path: &str) -> Result<RawClient> {
-        let request = format!(
-            "GET {url_path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
+        let request = http::upgrade_head(addr, url_path, "HTTP/1.1", Some(http::WS_KEY), &[]);
         stream.write_all(request.as_bytes()).await?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 1024];
-        let head_end = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    return Ok::<_, anyhow::Error>(pos + 4);
-                }
-                // Whatever follows the head (early frames) stays in `buf`.
-                let n = stream.read(&mut chunk).await?;
-                ensure!(n > 0, "connection closed during the handshake");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-        })
-        .await
-        .context("handshake timed out")??;
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        // Whatever follows the head (early frames) stays in `buf`.
+        let (response, buf) =
+            tokio::time::timeout(Duration::from_secs(10), http::read_head(&mut stream))
+                .await
+                .context("handshake timed out")??;
         ensure!(
-            head.starts_with("HTTP/1.1 101"),
-            "upgrade refused: {head:?}"
+            response.status == 101,
+            "upgrade refused: {} {:?}",
+            response.status,
+            response.headers
         );
-        buf.drain(..head_end);
         Ok(RawClient { stream, buf })
     }
 

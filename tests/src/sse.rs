@@ -97,7 +97,7 @@ impl SseStream {
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await?;
-        let (response, rest) = read_head(&mut stream).await?;
+        let (response, rest) = http::read_head(&mut stream).await?;
         if response.status != 200 {
             bail!(
                 "GET /sse answered {} {}",
@@ -229,25 +229,6 @@ impl SseStream {
         }
         Ok(())
     }
-}
-
-/// Read a response head; returns it (no body) and the bytes after it.
-async fn read_head(stream: &mut TcpStream) -> Result<(HttpResponse, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        let n = stream.read(&mut chunk).await?;
-        ensure!(n > 0, "connection closed before the response head");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let mut head = buf;
-    let rest = head.split_off(end + 4);
-    head.truncate(end);
-    let response = http::parse_head(&String::from_utf8_lossy(&head))?;
-    Ok((response, rest))
 }
 
 /// One long-poll as `user`: `GET /poll?access_token=…&timeout=<timeout>` (plus `&since=<id>`)

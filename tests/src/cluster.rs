@@ -28,8 +28,8 @@ pub use shard_sub::{ShardPush, ShardSubscriber};
 pub use slot::{slot_of, SLOTS};
 pub use topology::ClusterNode;
 
+use crate::eventually;
 use crate::redis::Launch;
-use crate::redis_mode::eventually;
 use crate::RedisServer;
 use topology::View;
 

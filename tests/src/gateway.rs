@@ -4,18 +4,13 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Serialize;
 
 use crate::client::Client;
+use crate::credentials::{token, API_KEY, JWT_SECRET};
 use crate::http::{self, HttpResponse};
-
-/// JWT secret every test gateway uses.
-pub const JWT_SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
-/// Publish API key every test gateway uses.
-pub const API_KEY: &str = "e2e-test-api-key";
 
 /// How to start a gateway.
 #[derive(Clone, Debug, Default)]
@@ -381,105 +376,4 @@ async fn admin_post_to(admin: &str, path: &str, body: &str) -> Result<HttpRespon
         body.as_bytes(),
     )
     .await
-}
-
-#[derive(Serialize)]
-struct Claims {
-    sub: String,
-    exp: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    iat: Option<u64>,
-}
-
-/// A JWT for `user` signed with [`JWT_SECRET`], valid for an hour.
-pub fn token(user: u64) -> String {
-    token_with(
-        user,
-        3600,
-        JWT_SECRET.as_bytes(),
-        jsonwebtoken::Algorithm::HS256,
-    )
-}
-
-/// A JWT with a chosen lifetime (negative = expired), secret and algorithm.
-pub fn token_with(user: u64, ttl_secs: i64, secret: &[u8], alg: jsonwebtoken::Algorithm) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let claims = Claims {
-        sub: user.to_string(),
-        exp: (now + ttl_secs).max(0) as u64,
-        iat: None,
-    };
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(alg),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-    )
-    .unwrap_or_default()
-}
-
-/// A JWT for `user` signed with [`JWT_SECRET`], valid for an hour, issued (`iat`) at
-/// `issued_at` (unix s; `None`: no `iat` claim).
-pub fn token_issued_at(user: u64, issued_at: Option<u64>) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let claims = Claims {
-        sub: user.to_string(),
-        exp: now + 3600,
-        iat: issued_at,
-    };
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap_or_default()
-}
-
-/// `gleepost-gateway <args>` as an operator would run it: with `env` on top of an environment
-/// without any Redis, dev mode, colour or backtrace settings; its output once it exits (at most
-/// 30 s; killed beyond).
-pub async fn gateway_command(args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Output> {
-    let mut command = tokio::process::Command::new(gateway_binary()?);
-    command.args(args);
-    for name in [
-        "REDIS_URL",
-        "REDIS_CLUSTER_URLS",
-        "REDIS_SENTINEL_URLS",
-        "REDIS_SENTINEL_MASTER",
-        "GATEWAY_DEV",
-        "NO_COLOR",
-        "RUST_BACKTRACE",
-        "RUST_LIB_BACKTRACE",
-    ] {
-        command.env_remove(name);
-    }
-    command
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(30), command.output())
-        .await
-        .with_context(|| format!("`gleepost-gateway {}` did not finish", args.join(" ")))?
-        .context("running gleepost-gateway")
-}
-
-/// Run `gleepost-gateway publish --users <users> --event <event>` with `env` (e.g. `REDIS_URL`
-/// or `REDIS_CLUSTER_URLS`), like an operator would; fails unless it succeeds.
-pub async fn publish_subcommand(env: &[(&str, &str)], users: &[u64], event: &str) -> Result<()> {
-    let users: Vec<String> = users.iter().map(u64::to_string).collect();
-    let users = users.join(",");
-    let output = gateway_command(&["publish", "--users", &users, "--event", event], env).await?;
-    if !output.status.success() {
-        bail!(
-            "`gleepost-gateway publish` failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
 }

@@ -31,7 +31,7 @@ use anyhow::{bail, ensure, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::redis_mode::eventually;
+use crate::eventually;
 use crate::{free_port, token, Gateway, GatewayOptions, RedisServer};
 
 /// Name of HAProxy's backend of gateway nodes in `docs/haproxy.cfg`.

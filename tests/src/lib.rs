@@ -1,30 +1,38 @@
 //! End-to-end test harness: real `redis-server` processes, real `gleepost-gateway` processes
 //! and real WebSocket clients, so each test in `tests/` reads like the scenario it checks.
 
+use anyhow::{bail, Context, Result};
+
 pub mod chaos;
 pub mod client;
 pub mod cluster;
+pub mod credentials;
 pub mod gateway;
 pub mod haproxy;
 pub mod http;
 pub mod jwks;
 pub mod loadgen;
 pub mod metrics;
+pub mod nodes;
 pub mod python;
 pub mod raw_ws;
 pub mod redis;
-pub mod redis_mode;
+pub mod redis_inspect;
 pub mod resume;
 pub mod sentinel;
 pub mod sockets;
 pub mod sse;
 pub mod stream;
+pub mod subcommands;
+pub mod wait;
 
 pub use client::{Client, Closed, WAIT};
 pub use cluster::RedisCluster;
-pub use gateway::{publish_via, token, token_with, Gateway, GatewayOptions, API_KEY, JWT_SECRET};
+pub use credentials::{token, token_with, API_KEY, JWT_SECRET};
+pub use gateway::{publish_via, Gateway, GatewayOptions};
 pub use redis::RedisServer;
 pub use sentinel::RedisSentinel;
+pub use wait::eventually;
 
 /// The seed document's three examples (type, location, data exactly as in the document).
 pub mod seed {
@@ -48,6 +56,22 @@ pub fn data_text(frame: &str) -> Option<&str> {
     serde_json::from_str::<Envelope<'_>>(frame)
         .ok()
         .map(|e| e.data.get())
+}
+
+/// The frame carries the event published as `published`: same `type` and `location`, and the
+/// `data` member byte for byte (the gateway may add an `id` member when history is on).
+pub fn ensure_same_event(frame: &str, published: &str) -> Result<()> {
+    let parse = |text: &str| -> Result<serde_json::Value> {
+        serde_json::from_str(text).with_context(|| format!("not JSON: {text}"))
+    };
+    let (got, want) = (parse(frame)?, parse(published)?);
+    if got["type"] != want["type"] || got["location"] != want["location"] {
+        bail!("wrong envelope: got {frame}, published {published}");
+    }
+    if data_text(frame) != data_text(published) {
+        bail!("data not delivered byte-exact: got {frame}, published {published}");
+    }
+    Ok(())
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released).

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::gateway::{gateway_binary, API_KEY, JWT_SECRET};
+use crate::credentials::{API_KEY, JWT_SECRET};
+use crate::gateway::gateway_binary;
 
 /// Path of the load generator built by `cargo build` in the same target directory as the
 /// gateway binary (the Makefile builds every binary before the tests).

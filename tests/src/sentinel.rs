@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use redis::Value;
 
+use crate::eventually;
 use crate::redis::{query, Launch};
-use crate::redis_mode::eventually;
 use crate::RedisServer;
 
 /// The master name the sentinels monitor.

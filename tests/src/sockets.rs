@@ -1,7 +1,9 @@
 //! The kernel's table of TCP sockets (`/proc/net/tcp` and `/proc/net/tcp6`): every socket of
 //! this network namespace, the gateway's included, so tests see what it listens on and which
-//! side closed a connection.
+//! side closed a connection; and (from `/proc/<pid>`) which local ports one process's
+//! connections to a remote port use.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{bail, Context, Result};
@@ -83,4 +85,46 @@ fn address(field: &str) -> Result<SocketAddr> {
         _ => bail!("unexpected address length"),
     };
     Ok(SocketAddr::new(ip, port))
+}
+
+/// Local TCP ports of the sockets process `pid` holds open to `remote_port` (from `/proc`).
+pub fn tcp_ports_to(pid: u32, remote_port: u16) -> Result<HashSet<u16>> {
+    let mut inodes = HashSet::new();
+    let fd_dir = format!("/proc/{pid}/fd");
+    for entry in std::fs::read_dir(&fd_dir).with_context(|| format!("reading {fd_dir}"))? {
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue; // closed meanwhile
+        };
+        let target = target.to_string_lossy();
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+        {
+            inodes.insert(inode.to_string());
+        }
+    }
+    let mut ports = HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let path = format!("/proc/{pid}/net/{table}");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || !inodes.contains(cols[9]) {
+                continue;
+            }
+            let port = |addr: &str| {
+                addr.rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            };
+            if port(cols[2]) == Some(remote_port) {
+                if let Some(local) = port(cols[1]) {
+                    ports.insert(local);
+                }
+            }
+        }
+    }
+    Ok(ports)
 }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use futures_util::future::try_join_all;
+use gleepost_tests::eventually;
 use gleepost_tests::http::{self, closed_within, read_response, HttpResponse};
 use gleepost_tests::metrics::wait_metric;
-use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::{python, Gateway, GatewayOptions, RedisServer, API_KEY};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, Publisher};
-use gleepost_tests::gateway::publish_subcommand;
-use gleepost_tests::redis_mode::{eventually, tcp_ports_to};
+use gleepost_tests::eventually;
 use gleepost_tests::resume::{expect_seq, seq_event};
+use gleepost_tests::sockets::tcp_ports_to;
+use gleepost_tests::subcommands::publish_subcommand;
 use gleepost_tests::{Client, Gateway, GatewayOptions, RedisCluster};
 
 const READY: Duration = Duration::from_secs(30);
@@ -154,7 +155,7 @@ async fn gleepost_tokens_and_resume_work_on_a_cluster() -> Result<()> {
         // The login service's token key, on its own slot's owner.
         let key = format!("users:{user}:token:tok{user}");
         let _: String = cluster.cmd_routed(&key, &["SET", &key, "1"]).await?;
-        let url = gleepost_tests::redis_mode::gleepost_url(&gw, user, &format!("tok{user}"));
+        let url = gleepost_tests::credentials::gleepost_url(&gw, user, &format!("tok{user}"));
         let mut client = Client::connect(&url)
             .await
             .with_context(|| format!("user {user}"))?;
@@ -170,7 +171,7 @@ async fn gleepost_tokens_and_resume_work_on_a_cluster() -> Result<()> {
         expect_seq(&mut resumed, 3, true).await?;
     }
     // A token whose key does not exist is refused.
-    let bad = gleepost_tests::redis_mode::gleepost_url(&gw, users[0], "nope");
+    let bad = gleepost_tests::credentials::gleepost_url(&gw, users[0], "nope");
     ensure!(
         Client::connect(&bad).await.is_err(),
         "unknown token admitted"

@@ -7,8 +7,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::gateway::token_issued_at;
-use gleepost_tests::redis_mode::eventually;
+use gleepost_tests::credentials::token_issued_at;
+use gleepost_tests::eventually;
 use gleepost_tests::resume::{expect_seq, publish_seq, seq_event};
 use gleepost_tests::{Client, Closed, Gateway, GatewayOptions, RedisCluster, RedisServer};
 use serde_json::{json, Value};

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::redis_mode::eventually;
+use gleepost_tests::eventually;
 use gleepost_tests::sockets::listening_addresses;
 use gleepost_tests::{http, seed, Gateway, GatewayOptions};
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use gleepost_event::{Event, HistoryConfig, Publisher};
+use gleepost_tests::eventually;
 use gleepost_tests::metrics::wait_metric;
-use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::resume::{parse_frame, seq_event, Frame, SeqCheck};
 use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
 use tokio::sync::mpsc;

@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use gleepost_tests::eventually;
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::raw_ws::{opcode, vm_rss_kib, RawClient};
-use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::{token, Gateway, GatewayOptions};
 
 const LIMIT: Duration = Duration::from_secs(30);

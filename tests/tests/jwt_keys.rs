@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use gleepost_tests::eventually;
 use gleepost_tests::http::{self, HttpResponse};
 use gleepost_tests::jwks::{claims, fixture, JwksServer, TestCa, TestKey};
 use gleepost_tests::metrics::wait_metric;
-use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::{seed, token, Client, Gateway, GatewayOptions};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};

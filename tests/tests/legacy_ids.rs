@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, Publisher};
-use gleepost_tests::redis_mode::eventually;
+use gleepost_tests::eventually;
 use gleepost_tests::resume::{parse_frame, publish_seq, seq_event, Frame};
 use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
 

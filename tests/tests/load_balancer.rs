@@ -14,9 +14,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use gleepost_tests::eventually;
 use gleepost_tests::haproxy::{self, two_nodes, HaProxy};
 use gleepost_tests::http;
-use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::resume::{seq_event, SeqCheck};
 use gleepost_tests::sse::{accept_poll, poll, sse_path, SseStream};
 use gleepost_tests::{Client, RedisServer, WAIT};

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use gleepost_tests::eventually;
 use gleepost_tests::haproxy::{node_options, two_nodes, HaProxy, NODES};
-use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::resume::{seq_event, SeqCheck};
 use gleepost_tests::sse::{accept_poll, poll, sse_path, SseStream};
 use gleepost_tests::stream::{EventStream, Frame};

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::gateway::{gateway_binary, gateway_command};
-use gleepost_tests::redis_mode::eventually;
+use gleepost_tests::eventually;
+use gleepost_tests::gateway::gateway_binary;
+use gleepost_tests::subcommands::gateway_command;
 use gleepost_tests::{free_port, seed, Gateway, GatewayOptions};
 
 const LIMIT: Duration = Duration::from_secs(15);

@@ -5,7 +5,7 @@
 //! answer gave.
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::redis_mode::two_ready_nodes;
+use gleepost_tests::nodes::two_ready_nodes;
 use gleepost_tests::{data_text, Gateway, GatewayOptions, RedisServer};
 use serde_json::Value;
 

@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use gleepost_tests::credentials::{connect_gp_header, gleepost_url};
 use gleepost_tests::http::{upgrade_attempt, HttpResponse};
-use gleepost_tests::redis_mode::{connect_gp_header, ensure_same_event, eventually, gleepost_url};
-use gleepost_tests::{Client, Closed, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{
+    ensure_same_event, eventually, Client, Closed, Gateway, GatewayOptions, RedisServer,
+};
 
 const READY: Duration = Duration::from_secs(15);
 const EVENT: &str = r#"{"type":"message","location":"/conversations/67","data":{"text":"hi"}}"#;

@@ -4,9 +4,10 @@
 //! exactly once per connection and in publish order.
 
 use anyhow::{bail, ensure, Context, Result};
-use gleepost_tests::gateway::publish_subcommand;
-use gleepost_tests::redis_mode::{ensure_same_event, numsub, two_ready_nodes, user_channels};
-use gleepost_tests::{seed, Client, RedisServer};
+use gleepost_tests::nodes::two_ready_nodes;
+use gleepost_tests::redis_inspect::{numsub, user_channels};
+use gleepost_tests::subcommands::publish_subcommand;
+use gleepost_tests::{ensure_same_event, seed, Client, RedisServer};
 use serde_json::Value;
 
 /// Every frame up to and including the marker event (`type` = `marker`).

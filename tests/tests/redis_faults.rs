@@ -6,10 +6,8 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::redis_mode::{
-    ensure_same_event, eventually, user_channels, user_channels_subscribed,
-};
-use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::redis_inspect::{user_channels, user_channels_subscribed};
+use gleepost_tests::{ensure_same_event, eventually, Client, Gateway, GatewayOptions, RedisServer};
 
 const READY: Duration = Duration::from_secs(30);
 const RECONNECTS: &str = "gleepost_gateway_broker_reconnects_total";

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
-use gleepost_tests::redis_mode::{
-    client_list, ensure_same_event, eventually, node_redis_clients, numsub,
-    probe_channels_subscribed, two_ready_nodes, user_channels, user_channels_subscribed,
+use gleepost_tests::nodes::two_ready_nodes;
+use gleepost_tests::redis_inspect::{
+    client_list, node_redis_clients, numsub, probe_channels_subscribed, user_channels,
+    user_channels_subscribed,
 };
-use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{ensure_same_event, eventually, Client, Gateway, GatewayOptions, RedisServer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

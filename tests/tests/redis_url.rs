@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::redis_mode::ensure_same_event;
+use gleepost_tests::ensure_same_event;
 use gleepost_tests::{seed, Gateway, GatewayOptions, RedisServer};
 
 const READY: Duration = Duration::from_secs(15);

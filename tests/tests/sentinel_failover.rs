@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::redis_mode::eventually;
+use gleepost_tests::eventually;
 use gleepost_tests::resume::{parse_frame, seq_event, Frame};
 use gleepost_tests::{Client, Gateway, GatewayOptions, RedisSentinel};
 

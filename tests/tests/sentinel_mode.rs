@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::gateway::publish_subcommand;
 use gleepost_tests::resume::{connect_since, expect_seq, publish_seq, seq_event};
 use gleepost_tests::sentinel::MASTER;
+use gleepost_tests::subcommands::publish_subcommand;
 use gleepost_tests::{Client, Gateway, GatewayOptions, RedisSentinel};
 
 const PASSWORD: &str = "data-node-secret";
@@ -32,7 +32,7 @@ async fn every_feature_works_on_a_password_protected_sentinel_deployment() -> Re
         .node(primary)
         .cmd(&["SET", "users:9:token:tok9", "1"])
         .await?;
-    let url = gleepost_tests::redis_mode::gleepost_url(&gw, user, "tok9");
+    let url = gleepost_tests::credentials::gleepost_url(&gw, user, "tok9");
     let mut client = Client::connect(&url).await.context("Gleepost token")?;
 
     let first = publish_seq(&gw, user, 1).await?;
@@ -51,7 +51,7 @@ async fn every_feature_works_on_a_password_protected_sentinel_deployment() -> Re
     expect_seq(&mut resumed, 2, true).await?;
     expect_seq(&mut resumed, 3, true).await?;
 
-    let bad = gleepost_tests::redis_mode::gleepost_url(&gw, user, "nope");
+    let bad = gleepost_tests::credentials::gleepost_url(&gw, user, "nope");
     ensure!(
         Client::connect(&bad).await.is_err(),
         "unknown token admitted"
@@ -89,7 +89,7 @@ async fn with_every_sentinel_gone_the_node_keeps_its_working_primary() -> Result
         .cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
         .await?;
     ensure!(killed >= 1, "no pub/sub connection on the primary");
-    gleepost_tests::redis_mode::eventually(Duration::from_secs(30), "resubscribed", || async {
+    gleepost_tests::eventually(Duration::from_secs(30), "resubscribed", || async {
         let subs: Vec<String> = sentinel
             .node(0)
             .cmd(&["PUBSUB", "CHANNELS", "gp:user:*"])

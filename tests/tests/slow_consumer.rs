@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, HistoryConfig, Publisher};
+use gleepost_tests::eventually;
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::raw_ws::{vm_rss_kib, RawClient};
-use gleepost_tests::redis_mode::eventually;
 use gleepost_tests::resume::{connect_since, publish_seq, seq_event, SeqCheck};
 use gleepost_tests::{token, Client, Gateway, GatewayOptions, RedisServer};
 

@@ -192,7 +192,7 @@ async fn poll_answers_history_then_live_then_empty_and_resync() -> Result<()> {
         let public = gw.public.clone();
         tokio::spawn(async move { poll(&public, 9, Some(&since), "8s").await })
     };
-    gleepost_tests::redis_mode::eventually(READY, "the poll is waiting", || async {
+    gleepost_tests::eventually(READY, "the poll is waiting", || async {
         let n = gw
             .metric("gleepost_gateway_transport_connections{transport=\"poll\"}")
             .await?;

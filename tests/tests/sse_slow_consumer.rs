@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use gleepost_tests::redis_mode::eventually;
+use gleepost_tests::eventually;
 use gleepost_tests::resume::{seq_event, SeqCheck};
 use gleepost_tests::sockets::{tcp_state, ESTABLISHED};
 use gleepost_tests::sse::{sse_path, SseStream};

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::redis_mode::eventually;
+use gleepost_tests::eventually;
 use gleepost_tests::{seed, Gateway, GatewayOptions, RedisServer};
 
 const LIMIT: Duration = Duration::from_secs(30);

@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 
 use super::clients::SessionHandle;
 use super::world::{Topology, World};
-use crate::redis_mode::eventually;
+use crate::eventually;
 
 /// One fault.
 #[derive(Clone, Debug)]

@@ -269,7 +269,7 @@ async fn run_world(plan: &Plan, world: &World, faults: &[Fault]) -> Result<Outco
 
 /// Wait until every session is connected to its home node.
 async fn at_home(sessions: &[SessionHandle]) -> Result<()> {
-    crate::redis_mode::eventually(Duration::from_secs(30), "sessions at home", || async {
+    crate::eventually(Duration::from_secs(30), "sessions at home", || async {
         let away = sessions.iter().filter(|s| s.node() != Some(s.home)).count();
         ensure!(
             away == 0,

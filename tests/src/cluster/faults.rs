@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{ensure, Context, Result};
 
 use super::{lock, ClusterNode, RedisCluster, SETTLE};
-use crate::redis_mode::eventually;
+use crate::eventually;
 
 /// What a primary killed by [`RedisCluster::kill_primary`] had.
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 
 use super::topology::View;
 use super::{ClusterNode, RedisCluster, SETTLE};
-use crate::redis_mode::eventually;
+use crate::eventually;
 
 impl RedisCluster {
     /// Wait until every running node reports `cluster_state:ok`, knows every node, sees the

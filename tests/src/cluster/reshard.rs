@@ -4,7 +4,7 @@ use anyhow::{bail, ensure, Context, Result};
 use redis::aio::MultiplexedConnection;
 
 use super::{ClusterNode, RedisCluster, SETTLE};
-use crate::redis_mode::eventually;
+use crate::eventually;
 
 /// Keys per `CLUSTER GETKEYSINSLOT` / `MIGRATE` round.
 const BATCH: usize = 100;

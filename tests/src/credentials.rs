@@ -33,6 +33,12 @@ pub fn token(user: u64) -> String {
     )
 }
 
+/// `/ws?access_token=<jwt for user>`: the path of a WebSocket upgrade as `user`, for clients
+/// that write their own request.
+pub fn ws_path(user: u64) -> String {
+    format!("/ws?access_token={}", token(user))
+}
+
 /// A JWT with a chosen lifetime (negative = expired), secret and algorithm.
 pub fn token_with(user: u64, ttl_secs: i64, secret: &[u8], alg: jsonwebtoken::Algorithm) -> String {
     let now = SystemTime::now()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::client::Client;
-use crate::credentials::{token, API_KEY, JWT_SECRET};
+use crate::credentials::{ws_path, API_KEY, JWT_SECRET};
 use crate::http::{self, HttpResponse};
 
 /// How to start a gateway.
@@ -95,18 +95,24 @@ pub struct Gateway {
 
 /// Path of the gateway binary built by `cargo build` (the Makefile builds it before tests).
 pub fn gateway_binary() -> Result<PathBuf> {
+    built_binary("gleepost-gateway")
+}
+
+/// Path of the binary `name` of the package of that name, built by `cargo build` in the target
+/// directory of the running test.
+pub(crate) fn built_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test-binary> → target/<profile>/gleepost-gateway; a binary of this
-    // crate (target/<profile>/chaos) has it next to itself.
+    // target/<profile>/deps/<test-binary> → target/<profile>/<name>; a binary of this crate
+    // (target/<profile>/chaos) has it next to itself.
     let own_dir = exe.parent().context("unexpected test binary location")?;
     let dir = match own_dir.file_name() {
-        Some(name) if name == "deps" => own_dir.parent().unwrap_or(own_dir),
+        Some(dir) if dir == "deps" => own_dir.parent().unwrap_or(own_dir),
         _ => own_dir,
     };
-    let bin = dir.join("gleepost-gateway");
+    let bin = dir.join(name);
     if !bin.exists() {
         bail!(
-            "{} not found: build it first (`cargo build -p gleepost-gateway`; `make test` does)",
+            "{} not found: build it first (`cargo build -p {name}`; `make test` does)",
             bin.display()
         );
     }
@@ -233,7 +239,7 @@ impl Gateway {
 
     /// `ws://…/ws?access_token=<jwt for user>`.
     pub fn ws_url(&self, user: u64) -> String {
-        format!("{}?access_token={}", self.ws_base(), token(user))
+        format!("ws://{}{}", self.public, ws_path(user))
     }
 
     /// Connect a WebSocket client as `user` (JWT).
@@ -254,6 +260,23 @@ impl Gateway {
     /// Publish `event` (JSON text) to `users`; fails unless 200.
     pub async fn publish(&self, users: &[u64], event: &str) -> Result<serde_json::Value> {
         publish_via(&self.admin, users, event).await
+    }
+
+    /// POST `body` to the admin API's `path` with the API key; the answer as JSON (fails unless
+    /// 200).
+    pub async fn admin_post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let res = self.admin_post(path, &body.to_string()).await?;
+        ensure!(
+            res.status == 200,
+            "POST {path}: {} {}",
+            res.status,
+            String::from_utf8_lossy(&res.body)
+        );
+        Ok(serde_json::from_slice(&res.body)?)
     }
 
     /// GET an admin path.
@@ -281,14 +304,15 @@ impl Gateway {
 
     /// Wait until `/readyz` equals `ready` (bounded).
     pub async fn wait_ready(&self, ready: bool, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        while self.is_ready().await != ready {
-            if Instant::now() > deadline {
-                bail!("gateway did not become ready={ready} within {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
+        crate::eventually(limit, &format!("gateway ready={ready}"), || async {
+            ensure!(
+                self.is_ready().await == ready,
+                "/readyz says ready={}",
+                !ready
+            );
+            Ok(())
+        })
+        .await
     }
 
     /// The value of a metric sample (e.g. `gleepost_gateway_connections` or

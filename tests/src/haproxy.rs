@@ -45,15 +45,14 @@ const START: Duration = Duration::from_secs(20);
 /// drain window (3 s), and the default pre-drain delay (5 s), which the recommended health-check
 /// timing must fit in. Restart a node with `.listen(&old.public, &old.admin)` added.
 pub fn node_options(redis: &RedisServer) -> GatewayOptions {
-    GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms", "--drain-window", "3s"])
+    GatewayOptions::redis(redis.url())
+        .fast_probes()
+        .arg(&["--drain-window", "3s"])
 }
 
 /// Two ready nodes with [`node_options`] on one Redis, for [`HaProxy::start`].
 pub async fn two_nodes(redis: &RedisServer) -> Result<[Gateway; 2]> {
-    let a = Gateway::start(node_options(redis)).await.context("node1")?;
-    let b = Gateway::start(node_options(redis)).await.context("node2")?;
-    a.wait_ready(true, START).await.context("node1")?;
-    b.wait_ready(true, START).await.context("node2")?;
+    let (a, b) = Gateway::start_two_ready(node_options(redis), node_options(redis)).await?;
     Ok([a, b])
 }
 

@@ -28,8 +28,9 @@ pub mod wait;
 
 pub use client::{Client, Closed, WAIT};
 pub use cluster::RedisCluster;
-pub use credentials::{token, token_with, API_KEY, JWT_SECRET};
+pub use credentials::{token, token_with, ws_path, API_KEY, JWT_SECRET};
 pub use gateway::{publish_via, Gateway, GatewayOptions};
+pub use nodes::READY;
 pub use redis::RedisServer;
 pub use sentinel::RedisSentinel;
 pub use wait::eventually;

@@ -8,23 +8,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::credentials::{API_KEY, JWT_SECRET};
-use crate::gateway::gateway_binary;
+use crate::gateway::built_binary;
 
 /// Path of the load generator built by `cargo build` in the same target directory as the
 /// gateway binary (the Makefile builds every binary before the tests).
 pub fn loadgen_binary() -> Result<PathBuf> {
-    let gateway = gateway_binary()?;
-    let dir = gateway
-        .parent()
-        .context("gateway binary has no directory")?;
-    let bin = dir.join("gleepost-loadgen");
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it first (`cargo build -p gleepost-loadgen`; `make test` does)",
-            bin.display()
-        );
-    }
-    Ok(bin)
+    built_binary("gleepost-loadgen")
 }
 
 /// Runs `gleepost-loadgen <args> --json -` with the test gateways' credentials, bounded by

@@ -2,7 +2,7 @@
 //! values, so tests can check both that `/metrics` is well formed and that counters move.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -302,18 +302,15 @@ pub async fn scrape(gw: &Gateway) -> Result<Exposition> {
 /// right after the observable effect (a frame arrives before its delivery is counted), hence
 /// the wait; a value that overshoots still fails once the limit passes.
 pub async fn wait_metric(gw: &Gateway, sample: &str, expected: f64) -> Result<()> {
-    let limit = Duration::from_secs(10);
-    let deadline = Instant::now() + limit;
-    loop {
+    crate::eventually(Duration::from_secs(10), sample, || async {
         let value = gw.metric(sample).await?;
-        if value == expected {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{sample} is {value}, expected {expected} (waited {limit:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        ensure!(
+            value == expected,
+            "{sample} is {value}, expected {expected}"
+        );
+        Ok(())
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -12,10 +12,6 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-async fn gateway() -> Result<Gateway> {
-    Gateway::start(GatewayOptions::default()).await
-}
-
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -111,7 +107,7 @@ async fn assert_receives(gw: &Gateway, client: &mut Client, user: u64) -> Result
 
 #[tokio::test]
 async fn missing_credentials_are_rejected_before_upgrade() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     assert_rejected("no credentials", &attempt(&gw, "", &[]).await?)?;
     assert_rejected("empty query", &attempt(&gw, "foo=bar", &[]).await?)?;
     assert_rejected(
@@ -135,7 +131,7 @@ async fn missing_credentials_are_rejected_before_upgrade() -> Result<()> {
 
 #[tokio::test]
 async fn bad_signature_is_rejected() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let other_secret = token_with(
         9,
         3600,
@@ -163,7 +159,7 @@ async fn bad_signature_is_rejected() -> Result<()> {
 
 #[tokio::test]
 async fn expired_token_is_rejected() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     assert_all_rejected(
         &gw,
         &[
@@ -185,7 +181,7 @@ async fn expired_token_is_rejected() -> Result<()> {
 
 #[tokio::test]
 async fn wrong_algorithm_is_rejected_even_with_the_right_secret() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let secret = JWT_SECRET.as_bytes();
     // `alg: none` with the claims of a valid token and an empty signature.
     let claims = token(9).split('.').nth(1).context("jwt")?.to_string();
@@ -203,7 +199,7 @@ async fn wrong_algorithm_is_rejected_even_with_the_right_secret() -> Result<()> 
 
 #[tokio::test]
 async fn claims_without_a_decimal_user_id_or_expiry_are_rejected() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let exp = now() + 3600;
     assert_all_rejected(
         &gw,
@@ -232,7 +228,7 @@ async fn claims_without_a_decimal_user_id_or_expiry_are_rejected() -> Result<()>
 
 #[tokio::test]
 async fn malformed_tokens_are_rejected() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let valid = token(9);
     let (_, claims_and_sig) = valid.split_once('.').context("jwt")?;
     assert_all_rejected(
@@ -252,7 +248,7 @@ async fn malformed_tokens_are_rejected() -> Result<()> {
 
 #[tokio::test]
 async fn non_bearer_authorization_schemes_are_rejected() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let jwt = token(9);
     let other_scheme = format!("Token {jwt}");
     for (what, value) in [
@@ -275,7 +271,7 @@ async fn non_bearer_authorization_schemes_are_rejected() -> Result<()> {
 
 #[tokio::test]
 async fn gleepost_tokens_are_rejected_without_redis() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let res = attempt(&gw, "id=9&token=0123456789abcdef", &[]).await?;
     assert_rejected("?id=&token=", &res)?;
     let res = attempt(&gw, "", &[("X-GP-Auth", "9-0123456789abcdef")]).await?;
@@ -286,7 +282,7 @@ async fn gleepost_tokens_are_rejected_without_redis() -> Result<()> {
 
 #[tokio::test]
 async fn access_token_query_is_accepted() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let res = attempt(&gw, &format!("access_token={}", token(9)), &[]).await?;
     ensure!(res.status == 101, "raw upgrade answered {}", res.status);
     ensure!(res.header("sec-websocket-accept") == Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
@@ -297,7 +293,7 @@ async fn access_token_query_is_accepted() -> Result<()> {
 
 #[tokio::test]
 async fn authorization_bearer_header_is_accepted() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let bearer = format!("Bearer {}", token(2147));
     let res = attempt(&gw, "", &[("Authorization", &bearer)]).await?;
     ensure!(res.status == 101, "raw upgrade answered {}", res.status);
@@ -312,7 +308,7 @@ async fn authorization_bearer_header_is_accepted() -> Result<()> {
 
 #[tokio::test]
 async fn out_of_range_times_not_yet_valid_tokens_and_crit_headers_get_401() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let mut crit = Header::new(Algorithm::HS256);
     crit.crit = Some(vec!["exp".into()]);
     let with_crit = encode(

@@ -11,23 +11,10 @@ use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, Publisher};
 use gleepost_tests::cluster::slot_of;
 use gleepost_tests::resume::{parse_frame, seq_event, Frame, SeqCheck};
-use gleepost_tests::{Client, Gateway, GatewayOptions, RedisCluster};
+use gleepost_tests::{Client, Gateway, RedisCluster};
 use tokio::sync::oneshot;
 
 const READY: Duration = Duration::from_secs(30);
-
-async fn node(cluster: &RedisCluster, args: &[&str]) -> Result<Gateway> {
-    let gw = Gateway::start(
-        GatewayOptions::cluster(cluster.urls_csv())
-            .arg(&["--probe-interval", "100ms"])
-            .arg(args),
-    )
-    .await?;
-    gw.wait_ready(true, READY)
-        .await
-        .context("cluster node ready")?;
-    Ok(gw)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slot_of_connected_users_migrates_while_publishing_without_loss_or_duplicates(
@@ -44,7 +31,10 @@ async fn a_slot_of_connected_users_migrates_while_publishing_without_loss_or_dup
         .into_iter()
         .find(|p| *p != owner)
         .context("no other primary")?;
-    let (a, b) = (node(&cluster, &[]).await?, node(&cluster, &[]).await?);
+    let (a, b) = (
+        Gateway::on_cluster(&cluster, &[]).await?,
+        Gateway::on_cluster(&cluster, &[]).await?,
+    );
     let mut clients: Vec<(String, Client, SeqCheck)> = Vec::new();
     for &user in &users {
         for (name, gw) in [("a", &a), ("b", &b)] {
@@ -122,7 +112,7 @@ async fn failover(replicas: u32) -> Result<()> {
     let slot = slot_of(&format!("gp:user:{{{victim_user}}}"));
     let victim = cluster.owner_of_slot(slot).await?;
     let replicas_arg = replicas.to_string();
-    let gw = node(
+    let gw = Gateway::on_cluster(
         &cluster,
         &[
             "--publish-replicas",

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use gleepost_tests::cluster::{slot_of, ShardPush, ShardSubscriber, SLOTS};
-use gleepost_tests::RedisCluster;
+use gleepost_tests::{eventually, RedisCluster};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -213,12 +213,11 @@ async fn a_slot_migrates_with_all_its_keys_while_a_writer_keeps_writing() -> Res
     let wait_writes = |n: u64| {
         let acked = acked.clone();
         async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while acked.load(Ordering::SeqCst) < n {
-                ensure!(Instant::now() < deadline, "writer stalled");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            anyhow::Ok(())
+            eventually(Duration::from_secs(30), "writes acknowledged", || async {
+                ensure!(acked.load(Ordering::SeqCst) >= n, "writer stalled");
+                Ok(())
+            })
+            .await
         }
     };
     wait_writes(PRELOADED + 20).await?;

@@ -13,20 +13,9 @@ use gleepost_tests::eventually;
 use gleepost_tests::resume::{expect_seq, seq_event};
 use gleepost_tests::sockets::tcp_ports_to;
 use gleepost_tests::subcommands::publish_subcommand;
-use gleepost_tests::{Client, Gateway, GatewayOptions, RedisCluster};
+use gleepost_tests::{Client, Gateway, RedisCluster};
 
 const READY: Duration = Duration::from_secs(30);
-
-async fn node(cluster: &RedisCluster) -> Result<Gateway> {
-    let gw = Gateway::start(
-        GatewayOptions::cluster(cluster.urls_csv()).arg(&["--probe-interval", "100ms"]),
-    )
-    .await?;
-    gw.wait_ready(true, READY)
-        .await
-        .context("cluster node ready")?;
-    Ok(gw)
-}
 
 /// TCP connections from gateway `gw` to any node of the cluster.
 fn redis_connections(gw: &Gateway, cluster: &RedisCluster) -> Result<usize> {
@@ -41,7 +30,10 @@ fn redis_connections(gw: &Gateway, cluster: &RedisCluster) -> Result<usize> {
 async fn users_on_every_shard_get_every_event_once_in_order_from_every_publisher() -> Result<()> {
     let cluster = RedisCluster::start(3, 1).await?;
     let users = cluster.users_on_every_shard(2).await?;
-    let (a, b) = (node(&cluster).await?, node(&cluster).await?);
+    let (a, b) = (
+        Gateway::on_cluster(&cluster, &[]).await?,
+        Gateway::on_cluster(&cluster, &[]).await?,
+    );
     let mut clients: Vec<(u64, Client)> = Vec::new();
     for &user in &users {
         clients.push((user, a.connect(user).await?));
@@ -95,7 +87,7 @@ async fn users_on_every_shard_get_every_event_once_in_order_from_every_publisher
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_connections_per_node_stay_constant_from_10_to_1000_clients() -> Result<()> {
     let cluster = RedisCluster::start(3, 1).await?;
-    let gw = node(&cluster).await?;
+    let gw = Gateway::on_cluster(&cluster, &[]).await?;
     let mut clients = Vec::new();
     for user in 1..=10u64 {
         clients.push(gw.connect(user).await?);
@@ -150,7 +142,7 @@ async fn redis_connections_per_node_stay_constant_from_10_to_1000_clients() -> R
 async fn gleepost_tokens_and_resume_work_on_a_cluster() -> Result<()> {
     let cluster = RedisCluster::start(3, 1).await?;
     let users = cluster.users_on_every_shard(1).await?;
-    let gw = node(&cluster).await?;
+    let gw = Gateway::on_cluster(&cluster, &[]).await?;
     for &user in &users {
         // The login service's token key, on its own slot's owner.
         let key = format!("users:{user}:token:tok{user}");

@@ -7,7 +7,7 @@ use anyhow::{bail, ensure, Context, Result};
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::raw_ws::RawClient;
 use gleepost_tests::{
-    data_text, token, token_with, Client, Closed, Gateway, GatewayOptions, JWT_SECRET, WAIT,
+    data_text, token_with, ws_path, Client, Closed, Gateway, GatewayOptions, JWT_SECRET, WAIT,
 };
 
 fn event(n: u32) -> String {
@@ -111,7 +111,7 @@ async fn a_client_that_does_not_answer_pings_is_disconnected() -> Result<()> {
     });
 
     // A raw socket that never answers pings, read until the gateway closes it.
-    let raw = RawClient::connect(&gw.public, &format!("/ws?access_token={}", token(9))).await?;
+    let raw = RawClient::connect(&gw.public, &ws_path(9)).await?;
     let received = raw
         .bytes_until_closed(WAIT)
         .await

@@ -17,27 +17,10 @@ const READY: Duration = Duration::from_secs(30);
 /// Presence forgets a dead node within its heartbeat TTL (15 s); this bounds the wait.
 const NODE_GONE: Duration = Duration::from_secs(40);
 
-async fn node(options: GatewayOptions) -> Result<Gateway> {
-    let gw = Gateway::start(options.arg(&["--probe-interval", "100ms"])).await?;
-    gw.wait_ready(true, READY).await.context("node ready")?;
-    Ok(gw)
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-async fn post(gw: &Gateway, path: &str, body: Value) -> Result<Value> {
-    let res = gw.admin_post(path, &body.to_string()).await?;
-    ensure!(
-        res.status == 200,
-        "POST {path}: {} {}",
-        res.status,
-        String::from_utf8_lossy(&res.body)
-    );
-    Ok(serde_json::from_slice(&res.body)?)
 }
 
 /// Presence of `users` as `{"<id>": connections}`.
@@ -91,7 +74,9 @@ async fn across_nodes(a: &Gateway, b: &Gateway, kill_b: impl FnOnce() -> Result<
     }
 
     // Disconnect user 9 through node b: every connection on both nodes closes with 4003.
-    let res = post(b, "/v1/disconnect", json!({"users": [nine]})).await?;
+    let res = b
+        .admin_post_json("/v1/disconnect", &json!({"users": [nine]}))
+        .await?;
     ensure!(
         res["users"]["9"]["nodes"] == json!(2),
         "disconnect answer {res}"
@@ -111,12 +96,12 @@ async fn across_nodes(a: &Gateway, b: &Gateway, kill_b: impl FnOnce() -> Result<
 
     // Revocation: JWTs issued before the time (or without iat) are refused on every node.
     let before = now() - 10;
-    let res = post(
-        a,
-        "/v1/disconnect",
-        json!({"users": [nine], "revoke_tokens_before": before}),
-    )
-    .await?;
+    let res = a
+        .admin_post_json(
+            "/v1/disconnect",
+            &json!({"users": [nine], "revoke_tokens_before": before}),
+        )
+        .await?;
     ensure!(res["revoke_tokens_before"] == json!(before), "{res}");
     for gw in [a, b] {
         for (what, iat) in [("older iat", Some(before - 100)), ("no iat", None)] {
@@ -172,8 +157,8 @@ async fn across_nodes(a: &Gateway, b: &Gateway, kill_b: impl FnOnce() -> Result<
 
 /// [`across_nodes`] on two nodes started with `options`; node b is SIGKILLed in it.
 async fn two_nodes(options: GatewayOptions) -> Result<()> {
-    let a = node(options.clone()).await?;
-    let mut b = node(options).await?;
+    let a = Gateway::start_ready(options.clone().fast_probes()).await?;
+    let mut b = Gateway::start_ready(options.fast_probes()).await?;
     let pid = b.pid();
     across_nodes(&a, &b, || {
         // SAFETY: kill(2) on our own child.
@@ -201,7 +186,7 @@ async fn disconnect_revoke_presence_and_online_across_two_nodes_on_a_cluster() -
 
 #[tokio::test(flavor = "multi_thread")]
 async fn disconnect_revoke_presence_and_online_on_the_embedded_broker() -> Result<()> {
-    let gw = node(GatewayOptions::default()).await?;
+    let gw = Gateway::start_ready(GatewayOptions::default().fast_probes()).await?;
     let mut nine = gw.connect(9).await?;
     let _nine2 = gw.connect(9).await?;
     let got = presence(&gw, "9,10").await?;
@@ -210,12 +195,12 @@ async fn disconnect_revoke_presence_and_online_on_the_embedded_broker() -> Resul
     ensure!(res["online"] == json!({"9": true, "10": false}), "{res}");
     expect_seq(&mut nine, 1, true).await?;
     let before = now() - 10;
-    let res = post(
-        &gw,
-        "/v1/disconnect",
-        json!({"users": [9], "revoke_tokens_before": before}),
-    )
-    .await?;
+    let res = gw
+        .admin_post_json(
+            "/v1/disconnect",
+            &json!({"users": [9], "revoke_tokens_before": before}),
+        )
+        .await?;
     ensure!(res["users"]["9"]["nodes"] == json!(1), "{res}");
     expect_closed_4003(&mut nine, "9").await?;
     let old = format!(
@@ -246,7 +231,7 @@ async fn disconnect_revoke_presence_and_online_on_the_embedded_broker() -> Resul
 
 #[tokio::test(flavor = "multi_thread")]
 async fn control_requests_are_authorized_and_validated() -> Result<()> {
-    let gw = node(GatewayOptions::default()).await?;
+    let gw = Gateway::start_ready(GatewayOptions::default().fast_probes()).await?;
     let unauthorized =
         gleepost_tests::http::request(&gw.admin, "GET", "/v1/presence?users=9", &[], b"").await?;
     ensure!(
@@ -273,7 +258,7 @@ async fn control_requests_are_authorized_and_validated() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_redis_down_disconnect_and_presence_answer_503_with_a_reason() -> Result<()> {
     let mut redis = RedisServer::start().await?;
-    let gw = node(GatewayOptions::redis(redis.url()).arg(&["--redis-timeout", "300ms"])).await?;
+    let gw = Gateway::on_redis(&redis, &["--redis-timeout", "300ms"]).await?;
     redis.kill();
     for (what, res) in [
         (

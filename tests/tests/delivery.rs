@@ -5,10 +5,6 @@ use anyhow::{ensure, Context, Result};
 use gleepost_tests::{data_text, seed, Client, Gateway, GatewayOptions};
 use serde_json::Value;
 
-async fn gateway() -> Result<Gateway> {
-    Gateway::start(GatewayOptions::default()).await
-}
-
 /// The frame's members besides an optional `id` (added when the gateway keeps history).
 fn members(frame: &Value) -> Vec<&str> {
     let mut keys: Vec<&str> = frame
@@ -50,7 +46,7 @@ fn assert_delivered(frame: &str, event: &str) -> Result<()> {
 
 #[tokio::test]
 async fn each_seed_example_is_delivered_with_data_byte_exact() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let mut client = gw.connect(9).await?;
     for event in [seed::MESSAGE, seed::NEW_CONVERSATION, seed::NOTIFICATION] {
         let result = gw.publish(&[9], event).await?;
@@ -63,7 +59,7 @@ async fn each_seed_example_is_delivered_with_data_byte_exact() -> Result<()> {
 
 #[tokio::test]
 async fn unknown_type_with_tricky_data_is_delivered_byte_exact() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let mut client = gw.connect(9).await?;
     // Key order, exponent and trailing-zero numbers, integers beyond u64/f64, \u escapes, escaped
     // quotes and slashes, and whitespace inside nested values must all survive untouched.
@@ -89,7 +85,7 @@ async fn unknown_type_with_tricky_data_is_delivered_byte_exact() -> Result<()> {
 
 #[tokio::test]
 async fn every_connection_of_a_user_receives_and_other_users_receive_nothing() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let mut devices = Vec::new();
     for _ in 0..3 {
         devices.push(gw.connect(9).await?);
@@ -109,7 +105,7 @@ async fn every_connection_of_a_user_receives_and_other_users_receive_nothing() -
 
 #[tokio::test]
 async fn one_publish_to_several_users_reaches_each_of_them_once() -> Result<()> {
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let mut nine = gw.connect(9).await?;
     let mut paul = gw.connect(2147).await?;
     let mut bystander = gw.connect(11).await?;
@@ -130,7 +126,7 @@ async fn one_publish_to_several_users_reaches_each_of_them_once() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_events_to_one_user_arrive_in_publish_order() -> Result<()> {
     const N: usize = 1000;
-    let gw = gateway().await?;
+    let gw = Gateway::start(GatewayOptions::default()).await?;
     let mut client: Client = gw.connect(9).await?;
     let event =
         |i: usize| format!(r#"{{"type":"counter","location":"/seq","data":{{"seq":{i}}}}}"#);

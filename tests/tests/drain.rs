@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use futures_util::StreamExt;
 use gleepost_tests::stream::{EventStream, Frame};
-use gleepost_tests::{Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{eventually, Gateway, GatewayOptions, RedisServer};
 use serde_json::Value;
 
 /// Distinct users; each has [`CONNS_PER_USER`] connections on node A.
@@ -32,7 +32,6 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 const BUCKET: Duration = Duration::from_millis(250);
 const MIN_BUCKETS: usize = 6;
 /// Bounded waits (not timing assertions).
-const READY: Duration = Duration::from_secs(15);
 const LONG: Duration = Duration::from_secs(30);
 
 /// The numbered event `seq`; the last one carries `"last":true`.
@@ -215,17 +214,12 @@ async fn wait_count(
     limit: Duration,
     what: &str,
 ) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
+    eventually(limit, what, || async {
         let n = counter.load(Ordering::SeqCst);
-        if n >= target {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: {n} of {target} within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        ensure!(n >= target, "{n} of {target}");
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,23 +235,15 @@ async fn drain_scenario() -> Result<()> {
     raise_nofile((2 * CLIENTS + 512) as libc::rlim_t)?;
 
     let redis = RedisServer::start().await?;
-    let mut a = Gateway::start(GatewayOptions::redis(redis.url()).arg(&[
-        "--probe-interval",
-        "100ms",
+    let drained = GatewayOptions::redis(redis.url()).fast_probes().arg(&[
         "--pre-drain-delay",
         "2s",
         "--drain-window",
         "4s",
-    ]))
-    .await
-    .context("node A")?;
-    let b = Arc::new(
-        Gateway::start(GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms"]))
-            .await
-            .context("node B")?,
-    );
-    a.wait_ready(true, READY).await.context("node A")?;
-    b.wait_ready(true, READY).await.context("node B")?;
+    ]);
+    let (mut a, b) =
+        Gateway::start_two_ready(drained, GatewayOptions::redis(redis.url()).fast_probes()).await?;
+    let b = Arc::new(b);
 
     // 500 users × 2 connections, all on node A.
     let users: Vec<u64> = (FIRST_USER..FIRST_USER + USERS).collect();
@@ -312,21 +298,23 @@ async fn drain_scenario() -> Result<()> {
     a.signal(libc::SIGTERM);
 
     // /readyz answers 503 before any connection is closed (the node keeps serving meanwhile).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let unready = loop {
-        let res = a
-            .admin_get("/readyz")
-            .await
-            .context("GET /readyz on node A while draining")?;
+    // While it says 200 the wait goes on; a failed request or any other answer ends it at once
+    // (the inner result).
+    let unready = eventually(Duration::from_secs(10), "node A /readyz 503", || async {
+        let res = match a.admin_get("/readyz").await {
+            Ok(res) => res,
+            Err(e) => return Ok(Err(e.context("GET /readyz on node A while draining"))),
+        };
         match res.status {
-            503 => break Instant::now(),
-            200 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
-            s => bail!(
+            503 => Ok(Ok(Instant::now())),
+            200 => bail!("node A /readyz still answers 200 after SIGTERM"),
+            s => Ok(Err(anyhow!(
                 "node A /readyz answered {s} after SIGTERM: {}",
                 res.body_text()
-            ),
+            ))),
         }
-    };
+    })
+    .await??;
     let closed_when_unready = progress.closed.load(Ordering::SeqCst);
     ensure!(
         closed_when_unready == 0,

@@ -7,16 +7,12 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use gleepost_tests::http::{self, closed_within, upgrade_attempt, upgrade_head, HttpResponse};
-use gleepost_tests::{token, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{ws_path, Gateway, GatewayOptions, RedisServer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Far above the 1 s handshake timeout the tests configure (no timing assertions).
 const GENEROUS: Duration = Duration::from_secs(10);
-
-fn ws_path(user: u64) -> String {
-    format!("/ws?access_token={}", token(user))
-}
 
 fn expect_json_error(res: &HttpResponse, status: u16, what: &str) -> Result<()> {
     ensure!(

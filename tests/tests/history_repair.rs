@@ -10,24 +10,15 @@ use gleepost_event::{Event, HistoryConfig, Publisher};
 use gleepost_tests::eventually;
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::resume::{parse_frame, seq_event, Frame, SeqCheck};
-use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{Client, Gateway, RedisServer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const READY: Duration = Duration::from_secs(15);
-
-async fn node(redis: &RedisServer, args: &[&str]) -> Result<Gateway> {
-    let gw = Gateway::start(
-        GatewayOptions::redis(redis.url())
-            .arg(&["--probe-interval", "100ms", "--probe-timeout", "1s"])
-            .arg(args),
-    )
-    .await?;
-    gw.wait_ready(true, READY).await?;
-    Ok(gw)
-}
+/// Every node's probe timeout: a lost subscription shows within a second.
+const PROBE_TIMEOUT: [&str; 2] = ["--probe-timeout", "1s"];
 
 /// A publisher task sending numbered events `1..=total` to `users` with the Rust `Publisher`
 /// (history on). At each seq in `pauses` it reports on `reached` and waits for `go`, so the test
@@ -124,8 +115,7 @@ async fn pubsub_killed_three_times_during_5000_events_every_client_gets_each_onc
 ) -> Result<()> {
     const TOTAL: u64 = 5_000;
     let redis = RedisServer::start().await?;
-    let a = node(&redis, &[]).await?;
-    let b = node(&redis, &[]).await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &PROBE_TIMEOUT).await?;
     let clients = [(1, &a, "A"), (1, &b, "B"), (2, &a, "A"), (3, &b, "B")];
     let mut readers = Vec::new();
     for (user, gw, name) in clients {
@@ -201,8 +191,7 @@ async fn sigkill_of_a_node_clients_resume_on_the_other_with_since_nothing_lost_o
 ) -> Result<()> {
     const TOTAL: u64 = 3_000;
     let redis = RedisServer::start().await?;
-    let a = node(&redis, &[]).await?;
-    let b = node(&redis, &[]).await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &PROBE_TIMEOUT).await?;
 
     let mut movers = Vec::new();
     for (user, header) in [(61u64, false), (62, true), (63, false)] {
@@ -315,7 +304,7 @@ impl Outage {
 #[tokio::test(flavor = "multi_thread")]
 async fn gap_repair_covers_an_outage_before_any_event_was_delivered() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = node(&redis, &[]).await?;
+    let gw = Gateway::on_redis(&redis, &PROBE_TIMEOUT).await?;
     let publisher = Publisher::connect(&redis.url()).await?;
     let mut client = gw.connect(71).await?;
 
@@ -377,7 +366,7 @@ async fn read_allowing_resync(client: &mut Client, first: u64, last: u64) -> Res
 /// silent gap.
 async fn outage_longer_than_the_history(user: u64, before: u64) -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = node(&redis, &["--history-size", "10"]).await?;
+    let gw = Gateway::on_redis(&redis, &["--probe-timeout", "1s", "--history-size", "10"]).await?;
     let publisher = Publisher::connect(&redis.url())
         .await?
         .with_history(HistoryConfig {
@@ -429,7 +418,7 @@ async fn gap_repair_of_a_user_with_no_event_before_the_outage_reports_trimming()
 #[tokio::test(flavor = "multi_thread")]
 async fn gap_repair_after_redis_lost_its_data_during_the_outage_sends_resync() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = node(&redis, &[]).await?;
+    let gw = Gateway::on_redis(&redis, &PROBE_TIMEOUT).await?;
     let publisher = Publisher::connect(&redis.url()).await?;
     let publish = |seq: u64| publish_seq_to(&publisher, 73, seq);
     let mut client = gw.connect(73).await?;
@@ -467,7 +456,7 @@ async fn gap_repair_after_redis_lost_its_data_during_the_outage_sends_resync() -
 #[tokio::test(flavor = "multi_thread")]
 async fn back_to_back_outages_are_repaired_exactly_without_resync() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = node(&redis, &[]).await?;
+    let gw = Gateway::on_redis(&redis, &PROBE_TIMEOUT).await?;
     let publisher = Publisher::connect(&redis.url()).await?;
     let publish = |seq: u64| publish_seq_to(&publisher, 74, seq);
     let mut client = gw.connect(74).await?;

@@ -3,27 +3,12 @@
 //! everything (storage reset, history trimmed, too many missed, malformed id) the first frame is a
 //! `resync` control event, then live events continue. Never a silent gap.
 
-use std::time::Duration;
-
 use anyhow::{ensure, Context, Result};
 use gleepost_tests::resume::{
     connect_last_event_id, connect_since, expect_resync, parse_frame, publish_seq, seq_event,
     Frame, SeqCheck,
 };
-use gleepost_tests::{Gateway, GatewayOptions, RedisServer};
-
-const READY: Duration = Duration::from_secs(15);
-
-async fn node(redis: &RedisServer, args: &[&str]) -> Result<Gateway> {
-    let gw = Gateway::start(
-        GatewayOptions::redis(redis.url())
-            .arg(&["--probe-interval", "100ms"])
-            .arg(args),
-    )
-    .await?;
-    gw.wait_ready(true, READY).await?;
-    Ok(gw)
-}
+use gleepost_tests::{Gateway, RedisServer};
 
 fn epoch(id: &str) -> &str {
     id.split('-').next().unwrap_or_default()
@@ -32,7 +17,7 @@ fn epoch(id: &str) -> &str {
 #[tokio::test(flavor = "multi_thread")]
 async fn flushall_then_resume_with_an_old_id_gets_resync_epoch_changed_then_live() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = node(&redis, &[]).await?;
+    let gw = Gateway::on_redis(&redis, &[]).await?;
     let user = 11;
     let mut live = gw.connect(user).await?;
     let mut live_check = SeqCheck::new("connected client", 1);
@@ -91,7 +76,7 @@ async fn flushall_then_resume_with_an_old_id_gets_resync_epoch_changed_then_live
 #[tokio::test(flavor = "multi_thread")]
 async fn resume_replays_exactly_the_missed_events_up_to_the_limit_else_resync() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = node(&redis, &["--history-size", "10", "--max-replay", "5"]).await?;
+    let gw = Gateway::on_redis(&redis, &["--history-size", "10", "--max-replay", "5"]).await?;
     let user = 21;
     let mut ids = vec![String::new()]; // ids[seq]
     for seq in 1..=12 {
@@ -130,7 +115,7 @@ async fn resume_replays_exactly_the_missed_events_up_to_the_limit_else_resync() 
 #[tokio::test(flavor = "multi_thread")]
 async fn trimmed_history_and_malformed_or_foreign_ids_get_resync_then_live() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = node(&redis, &["--history-size", "10"]).await?;
+    let gw = Gateway::on_redis(&redis, &["--history-size", "10"]).await?;
     let user = 31;
     let first = publish_seq(&gw, user, 1).await?;
     // MAXLEN ~ trims whole stream nodes (100 entries): publish enough to drop the first one.
@@ -188,7 +173,7 @@ async fn trimmed_history_and_malformed_or_foreign_ids_get_resync_then_live() -> 
 #[tokio::test(flavor = "multi_thread")]
 async fn history_off_or_unreadable_gives_resync_not_silence() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let off = node(&redis, &["--history-size", "0"]).await?;
+    let off = Gateway::on_redis(&redis, &["--history-size", "0"]).await?;
     let res = off.publish(&[51], &seq_event(1, 0)).await?;
     ensure!(res.get("ids").is_none(), "ids without history: {res}");
     let mut c = connect_since(&off, 51, "whatever-1-0").await?;
@@ -205,7 +190,7 @@ async fn history_off_or_unreadable_gives_resync_not_silence() -> Result<()> {
 
     // History on, but Redis stops answering while the user is subscribed: the replay cannot be
     // read, so the client is told (`unavailable`) instead of being resumed silently.
-    let gw = node(&redis, &["--redis-timeout", "300ms"]).await?;
+    let gw = Gateway::on_redis(&redis, &["--redis-timeout", "300ms"]).await?;
     let _subscribed = gw.connect(52).await?;
     let id = publish_seq(&gw, 52, 1).await?;
     redis.signal(libc::SIGSTOP);

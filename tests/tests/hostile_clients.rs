@@ -10,14 +10,14 @@ use anyhow::{bail, ensure, Context, Result};
 use gleepost_tests::eventually;
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::raw_ws::{opcode, vm_rss_kib, RawClient};
-use gleepost_tests::{token, Gateway, GatewayOptions};
+use gleepost_tests::{ws_path, Gateway, GatewayOptions};
 
 const LIMIT: Duration = Duration::from_secs(30);
 /// Far above what a bounded connection can add, far below what the unbounded buffers grew to.
 const RSS_GROWTH_BOUND_KIB: u64 = 64 << 10;
 
 async fn raw(gw: &Gateway, user: u64) -> Result<RawClient> {
-    RawClient::connect(&gw.public, &format!("/ws?access_token={}", token(user))).await
+    RawClient::connect(&gw.public, &ws_path(user)).await
 }
 
 fn closed(reason: &str) -> String {

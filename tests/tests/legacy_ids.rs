@@ -9,16 +9,9 @@ use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, Publisher};
 use gleepost_tests::eventually;
 use gleepost_tests::resume::{parse_frame, publish_seq, seq_event, Frame};
-use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{Client, Gateway, RedisServer};
 
 const READY: Duration = Duration::from_secs(15);
-
-async fn node(redis: &RedisServer) -> Result<Gateway> {
-    let gw = Gateway::start(GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms"]))
-        .await?;
-    gw.wait_ready(true, READY).await?;
-    Ok(gw)
-}
 
 /// The next frame must be numbered event `seq`.
 async fn expect_seq(client: &mut Client, seq: u64) -> Result<()> {
@@ -35,7 +28,7 @@ async fn expect_seq(client: &mut Client, seq: u64) -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_legacy_payload_with_a_far_future_id_does_not_swallow_later_api_events() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = node(&redis).await?;
+    let gw = Gateway::on_redis(&redis, &[]).await?;
     let mut client = gw.connect(9).await?;
     let first = publish_seq(&gw, 9, 1).await?;
     expect_seq(&mut client, 1).await?;
@@ -58,7 +51,7 @@ async fn a_legacy_payload_with_a_far_future_id_does_not_swallow_later_api_events
 #[tokio::test(flavor = "multi_thread")]
 async fn one_users_legacy_ids_do_not_move_another_users_gap_repair_point() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = node(&redis).await?;
+    let gw = Gateway::on_redis(&redis, &[]).await?;
     let mut poisoned = gw.connect(9).await?;
     let mut fresh = gw.connect(10).await?; // receives nothing before the outage
     let poison = r#"{"type":"message","data":{},"id":"zz-99999999999999-0"}"#;

@@ -2,15 +2,15 @@
 //! SIGTERM, token-free logs, and the `token` subcommand.
 
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use gleepost_tests::gateway::gateway_binary;
 use gleepost_tests::http;
 use gleepost_tests::metrics::{scrape, wait_metric};
 use gleepost_tests::{
-    seed, token, token_with, Client, Closed, Gateway, GatewayOptions, RedisServer, API_KEY,
-    JWT_SECRET, WAIT,
+    eventually, seed, token, token_with, ws_path, Client, Closed, Gateway, GatewayOptions,
+    RedisServer, API_KEY, JWT_SECRET, WAIT,
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
@@ -244,10 +244,10 @@ async fn one_worker_thread_serves_redis_mode_and_shuts_down_cleanly() -> Result<
     // `--worker-threads 1` runs tokio's single-threaded scheduler (the default on one core).
     let redis = RedisServer::start().await?;
     let options = GatewayOptions::redis(redis.url())
-        .arg(&["--worker-threads", "1", "--probe-interval", "100ms"])
+        .arg(&["--worker-threads", "1"])
+        .fast_probes()
         .arg(NO_DRAIN);
-    let mut gw = Gateway::start(options).await?;
-    gw.wait_ready(true, Duration::from_secs(15)).await?;
+    let mut gw = Gateway::start_ready(options).await?;
     let mut client = gw.connect(9).await?;
     gw.publish(&[9], seed::MESSAGE).await?;
     let frame: serde_json::Value = serde_json::from_str(&client.next_text().await?)?;
@@ -260,7 +260,7 @@ async fn beyond_max_connections_new_clients_get_503_until_one_leaves() -> Result
     let gw = Gateway::start(GatewayOptions::default().arg(&["--max-connections", "2"])).await?;
     let first = gw.connect(9).await?;
     let mut second = gw.connect(10).await?;
-    let path = format!("/ws?access_token={}", token(11));
+    let path = ws_path(11);
     let refused = http::upgrade_attempt(&gw.public, &path, &[]).await?;
     ensure!(
         refused.status == 503,
@@ -289,14 +289,14 @@ async fn beyond_max_connections_new_clients_get_503_until_one_leaves() -> Result
 
 /// Wait (bounded) until some log line contains `needle`.
 async fn wait_log(gw: &Gateway, needle: &str) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    while !gw.logs().iter().any(|l| l.contains(needle)) {
-        if Instant::now() > deadline {
-            bail!("no log line contains {needle:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    eventually(WAIT, "a log line", || async {
+        ensure!(
+            gw.logs().iter().any(|l| l.contains(needle)),
+            "no log line contains {needle:?}"
+        );
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test]

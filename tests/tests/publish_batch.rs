@@ -5,7 +5,6 @@
 //! answer gave.
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::nodes::two_ready_nodes;
 use gleepost_tests::{data_text, Gateway, GatewayOptions, RedisServer};
 use serde_json::Value;
 
@@ -116,7 +115,7 @@ async fn envelope_errors_refuse_the_whole_request_with_a_json_reason() -> Result
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_through_redis_reaches_the_other_node_in_order_with_its_ids() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_ready_nodes(&redis).await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &[]).await?;
     let users: Vec<u64> = (100..120).collect();
     let mut clients = Vec::new();
     for &user in &users {
@@ -182,7 +181,7 @@ async fn a_batch_through_redis_reaches_the_other_node_in_order_with_its_ids() ->
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_down_answers_503_with_a_reason_and_the_node_stays_up() -> Result<()> {
     let mut redis = RedisServer::start().await?;
-    let (a, _b) = two_ready_nodes(&redis).await?;
+    let (a, _b) = Gateway::two_on_redis(&redis, &[]).await?;
     redis.kill();
     let res = a
         .admin_post(

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use gleepost_tests::{seed, Gateway, GatewayOptions, RedisServer};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use gleepost_tests::{eventually, seed, Gateway, GatewayOptions, RedisServer};
 
 /// Bounded waits (not timing assertions).
 const READY: Duration = Duration::from_secs(15);
@@ -24,20 +24,19 @@ async fn readyz(gw: &Gateway) -> Result<u16> {
     Ok(res.status)
 }
 
-/// Poll `/readyz` until it answers `status` (bounded); every answer must be 200 or 503.
+/// Poll `/readyz` until it answers `status` (bounded); how long that took. Every answer must be
+/// 200 or 503: a failed request or any other answer ends the wait at once (the inner result).
 async fn wait_readyz(gw: &Gateway, status: u16, limit: Duration) -> Result<Duration> {
     let start = Instant::now();
-    loop {
-        let got = readyz(gw).await?;
-        ensure!(got == 200 || got == 503, "/readyz answered {got}");
-        if got == status {
-            return Ok(start.elapsed());
+    eventually(limit, &format!("/readyz {status}"), || async {
+        match readyz(gw).await {
+            Ok(got) if got == status => Ok(Ok(start.elapsed())),
+            Ok(got @ (200 | 503)) => bail!("still {got}"),
+            Ok(got) => Ok(Err(anyhow!("/readyz answered {got}"))),
+            Err(e) => Ok(Err(e)),
         }
-        if start.elapsed() > limit {
-            bail!("/readyz did not answer {status} within {limit:?} (still {got})");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await?
 }
 
 #[tokio::test(flavor = "multi_thread")]

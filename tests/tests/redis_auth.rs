@@ -7,21 +7,10 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use gleepost_tests::credentials::{connect_gp_header, gleepost_url};
 use gleepost_tests::http::{upgrade_attempt, HttpResponse};
-use gleepost_tests::{
-    ensure_same_event, eventually, Client, Closed, Gateway, GatewayOptions, RedisServer,
-};
+use gleepost_tests::{ensure_same_event, eventually, Client, Closed, Gateway, RedisServer};
 
 const READY: Duration = Duration::from_secs(15);
 const EVENT: &str = r#"{"type":"message","location":"/conversations/67","data":{"text":"hi"}}"#;
-
-async fn node(redis: &RedisServer, extra: &[&str]) -> Result<Gateway> {
-    let options = GatewayOptions::redis(redis.url())
-        .arg(&["--probe-interval", "100ms"])
-        .arg(extra);
-    let gw = Gateway::start(options).await?;
-    gw.wait_ready(true, READY).await?;
-    Ok(gw)
-}
 
 /// A named upgrade attempt: case, query string, extra headers.
 type Attempt<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
@@ -66,7 +55,7 @@ async fn gleepost_token_in_query_or_header_connects_and_receives_and_jwt_still_w
     let () = redis
         .cmd(&["SETEX", "users:9:token:abc", "3600", "OK"])
         .await?;
-    let gw = node(&redis, &[]).await?;
+    let gw = Gateway::on_redis(&redis, &[]).await?;
 
     let mut by_query = Client::connect(&gleepost_url(&gw, 9, "abc"))
         .await
@@ -92,7 +81,7 @@ async fn gleepost_token_in_query_or_header_connects_and_receives_and_jwt_still_w
 async fn unknown_token_wrong_user_or_malformed_header_get_401_json() -> Result<()> {
     let redis = RedisServer::start().await?;
     let () = redis.cmd(&["SET", "users:9:token:abc", "1"]).await?;
-    let gw = node(&redis, &[]).await?;
+    let gw = Gateway::on_redis(&redis, &[]).await?;
 
     let cases: &[Attempt] = &[
         ("unknown token", "?id=9&token=nope", &[]),
@@ -125,7 +114,7 @@ async fn unknown_token_wrong_user_or_malformed_header_get_401_json() -> Result<(
 async fn deleted_token_key_rejects_new_connections() -> Result<()> {
     let redis = RedisServer::start().await?;
     let () = redis.cmd(&["SET", "users:9:token:abc", "1"]).await?;
-    let gw = node(&redis, &[]).await?;
+    let gw = Gateway::on_redis(&redis, &[]).await?;
 
     let mut before = Client::connect(&gleepost_url(&gw, 9, "abc")).await?;
     receives(&gw, &mut before, 9).await?;
@@ -149,7 +138,7 @@ async fn deleted_token_key_rejects_new_connections() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn gleepost_token_connections_live_as_long_as_the_token_key() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = node(&redis, &[]).await?;
+    let gw = Gateway::on_redis(&redis, &[]).await?;
     // The login service's SETEX: `renewed` expires first but is extended before it does,
     // `short` expires later and is not; `forever` has no TTL.
     let () = redis
@@ -188,7 +177,7 @@ async fn gleepost_token_connections_live_as_long_as_the_token_key() -> Result<()
 async fn frozen_redis_gives_503_not_401_for_gleepost_tokens() -> Result<()> {
     let redis = RedisServer::start().await?;
     let () = redis.cmd(&["SET", "users:9:token:abc", "1"]).await?;
-    let gw = node(&redis, &["--redis-timeout", "300ms"]).await?;
+    let gw = Gateway::on_redis(&redis, &["--redis-timeout", "300ms"]).await?;
 
     redis.signal(libc::SIGSTOP);
     let frozen = async {

@@ -4,10 +4,9 @@
 //! exactly once per connection and in publish order.
 
 use anyhow::{bail, ensure, Context, Result};
-use gleepost_tests::nodes::two_ready_nodes;
 use gleepost_tests::redis_inspect::{numsub, user_channels};
 use gleepost_tests::subcommands::publish_subcommand;
-use gleepost_tests::{ensure_same_event, seed, Client, RedisServer};
+use gleepost_tests::{ensure_same_event, seed, Client, Gateway, RedisServer};
 use serde_json::Value;
 
 /// Every frame up to and including the marker event (`type` = `marker`).
@@ -29,7 +28,7 @@ async fn frames_until_marker(client: &mut Client) -> Result<Vec<Value>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn api_publish_on_node_a_reaches_a_user_connected_only_to_node_b() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_ready_nodes(&redis).await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &[]).await?;
     let mut on_b = b.connect(9).await?;
 
     let subscribers = numsub(&redis, &user_channels(9)).await?;
@@ -48,7 +47,7 @@ async fn api_publish_on_node_a_reaches_a_user_connected_only_to_node_b() -> Resu
 #[tokio::test(flavor = "multi_thread")]
 async fn raw_publish_on_c_and_n_channels_reaches_node_b_verbatim() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_ready_nodes(&redis).await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &[]).await?;
     let mut on_b = b.connect(9).await?;
     let _elsewhere = a.connect(10).await?; // node A is subscribed to other users only
 
@@ -83,7 +82,7 @@ async fn raw_publish_on_c_and_n_channels_reaches_node_b_verbatim() -> Result<()>
 async fn each_connection_of_a_user_on_both_nodes_gets_each_event_exactly_once_in_order(
 ) -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_ready_nodes(&redis).await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &[]).await?;
     // User 9: twice on node A, once on node B. User 10: once on node B, as a bystander.
     let mut nine = [
         a.connect(9).await?,
@@ -146,7 +145,7 @@ async fn each_connection_of_a_user_on_both_nodes_gets_each_event_exactly_once_in
 #[tokio::test(flavor = "multi_thread")]
 async fn rust_publisher_reaches_users_on_every_node() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_ready_nodes(&redis).await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &[]).await?;
     let mut nine = a.connect(9).await?;
     let mut ten = b.connect(10).await?;
 
@@ -163,7 +162,7 @@ async fn rust_publisher_reaches_users_on_every_node() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn publish_subcommand_reaches_connected_clients_on_both_nodes() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_ready_nodes(&redis).await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &[]).await?;
     let mut nine = a.connect(9).await?;
     let mut ten = b.connect(10).await?;
 

@@ -7,26 +7,14 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gleepost_tests::redis_inspect::{user_channels, user_channels_subscribed};
-use gleepost_tests::{ensure_same_event, eventually, Client, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{ensure_same_event, eventually, Client, Gateway, RedisServer};
 
 const READY: Duration = Duration::from_secs(30);
+/// Each node's settings besides fast probes: a probe timeout and a Redis timeout that let a
+/// fault show within a second.
+const NODE_ARGS: [&str; 4] = ["--probe-timeout", "500ms", "--redis-timeout", "300ms"];
 const RECONNECTS: &str = "gleepost_gateway_broker_reconnects_total";
 const OPENED: &str = "gleepost_gateway_connections_opened_total";
-
-/// A node that probes every 100 ms and is unready when no probe came back for 500 ms.
-async fn node(redis: &RedisServer) -> Result<Gateway> {
-    let gw = Gateway::start(GatewayOptions::redis(redis.url()).arg(&[
-        "--probe-interval",
-        "100ms",
-        "--probe-timeout",
-        "500ms",
-        "--redis-timeout",
-        "300ms",
-    ]))
-    .await?;
-    gw.wait_ready(true, READY).await?;
-    Ok(gw)
-}
 
 /// The client's next event is `event`; `resync` control frames before it (history lost with
 /// the old Redis) are allowed, anything else is not.
@@ -80,7 +68,7 @@ async fn metrics(a: &Gateway, b: &Gateway, name: &str) -> Result<[f64; 2]> {
 async fn redis_restart_makes_nodes_unready_then_ready_and_delivery_resumes_without_reconnecting(
 ) -> Result<()> {
     let mut redis = RedisServer::start().await?;
-    let (a, b) = (node(&redis).await?, node(&redis).await?);
+    let (a, b) = Gateway::two_on_redis(&redis, &NODE_ARGS).await?;
     let mut clients = Clients::connect(&a, &b).await?;
     clients.all_receive(&a, "before").await?;
     let reconnects = metrics(&a, &b, RECONNECTS).await?;
@@ -128,7 +116,7 @@ async fn redis_restart_makes_nodes_unready_then_ready_and_delivery_resumes_witho
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_subscription_connections_are_reestablished_with_every_channel() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = (node(&redis).await?, node(&redis).await?);
+    let (a, b) = Gateway::two_on_redis(&redis, &NODE_ARGS).await?;
     let mut clients = Clients::connect(&a, &b).await?;
     let reconnects = metrics(&a, &b, RECONNECTS).await?;
 
@@ -155,7 +143,7 @@ async fn killed_subscription_connections_are_reestablished_with_every_channel() 
 #[tokio::test(flavor = "multi_thread")]
 async fn frozen_redis_is_detected_by_the_probe_and_delivery_resumes_after_thaw() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = (node(&redis).await?, node(&redis).await?);
+    let (a, b) = Gateway::two_on_redis(&redis, &NODE_ARGS).await?;
     let mut clients = Clients::connect(&a, &b).await?;
     let reconnects = metrics(&a, &b, RECONNECTS).await?;
 

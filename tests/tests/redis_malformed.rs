@@ -2,10 +2,9 @@
 //! dropped and counted by reason; valid events on the same channel keep flowing, verbatim.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use gleepost_tests::{Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{Gateway, RedisServer};
 
 const MALFORMED: &str = "gleepost_gateway_broker_malformed_payloads_total";
 
@@ -13,14 +12,7 @@ const MALFORMED: &str = "gleepost_gateway_broker_malformed_payloads_total";
 async fn malformed_payloads_are_counted_by_reason_and_not_delivered_while_valid_events_flow(
 ) -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = Gateway::start(GatewayOptions::redis(redis.url()).arg(&[
-        "--probe-interval",
-        "100ms",
-        "--max-event-bytes",
-        "1024",
-    ]))
-    .await?;
-    gw.wait_ready(true, Duration::from_secs(15)).await?;
+    let gw = Gateway::on_redis(&redis, &["--max-event-bytes", "1024"]).await?;
     let mut client = gw.connect(9).await?;
 
     let first = r#"{"type":"message","data":{"n":1}}"#;

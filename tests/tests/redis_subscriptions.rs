@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
-use gleepost_tests::nodes::two_ready_nodes;
 use gleepost_tests::redis_inspect::{
     client_list, node_redis_clients, numsub, probe_channels_subscribed, user_channels,
     user_channels_subscribed,
@@ -17,7 +16,6 @@ use gleepost_tests::{ensure_same_event, eventually, Client, Gateway, GatewayOpti
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const READY: Duration = Duration::from_secs(15);
 /// Bound for asynchronous effects (unsubscribe after a disconnect, gauges) to show.
 const SETTLE: Duration = Duration::from_secs(15);
 const EVENT: &str = r#"{"type":"post","location":"/posts/5","data":{"id":5,"text":"fan-out"}}"#;
@@ -38,7 +36,7 @@ async fn channels_gauge_reaches(gw: &Gateway, want: f64) -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn thousand_clients_over_two_nodes_use_two_redis_connections_per_node() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_ready_nodes(&redis).await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &[]).await?;
     let idle = [
         node_redis_clients(&redis, &a).await?.len(),
         node_redis_clients(&redis, &b).await?.len(),
@@ -127,8 +125,7 @@ async fn subscribe_calls(redis: &RedisServer) -> Result<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_storm_becomes_a_few_subscribe_commands() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = Gateway::start(GatewayOptions::redis(redis.url())).await?;
-    gw.wait_ready(true, READY).await?;
+    let gw = Gateway::start_ready(GatewayOptions::redis(redis.url())).await?;
     let before = subscribe_calls(&redis).await?;
 
     // Redis frozen: the first new user's SUBSCRIBE stays unconfirmed, and the 99 users who
@@ -197,7 +194,7 @@ async fn churn(urls: [String; 2], pool: u64, ops: usize, seed: u64) -> Result<He
 async fn interleaved_connects_and_disconnects_leave_exactly_the_connected_users_subscribed(
 ) -> Result<()> {
     let redis = RedisServer::start().await?;
-    let (a, b) = two_ready_nodes(&redis).await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &[]).await?;
     let nodes = [&a, &b];
     const POOL: u64 = 40;
     const TASKS: u64 = 20;
@@ -274,9 +271,7 @@ async fn interleaved_connects_and_disconnects_leave_exactly_the_connected_users_
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_metrics_count_channels_messages_and_probe_round_trips() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = Gateway::start(GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms"]))
-        .await?;
-    gw.wait_ready(true, READY).await?;
+    let gw = Gateway::on_redis(&redis, &[]).await?;
 
     // Ready means a probe came back: its round trip was measured.
     let rtt = gw

@@ -2,20 +2,13 @@
 //! and its command connection (redis-rs) both connect and authenticate as the URL says: a
 //! `requirepass` password, an ACL user, a unix socket.
 
-use std::time::Duration;
-
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::ensure_same_event;
-use gleepost_tests::{seed, Gateway, GatewayOptions, RedisServer};
-
-const READY: Duration = Duration::from_secs(15);
+use gleepost_tests::{ensure_same_event, seed, Gateway, GatewayOptions, RedisServer};
 
 /// A node on `url` becomes ready (its probe comes back through the subscription) and delivers
 /// both a raw `PUBLISH` and an API publish to a connected user.
 async fn node_delivers(redis: &RedisServer, url: String) -> Result<()> {
-    let options = GatewayOptions::redis(url).arg(&["--probe-interval", "100ms"]);
-    let node = Gateway::start(options).await?;
-    node.wait_ready(true, READY)
+    let node = Gateway::start_ready(GatewayOptions::redis(url).fast_probes())
         .await
         .context("the node never became ready on an authenticated Redis")?;
     let mut client = node.connect(9).await?;

@@ -15,29 +15,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use gleepost_tests::eventually;
 use gleepost_tests::resume::{parse_frame, seq_event, Frame};
-use gleepost_tests::{Client, Gateway, GatewayOptions, RedisSentinel};
+use gleepost_tests::{Client, Gateway, RedisSentinel};
 
 const READY: Duration = Duration::from_secs(40);
 const USERS: std::ops::RangeInclusive<u64> = 1..=10;
-
-async fn node(sentinel: &RedisSentinel, replicas: u32) -> Result<Gateway> {
-    let replicas = replicas.to_string();
-    let gw = Gateway::start(
-        GatewayOptions::sentinel(sentinel.sentinel_urls_csv()).arg(&[
-            "--probe-interval",
-            "100ms",
-            "--redis-timeout",
-            "500ms",
-            "--publish-replicas",
-            &replicas,
-        ]),
-    )
-    .await?;
-    gw.wait_ready(true, READY)
-        .await
-        .context("sentinel node ready")?;
-    Ok(gw)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_publish_replicas_0_a_sentinel_failover_loses_nothing_silently() -> Result<()> {
@@ -98,9 +79,16 @@ async fn collect(mut client: Client, last: Arc<std::sync::Mutex<Option<u64>>>) -
 
 async fn failover(replicas: u32, fault: Fault) -> Result<()> {
     let mut sentinel = RedisSentinel::start(1).await?;
+    let replica_count = replicas.to_string();
+    let args = [
+        "--redis-timeout",
+        "500ms",
+        "--publish-replicas",
+        &replica_count,
+    ];
     let (a, b) = (
-        node(&sentinel, replicas).await?,
-        node(&sentinel, replicas).await?,
+        Gateway::on_sentinel(&sentinel, &args).await?,
+        Gateway::on_sentinel(&sentinel, &args).await?,
     );
     let last = Arc::new(std::sync::Mutex::new(None));
     let mut readers = Vec::new();

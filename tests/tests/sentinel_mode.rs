@@ -17,14 +17,12 @@ const PASSWORD: &str = "data-node-secret";
 #[tokio::test(flavor = "multi_thread")]
 async fn every_feature_works_on_a_password_protected_sentinel_deployment() -> Result<()> {
     let sentinel = RedisSentinel::start_with(1, Some(PASSWORD)).await?;
-    let gw = Gateway::start(
+    let gw = Gateway::start_ready(
         GatewayOptions::sentinel(sentinel.sentinel_urls_csv())
             .arg(&["--redis-sentinel-node-password", PASSWORD]),
     )
-    .await?;
-    gw.wait_ready(true, Duration::from_secs(30))
-        .await
-        .context("sentinel node ready")?;
+    .await
+    .context("sentinel node")?;
     let user = 9;
     // The login service's token key, on the primary.
     let primary = sentinel.primary().await?;
@@ -76,11 +74,7 @@ async fn sentinel_urls_without_a_master_name_are_a_startup_error() -> Result<()>
 #[tokio::test(flavor = "multi_thread")]
 async fn with_every_sentinel_gone_the_node_keeps_its_working_primary() -> Result<()> {
     let mut sentinel = RedisSentinel::start(1).await?;
-    let gw = Gateway::start(
-        GatewayOptions::sentinel(sentinel.sentinel_urls_csv()).arg(&["--probe-interval", "100ms"]),
-    )
-    .await?;
-    gw.wait_ready(true, Duration::from_secs(30)).await?;
+    let gw = Gateway::on_sentinel(&sentinel, &[]).await?;
     let mut client = gw.connect(9).await?;
     sentinel.kill_sentinels();
     // The pub/sub connection is cut: the node reconnects to the primary it knows.

@@ -14,7 +14,7 @@ use gleepost_tests::eventually;
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::raw_ws::{vm_rss_kib, RawClient};
 use gleepost_tests::resume::{connect_since, publish_seq, seq_event, SeqCheck};
-use gleepost_tests::{token, Client, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{token, ws_path, Client, Gateway, GatewayOptions, RedisServer};
 
 const TOTAL: u64 = 3_000;
 /// Padding per event: ~2 KiB events.
@@ -48,20 +48,20 @@ async fn a_client_that_stops_reading_is_cut_with_4000_others_get_everything_and_
 ) -> Result<()> {
     let redis = RedisServer::start().await?;
     let history = HISTORY.to_string();
-    let gw = Gateway::start(GatewayOptions::redis(redis.url()).arg(&[
-        "--probe-interval",
-        "100ms",
-        "--queue-events",
-        "64",
-        "--queue-bytes",
-        "65536",
-        "--history-size",
-        &history,
-        "--max-replay",
-        &history,
-    ]))
+    let gw = Gateway::on_redis(
+        &redis,
+        &[
+            "--queue-events",
+            "64",
+            "--queue-bytes",
+            "65536",
+            "--history-size",
+            &history,
+            "--max-replay",
+            &history,
+        ],
+    )
     .await?;
-    gw.wait_ready(true, Duration::from_secs(15)).await?;
     let publisher = Publisher::connect(&redis.url())
         .await?
         .with_history(HistoryConfig {
@@ -70,12 +70,7 @@ async fn a_client_that_stops_reading_is_cut_with_4000_others_get_everything_and_
         });
 
     // The stalled client: handshake done by hand, then no reads (8 KiB receive buffer).
-    let stalled = RawClient::connect_with_rcvbuf(
-        &gw.public,
-        &format!("/ws?access_token={}", token(91)),
-        8 * 1024,
-    )
-    .await?;
+    let stalled = RawClient::connect_with_rcvbuf(&gw.public, &ws_path(91), 8 * 1024).await?;
     let same_user = gw.connect(91).await?;
     let other_user = gw.connect(92).await?;
     let progress = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];

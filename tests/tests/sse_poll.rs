@@ -16,22 +16,16 @@ use serde_json::json;
 const READY: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn node(args: &[&str]) -> Result<Gateway> {
-    let gw = Gateway::start(GatewayOptions::default().arg(args)).await?;
-    gw.wait_ready(true, READY).await?;
-    Ok(gw)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sse_streams_events_resumes_and_ends_with_a_close_event() -> Result<()> {
-    let mut gw = node(&[
+    let mut gw = Gateway::start_ready(GatewayOptions::default().arg(&[
         "--ping-interval",
         "300ms",
         "--pre-drain-delay",
         "0s",
         "--drain-window",
         "1s",
-    ])
+    ]))
     .await?;
     // Refused before any stream byte, with the JSON body and CORS.
     let bad = http::request(&gw.public, "GET", "/sse?access_token=nope", &[], b"").await?;
@@ -137,7 +131,7 @@ async fn sse_streams_events_resumes_and_ends_with_a_close_event() -> Result<()> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn poll_answers_history_then_live_then_empty_and_resync() -> Result<()> {
-    let gw = node(&[]).await?;
+    let gw = Gateway::start_ready(GatewayOptions::default()).await?;
     let mut check = SeqCheck::new("poll user 9", 1);
     let first = publish_seq(&gw, 9, 1).await?;
     // From history: everything after `since`, at once.

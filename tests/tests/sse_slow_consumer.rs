@@ -19,7 +19,7 @@ use gleepost_tests::eventually;
 use gleepost_tests::resume::{seq_event, SeqCheck};
 use gleepost_tests::sockets::{tcp_state, ESTABLISHED};
 use gleepost_tests::sse::{sse_path, SseStream};
-use gleepost_tests::{Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{Gateway, RedisServer};
 
 const USER: u64 = 93;
 /// Events published: ~18 MB in all, several times what the kernel buffers of the stalled
@@ -59,20 +59,20 @@ async fn read_all(mut stream: SseStream, last: u64, progress: Arc<AtomicU64>) ->
 async fn an_sse_client_that_stops_reading_is_ended_at_the_write_deadline_others_get_everything(
 ) -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = Gateway::start(GatewayOptions::redis(redis.url()).arg(&[
-        "--probe-interval",
-        "100ms",
-        // The write deadline.
-        "--pong-timeout",
-        "1s",
-        // Room for every event published (TOTAL of ~60 KB) on each connection.
-        "--queue-events",
-        "1000",
-        "--queue-bytes",
-        "67108864",
-    ]))
+    let gw = Gateway::on_redis(
+        &redis,
+        &[
+            // The write deadline.
+            "--pong-timeout",
+            "1s",
+            // Room for every event published (TOTAL of ~60 KB) on each connection.
+            "--queue-events",
+            "1000",
+            "--queue-bytes",
+            "67108864",
+        ],
+    )
     .await?;
-    gw.wait_ready(true, Duration::from_secs(15)).await?;
 
     let path = sse_path(USER, None);
     // Reads the response head, then nothing more.

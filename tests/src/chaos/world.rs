@@ -14,13 +14,10 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::forwarder::Forwarder;
-use crate::{http, Gateway, GatewayOptions, RedisSentinel, RedisServer};
+use crate::{http, Gateway, GatewayOptions, RedisSentinel, RedisServer, READY};
 
 /// Names of the node slots (index 0 is behind the forwarder).
 pub const NODE_NAMES: [&str; 2] = ["A", "B"];
-
-/// Longest wait for a node to turn ready.
-const READY: Duration = Duration::from_secs(30);
 
 /// The gateway flags of every node, besides the harness's own (ports, keys, logs), as the
 /// report lists them.
@@ -146,12 +143,9 @@ impl World {
     /// Start node `i` (replacing a stopped one) and wait until it is ready.
     pub async fn start_node(&self, i: usize) -> Result<()> {
         let options = self.options_of(i).await;
-        let gw = Gateway::start(options)
+        let gw = Gateway::start_ready(options)
             .await
             .with_context(|| format!("starting node {}", NODE_NAMES[i]))?;
-        gw.wait_ready(true, READY)
-            .await
-            .with_context(|| format!("node {}", NODE_NAMES[i]))?;
         self.book
             .set(i, Some((gw.public.clone(), gw.admin.clone())));
         *self.nodes[i].lock().await = Some(gw);

@@ -1,5 +1,9 @@
 //! End-to-end test harness: real `redis-server` processes, real `gleepost-gateway` processes
 //! and real WebSocket clients, so each test in `tests/` reads like the scenario it checks.
+//!
+//! Tests start their nodes with the builders of [`nodes`] (on [`gateway`]'s [`Gateway`]), wait
+//! with [`eventually`] ([`wait`]), sign in with [`credentials`], and write raw requests and
+//! upgrades with [`http`] (hand-driven WebSocket frames: [`raw_ws`]).
 
 use anyhow::{bail, Context, Result};
 

@@ -270,13 +270,7 @@ impl Gateway {
         body: &serde_json::Value,
     ) -> Result<serde_json::Value> {
         let res = self.admin_post(path, &body.to_string()).await?;
-        ensure!(
-            res.status == 200,
-            "POST {path}: {} {}",
-            res.status,
-            String::from_utf8_lossy(&res.body)
-        );
-        Ok(serde_json::from_slice(&res.body)?)
+        res.ok_json(&format!("POST {path}"))
     }
 
     /// GET an admin path.
@@ -288,13 +282,7 @@ impl Gateway {
     pub async fn admin_get_json(&self, path: &str) -> Result<serde_json::Value> {
         let auth = format!("Bearer {API_KEY}");
         let res = http::request(&self.admin, "GET", path, &[("Authorization", &auth)], b"").await?;
-        ensure!(
-            res.status == 200,
-            "GET {path}: {} {}",
-            res.status,
-            String::from_utf8_lossy(&res.body)
-        );
-        Ok(serde_json::from_slice(&res.body)?)
+        res.ok_json(&format!("GET {path}"))
     }
 
     /// `/readyz` answered 200.
@@ -379,11 +367,9 @@ pub async fn publish_via(admin: &str, users: &[u64], event: &str) -> Result<serd
         "{{\"users\":{},\"event\":{event}}}",
         serde_json::to_string(users)?
     );
-    let res = admin_post_to(admin, "/v1/publish", &body).await?;
-    if res.status != 200 {
-        bail!("publish failed: {} {}", res.status, res.body_text());
-    }
-    Ok(serde_json::from_slice(&res.body)?)
+    admin_post_to(admin, "/v1/publish", &body)
+        .await?
+        .ok_json("publish failed")
 }
 
 /// POST a JSON `body` to `path` on the admin port at `admin` with the API key.

@@ -37,6 +37,17 @@ impl HttpResponse {
         serde_json::from_slice(&self.body)
             .with_context(|| format!("body is not JSON: {}", self.body_text()))
     }
+
+    /// The body as JSON of an answer that must be 200; `what` (the request) starts the error.
+    pub fn ok_json(&self, what: &str) -> Result<serde_json::Value> {
+        ensure!(
+            self.status == 200,
+            "{what}: {} {}",
+            self.status,
+            self.body_text()
+        );
+        self.json().context(what.to_string())
+    }
 }
 
 /// Send one request to `addr` (`host:port`) and read the response head and its

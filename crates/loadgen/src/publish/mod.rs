@@ -3,6 +3,7 @@
 //! Each event goes to one user (round-robin over the users) and carries
 //! `{"seq":<per-user sequence>,"t":<ns since base>,"u":<user>,"pad":"…"}` as its `data`.
 
+mod batch;
 mod http;
 mod redis;
 
@@ -110,7 +111,12 @@ impl Acks {
 
     /// Counts a failed publish; keeps the first message.
     pub(crate) fn error(&self, what: impl FnOnce() -> String) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.errors_n(1, what);
+    }
+
+    /// Counts `n` failed publishes (one failed request of `n` events); keeps the first message.
+    pub(crate) fn errors_n(&self, n: u64, what: impl FnOnce() -> String) {
+        self.errors.fetch_add(n, Ordering::Relaxed);
         let mut first = self
             .first_error
             .lock()
@@ -160,7 +166,7 @@ impl Publisher {
         let acks = Arc::new(Acks::new(users));
         let spec = EventSpec::new(&args.event_type, args.payload_bytes);
         let backend = match args.publish {
-            PublishVia::Http => Backend::Http(
+            PublishVia::Http | PublishVia::HttpBatch => Backend::Http(
                 http::HttpPublisher::connect(args, spec, first_user, acks.clone()).await?,
             ),
             PublishVia::Redis | PublishVia::RedisHistory => Backend::Redis(Box::new(

@@ -108,6 +108,64 @@ async fn fanout_over_the_publish_api() -> Result<()> {
     Ok(())
 }
 
+/// Two nodes on Redis with history, events through the batch API (`--publish http-batch`): the
+/// load generator reads the gateway's per-item answers (every item accepted) and every event
+/// reaches both connections of its user once, in order (and is stored in the history).
+#[tokio::test]
+async fn fanout_over_the_batch_api() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let options = GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms"]);
+    let a = Gateway::start(options.clone()).await.context("node A")?;
+    let b = Gateway::start(options).await.context("node B")?;
+    a.wait_ready(true, Duration::from_secs(15)).await?;
+    b.wait_ready(true, Duration::from_secs(15)).await?;
+    let (url_a, url_b) = (a.ws_base(), b.ws_base());
+    let admin = format!("http://{}", a.admin);
+    let report = run_json(
+        &[
+            "fanout",
+            "--url",
+            &url_a,
+            "--url",
+            &url_b,
+            "-n",
+            "100",
+            "-u",
+            "50",
+            "--publish",
+            "http-batch",
+            "--batch-size",
+            "20",
+            "--http-connections",
+            "2",
+            "--admin-url",
+            &admin,
+            "--rate",
+            "400",
+            "--warmup",
+            "500ms",
+            "--duration",
+            "1s",
+            "--drain",
+            "5s",
+            "--settle",
+            "200ms",
+            "--max-seconds",
+            "40",
+        ],
+        LIMIT,
+    )
+    .await?;
+    ensure_clean(&report, 100)?;
+    ensure!(
+        count(&report, "expected")? == 2 * count(&report, "published")?,
+        "each event reaches both connections of its user: {report}"
+    );
+    let stored: u64 = redis.cmd(&["XLEN", "gp:hist:{1}"]).await?;
+    ensure!(stored > 0, "no history stored for user 1");
+    Ok(())
+}
+
 /// Two nodes on Redis, events published with the history script (`--publish redis-history`):
 /// every user has one connection on each node, and frames carry an `id`.
 #[tokio::test]

@@ -780,6 +780,7 @@ class Suite:
             ),
             "p99_us": median((r.get("latency_us") or {}).get("p99") for r in passing),
             "p50_us": median((r.get("latency_us") or {}).get("p50") for r in passing),
+            "events_per_request": median(r.get("events_per_request") for r in passing),
             "loadgen_cpu": median(r.get("loadgen_cpu_percent") for r in passing),
             "server_cpu": median((r.get("cpu") or {}).get("server_cpu_percent") for r in passing),
             "per_cpu": median(
@@ -1642,7 +1643,8 @@ def issue14_section(w, suite: Suite, opts) -> None:
     if hb:
         w(f"| Batch publish API (hb: `--batch-size {opts.batch_size}`, `--http-connections "
           f"{opts.http_connections_batch}`), history on | **{fmt(hb['events'], 0)} events/s** "
-          f"({fmt(hb['deliveries'], 0)} deliveries/s, p99 {fmt(ms(hb['p99_us']), 2)} ms) | report | – |")
+          f"({fmt(hb['deliveries'], 0)} deliveries/s, p99 {fmt(ms(hb['p99_us']), 2)} ms; "
+          f"{fmt(hb.get('events_per_request'), 1)} events per request at that step) | report | – |")
     w("")
     w("Publish paths side by side (max-rate, 2,000 connections over 1,000 users, both nodes on core 0; "
       "CPU per event = process CPU ÷ events published: at the headline step and over the whole loadgen run; "
@@ -1697,19 +1699,24 @@ def weighted_usec_per_event(rep: dict) -> float | None:
     return sum(c * n for c, n in pairs) / calls if calls else None
 
 
-def steps_table(w, runs: list[dict]) -> None:
-    """The max-rate steps of the middle run."""
+def steps_table(w, runs: list[dict], server: str = "gateways") -> None:
+    """The max-rate steps of the middle run (with events per HTTP request when it published
+    through the API)."""
     last = runs[len(runs) // 2]
+    steps = last.get("steps", [])
+    per_request = any(s.get("events_per_request") for s in steps)
     w(f"Steps of run {len(runs) // 2}:")
     w("")
-    w("| target events/s | published/s | deliveries/s | loss % | p50 ms | p99 ms | p99.9 ms | loadgen % | gateways % | result |")
-    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for s in last.get("steps", []):
+    w("| target events/s | published/s | deliveries/s | loss % | p50 ms | p99 ms | p99.9 ms | loadgen % | "
+      f"{server} % | {'events per HTTP request | ' if per_request else ''}result |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | " + ("--- | " if per_request else "") + "--- |")
+    for s in steps:
         lat = s["latency_us"]
         w(f"| {fmt(s['rate_target'], 0)} | {fmt(s['publish_rate'], 0)} | {fmt(s['delivered_per_sec'], 0)} | "
           f"{s['loss_pct']} | {fmt(ms(lat['p50']), 2)} | {fmt(ms(lat['p99']), 2)} | {fmt(ms(lat['p999']), 2)} | "
           f"{fmt(s['cpu']['loadgen_cpu_percent'])} | {fmt(s['cpu'].get('server_cpu_percent'))} | "
-          f"{'pass' if s['pass'] else 'FAIL: ' + str(s['reason'])} |")
+          + (f"{fmt(s.get('events_per_request'), 2)} | " if per_request else "")
+          + f"{'pass' if s['pass'] else 'FAIL: ' + str(s['reason'])} |")
     w("")
 
 
@@ -1791,7 +1798,7 @@ def detail(w, R) -> None:
                  f"no core at ≥ 90–95 % ({server} {gw:.0f} %, load generator + Redis ≈ {client:.0f} %)")
               + ".")
         w("")
-        steps_table(w, b["runs"])
+        steps_table(w, b["runs"], server)
     simple = [
         ("a", "a: idle RSS", lambda r: f"{r['established']} established, RSS {r['server_rss_kib_before']} → "
          f"{r['server_rss_kib_after']} KiB = {r['server_rss_kib_per_conn']} KiB/conn"),

@@ -173,7 +173,9 @@ async fn fanout_over_the_batch_api_with_refused_items() {
     let b = &f.batches;
     assert_eq!(b.items.load(Ordering::Relaxed), 400);
     assert_eq!(b.max_items.load(Ordering::Relaxed), 5);
-    assert!(b.requests.load(Ordering::Relaxed) >= 80);
+    let requests = b.requests.load(Ordering::Relaxed);
+    assert!(requests >= 80);
+    assert_eq!(u(&r, "publish_requests"), requests, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,6 +201,9 @@ pub fn delivery(
         publish_rate: round(totals.dispatched as f64 / publish_secs.max(1e-9), 1),
         publish_errors: totals.errors,
         publish_first_error: totals.first_error.clone(),
+        publish_requests: (totals.requests > 0).then_some(totals.requests),
+        events_per_request: (totals.requests > 0)
+            .then(|| round(totals.dispatched as f64 / totals.requests as f64, 2)),
         expected,
         delivered: rec.unique,
         delivered_measured: rec.measured,

@@ -159,6 +159,7 @@ async fn worker(
             spec.write_event(&mut body, seq, t, user);
             body.push(b'}');
         }
+        acks.request();
         match post(&ep, s, &body).await {
             Ok(reply) if ep.batch.is_some() => match batch::parse_reply(&reply, jobs.len()) {
                 Ok(results) => {

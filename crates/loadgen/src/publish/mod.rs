@@ -84,6 +84,8 @@ pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
 pub(crate) struct Acks {
     ok: AtomicU64,
     errors: AtomicU64,
+    /// HTTP requests sent (both HTTP paths); since the last [`Publisher::take_totals`].
+    requests: AtomicU64,
     first_error: Mutex<Option<String>>,
     /// Events accepted per user index since the last [`Publisher::take_totals`].
     per_user: Vec<AtomicU64>,
@@ -94,6 +96,7 @@ impl Acks {
         Acks {
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             first_error: Mutex::new(None),
             per_user: (0..users).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -102,6 +105,11 @@ impl Acks {
     /// Counts `n` acknowledged publishes.
     pub(crate) fn ok(&self, n: u64) {
         self.ok.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one HTTP publish request.
+    pub(crate) fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one event accepted for the user with this index.
@@ -138,6 +146,8 @@ pub struct Totals {
     pub dispatched: u64,
     /// Failed publishes.
     pub errors: u64,
+    /// HTTP requests sent (0 for the Redis paths).
+    pub requests: u64,
     /// First error message.
     pub first_error: Option<String>,
     /// Accepted events per user index.
@@ -268,6 +278,7 @@ impl Publisher {
         let totals = Totals {
             dispatched: self.dispatched,
             errors: errors - self.taken.1,
+            requests: self.acks.requests.swap(0, Ordering::Relaxed),
             first_error: self
                 .acks
                 .first_error

@@ -691,13 +691,16 @@ class Suite:
         "hb": ("hb-max-rate-api-batch", "http-batch", "start_rate_batch", "runs_api", "gateway"),
         "lf": ("lf-max-rate-lean-forwarder", "redis", "start_rate_lean", "runs_api", "lean"),
     }
-    GROUPS = {"b": ("b", "b2"), "h": ("h", "h0", "hb", "lf")}
+    # What `--only` names: b and h are max-rate groups, c runs c2 too.
+    GROUPS = {"b": ("b", "b2"), "h": ("h", "h0", "hb", "lf"), "c": ("c", "c2")}
 
     def max_rates(self, groups: list[str]) -> None:
         """The max-rate scenarios of `groups` (b: raw `PUBLISH` and history script; h: publish API
         with history on and off, batch API, lean forwarder), runs interleaved round by round so
         that slow and fast periods of the host affect all alike."""
-        keys = [k for g in groups for k in self.GROUPS[g]]
+        keys = [k for g in groups for k in self.GROUPS[g] if getattr(self.o, self.MAX_RATE_PLAN[k][3]) > 0]
+        if not keys:
+            return
         runs: dict[str, list[dict]] = {k: [] for k in keys}
         rounds = max(getattr(self.o, self.MAX_RATE_PLAN[k][3]) for k in keys)
         for r in range(rounds):
@@ -1149,8 +1152,12 @@ class Suite:
             started = time.monotonic()
             snap = cpu_snapshot()
             fn()
+            seconds = round(time.monotonic() - started, 1)
             for part in parts:
-                self.results.setdefault(part, {})["seconds"] = round(time.monotonic() - started, 1)
+                # The scenarios this step ran (b and h name groups: b2, h0, hb, lf have results too).
+                for k in self.GROUPS.get(part, (part,)):
+                    if k in self.results:
+                        self.results[k]["seconds"] = seconds
             self.foreign[key] = foreign_cpu_percent(snap, cpu_snapshot())
             self.log(f"scenario {key}: other processes used {self.foreign[key]:.1f} % of the machine")
             (self.out / "results.json").write_text(json.dumps(self.results, indent=1, default=str))

@@ -1400,7 +1400,7 @@ def write_report(suite: Suite, path: Path, started: datetime.datetime, load_star
     w("")
     w("```sh")
     w("make bench    # = python3 scripts/bench.py")
-    w("cargo build --release -p gleepost-gateway -p gleepost-loadgen -p gleepost-lean-forwarder")
+    w("cargo build --release -p gleepost-gateway -p gleepost-loadgen -p lean-forwarder")
     w("taskset -c 1 redis-server --port $PORT --bind 127.0.0.1 --save '' --appendonly no --dir .bench/… --loglevel warning")
     w("taskset -c 0 target/release/gleepost-gateway --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$PORT "
       "--log-format json --log warn --pre-drain-delay 0s --drain-window 0s   # × 2 nodes (× 1 for a, d, f)")
@@ -1921,9 +1921,9 @@ def main() -> int:
                 suite.log(f"machine busy (load average {loadavg()}); waiting")
                 time.sleep(30)
         if not opts.no_build:
-            suite.log("cargo build --release -p gleepost-gateway -p gleepost-loadgen -p gleepost-lean-forwarder")
+            suite.log("cargo build --release -p gleepost-gateway -p gleepost-loadgen -p lean-forwarder")
             subprocess.run(["cargo", "build", "--release", "-p", "gleepost-gateway", "-p", "gleepost-loadgen",
-                            "-p", "gleepost-lean-forwarder"], cwd=ROOT, check=True, timeout=1800)
+                            "-p", "lean-forwarder"], cwd=ROOT, check=True, timeout=1800)
         needed = [GATEWAY_BIN, LOADGEN_BIN] + ([LEAN_BIN] if not only or "h" in only else [])
         for b in needed:
             if not b.exists():

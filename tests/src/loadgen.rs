@@ -30,11 +30,11 @@ impl LeanForwarder {
         let port = crate::free_port()?;
         let listen = format!("127.0.0.1:{port}");
         let child = tokio::process::Command::new(built_binary("lean-forwarder")?)
-        .args(["--listen", &listen, "--redis-url", redis_url])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawning lean-forwarder")?;
+            .args(["--listen", &listen, "--redis-url", redis_url])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning lean-forwarder")?;
         let mut forwarder = LeanForwarder { child, port };
         eventually(
             Duration::from_secs(15),

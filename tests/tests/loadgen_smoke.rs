@@ -114,11 +114,7 @@ async fn fanout_over_the_publish_api() -> Result<()> {
 #[tokio::test]
 async fn fanout_over_the_batch_api() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let options = GatewayOptions::redis(redis.url()).arg(&["--probe-interval", "100ms"]);
-    let a = Gateway::start(options.clone()).await.context("node A")?;
-    let b = Gateway::start(options).await.context("node B")?;
-    a.wait_ready(true, Duration::from_secs(15)).await?;
-    b.wait_ready(true, Duration::from_secs(15)).await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &[]).await?;
     let (url_a, url_b) = (a.ws_base(), b.ws_base());
     let admin = format!("http://{}", a.admin);
     let report = run_json(

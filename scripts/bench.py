@@ -5,7 +5,10 @@ Builds the release binaries, starts its own redis-server and two gateway nodes o
 ports, runs every scenario several times with `gleepost-loadgen` and writes the medians to
 docs/benchmarks.md (raw JSON reports and logs go to .bench/). Scenario g (issue 10) starts its own
 Redis Cluster of 3 primaries instead (`redis-server --cluster-enabled yes`, formed with
-`CLUSTER ADDSLOTSRANGE` / `CLUSTER MEET`) and the gateways with `REDIS_CLUSTER_URLS`.
+`CLUSTER ADDSLOTSRANGE` / `CLUSTER MEET`) and the gateways with `REDIS_CLUSTER_URLS`. Issue 14's
+scenarios: h (publish API, history on), h0 (history off), hb (batch API) and lf (two lean forwarder
+processes, crates/lean-forwarder, the baseline) run interleaved with b and b2; c2 (publish API at
+5,000 events/s) alternates with c.
 
 Pinning (2-core machine): the gateways run on core 0 (`taskset -c 0`), the load generator and
 Redis (every cluster node too) on core 1 (`taskset -c 1`). Every scenario run gets a fresh Redis
@@ -40,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
 GATEWAY_BIN = RELEASE / "gleepost-gateway"
 LOADGEN_BIN = RELEASE / "gleepost-loadgen"
+LEAN_BIN = RELEASE / "lean-forwarder"
 GATEWAY_CORE = "0"
 CLIENT_CORE = "1"
 
@@ -52,6 +56,13 @@ TARGET_DELIVERIES = 130_000.0
 TARGET_MAXRATE_P99_MS = 50.0
 TARGET_FANOUT_P99_MS = 1.0
 TARGET_ACCEPTS = 10_000.0
+
+# Issue 14 targets.
+TARGET_API_VS_LEAN = 0.6
+TARGET_API_VS_RAW = 0.25
+TARGET_API_P99_VS_RAW = 1.25
+TARGET_REDIS_USEC_PER_CALL = 4.0
+TARGET_IDLE_KIB = 2.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,7 +439,7 @@ class ShardSampler:
 
 class Gateway:
     def __init__(self, run_dir: Path, tag: str, redis_url: str | None,
-                 cluster_urls: str | None = None) -> None:
+                 cluster_urls: str | None = None, args: list[str] | None = None) -> None:
         self.port = free_port()
         self.admin_port = free_port()
         self.argv = [
@@ -437,6 +448,7 @@ class Gateway:
             "--admin-listen", f"127.0.0.1:{self.admin_port}",
             "--log-format", "json", "--log", "warn",
             "--pre-drain-delay", "0s", "--drain-window", "0s",
+            *(args or []),
         ]
         env = dict(os.environ, GATEWAY_JWT_SECRET=JWT_SECRET, GATEWAY_API_KEY=API_KEY)
         env.pop("REDIS_URL", None)
@@ -476,22 +488,64 @@ class Gateway:
         PROCS.stop(self.proc, timeout=10)
 
 
-class Env:
-    """A fresh Redis (or, with `shards`, a fresh Redis Cluster) and `nodes` gateways for one run."""
+class LeanForwarder:
+    """The lean forwarder baseline (crates/lean-forwarder, never a product) on core 0: WebSocket
+    plus one Redis subscription; no health endpoint, so ready = its port accepts."""
 
-    def __init__(self, run_dir: Path, nodes: int, redis: bool = True, shards: int = 0) -> None:
+    def __init__(self, run_dir: Path, tag: str, redis_url: str) -> None:
+        self.port = free_port()
+        self.argv = [
+            "taskset", "-c", GATEWAY_CORE, str(LEAN_BIN),
+            "--listen", f"127.0.0.1:{self.port}", "--redis-url", redis_url,
+        ]
+        self.proc = PROCS.start(f"lean-{tag}", self.argv, log=run_dir / f"lean-{tag}.log")
+
+        def listening() -> bool:
+            if self.proc.poll() is not None:
+                return False
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+
+        try:
+            wait_until(f"lean forwarder {tag} listening", listening, 10)
+        except RuntimeError:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lean forwarder {tag} exited; see {run_dir}/lean-{tag}.log") from None
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid  # taskset execs it: same pid
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def stop(self) -> None:
+        PROCS.stop(self.proc)
+
+
+class Env:
+    """A fresh Redis (or, with `shards`, a fresh Redis Cluster) and `nodes` gateways (with
+    `gateway_args`) or, with `lean`, `nodes` lean forwarders, for one run."""
+
+    def __init__(self, run_dir: Path, nodes: int, redis: bool = True, shards: int = 0,
+                 gateway_args: list[str] | None = None, lean: bool = False) -> None:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.redis = Redis(run_dir, "r") if redis and not shards else None
         self.cluster: RedisCluster | None = None
-        self.gateways: list[Gateway] = []
+        self.gateways: list = []
         try:
             if shards:
                 self.cluster = RedisCluster(run_dir, shards)
             for i in range(nodes):
+                if lean:
+                    self.gateways.append(LeanForwarder(run_dir, f"n{i + 1}", self.redis.url))
+                    continue
                 self.gateways.append(Gateway(
                     run_dir, f"n{i + 1}", self.redis.url if self.redis else None,
-                    self.cluster.urls_csv if self.cluster else None,
+                    self.cluster.urls_csv if self.cluster else None, gateway_args,
                 ))
         except BaseException:
             self.close()
@@ -627,31 +681,58 @@ class Suite:
             "server_cpu_hold": median(r["hold_cpu"].get("server_cpu_percent") for r in runs),
         }
 
-    # b. max deliveries/s through Redis -------------------------------------------------------
-    def max_rate(self) -> None:
-        """b (history off) and b2 (history on), runs interleaved so that slow and fast periods
-        of the host affect both alike."""
-        runs: dict[str, list[dict]] = {"b": [], "b2": []}
-        plan = (("b", "redis", self.o.start_rate), ("b2", "redis-history", self.o.start_rate_history))
-        for r in range(self.o.runs_max_rate):
-            for key, publish, start_rate in plan:
-                runs[key].append(self.max_rate_run(key, publish, start_rate, r))
-        for key, publish, _ in plan:
-            self.summarize_max_rate(key, publish, runs[key])
+    # b, h. max deliveries/s: raw, history script, publish API, batch API, lean forwarder ---------
+    # key: (directory, publish path, start-rate option, runs option, what runs the WebSocket side)
+    MAX_RATE_PLAN = {
+        "b": ("b-max-rate-redis", "redis", "start_rate", "runs_max_rate", "gateway"),
+        "b2": ("b2-max-rate-redis-history", "redis-history", "start_rate_history", "runs_max_rate", "gateway"),
+        "h": ("h-max-rate-api-history", "http", "start_rate_api", "runs_api", "gateway"),
+        "h0": ("h0-max-rate-api-no-history", "http", "start_rate_api_off", "runs_api", "no-history"),
+        "hb": ("hb-max-rate-api-batch", "http-batch", "start_rate_batch", "runs_api", "gateway"),
+        "lf": ("lf-max-rate-lean-forwarder", "redis", "start_rate_lean", "runs_api", "lean"),
+    }
+    # What `--only` names: b and h are max-rate groups, c runs c2 too.
+    GROUPS = {"b": ("b", "b2"), "h": ("h", "h0", "hb", "lf"), "c": ("c", "c2")}
 
-    def max_rate_run(self, key: str, publish: str, start_rate: float, r: int) -> dict:
-        d = self.dir(f"{key}-max-rate-{publish}", r)
-        with Env(d, nodes=2) as env:
+    def max_rates(self, groups: list[str]) -> None:
+        """The max-rate scenarios of `groups` (b: raw `PUBLISH` and history script; h: publish API
+        with history on and off, batch API, lean forwarder), runs interleaved round by round so
+        that slow and fast periods of the host affect all alike."""
+        keys = [k for g in groups for k in self.GROUPS[g] if getattr(self.o, self.MAX_RATE_PLAN[k][3]) > 0]
+        if not keys:
+            return
+        runs: dict[str, list[dict]] = {k: [] for k in keys}
+        rounds = max(getattr(self.o, self.MAX_RATE_PLAN[k][3]) for k in keys)
+        for r in range(rounds):
+            for key in keys:
+                if r < getattr(self.o, self.MAX_RATE_PLAN[key][3]):
+                    runs[key].append(self.max_rate_run(key, r))
+        for key in keys:
+            self.summarize_max_rate(key, self.MAX_RATE_PLAN[key][1], runs[key])
+
+    def max_rate_run(self, key: str, r: int) -> dict:
+        dirname, publish, start_opt, _, server = self.MAX_RATE_PLAN[key]
+        d = self.dir(dirname, r)
+        gateway_args = ["--history-size", "0"] if server == "no-history" else None
+        with Env(d, nodes=2, gateway_args=gateway_args, lean=server == "lean") as env:
             g1, g2 = env.gateways
             port = env.redis.port
             redis_cli(port, "CONFIG", "RESETSTAT")
             rcpu0 = proc_cpu_seconds(env.redis.proc.pid)
+            gcpu0 = sum(proc_cpu_seconds(g.pid) for g in env.gateways)
+            if publish.startswith("http"):
+                via = ["--publish", publish, "--admin-url", g1.admin_url,
+                       "--http-connections", str(self.o.http_connections_batch if publish == "http-batch"
+                                                 else self.o.http_connections_api)]
+                if publish == "http-batch":
+                    via += ["--batch-size", str(self.o.batch_size)]
+            else:
+                via = ["--publish", publish, "--redis-url", env.redis.url]
             t0 = time.monotonic()
             rep = loadgen(key, d, [
                 "max-rate", "-n", str(self.o.conns), "-u", str(self.o.conns // 2),
-                "--url", g1.ws, "--url", g2.ws,
-                "--publish", publish, "--redis-url", env.redis.url,
-                "--start-rate", str(start_rate), "--factor", str(self.o.factor),
+                "--url", g1.ws, "--url", g2.ws, *via,
+                "--start-rate", str(getattr(self.o, start_opt)), "--factor", str(self.o.factor),
                 "--step", self.o.step, "--step-warmup", "1s", "--drain", "2s",
                 "--max-steps", str(self.o.max_steps), "--retries", str(self.o.retries),
                 "--server-pid", str(g1.pid), "--server-pid", str(g2.pid),
@@ -659,13 +740,25 @@ class Suite:
             wall = time.monotonic() - t0
             rep["redis_cpu_percent_avg"] = round(
                 (proc_cpu_seconds(env.redis.proc.pid) - rcpu0) * 100 / wall, 1)
+            rep["redis_cpu_seconds"] = round(proc_cpu_seconds(env.redis.proc.pid) - rcpu0, 3)
+            rep["gateway_cpu_seconds"] = round(sum(proc_cpu_seconds(g.pid) for g in env.gateways) - gcpu0, 3)
             stats = redis_info(port, "commandstats")
             rep["redis_commandstats"] = {
-                k: v for k, v in stats.items() if k in ("cmdstat_publish", "cmdstat_evalsha")
+                k: v for k, v in stats.items()
+                if k in ("cmdstat_publish", "cmdstat_evalsha", "cmdstat_spublish")
             }
+        rep.update(publish_costs(rep, "evalsha" if publish in ("redis-history", "http-batch")
+                                 or (publish == "http" and server != "no-history") else "publish"))
         best = rep.get("delivered_per_sec")
         p99 = (rep.get("latency_us") or {}).get("p99")
-        self.log(f"{key} run {r}: {best} deliveries/s p99 {p99} µs; stop: {rep.get('stop_reason')}")
+        extra = ""
+        if publish.startswith("http"):
+            extra = (f"; gateways {fmt(rep.get('gw_usec_per_event'), 1)} µs/event at the max "
+                     f"({fmt(rep.get('gw_usec_per_event_run'), 1)} over the run), Redis "
+                     f"{fmt(rep.get('redis_usec_per_call'), 2)} µs/call, "
+                     f"{fmt(rep.get('redis_usec_per_copy'), 2)} µs/user copy")
+        self.log(f"{key} run {r}: {rep.get('publish_rate')} events/s, {best} deliveries/s p99 {p99} µs"
+                 f"{extra}; stop: {rep.get('stop_reason')}")
         return rep
 
     def summarize_max_rate(self, key: str, publish: str, runs: list[dict]) -> None:
@@ -684,8 +777,13 @@ class Suite:
                 max((r.get("delivered_per_sec") or 0) for r in runs),
             ),
             "events": median(r.get("publish_rate") for r in passing),
+            "events_range": (
+                min((r.get("publish_rate") or 0) for r in passing) if passing else None,
+                max((r.get("publish_rate") or 0) for r in passing) if passing else None,
+            ),
             "p99_us": median((r.get("latency_us") or {}).get("p99") for r in passing),
             "p50_us": median((r.get("latency_us") or {}).get("p50") for r in passing),
+            "events_per_request": median(r.get("events_per_request") for r in passing),
             "loadgen_cpu": median(r.get("loadgen_cpu_percent") for r in passing),
             "server_cpu": median((r.get("cpu") or {}).get("server_cpu_percent") for r in passing),
             "per_cpu": median(
@@ -697,36 +795,66 @@ class Suite:
             "redis_cpu_avg": median(r["redis_cpu_percent_avg"] for r in runs),
             "usec_publish": median(usec(r, "publish") for r in runs),
             "usec_evalsha": median(usec(r, "evalsha") for r in runs),
+            **{k: median(r.get(k) for r in runs) for k in PUBLISH_COST_KEYS},
         }
 
-    # c. p99 at 5,000 events/s over 2,000 connections ------------------------------------------
+    # c. p99 at 5,000 events/s over 2,000 connections: raw PUBLISH (c), publish API (c2) ----------
     def fanout(self) -> None:
-        runs = []
+        """c (raw `PUBLISH`) and c2 (publish API, history on), runs interleaved like b and b2;
+        c2 is left out with `--runs-api 0`."""
+        runs: dict[str, list[dict]] = {"c": [], "c2": []}
         for r in range(self.o.runs):
-            d = self.dir("c-fanout", r)
-            with Env(d, nodes=2) as env:
-                g1, g2 = env.gateways
-                rep = loadgen("c", d, [
-                    "fanout", "-n", "2000", "-u", "1000", "--url", g1.ws, "--url", g2.ws,
-                    "--publish", "redis", "--redis-url", env.redis.url,
-                    "--rate", "5000", "--warmup", "2s", "--duration", self.o.fanout_duration,
-                    "--server-pid", str(g1.pid), "--server-pid", str(g2.pid),
-                ], 90)
-            lat = rep["latency_us"]
-            self.log(f"c run {r}: p50 {lat['p50']} p99 {lat['p99']} p99.9 {lat['p999']} µs, "
-                     f"{rep['delivered_per_sec']} deliveries/s, lost {rep['lost']}")
-            runs.append(rep)
-        self.results["c"] = {
-            "runs": runs,
-            "p50_us": median(r["latency_us"]["p50"] for r in runs),
-            "p99_us": median(r["latency_us"]["p99"] for r in runs),
-            "p999_us": median(r["latency_us"]["p999"] for r in runs),
-            "max_us": median(r["latency_us"]["max"] for r in runs),
-            "deliveries": median(r["delivered_per_sec"] for r in runs),
-            "lost": median(r["lost"] for r in runs),
-            "loadgen_cpu": median(r["loadgen_cpu_percent"] for r in runs),
-            "server_cpu": median(r["cpu"].get("server_cpu_percent") for r in runs),
-        }
+            runs["c"].append(self.fanout_run("c", r))
+            if self.o.runs_api > 0:
+                runs["c2"].append(self.fanout_run("c2", r))
+        for key, reps in runs.items():
+            if not reps:
+                continue
+            self.results[key] = {
+                "runs": reps,
+                "p50_us": median(r["latency_us"]["p50"] for r in reps),
+                "p99_us": median(r["latency_us"]["p99"] for r in reps),
+                "p999_us": median(r["latency_us"]["p999"] for r in reps),
+                "max_us": median(r["latency_us"]["max"] for r in reps),
+                "deliveries": median(r["delivered_per_sec"] for r in reps),
+                "lost": median(r["lost"] for r in reps),
+                "publish_errors": median(r["publish_errors"] for r in reps),
+                "loadgen_cpu": median(r["loadgen_cpu_percent"] for r in reps),
+                "server_cpu": median(r["cpu"].get("server_cpu_percent") for r in reps),
+                **{k: median(r.get(k) for r in reps) for k in PUBLISH_COST_KEYS},
+            }
+
+    def fanout_run(self, key: str, r: int) -> dict:
+        d = self.dir("c-fanout" if key == "c" else "c2-fanout-api-history", r)
+        with Env(d, nodes=2) as env:
+            g1, g2 = env.gateways
+            if key == "c":
+                via = ["--publish", "redis", "--redis-url", env.redis.url]
+            else:
+                via = ["--publish", "http", "--admin-url", g1.admin_url,
+                       "--http-connections", str(self.o.http_connections_api)]
+            port = env.redis.port
+            redis_cli(port, "CONFIG", "RESETSTAT")
+            rcpu0 = proc_cpu_seconds(env.redis.proc.pid)
+            gcpu0 = sum(proc_cpu_seconds(g.pid) for g in env.gateways)
+            rep = loadgen(key, d, [
+                "fanout", "-n", "2000", "-u", "1000", "--url", g1.ws, "--url", g2.ws, *via,
+                "--rate", "5000", "--warmup", "2s", "--duration", self.o.fanout_duration,
+                "--server-pid", str(g1.pid), "--server-pid", str(g2.pid),
+            ], 90)
+            rep["redis_cpu_seconds"] = round(proc_cpu_seconds(env.redis.proc.pid) - rcpu0, 3)
+            rep["gateway_cpu_seconds"] = round(sum(proc_cpu_seconds(g.pid) for g in env.gateways) - gcpu0, 3)
+            stats = redis_info(port, "commandstats")
+            rep["redis_commandstats"] = {
+                k: v for k, v in stats.items()
+                if k in ("cmdstat_publish", "cmdstat_evalsha", "cmdstat_spublish")
+            }
+        rep.update(publish_costs(rep, "publish" if key == "c" else "evalsha"))
+        lat = rep["latency_us"]
+        self.log(f"{key} run {r}: p50 {lat['p50']} p99 {lat['p99']} p99.9 {lat['p999']} µs, "
+                 f"{rep['delivered_per_sec']} deliveries/s, lost {rep['lost']}, "
+                 f"publish errors {rep['publish_errors']}")
+        return rep
 
     # d. connection accepts per second ---------------------------------------------------------
     def connect_rate(self) -> None:
@@ -1004,9 +1132,11 @@ class Suite:
         return rep
 
     def run(self, only: set[str]) -> None:
+        # b and h are one interleaved step when both run (the same sitting for their ratios).
+        groups = [g for g in ("b", "h") if not only or g in only]
         steps = [
             ("a", self.idle_rss),
-            ("b", self.max_rate),
+            ("+".join(groups) or "b", lambda: self.max_rates(groups)),
             ("c", self.fanout),
             ("d", self.connect_rate),
             ("e", self.redis_conns),
@@ -1014,17 +1144,67 @@ class Suite:
             ("g", self.cluster_max_rate),
         ]
         for key, fn in steps:
-            if only and key not in only:
+            parts = key.split("+")
+            if only and not only.intersection(parts):
                 continue
             self.loads[key] = loadavg()
             self.log(f"scenario {key} (load average {self.loads[key]})")
             started = time.monotonic()
             snap = cpu_snapshot()
             fn()
-            self.results.setdefault(key, {})["seconds"] = round(time.monotonic() - started, 1)
+            seconds = round(time.monotonic() - started, 1)
+            for part in parts:
+                # The scenarios this step ran (b and h name groups: b2, h0, hb, lf have results too).
+                for k in self.GROUPS.get(part, (part,)):
+                    if k in self.results:
+                        self.results[k]["seconds"] = seconds
             self.foreign[key] = foreign_cpu_percent(snap, cpu_snapshot())
             self.log(f"scenario {key}: other processes used {self.foreign[key]:.1f} % of the machine")
             (self.out / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
+
+    def foreign_of(self, scenario: str) -> float:
+        """Other processes' CPU share during the step that ran `scenario` (b and h may share one)."""
+        return next((v for k, v in self.foreign.items() if scenario in k.split("+")), 0.0)
+
+
+PUBLISH_COST_KEYS = (
+    "events_total", "gw_usec_per_event", "gw_usec_per_event_run", "redis_cmd", "redis_calls",
+    "redis_usec_per_call", "redis_usec_per_copy", "users_per_call", "redis_cpu_usec_per_event",
+    "redis_cpu_usec_per_call",
+)
+
+
+def publish_costs(rep: dict, cmd: str) -> dict:
+    """CPU per published event of one loadgen run (max-rate or fanout): the gateways' (or lean
+    forwarders') at the headline step (`cpu.server_cpu_percent` over the measured window ÷ the
+    step's publish rate) and over the whole loadgen run (process CPU seconds ÷ events accepted in
+    all steps, connecting included); Redis's publish command `cmd` (`evalsha` with history on: the
+    PUBLISH inside the script is counted on its own too, so it is not the figure; `publish`
+    otherwise) from `INFO commandstats`: µs per call, µs per user copy = its µs ÷ events
+    accepted, as each event goes to one user, and users per call; and the Redis process's CPU
+    over the run ÷ events accepted."""
+    parts = rep.get("steps") or [rep]
+    events = sum(max(0, (s.get("published") or 0) - (s.get("publish_errors") or 0)) for s in parts)
+    out: dict = {k: None for k in PUBLISH_COST_KEYS}
+    out["events_total"] = events
+    cpu = (rep.get("cpu") or {}).get("server_cpu_percent")
+    if cpu and rep.get("publish_rate"):
+        out["gw_usec_per_event"] = round(cpu * 1e4 / rep["publish_rate"], 2)
+    if events and rep.get("gateway_cpu_seconds") is not None:
+        out["gw_usec_per_event_run"] = round(rep["gateway_cpu_seconds"] * 1e6 / events, 2)
+    if events and rep.get("redis_cpu_seconds") is not None:
+        out["redis_cpu_usec_per_event"] = round(rep["redis_cpu_seconds"] * 1e6 / events, 2)
+    calls, usec = cmdstat(rep.get("redis_commandstats", {}), cmd)
+    if calls:
+        out["redis_cmd"] = cmd.upper()
+        out["redis_calls"] = calls
+        out["redis_usec_per_call"] = round(usec / calls, 3)
+        if events:
+            out["redis_usec_per_copy"] = round(usec / events, 3)
+            out["users_per_call"] = round(events / calls, 2)
+        if rep.get("redis_cpu_seconds") is not None:
+            out["redis_cpu_usec_per_call"] = round(rep["redis_cpu_seconds"] * 1e6 / calls, 2)
+    return out
 
 
 def publish_script() -> str:
@@ -1087,10 +1267,11 @@ def write_report(suite: Suite, path: Path, started: datetime.datetime, load_star
     w = lines.append
     w("# Benchmarks")
     w("")
-    w("Generated by `make bench` (`scripts/bench.py`); do not edit by hand. Issue 6 targets, "
-      f"median of {opts.runs} runs per scenario and {opts.runs_max_rate} of b and b2 (every value in a "
-      "row is the median of that value over the runs; b and b2 runs alternate). Raw JSON reports of "
-      "every run are written to `.bench/<timestamp>/`.")
+    w("Generated by `make bench` (`scripts/bench.py`); do not edit by hand. Issue 6 targets, then "
+      f"issue 14's; median of {opts.runs} runs per scenario, {opts.runs_max_rate} of b and b2 and "
+      f"{opts.runs_api} of h, h0, hb and lf (every value in a row is the median of that value over the "
+      "runs; the max-rate runs of b, b2, h, h0, hb and lf alternate round by round, those of c and c2 "
+      "too). Raw JSON reports of every run are written to `.bench/<timestamp>/`.")
     w("")
     w("## Machine")
     w("")
@@ -1201,10 +1382,11 @@ def write_report(suite: Suite, path: Path, started: datetime.datetime, load_star
             w("")
             w(f"Noise: the history-off runs spread from {lo:,.0f} to {hi:,.0f} deliveries/s (×{hi / lo:.2f}) "
               f"and the gateways' efficiency from {min(eff):,.0f} to {max(eff):,.0f} deliveries per CPU-second "
-              f"with the same binary, while other processes in this VM used ≈ {suite.foreign.get('b', 0):.1f} % "
+              f"with the same binary, while other processes in this VM used ≈ {suite.foreign_of('b'):.1f} % "
               "of the machine: the variation most likely comes from outside the VM (its 2 vCPUs share a host), so "
               "read medians and ranges, not single runs.")
     w("")
+    issue14_section(w, suite, opts)
     detail(w, R)
     cluster_detail(w, suite, opts)
     w("")
@@ -1218,7 +1400,7 @@ def write_report(suite: Suite, path: Path, started: datetime.datetime, load_star
     w("")
     w("```sh")
     w("make bench    # = python3 scripts/bench.py")
-    w("cargo build --release -p gleepost-gateway -p gleepost-loadgen")
+    w("cargo build --release -p gleepost-gateway -p gleepost-loadgen -p lean-forwarder")
     w("taskset -c 1 redis-server --port $PORT --bind 127.0.0.1 --save '' --appendonly no --dir .bench/… --loglevel warning")
     w("taskset -c 0 target/release/gleepost-gateway --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$PORT "
       "--log-format json --log warn --pre-drain-delay 0s --drain-window 0s   # × 2 nodes (× 1 for a, d, f)")
@@ -1231,7 +1413,12 @@ def write_report(suite: Suite, path: Path, started: datetime.datetime, load_star
           "instead of REDIS_URL")
         w("taskset -c 1 redis-server --port $PORT --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "
           "nodes.conf --save '' --appendonly no --dir .bench/…/redis-sN --loglevel warning")
-    for key in ("a", "b", "b2", "c", "d", "e", "f", "g"):
+    if "h0" in R:
+        w("# h0: the gateways also get --history-size 0")
+    if "lf" in R:
+        w("taskset -c 0 target/release/lean-forwarder --listen 127.0.0.1:$PORT --redis-url redis://127.0.0.1:$PORT"
+          "   # lf: × 2 instead of the gateways")
+    for key in ("a", "b", "b2", "h", "h0", "hb", "lf", "c", "c2", "d", "e", "f", "g"):
         for c in COMMANDS.get(key, []):
             w(f"# {key}")
             w(c)
@@ -1253,6 +1440,27 @@ def write_report(suite: Suite, path: Path, started: datetime.datetime, load_star
     w("- c: `fanout` at 5,000 events/s (10,000 deliveries/s) through raw `PUBLISH`, 2 s warm-up, "
       f"{opts.fanout_duration} measured; latency is publish (just before the pipelined write to "
       "Redis) to receive, in the same process clock.")
+    if "c2" in R:
+        w(f"- c2: as c, but every event through node 1's publish API (`--publish http --http-connections "
+          f"{opts.http_connections_api}`, one event per `POST /v1/publish`, history on); an event's latency starts "
+          "when the load generator queues it for its HTTP connection. c and c2 runs alternate.")
+    if any(k in R for k in ("h", "h0", "hb", "lf")):
+        w(f"- h, h0, hb, lf: `max-rate` as in b (same connections, factor, step, retries). h: events through node "
+          f"1's publish API (`--publish http --http-connections {opts.http_connections_api}`, one event per "
+          f"request, a user always on the same connection so per-user order holds), history on, from "
+          f"{fmt(opts.start_rate_api, 0)} events/s; h0: the same with the gateways started with "
+          f"`--history-size 0`, from {fmt(opts.start_rate_api_off, 0)}; hb: `POST /v1/publish/batch` "
+          f"(`--publish http-batch --batch-size {opts.batch_size} --http-connections {opts.http_connections_batch}`: "
+          "each request carries what is queued for its connection when it is sent, up to the batch size, one "
+          f"item per event), history on, from {fmt(opts.start_rate_batch, 0)}; lf: two lean forwarder processes "
+          "(crates/lean-forwarder: WebSocket + one Redis subscription per user, nothing else; a benchmark "
+          f"baseline, never a product) instead of the gateways on core 0, raw `PUBLISH c:<uid>`, from "
+          f"{fmt(opts.start_rate_lean, 0)}. For the HTTP paths an event's latency starts when the load "
+          "generator queues it, so a saturated publish API fails the p99 bound or the publish-rate check. "
+          "Gateway CPU per event: the gateways' CPU (`/proc/<pid>/stat`) ÷ events published; Redis per call "
+          "and per user copy from `INFO commandstats` (reset before the run) of the publish command: `EVALSHA` "
+          "with history on (the `PUBLISH` inside the script is counted on its own too), `PUBLISH` with history "
+          "off; the publish script takes up to 64 users per call, so both are given.")
     w("- d: `connect-rate` with at most 256 handshakes in flight (TCP connect + upgrade with "
       "`?access_token=<HS256 JWT>`), distinct users.")
     w("- e: an `idle` run holds the connections while the script reads `CLIENT LIST` and maps each "
@@ -1291,7 +1499,7 @@ def cluster_detail(w, suite, opts) -> None:
     w(f"### g: {g['shards']}-shard Redis Cluster, history on, publish API")
     w("")
     w(f"Run {g['started']} (source `{g['git']}`, {g['seconds'] / 60:.1f} min, load average at its start "
-      f"{suite.loads.get('g', '?')}, other processes ≈ {suite.foreign.get('g', 0):.1f} % of the machine; "
+      f"{suite.loads.get('g', '?')}, other processes ≈ {suite.foreign_of('g'):.1f} % of the machine; "
       f"median of {len(g['runs'])} run(s)). {g['shards']} primaries (no replicas) of "
       "`redis-server --cluster-enabled yes` and the load generator on core 1, 2 gateway nodes with "
       "`REDIS_CLUSTER_URLS` on core 0; events go through node 1's publish API (`--publish http`, one "
@@ -1334,7 +1542,7 @@ def cluster_detail(w, suite, opts) -> None:
         w(f"- run {i}, final failing step: "
           + ("saturated " + " and ".join(where) if where else
              f"no core at ≥ 90–95 % by our processes (gateways {gw:.0f} %, load generator + Redis ≈ "
-             f"{client:.0f} %; other processes used ≈ {suite.foreign.get('g', 0):.0f} % of the machine)")
+             f"{client:.0f} %; other processes used ≈ {suite.foreign_of('g'):.0f} % of the machine)")
           + f"; busiest shard's busiest 0.5 s: {busiest:.0f} % of a core.")
     w("")
     w("Per shard (`INFO commandstats` reset before the run; commands that the script runs are counted "
@@ -1380,6 +1588,116 @@ def cluster_detail(w, suite, opts) -> None:
     steps_table(w, g["runs"])
 
 
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def paired_ratios(R, num: str, den: str, field: str = "publish_rate") -> list[float | None]:
+    """Per-round ratios of two interleaved max-rate scenarios (run i of each ran in round i)."""
+    if num not in R or den not in R:
+        return []
+    return [ratio(a.get(field), b.get(field)) for a, b in zip(R[num]["runs"], R[den]["runs"])]
+
+
+def fmt_ratios(values) -> str:
+    return ", ".join(fmt(v, 2) for v in values) if values else "–"
+
+
+def issue14_section(w, suite: Suite, opts) -> None:
+    """Issue 14's targets with their measured values, and the publish paths side by side."""
+    R = suite.results
+    if not any(k in R for k in ("h", "h0", "hb", "lf", "c2")):
+        return
+    w("## Issue 14: the publish path")
+    w("")
+    w(f"Max-rate scenarios h, h0, hb and lf ({opts.runs_api} runs each) run interleaved round by round "
+      "(one run of each per round) and, when scenario b runs in the same invocation, in the same rounds "
+      "as b and b2, so that the ratios compare the same sitting; c and c2 alternate the same way. Ratios are "
+      "of the medians; the per-round ratios are given to show the spread. Events/s is the publish rate of "
+      "the last passing step (each event goes to one user, who has a connection on each node: deliveries "
+      "= 2 × events).")
+    w("")
+    h, lf, b, c, c2, a, hb = (R.get(k) for k in ("h", "lf", "b", "c", "c2", "a", "hb"))
+    w("| target | measured (median) | target | result |")
+    w("| --- | --- | --- | --- |")
+    vs_lean = ratio(h and h["events"], lf and lf["events"])
+    w(f"| API path with history on (h), max rate vs the lean forwarder (lf), same sitting | "
+      f"{fmt(h and h['events'], 0)} vs {fmt(lf and lf['events'], 0)} events/s = **×{fmt(vs_lean, 2)}** "
+      f"(per round: {fmt_ratios(paired_ratios(R, 'h', 'lf'))}) | ≥ ×{TARGET_API_VS_LEAN} | "
+      f"{met(vs_lean >= TARGET_API_VS_LEAN) if vs_lean else '– (not measured)'} |")
+    vs_raw = ratio(h and h["events"], b and b["events"])
+    w(f"| API path with history on (h) vs the raw `PUBLISH` path of the same binary (b) | "
+      f"{fmt(h and h['events'], 0)} vs {fmt(b and b['events'], 0)} events/s = **×{fmt(vs_raw, 2)}** "
+      f"(per round: {fmt_ratios(paired_ratios(R, 'h', 'b'))}) | ≥ ×{TARGET_API_VS_RAW} | "
+      f"{met(vs_raw >= TARGET_API_VS_RAW) if vs_raw else '– (not measured)'} |")
+    p99 = ratio(c2 and c2["p99_us"], c and c["p99_us"])
+    w(f"| p99 at 5,000 events/s over 2,000 connections: publish API with history on (c2) vs raw `PUBLISH` (c) | "
+      f"{fmt(ms(c2 and c2['p99_us']), 3)} vs {fmt(ms(c and c['p99_us']), 3)} ms = **×{fmt(p99, 2)}** | "
+      f"≤ ×{TARGET_API_P99_VS_RAW} | {met(p99 <= TARGET_API_P99_VS_RAW) if p99 else '– (not measured)'} |")
+    if h:
+        call, copy = h.get("redis_usec_per_call"), h.get("redis_usec_per_copy")
+        w(f"| Redis CPU per publish-script call in situ (h: `{h.get('redis_cmd') or 'EVALSHA'}`, `INFO commandstats` "
+          f"usec ÷ calls over the run) | **{fmt(call, 2)} µs per call** ({fmt(h.get('users_per_call'), 1)} users per "
+          f"call), **{fmt(copy, 2)} µs per user copy**; the Redis process's whole CPU (`/proc`) ÷ calls "
+          f"{fmt(h.get('redis_cpu_usec_per_call'), 2)} µs, ÷ events {fmt(h.get('redis_cpu_usec_per_event'), 2)} µs | "
+          f"≤ {TARGET_REDIS_USEC_PER_CALL:g} µs | per call: "
+          f"{met(call <= TARGET_REDIS_USEC_PER_CALL) if call else '–'}; per user copy: "
+          f"{met(copy <= TARGET_REDIS_USEC_PER_CALL) if copy else '–'} |")
+    if a:
+        kib = a["kib_per_conn"]
+        w(f"| RSS per idle connection, {fmt(a['established'], 0)} connections on one node (a) | **{fmt(kib, 2)} KiB** | "
+          f"≤ {TARGET_IDLE_KIB:g} KiB | {met(kib is not None and kib <= TARGET_IDLE_KIB)} |")
+    if hb:
+        w(f"| Batch publish API (hb: `--batch-size {opts.batch_size}`, `--http-connections "
+          f"{opts.http_connections_batch}`), history on | **{fmt(hb['events'], 0)} events/s** "
+          f"({fmt(hb['deliveries'], 0)} deliveries/s, p99 {fmt(ms(hb['p99_us']), 2)} ms; "
+          f"{fmt(hb.get('events_per_request'), 1)} events per request at that step) | report | – |")
+    w("")
+    w("Publish paths side by side (max-rate, 2,000 connections over 1,000 users, both nodes on core 0; "
+      "CPU per event = process CPU ÷ events published: at the headline step and over the whole loadgen run; "
+      "Redis: its publish command's `INFO commandstats` usec ÷ calls, users (events) per call, usec ÷ events; "
+      "Redis process CPU ÷ events over the run, pub/sub writes and the gateways' probes included):")
+    w("")
+    w("| # | path | events/s (runs) | deliveries/s | p50 / p99 ms | server CPU µs per event (max / run) | "
+      "Redis command: µs/call, users/call, µs per user copy | Redis process µs per event | loadgen % | server % |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for key, label in MAX_RATE_LABELS.items():
+        x = R.get(key)
+        if not x or "runs" not in x:
+            continue
+        lo, hi = x.get("events_range") or (None, None)
+        spread = f" ({fmt(lo, 0)}–{fmt(hi, 0)})" if lo and hi else ""
+        w(f"| {key} | {label} | **{fmt(x['events'], 0)}**{spread} | {fmt(x['deliveries'], 0)} | "
+          f"{fmt(ms(x['p50_us']), 2)} / {fmt(ms(x['p99_us']), 2)} | {fmt(x.get('gw_usec_per_event'), 1)} / "
+          f"{fmt(x.get('gw_usec_per_event_run'), 1)} | {x.get('redis_cmd') or '–'}: {fmt(x.get('redis_usec_per_call'), 2)}, "
+          f"{fmt(x.get('users_per_call'), 1)}, {fmt(x.get('redis_usec_per_copy'), 2)} | "
+          f"{fmt(x.get('redis_cpu_usec_per_event'), 2)} | {fmt(x['loadgen_cpu'])} | {fmt(x['server_cpu'])} |")
+    for key, label in (("c", "fan-out at 5,000 events/s, raw `PUBLISH`"),
+                       ("c2", "fan-out at 5,000 events/s, publish API, history on")):
+        x = R.get(key)
+        if not x or "runs" not in x:
+            continue
+        w(f"| {key} | {label} | 5,000 (fixed) | {fmt(x['deliveries'], 0)} | {fmt(ms(x['p50_us']), 3)} / "
+          f"{fmt(ms(x['p99_us']), 3)} | {fmt(x.get('gw_usec_per_event'), 1)} / {fmt(x.get('gw_usec_per_event_run'), 1)} | "
+          f"{x.get('redis_cmd') or '–'}: {fmt(x.get('redis_usec_per_call'), 2)}, {fmt(x.get('users_per_call'), 1)}, "
+          f"{fmt(x.get('redis_usec_per_copy'), 2)} | {fmt(x.get('redis_cpu_usec_per_event'), 2)} | "
+          f"{fmt(x['loadgen_cpu'])} | {fmt(x['server_cpu'])} |")
+    w("")
+    w("`INFO commandstats` usec is the wall time of each command, so on core 1, shared with the load "
+      "generator, it also counts the times Redis was preempted mid-script; the Redis process's CPU time "
+      "(`/proc/<pid>/stat`, everything it did: reading requests, the scripts, pub/sub writes to the "
+      "gateways, the gateways' probes) ÷ calls or ÷ events bounds the script's own CPU from above without "
+      "that error. When the commandstats figure is the larger one, preemption inflated it.")
+    w("")
+    w("Where a path's final failing step saturated core 1 (load generator + Redis, see the per-run tables "
+      "below) rather than core 0, its max rate is the bench's ceiling, not the server's: the load "
+      "generator's HTTP client costs more per event than its Redis publisher (one request per event "
+      "in `--publish http`). The lean forwarder (`crates/lean-forwarder`, a benchmark baseline only: "
+      "JWT `sub` not verified) is WebSocket plus one Redis `SUBSCRIBE` per user per process and nothing "
+      "else, driven by raw `PUBLISH c:<uid>` like b.")
+    w("")
+
+
 def weighted_usec_per_event(rep: dict) -> float | None:
     """Redis CPU per event over the whole cluster: each event runs on one shard, so the shards'
     costs weighted by their calls."""
@@ -1388,19 +1706,24 @@ def weighted_usec_per_event(rep: dict) -> float | None:
     return sum(c * n for c, n in pairs) / calls if calls else None
 
 
-def steps_table(w, runs: list[dict]) -> None:
-    """The max-rate steps of the middle run."""
+def steps_table(w, runs: list[dict], server: str = "gateways") -> None:
+    """The max-rate steps of the middle run (with events per HTTP request when it published
+    through the API)."""
     last = runs[len(runs) // 2]
+    steps = last.get("steps", [])
+    per_request = any(s.get("events_per_request") for s in steps)
     w(f"Steps of run {len(runs) // 2}:")
     w("")
-    w("| target events/s | published/s | deliveries/s | loss % | p50 ms | p99 ms | p99.9 ms | loadgen % | gateways % | result |")
-    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for s in last.get("steps", []):
+    w("| target events/s | published/s | deliveries/s | loss % | p50 ms | p99 ms | p99.9 ms | loadgen % | "
+      f"{server} % | {'events per HTTP request | ' if per_request else ''}result |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | " + ("--- | " if per_request else "") + "--- |")
+    for s in steps:
         lat = s["latency_us"]
         w(f"| {fmt(s['rate_target'], 0)} | {fmt(s['publish_rate'], 0)} | {fmt(s['delivered_per_sec'], 0)} | "
           f"{s['loss_pct']} | {fmt(ms(lat['p50']), 2)} | {fmt(ms(lat['p99']), 2)} | {fmt(ms(lat['p999']), 2)} | "
           f"{fmt(s['cpu']['loadgen_cpu_percent'])} | {fmt(s['cpu'].get('server_cpu_percent'))} | "
-          f"{'pass' if s['pass'] else 'FAIL: ' + str(s['reason'])} |")
+          + (f"{fmt(s.get('events_per_request'), 2)} | " if per_request else "")
+          + f"{'pass' if s['pass'] else 'FAIL: ' + str(s['reason'])} |")
     w("")
 
 
@@ -1415,35 +1738,47 @@ def ms(us):
     return None if us is None else us / 1000.0
 
 
+MAX_RATE_LABELS = {
+    "b": "history off (raw `PUBLISH`)",
+    "b2": "history on (`EVALSHA` publish script straight to Redis)",
+    "h": "publish API (`POST /v1/publish`, one event per request), history on",
+    "h0": "publish API, history off (`--history-size 0`)",
+    "hb": "batch publish API (`POST /v1/publish/batch`), history on",
+    "lf": "lean forwarder baseline (raw `PUBLISH`; not the gateway)",
+}
+
+
 def detail(w, R) -> None:
-    for key, label in (("b", "history off"), ("b2", "history on")):
+    for key, label in MAX_RATE_LABELS.items():
         if key not in R:
             continue
         b = R[key]
-        cmd = "publish" if key == "b" else "evalsha"
+        server = "lean forwarders" if key == "lf" else "gateways"
         w(f"### {key}: max-rate steps, {label}")
         w("")
-        w("Per run: the last passing step, why stepping stopped, and the CPU at the final failing step: "
-          "gateways (core 0), load generator and Redis (core 1; Redis ≈ published/s × its "
-          f"`usec_per_call` of `{cmd.upper()}` from `INFO commandstats` over the run"
-          + (", publishes inside the script included" if key == "b2" else "")
-          + "). The gateways' 1 s readiness probe is a small script too, so `INFO commandstats` "
-          "always shows a few `EVALSHA` calls; the Redis CPU average covers the whole run, idle gaps included.")
+        w(f"Per run: the last passing step, why stepping stopped, and the CPU at the final failing step: "
+          f"{server} (core 0), load generator and Redis (core 1; Redis ≈ published/s × µs per user copy, "
+          "i.e. the `usec` of its publish command from `INFO commandstats` over the run ÷ events"
+          + (", publishes inside the script included" if key in ("b2", "h", "hb") else "")
+          + f"). {server.capitalize()} µs/event: their CPU ÷ events published, at the headline step and over "
+          "the whole loadgen run (connecting and the low steps included). The gateways' 1 s readiness probe "
+          "adds a few calls to `INFO commandstats`; the Redis CPU average covers the whole run, idle gaps "
+          "included.")
         w("")
-        w(f"| run | deliveries/s | events/s | p50 ms | p99 ms | loadgen % | gateways % | deliveries per gateway CPU-s | "
-          f"stopped because | at the failing step: gateways / loadgen / Redis ≈ % | Redis CPU avg % | µs/{cmd.upper()} |")
-        w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        w(f"| run | deliveries/s | events/s | p50 ms | p99 ms | loadgen % | {server} % | deliveries per CPU-s | "
+          f"{server} µs/event (max / run) | Redis command: µs/call, users/call, µs/user copy | "
+          "stopped because | at the failing step: "
+          f"{server} / loadgen / Redis ≈ % | Redis CPU avg % |")
+        w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         notes = []
         for i, r in enumerate(b["runs"]):
             lat = r.get("latency_us") or {}
-            cs = r.get("redis_commandstats", {})
-            u = re.search(r"usec_per_call=([\d.]+)", cs.get(f"cmdstat_{cmd}", ""))
-            usec = float(u.group(1)) if u else None
+            per_copy = r.get("redis_usec_per_copy")
             steps = r.get("steps", [])
             failing = steps[-1] if steps and not steps[-1]["pass"] else None
             redis_pct = None
             if failing:
-                redis_pct = failing["publish_rate"] * usec / 1e4 if usec else None
+                redis_pct = failing["publish_rate"] * per_copy / 1e4 if per_copy else None
                 at_fail = (f"{fmt(failing['cpu'].get('server_cpu_percent'))} / "
                            f"{fmt(failing['cpu']['loadgen_cpu_percent'])} / {fmt(redis_pct)}")
             else:
@@ -1451,8 +1786,9 @@ def detail(w, R) -> None:
             w(f"| {i} | {fmt(r.get('delivered_per_sec'), 0)} | {fmt(r.get('publish_rate'), 0)} | "
               f"{fmt(ms(lat.get('p50')), 2)} | {fmt(ms(lat.get('p99')), 2)} | {fmt(r.get('loadgen_cpu_percent'))} | "
               f"{fmt((r.get('cpu') or {}).get('server_cpu_percent'))} | {fmt(per_cpu(r), 0)} | "
-              f"{r.get('stop_reason')} | {at_fail} | "
-              f"{fmt(r.get('redis_cpu_percent_avg'))} | {fmt(usec, 2)} |")
+              f"{fmt(r.get('gw_usec_per_event'), 1)} / {fmt(r.get('gw_usec_per_event_run'), 1)} | "
+              f"{r.get('redis_cmd') or '–'}: {fmt(r.get('redis_usec_per_call'), 2)}, {fmt(r.get('users_per_call'), 1)}, "
+              f"{fmt(per_copy, 2)} | {r.get('stop_reason')} | {at_fail} | {fmt(r.get('redis_cpu_percent_avg'))} |")
             if failing:
                 notes.append((i, failing, redis_pct))
         w("")
@@ -1461,15 +1797,15 @@ def detail(w, R) -> None:
             client = failing["cpu"]["loadgen_cpu_percent"] + (redis_pct or 0)
             where = []
             if gw >= 95:
-                where.append(f"core 0 (gateways {gw:.0f} %)")
+                where.append(f"core 0 ({server} {gw:.0f} %)")
             if client >= 90:
                 where.append(f"core 1 (load generator + Redis ≈ {client:.0f} %)")
             w(f"- run {i}, final failing step: "
               + ("saturated " + " and ".join(where) if where else
-                 f"no core at ≥ 90–95 % (gateways {gw:.0f} %, load generator + Redis ≈ {client:.0f} %)")
+                 f"no core at ≥ 90–95 % ({server} {gw:.0f} %, load generator + Redis ≈ {client:.0f} %)")
               + ".")
         w("")
-        steps_table(w, b["runs"])
+        steps_table(w, b["runs"], server)
     simple = [
         ("a", "a: idle RSS", lambda r: f"{r['established']} established, RSS {r['server_rss_kib_before']} → "
          f"{r['server_rss_kib_after']} KiB = {r['server_rss_kib_per_conn']} KiB/conn"),
@@ -1477,6 +1813,14 @@ def detail(w, R) -> None:
          f"p99.9 {r['latency_us']['p999']} µs, max {r['latency_us']['max']} µs; {r['delivered_per_sec']} deliveries/s; "
          f"lost {r['lost']}, dup {r['duplicated']}; loadgen {r['loadgen_cpu_percent']} %, gateways "
          f"{r['cpu'].get('server_cpu_percent')} %"),
+        ("c2", "c2: fan-out at 5,000 events/s through the publish API (history on)", lambda r:
+         f"p50 {r['latency_us']['p50']} µs, p99 {r['latency_us']['p99']} µs, "
+         f"p99.9 {r['latency_us']['p999']} µs, max {r['latency_us']['max']} µs; {r['delivered_per_sec']} deliveries/s; "
+         f"lost {r['lost']}, dup {r['duplicated']}, publish errors {r['publish_errors']}; loadgen "
+         f"{r['loadgen_cpu_percent']} %, gateways {r['cpu'].get('server_cpu_percent')} % "
+         f"({fmt(r.get('gw_usec_per_event'), 1)} µs/event); Redis {r.get('redis_cmd')} "
+         f"{fmt(r.get('redis_usec_per_call'), 2)} µs/call, {fmt(r.get('users_per_call'), 2)} users/call, "
+         f"{fmt(r.get('redis_usec_per_copy'), 2)} µs/user copy"),
         ("d", "d: connect rate", lambda r: f"{r['accepts_per_sec']} accepts/s, {r['established']} established, "
          f"{r['failed']} failed, handshake p50 {r['handshake_us']['p50']} µs p99 {r['handshake_us']['p99']} µs; "
          f"loadgen {r['connect_cpu']['loadgen_cpu_percent']} %, gateway {r['connect_cpu'].get('server_cpu_percent')} %"),
@@ -1516,7 +1860,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario (median reported)")
     ap.add_argument("--runs-max-rate", type=int, default=5,
                     help="runs of b and b2 (interleaved; the noisiest scenarios)")
-    ap.add_argument("--only", default="", help="comma-separated scenarios: a,b (b and b2),c,d,e,f,g")
+    ap.add_argument("--runs-api", type=int, default=3,
+                    help="runs of h, h0, hb and lf (interleaved with each other and with b), and of c2 "
+                         "(0: none of them)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated scenarios: a,b (b and b2),c (c and c2),d,e,f,g,h (h, h0, hb, lf)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="report path")
     ap.add_argument("--no-build", action="store_true", help="use the existing release binaries")
     ap.add_argument("--idle-connections", type=int, default=10_000)
@@ -1529,6 +1877,16 @@ def main() -> int:
                     help="g: max-rate first step, events/s (publish API)")
     ap.add_argument("--http-connections", type=int, default=64,
                     help="g: the load generator's keep-alive connections to the publish API")
+    ap.add_argument("--start-rate-api", type=float, default=5_000,
+                    help="h: max-rate first step, events/s (publish API, history on)")
+    ap.add_argument("--start-rate-api-off", type=float, default=5_000, help="h0: same, history off")
+    ap.add_argument("--start-rate-batch", type=float, default=10_000, help="hb: same, batch API")
+    ap.add_argument("--start-rate-lean", type=float, default=30_000, help="lf: same, lean forwarder")
+    ap.add_argument("--http-connections-api", type=int, default=256,
+                    help="h, h0, c2: the load generator's keep-alive connections to the publish API")
+    ap.add_argument("--http-connections-batch", type=int, default=8,
+                    help="hb: the load generator's keep-alive connections to the batch API")
+    ap.add_argument("--batch-size", type=int, default=100, help="hb: most events per batch request")
     ap.add_argument("--factor", type=float, default=1.1)
     ap.add_argument("--step", default="3s")
     ap.add_argument("--max-steps", type=int, default=24)
@@ -1563,10 +1921,11 @@ def main() -> int:
                 suite.log(f"machine busy (load average {loadavg()}); waiting")
                 time.sleep(30)
         if not opts.no_build:
-            suite.log("cargo build --release -p gleepost-gateway -p gleepost-loadgen")
-            subprocess.run(["cargo", "build", "--release", "-p", "gleepost-gateway", "-p", "gleepost-loadgen"],
-                           cwd=ROOT, check=True, timeout=1800)
-        for b in (GATEWAY_BIN, LOADGEN_BIN):
+            suite.log("cargo build --release -p gleepost-gateway -p gleepost-loadgen -p lean-forwarder")
+            subprocess.run(["cargo", "build", "--release", "-p", "gleepost-gateway", "-p", "gleepost-loadgen",
+                            "-p", "lean-forwarder"], cwd=ROOT, check=True, timeout=1800)
+        needed = [GATEWAY_BIN, LOADGEN_BIN] + ([LEAN_BIN] if not only or "h" in only else [])
+        for b in needed:
             if not b.exists():
                 raise RuntimeError(f"{b} missing (build failed?)")
         suite.out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use gleepost_tests::loadgen::run_json;
+use gleepost_tests::loadgen::{run_json, LeanForwarder};
 use gleepost_tests::{Gateway, GatewayOptions, RedisServer};
 use serde_json::Value;
 
@@ -108,6 +108,60 @@ async fn fanout_over_the_publish_api() -> Result<()> {
     Ok(())
 }
 
+/// Two nodes on Redis with history, events through the batch API (`--publish http-batch`): the
+/// load generator reads the gateway's per-item answers (every item accepted) and every event
+/// reaches both connections of its user once, in order (and is stored in the history).
+#[tokio::test]
+async fn fanout_over_the_batch_api() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let (a, b) = Gateway::two_on_redis(&redis, &[]).await?;
+    let (url_a, url_b) = (a.ws_base(), b.ws_base());
+    let admin = format!("http://{}", a.admin);
+    let report = run_json(
+        &[
+            "fanout",
+            "--url",
+            &url_a,
+            "--url",
+            &url_b,
+            "-n",
+            "100",
+            "-u",
+            "50",
+            "--publish",
+            "http-batch",
+            "--batch-size",
+            "20",
+            "--http-connections",
+            "2",
+            "--admin-url",
+            &admin,
+            "--rate",
+            "400",
+            "--warmup",
+            "500ms",
+            "--duration",
+            "1s",
+            "--drain",
+            "5s",
+            "--settle",
+            "200ms",
+            "--max-seconds",
+            "40",
+        ],
+        LIMIT,
+    )
+    .await?;
+    ensure_clean(&report, 100)?;
+    ensure!(
+        count(&report, "expected")? == 2 * count(&report, "published")?,
+        "each event reaches both connections of its user: {report}"
+    );
+    let stored: u64 = redis.cmd(&["XLEN", "gp:hist:{1}"]).await?;
+    ensure!(stored > 0, "no history stored for user 1");
+    Ok(())
+}
+
 /// Two nodes on Redis, events published with the history script (`--publish redis-history`):
 /// every user has one connection on each node, and frames carry an `id`.
 #[tokio::test]
@@ -156,5 +210,60 @@ async fn fanout_through_the_redis_history_script() -> Result<()> {
     // The events went through the script: user 1's history holds them.
     let stored: u64 = redis.cmd(&["XLEN", "gp:hist:{1}"]).await?;
     ensure!(stored > 0, "no history stored for user 1");
+    Ok(())
+}
+
+/// The benchmarks' baseline (crates/lean-forwarder) forwards raw `PUBLISH c:<uid>` messages
+/// verbatim: two processes on one Redis, every user with a connection on each, every event
+/// delivered exactly once per connection and in order.
+#[tokio::test]
+async fn lean_forwarder_delivers_raw_publishes() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let a = LeanForwarder::start(&redis.url())
+        .await
+        .context("forwarder A")?;
+    let b = LeanForwarder::start(&redis.url())
+        .await
+        .context("forwarder B")?;
+    let (url_a, url_b, redis_url) = (a.ws_url(), b.ws_url(), redis.url());
+    let pid = a.pid().context("forwarder A pid")?.to_string();
+    let report = run_json(
+        &[
+            "fanout",
+            "--url",
+            &url_a,
+            "--url",
+            &url_b,
+            "-n",
+            "100",
+            "-u",
+            "50",
+            "--publish",
+            "redis",
+            "--redis-url",
+            &redis_url,
+            "--rate",
+            "200",
+            "--warmup",
+            "500ms",
+            "--duration",
+            "1s",
+            "--drain",
+            "5s",
+            "--settle",
+            "500ms",
+            "--server-pid",
+            &pid,
+            "--max-seconds",
+            "40",
+        ],
+        LIMIT,
+    )
+    .await?;
+    ensure_clean(&report, 100)?;
+    ensure!(
+        count(&report, "expected")? == 2 * count(&report, "published")?,
+        "each event reaches both connections of its user: {report}"
+    );
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! A stand-in gateway for trying the load generator without the real one (the same fake the
-//! integration tests use): two WebSocket endpoints, `POST /v1/publish` and a RESP listener that
-//! accepts `PUBLISH c:<uid> <json>`, all on 127.0.0.1 ephemeral ports. JWT secret and API key are
-//! the test constants printed at start. Exits after the given number of seconds (default 60).
+//! integration tests use): two WebSocket endpoints, `POST /v1/publish`, `POST /v1/publish/batch`
+//! (items for user 7 are refused) and a RESP listener that accepts `PUBLISH c:<uid> <json>`, all
+//! on 127.0.0.1 ephemeral ports. JWT secret and API key are the test constants printed at start.
+//! Exits after the given number of seconds (default 60).
 //!
 //! `cargo run --release -p gleepost-loadgen --example fake_gateway -- 120`
 
@@ -22,9 +23,13 @@ async fn main() {
     println!("api_key    {}", fake::API_KEY);
     println!("pid        {}", std::process::id());
     tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
     println!(
-        "upgrades {} pongs {}",
-        f.upgrades.load(std::sync::atomic::Ordering::Relaxed),
-        f.pongs.load(std::sync::atomic::Ordering::Relaxed)
+        "upgrades {} pongs {} batch requests {} items {} (most in one: {})",
+        f.upgrades.load(relaxed),
+        f.pongs.load(relaxed),
+        f.batches.requests.load(relaxed),
+        f.batches.items.load(relaxed),
+        f.batches.max_items.load(relaxed)
     );
 }

@@ -45,6 +45,9 @@ pub enum AuthMode {
 pub enum PublishVia {
     /// `POST /v1/publish` on the admin port (one event per user per request).
     Http,
+    /// `POST /v1/publish/batch` on the admin port: each request carries what is queued for its
+    /// connection (up to `--batch-size` events, one `{users, event}` item each).
+    HttpBatch,
     /// Pipelined `PUBLISH <prefix><uid> <json>` on one Redis connection (no history, no id).
     Redis,
     /// Pipelined `EVALSHA` of the gateway's history publish script on one Redis connection:
@@ -129,6 +132,10 @@ pub struct PublishArgs {
     /// so per-user order is preserved).
     #[arg(long, default_value_t = 8)]
     pub http_connections: u32,
+    /// `http-batch`: most events in one request (a request carries what is queued for its
+    /// connection when it is sent, never waiting to fill up).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
     /// Redis URL (`redis://[[user]:password@]host[:port][/db]`).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,

@@ -50,6 +50,12 @@ pub struct Delivery {
     pub publish_errors: u64,
     /// First publish error.
     pub publish_first_error: Option<String>,
+    /// HTTP publish requests sent (`http`, `http-batch`; absent for Redis publishing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_requests: Option<u64>,
+    /// Events per HTTP publish request (`http-batch`: the mean batch size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_per_request: Option<f64>,
     /// Σ over users of accepted events × established connections of the user.
     pub expected: u64,
     /// Unique deliveries (all events of the run, warmup included).
@@ -242,6 +248,12 @@ fn delivery_rows(row: &mut impl FnMut(&str, String), d: &Delivery) {
     );
     if let Some(e) = &d.publish_first_error {
         row("  first publish error", e.clone());
+    }
+    if let (Some(n), Some(per)) = (d.publish_requests, d.events_per_request) {
+        row(
+            "  http requests",
+            format!("{n} ({per:.2} events per request)"),
+        );
     }
     row(
         "delivered",

@@ -133,6 +133,51 @@ async fn max_rate_steps_account_for_their_own_in_flight_http_publishes() {
     }
 }
 
+/// `--publish http-batch`: a request carries what is queued for its connection (here the
+/// publish API is slower than the rate, so the queue always holds more than `--batch-size` once
+/// the first request is out, whatever the machine's speed: full batches), one item per event,
+/// per-user order kept across requests; items the API refuses count as publish errors and are
+/// not expected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_over_the_batch_api_with_refused_items() {
+    let f = fake::start(Duration::from_millis(20)).await;
+    // One connection, ≥ 20 ms per request of ≤ 5 items: ≤ 250 events/s served while all 400
+    // are queued within the first second, so after it ≥ 150 wait and every request is full.
+    let r = run_json(&format!(
+        "fanout --url {} --url {} -n 40 -u 20 --jwt-secret {} --api-key {} --admin-url {} \
+         --publish http-batch --batch-size 5 --http-connections 1 --rate 400 --warmup 0s \
+         --duration 1s --settle 100ms --drain 20s",
+        f.ws_urls[0],
+        f.ws_urls[1],
+        fake::SECRET,
+        fake::API_KEY,
+        f.admin_url
+    ))
+    .await;
+    assert_eq!(u(&r, "established"), 40);
+    assert_eq!(r["params"]["publish"], "http-batch", "{r}");
+    assert_eq!(r["params"]["batch_size"], 5, "{r}");
+    assert_clean_delivery(&r);
+    assert_eq!(u(&r, "published"), 400, "{r}");
+    // Users 1..=20 round-robin: 20 events went to the refused user.
+    assert!((1..=20).contains(&fake::REFUSED_USER));
+    assert_eq!(u(&r, "publish_errors"), 20, "{r}");
+    assert!(
+        r["publish_first_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused by the fake")),
+        "{r}"
+    );
+    // Every accepted event reaches the user's connection on each node.
+    assert_eq!(u(&r, "expected"), 2 * (400 - 20), "{r}");
+    let b = &f.batches;
+    assert_eq!(b.items.load(Ordering::Relaxed), 400);
+    assert_eq!(b.max_items.load(Ordering::Relaxed), 5);
+    let requests = b.requests.load(Ordering::Relaxed);
+    assert!(requests >= 80);
+    assert_eq!(u(&r, "publish_requests"), requests, "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_over_redis_with_large_payloads_and_header_auth() {
     let f = fake::start(Duration::ZERO).await;
@@ -236,6 +281,18 @@ async fn refuses_non_loopback_targets_and_bad_api_keys() {
     let out = run(&format!(
         "fanout --url {} -n 2 --jwt-secret {} --api-key wrong --admin-url {} --rate 1000 \
          --warmup 0s --duration 2s --settle 0s --max-seconds 30",
+        f.ws_urls[0],
+        fake::SECRET,
+        f.admin_url
+    ))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("401"), "{stderr}");
+    // A non-200 batch reply fails every item of the request.
+    let out = run(&format!(
+        "fanout --url {} -n 2 --jwt-secret {} --api-key wrong --admin-url {} --rate 1000 \
+         --publish http-batch --warmup 0s --duration 2s --settle 0s --max-seconds 30",
         f.ws_urls[0],
         fake::SECRET,
         f.admin_url

@@ -58,7 +58,9 @@ pub fn validate(mode: &Mode) -> Result<()> {
     };
     if let Some(p) = publish {
         match p.publish {
-            crate::cli::PublishVia::Http => target::parse(&p.admin_url, "http", 80).map(drop)?,
+            crate::cli::PublishVia::Http | crate::cli::PublishVia::HttpBatch => {
+                target::parse(&p.admin_url, "http", 80).map(drop)?
+            }
             crate::cli::PublishVia::Redis | crate::cli::PublishVia::RedisHistory => {
                 target::parse(&p.redis_url, "redis", 6379).map(drop)?
             }
@@ -199,6 +201,9 @@ pub fn delivery(
         publish_rate: round(totals.dispatched as f64 / publish_secs.max(1e-9), 1),
         publish_errors: totals.errors,
         publish_first_error: totals.first_error.clone(),
+        publish_requests: (totals.requests > 0).then_some(totals.requests),
+        events_per_request: (totals.requests > 0)
+            .then(|| round(totals.dispatched as f64 / totals.requests as f64, 2)),
         expected,
         delivered: rec.unique,
         delivered_measured: rec.measured,
@@ -263,6 +268,11 @@ pub fn publish_params(params: &mut serde_json::Value, p: &PublishArgs) {
         crate::cli::PublishVia::Http => {
             params["admin_url"] = p.admin_url.clone().into();
             params["http_connections"] = p.http_connections.into();
+        }
+        crate::cli::PublishVia::HttpBatch => {
+            params["admin_url"] = p.admin_url.clone().into();
+            params["http_connections"] = p.http_connections.into();
+            params["batch_size"] = p.batch_size.into();
         }
         crate::cli::PublishVia::Redis => {
             params["redis_url"] = p.redis_url.clone().into();

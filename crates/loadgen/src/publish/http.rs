@@ -1,9 +1,12 @@
-//! `POST /v1/publish` over a few keep-alive HTTP/1.1 connections (hyper client). Events for a
-//! given user always go through the same connection, one request at a time, so per-user publish
-//! order equals sequence order. An event's `t` is taken when the rate loop hands it to its
+//! `POST /v1/publish` (`--publish http`, one event per request) or `POST /v1/publish/batch`
+//! (`--publish http-batch`, what is queued for the connection, up to `--batch-size` events per
+//! request) over a few keep-alive HTTP/1.1 connections (hyper client). Events for a given user
+//! always go through the same connection, one request at a time, so per-user publish order
+//! equals sequence order. An event's `t` is taken when the rate loop hands it to its
 //! connection's queue, not when the request is sent: time spent queued behind a slow publish API
 //! counts into the latency (no coordinated omission), as Redis-side queueing does for the Redis
-//! publishers.
+//! publishers. A batch request is sent as soon as the connection is free, with whatever is
+//! queued then: it never waits for more events.
 
 use std::sync::Arc;
 
@@ -17,8 +20,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::{push_u64, Acks, EventSpec};
-use crate::cli::PublishArgs;
+use super::{batch, push_u64, Acks, EventSpec};
+use crate::cli::{PublishArgs, PublishVia};
 use crate::stats::now_ns;
 use crate::target::{self, Target};
 
@@ -30,6 +33,8 @@ struct Endpoint {
     uri: Uri,
     host: HeaderValue,
     auth: HeaderValue,
+    /// `Some(n)`: `http-batch`, at most n events per request.
+    batch: Option<usize>,
 }
 
 /// One queued event: user index, sequence, `t` (ns since base) taken when it was queued.
@@ -49,16 +54,19 @@ impl HttpPublisher {
         acks: Arc<Acks>,
     ) -> Result<Self> {
         let Some(key) = &args.api_key else {
-            bail!("--publish http needs --api-key (or GATEWAY_API_KEY)");
+            bail!("--publish http and http-batch need --api-key (or GATEWAY_API_KEY)");
         };
         let target = target::parse(&args.admin_url, "http", 80)?;
         let base = target.path.trim_end_matches('/');
+        let (path, batch) = match args.publish {
+            PublishVia::HttpBatch => ("/v1/publish/batch", Some(args.batch_size.max(1) as usize)),
+            _ => ("/v1/publish", None),
+        };
         let ep = Arc::new(Endpoint {
-            uri: format!("{base}/v1/publish")
-                .parse()
-                .context("admin URL path")?,
+            uri: format!("{base}{path}").parse().context("admin URL path")?,
             host: HeaderValue::from_str(&target.host_header).context("admin URL host")?,
             auth: HeaderValue::from_str(&format!("Bearer {key}")).context("API key")?,
+            batch,
             target,
         });
         let spec = Arc::new(spec);
@@ -115,32 +123,64 @@ async fn worker(
 ) {
     let mut sender = Some(sender);
     let mut body = Vec::with_capacity(1024);
-    while let Some((ui, seq, t)) = rx.recv().await {
+    let most = ep.batch.unwrap_or(1);
+    let mut jobs: Vec<Job> = Vec::with_capacity(most);
+    while let Some(job) = rx.recv().await {
+        // What is queued now, never waiting for more.
+        jobs.clear();
+        jobs.push(job);
+        while jobs.len() < most {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let n = jobs.len() as u64;
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
             match open(&ep).await {
                 Ok(s) => sender = Some(s),
                 Err(e) => {
-                    acks.error(|| format!("connecting to the admin API: {e:#}"));
+                    acks.errors_n(n, || format!("connecting to the admin API: {e:#}"));
                     sender = None;
                     continue;
                 }
             }
         }
         let Some(s) = sender.as_mut() else { continue };
-        let user = first_user + u64::from(ui);
         body.clear();
-        body.extend_from_slice(b"{\"users\":[");
-        push_u64(&mut body, user);
-        body.extend_from_slice(b"],\"event\":");
-        spec.write_event(&mut body, seq, t, user);
-        body.push(b'}');
-        match publish_one(&ep, s, &body).await {
-            Ok(()) => {
+        if ep.batch.is_some() {
+            batch::write_body(&mut body, &spec, first_user, &jobs);
+        } else {
+            let (ui, seq, t) = job;
+            let user = first_user + u64::from(ui);
+            body.extend_from_slice(b"{\"users\":[");
+            push_u64(&mut body, user);
+            body.extend_from_slice(b"],\"event\":");
+            spec.write_event(&mut body, seq, t, user);
+            body.push(b'}');
+        }
+        acks.request();
+        match post(&ep, s, &body).await {
+            Ok(reply) if ep.batch.is_some() => match batch::parse_reply(&reply, jobs.len()) {
+                Ok(results) => {
+                    for (&(ui, _, _), r) in jobs.iter().zip(results) {
+                        match r {
+                            Ok(()) => {
+                                acks.ok(1);
+                                acks.accepted(ui);
+                            }
+                            Err(e) => acks.error(|| e),
+                        }
+                    }
+                }
+                Err(e) => acks.errors_n(n, || e),
+            },
+            Ok(_) => {
                 acks.ok(1);
-                acks.accepted(ui);
+                acks.accepted(job.0);
             }
             Err(e) => {
-                acks.error(|| format!("{e:#}"));
+                acks.errors_n(n, || format!("{e:#}"));
                 if s.is_closed() {
                     sender = None;
                 }
@@ -149,7 +189,8 @@ async fn worker(
     }
 }
 
-async fn publish_one(ep: &Endpoint, s: &mut SendRequest<Full<Bytes>>, body: &[u8]) -> Result<()> {
+/// Sends one request; returns the body of a 200 reply, an error for anything else.
+async fn post(ep: &Endpoint, s: &mut SendRequest<Full<Bytes>>, body: &[u8]) -> Result<Bytes> {
     let mut req = Request::new(Full::new(Bytes::copy_from_slice(body)));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = ep.uri.clone();
@@ -164,10 +205,11 @@ async fn publish_one(ep: &Endpoint, s: &mut SendRequest<Full<Bytes>>, body: &[u8
         .into_body()
         .collect()
         .await
-        .context("publish response")?;
+        .context("publish response")?
+        .to_bytes();
     if status != StatusCode::OK {
-        let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+        let text = String::from_utf8_lossy(&body).into_owned();
         bail!("publish API answered {status}: {}", text.trim());
     }
-    Ok(())
+    Ok(body)
 }

@@ -3,6 +3,7 @@
 //! Each event goes to one user (round-robin over the users) and carries
 //! `{"seq":<per-user sequence>,"t":<ns since base>,"u":<user>,"pad":"…"}` as its `data`.
 
+mod batch;
 mod http;
 mod redis;
 
@@ -83,6 +84,8 @@ pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
 pub(crate) struct Acks {
     ok: AtomicU64,
     errors: AtomicU64,
+    /// HTTP requests sent (both HTTP paths); since the last [`Publisher::take_totals`].
+    requests: AtomicU64,
     first_error: Mutex<Option<String>>,
     /// Events accepted per user index since the last [`Publisher::take_totals`].
     per_user: Vec<AtomicU64>,
@@ -93,6 +96,7 @@ impl Acks {
         Acks {
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             first_error: Mutex::new(None),
             per_user: (0..users).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -103,6 +107,11 @@ impl Acks {
         self.ok.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts one HTTP publish request.
+    pub(crate) fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one event accepted for the user with this index.
     pub(crate) fn accepted(&self, user_index: u32) {
         self.per_user[user_index as usize].fetch_add(1, Ordering::Relaxed);
@@ -110,7 +119,12 @@ impl Acks {
 
     /// Counts a failed publish; keeps the first message.
     pub(crate) fn error(&self, what: impl FnOnce() -> String) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.errors_n(1, what);
+    }
+
+    /// Counts `n` failed publishes (one failed request of `n` events); keeps the first message.
+    pub(crate) fn errors_n(&self, n: u64, what: impl FnOnce() -> String) {
+        self.errors.fetch_add(n, Ordering::Relaxed);
         let mut first = self
             .first_error
             .lock()
@@ -132,6 +146,8 @@ pub struct Totals {
     pub dispatched: u64,
     /// Failed publishes.
     pub errors: u64,
+    /// HTTP requests sent (0 for the Redis paths).
+    pub requests: u64,
     /// First error message.
     pub first_error: Option<String>,
     /// Accepted events per user index.
@@ -160,7 +176,7 @@ impl Publisher {
         let acks = Arc::new(Acks::new(users));
         let spec = EventSpec::new(&args.event_type, args.payload_bytes);
         let backend = match args.publish {
-            PublishVia::Http => Backend::Http(
+            PublishVia::Http | PublishVia::HttpBatch => Backend::Http(
                 http::HttpPublisher::connect(args, spec, first_user, acks.clone()).await?,
             ),
             PublishVia::Redis | PublishVia::RedisHistory => Backend::Redis(Box::new(
@@ -262,6 +278,7 @@ impl Publisher {
         let totals = Totals {
             dispatched: self.dispatched,
             errors: errors - self.taken.1,
+            requests: self.acks.requests.swap(0, Ordering::Relaxed),
             first_error: self
                 .acks
                 .first_error

@@ -1,6 +1,7 @@
 //! A minimal in-process stand-in for the gateway, enough to drive the load generator end to end:
 //! WebSocket endpoints (JWT in the query or header, 401 otherwise; a ping right after the
-//! upgrade), `POST /v1/publish`, and a RESP listener accepting `PUBLISH c:<uid> <json>`.
+//! upgrade), `POST /v1/publish`, `POST /v1/publish/batch` (per-item results; items for
+//! [`REFUSED_USER`] are refused) and a RESP listener accepting `PUBLISH c:<uid> <json>`.
 //! Every endpoint shares one user → connections table, like several gateway nodes on one broker.
 
 use std::collections::HashMap;
@@ -24,6 +25,8 @@ pub const SECRET: &str = "test-secret";
 pub const API_KEY: &str = "test-api-key";
 /// Connections of this user are closed by the server (code 1001) right after the upgrade.
 pub const CLOSED_USER: u64 = 999;
+/// Batch items addressed to this user get `{"error":…}` instead of being published.
+pub const REFUSED_USER: u64 = 7;
 
 type Routes = Arc<Mutex<HashMap<u64, Vec<mpsc::UnboundedSender<String>>>>>;
 
@@ -39,6 +42,19 @@ pub struct Fake {
     pub pongs: Arc<AtomicU64>,
     /// Successful upgrades.
     pub upgrades: Arc<AtomicU64>,
+    /// Batch publish requests, their items, and the most items seen in one.
+    pub batches: Arc<BatchCounts>,
+}
+
+/// What `POST /v1/publish/batch` received.
+#[derive(Debug, Default)]
+pub struct BatchCounts {
+    /// Requests answered 200.
+    pub requests: AtomicU64,
+    /// Items in them.
+    pub items: AtomicU64,
+    /// Most items in one request.
+    pub max_items: AtomicU64,
 }
 
 async fn listen() -> (TcpListener, SocketAddr) {
@@ -72,11 +88,13 @@ pub async fn start(publish_delay: Duration) -> Fake {
     let (l, a) = listen().await;
     let admin_url = format!("http://{a}");
     let r = routes.clone();
+    let batches = Arc::new(BatchCounts::default());
+    let b = batches.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
-            let r = r.clone();
+            let (r, b) = (r.clone(), b.clone());
             tokio::spawn(async move {
-                let svc = service_fn(move |req| publish(req, r.clone(), publish_delay));
+                let svc = service_fn(move |req| publish(req, r.clone(), b.clone(), publish_delay));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
@@ -96,6 +114,7 @@ pub async fn start(publish_delay: Duration) -> Fake {
         redis_url,
         pongs,
         upgrades,
+        batches,
     }
 }
 
@@ -188,6 +207,7 @@ fn deliver(routes: &Routes, user: u64, event: &str) -> usize {
 async fn publish(
     req: hyper::Request<hyper::body::Incoming>,
     routes: Routes,
+    batches: Arc<BatchCounts>,
     delay: Duration,
 ) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
     let reply = |status: u16, body: &str| {
@@ -199,7 +219,12 @@ async fn publish(
         .headers()
         .get("authorization")
         .is_some_and(|v| v.as_bytes() == format!("Bearer {API_KEY}").as_bytes());
-    if req.uri().path() != "/v1/publish" || !authorized {
+    let batch = match req.uri().path() {
+        "/v1/publish" => false,
+        "/v1/publish/batch" => true,
+        _ => return reply(404, r#"{"error":"not found"}"#),
+    };
+    if !authorized {
         return reply(401, r#"{"error":"unauthorized"}"#);
     }
     let body = req.into_body().collect().await?.to_bytes();
@@ -209,16 +234,51 @@ async fn publish(
         #[serde(borrow)]
         event: &'a serde_json::value::RawValue,
     }
-    let Ok(p) = serde_json::from_slice::<Publish>(&body) else {
-        return reply(400, r#"{"error":"bad body"}"#);
-    };
+    #[derive(serde::Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        items: Vec<Publish<'a>>,
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    for u in &p.users {
-        deliver(&routes, *u, p.event.get());
+    if !batch {
+        let Ok(p) = serde_json::from_slice::<Publish>(&body) else {
+            return reply(400, r#"{"error":"bad body"}"#);
+        };
+        for u in &p.users {
+            deliver(&routes, *u, p.event.get());
+        }
+        return reply(200, r#"{"ok":true}"#);
     }
-    reply(200, r#"{"ok":true}"#)
+    let Ok(b) = serde_json::from_slice::<Batch>(&body) else {
+        return reply(400, r#"{"error":"bad body"}"#);
+    };
+    let mut published = 0;
+    let mut results = Vec::with_capacity(b.items.len());
+    for item in &b.items {
+        if item.users.contains(&REFUSED_USER) {
+            results.push(serde_json::json!({ "error": "refused by the fake" }));
+            continue;
+        }
+        let mut ids = serde_json::Map::new();
+        let mut online = serde_json::Map::new();
+        for u in &item.users {
+            let n = deliver(&routes, *u, item.event.get());
+            ids.insert(u.to_string(), format!("{published}-0").into());
+            online.insert(u.to_string(), (n > 0).into());
+            published += 1;
+        }
+        results.push(serde_json::json!({
+            "published": item.users.len(), "ids": ids, "online": online,
+        }));
+    }
+    let n = b.items.len() as u64;
+    batches.requests.fetch_add(1, Ordering::Relaxed);
+    batches.items.fetch_add(n, Ordering::Relaxed);
+    batches.max_items.fetch_max(n, Ordering::Relaxed);
+    let body = serde_json::json!({ "published": published, "results": results });
+    reply(200, &body.to_string())
 }
 
 async fn resp_conn(s: TcpStream, routes: Routes) {

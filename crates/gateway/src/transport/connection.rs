@@ -7,7 +7,10 @@
 //! budget, and only a pong carrying the payload of our last ping counts, so a client that stops
 //! reading is closed within ping interval + pong timeout even if it keeps sending.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -19,6 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::admit::Admitted;
 use super::budget::FrameBudget;
 use super::ending::{self, close, End};
 use super::timer::{Due, Timer};
@@ -62,21 +66,22 @@ impl Drop for Registration {
     }
 }
 
-/// Finish the upgrade and serve the connection until it ends. A panic in the connection's
-/// code is caught here: counted (`panics_total`), logged once by the panic hook, and the
-/// registration, the gauge and the socket are released as on any other ending.
-pub(crate) async fn run(
+/// Serve an admitted client on a task of its own: finish the upgrade and serve the connection
+/// until it ends. A panic in the connection's code is caught: counted (`panics_total`), logged
+/// once by the panic hook, and the registration, the gauge and the socket are released as on
+/// any other ending.
+pub(super) fn spawn(on_upgrade: OnUpgrade, admitted: Admitted, since: Option<String>) {
+    tokio::spawn(task(on_upgrade, admitted, since));
+}
+
+/// The future of a connection's task: what every open connection holds while it is idle.
+fn task(
     on_upgrade: OnUpgrade,
-    registration: Registration,
-    identity: Identity,
+    admitted: Admitted,
     since: Option<String>,
-) {
-    let node = registration.node.clone();
-    ending::contain_panic(
-        serve(on_upgrade, registration, identity, since),
-        &node.metrics,
-    )
-    .await;
+) -> impl Future<Output = ()> + Send + 'static {
+    let metrics = admitted.registration.node.metrics.clone();
+    ending::contain_panic(serve(on_upgrade, admitted, since), metrics)
 }
 
 /// Counts an open connection of `transport` in the gauges, and decrements them however the
@@ -118,155 +123,167 @@ impl Drop for Open<'_> {
     }
 }
 
-async fn serve(
+// `serve` and `session` return `async move` blocks instead of being `async fn`s: an
+// `async fn` keeps its arguments twice in its state (as passed and as bound), and this state
+// (the task's future) is what every idle connection holds. For the same reason the socket is
+// made here and lent to `session`, never moved between futures.
+#[allow(clippy::manual_async_fn)] // on purpose, see above
+fn serve(
     on_upgrade: OnUpgrade,
-    registration: Registration,
-    identity: Identity,
+    admitted: Admitted,
     since: Option<String>,
-) {
-    let upgraded = match on_upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let node = registration.node.clone();
-    let ws = WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        Role::Server,
-        Some(node.conn.websocket),
-    )
-    .await;
-    let metrics = &node.metrics;
-    let open = Open::new(metrics, "ws");
-    let end = session(ws, &registration.conn, &identity, since, &node).await;
-    open.closed(identity.user, end.label());
-    drop(registration);
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let (registration, identity) = (&admitted.registration, &admitted.identity);
+        let node = &*registration.node;
+        let mut ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(node.conn.websocket),
+        )
+        .await;
+        let open = Open::new(&node.metrics, "ws");
+        let end = session(&mut ws, &registration.conn, identity, since, node).await;
+        drop(ws);
+        open.closed(identity.user, end.label());
+        // The registration, then the address slot.
+        drop(admitted);
+    }
 }
 
-async fn session(
-    mut ws: Socket,
-    conn: &Conn,
-    identity: &Identity,
+#[allow(clippy::manual_async_fn)] // on purpose, see above `serve`
+fn session<'a>(
+    ws: &'a mut Socket,
+    conn: &'a Conn,
+    identity: &'a Identity,
     since: Option<String>,
-    node: &Node,
-) -> End {
-    let settings = &node.conn;
-    let mut dedup = Dedup::default();
-    if let Some(since) = since {
-        // Boxed: the history read is large and happens once; keeping it out of the
-        // connection's future keeps every idle connection small. Bounded like a silent client:
-        // one that does not take its replay must not hold it (up to `--max-replay` events) in
-        // memory for ever.
-        let limit = settings.ping_interval + settings.pong_timeout;
-        let resumed = Box::pin(tokio::time::timeout(
-            limit,
-            resume(&mut ws, conn.user, &since, &mut dedup, node),
-        ))
-        .await;
-        match resumed {
-            Ok(Ok(())) => {}
-            Ok(Err(End::Closed(reason))) => return Box::pin(close(ws, reason)).await,
-            Ok(Err(end)) => return end,
-            Err(_) => return Box::pin(close(ws, CloseReason::SlowConsumer)).await,
+    node: &'a Node,
+) -> impl Future<Output = End> + Send + 'a {
+    async move {
+        let settings = &node.conn;
+        let mut dedup = Dedup::default();
+        if let Some(since) = since {
+            // Boxed: the history read is large and happens once; keeping it out of the
+            // connection's future keeps every idle connection small. Bounded like a silent client:
+            // one that does not take its replay must not hold it (up to `--max-replay` events) in
+            // memory for ever.
+            let limit = settings.ping_interval + settings.pong_timeout;
+            let resumed = Box::pin(tokio::time::timeout(
+                limit,
+                resume(ws, conn.user, &since, &mut dedup, node),
+            ))
+            .await;
+            match resumed {
+                Ok(Ok(())) => {}
+                Ok(Err(End::Closed(reason))) => return Box::pin(close(ws, reason)).await,
+                Ok(Err(end)) => return end,
+                Err(_) => return Box::pin(close(ws, CloseReason::SlowConsumer)).await,
+            }
         }
-    }
-    let now = TokioInstant::now();
-    let mut timer = Timer {
-        next_ping: now + settings.ping_interval,
-        pong_due: None,
-        ping_payload: 0,
-        expiry: identity.expires.map(tokio_instant),
-    };
-    let mut budget = FrameBudget::new(now, settings.client_frame_rate);
-    // Every write is bounded: a client that stops reading blocks it at most this long.
-    let deadline = settings.pong_timeout;
-    // One timer per connection (pings, pong deadline, credential expiry): idle connections
-    // stay small.
-    let sleep = tokio::time::sleep_until(timer.deadline());
-    tokio::pin!(sleep);
-    let mut batch: Vec<Frame> = Vec::new();
-    loop {
-        tokio::select! {
-            biased;
-            _ = conn.outbox.ready() => {
-                let closing = conn.outbox.take(&mut batch);
-                if closing == Some(CloseReason::SlowConsumer) {
-                    batch.clear();
-                    return Box::pin(close(ws, CloseReason::SlowConsumer)).await;
-                }
-                let written = tokio::select! {
-                    biased;
-                    written = within(
-                        deadline,
-                        write_batch(&mut ws, &mut batch, &mut dedup, node),
-                    ) => written.unwrap_or(Err(End::Closed(CloseReason::SlowConsumer))),
-                    // The client stopped reading and its queue overflowed meanwhile.
-                    _ = conn.outbox.overflowed() => Err(End::Closed(CloseReason::SlowConsumer)),
-                };
-                match written {
-                    Ok(()) => {}
-                    Err(End::Closed(reason)) => return Box::pin(close(ws, reason)).await,
-                    Err(end) => return end,
-                }
-                if let Some(reason) = closing {
-                    return Box::pin(close(ws, reason)).await;
-                }
-            }
-            msg = ws.next() => {
-                if msg.as_ref().is_some_and(Result::is_ok) && !budget.admit(TokioInstant::now()) {
-                    return Box::pin(close(ws, CloseReason::TooManyFrames)).await;
-                }
-                match msg {
-                    None => return End::ClientGone,
-                    Some(Ok(Message::Pong(payload))) => {
-                        // Only the answer to our last ping: a client that does not read cannot
-                        // keep itself alive with unsolicited pongs.
-                        if payload.as_ref() == timer.ping_payload.to_be_bytes() {
-                            timer.pong_due = None;
-                            sleep.as_mut().reset(timer.deadline());
+        let now = TokioInstant::now();
+        let mut timer = Timer {
+            next_ping: now + settings.ping_interval,
+            pong_due: None,
+            ping_payload: 0,
+            expiry: identity.expires.map(tokio_instant),
+        };
+        let mut budget = FrameBudget::new(now, settings.client_frame_rate);
+        // Every write is bounded: a client that stops reading blocks it at most this long.
+        let deadline = settings.pong_timeout;
+        // One timer per connection (pings, pong deadline, credential expiry): idle connections
+        // stay small.
+        let sleep = tokio::time::sleep_until(timer.deadline());
+        tokio::pin!(sleep);
+        let mut batch: Vec<Frame> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = conn.outbox.ready() => {
+                    let closing = conn.outbox.take(&mut batch);
+                    if closing == Some(CloseReason::SlowConsumer) {
+                        batch.clear();
+                        return Box::pin(close(ws, CloseReason::SlowConsumer)).await;
+                    }
+                    let written = {
+                        let write = std::pin::pin!(write_batch(ws, &mut batch, &mut dedup, node));
+                        tokio::select! {
+                            biased;
+                            written = within(deadline, write)
+                                => written.unwrap_or(Err(End::Closed(CloseReason::SlowConsumer))),
+                            // The client stopped reading and its queue overflowed meanwhile.
+                            _ = conn.outbox.overflowed() => Err(End::Closed(CloseReason::SlowConsumer)),
                         }
-                    }
-                    Some(Ok(Message::Close(_))) => {
-                        // tungstenite queued the close reply; flushing sends it (bounded).
-                        let _ = tokio::time::timeout(deadline, ws.flush()).await;
-                        return End::ClientClosed;
-                    }
-                    // Receive-only protocol: client data is ignored (pings are answered by
-                    // tungstenite on the next write, into the bounded write buffer).
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => match ending::socket_error(&e) {
-                        Ok(reason) => return Box::pin(close(ws, reason)).await,
+                    };
+                    match written {
+                        Ok(()) => {}
+                        Err(End::Closed(reason)) => return Box::pin(close(ws, reason)).await,
                         Err(end) => return end,
-                    },
-                }
-            }
-            _ = &mut sleep => {
-                match timer.fire(TokioInstant::now(), settings.ping_interval, settings.pong_timeout) {
-                    Due::Expired => match Box::pin(renew(identity, node)).await {
-                        Some(expiry) => timer.expiry = expiry,
-                        None => return Box::pin(close(ws, CloseReason::AuthExpired)).await,
-                    },
-                    Due::PongTimeout => return End::PongTimeout,
-                    Due::Ping => {
-                        timer.ping_payload = rand::random();
-                        let ping = Message::Ping(Bytes::copy_from_slice(
-                            &timer.ping_payload.to_be_bytes(),
-                        ));
-                        match tokio::time::timeout(deadline, ws.send(ping)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => match ending::socket_error(&e) {
-                                Ok(reason) => return Box::pin(close(ws, reason)).await,
-                                Err(end) => return end,
-                            },
-                            // The client stopped reading: nothing more gets to it.
-                            Err(_) => return Box::pin(close(ws, CloseReason::SlowConsumer)).await,
-                        }
                     }
-                    Due::Nothing => {}
+                    if let Some(reason) = closing {
+                        return Box::pin(close(ws, reason)).await;
+                    }
                 }
-                sleep.as_mut().reset(timer.deadline());
+                msg = ws.next() => {
+                    if msg.as_ref().is_some_and(Result::is_ok) && !budget.admit(TokioInstant::now()) {
+                        return Box::pin(close(ws, CloseReason::TooManyFrames)).await;
+                    }
+                    match msg {
+                        None => return End::ClientGone,
+                        Some(Ok(Message::Pong(payload))) => {
+                            // Only the answer to our last ping: a client that does not read cannot
+                            // keep itself alive with unsolicited pongs.
+                            if payload.as_ref() == timer.ping_payload.to_be_bytes() {
+                                timer.pong_due = None;
+                                sleep.as_mut().reset(timer.deadline());
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite queued the close reply; flushing sends it (bounded).
+                            let _ = within(deadline, ws.flush()).await;
+                            return End::ClientClosed;
+                        }
+                        // Receive-only protocol: client data is ignored (pings are answered by
+                        // tungstenite on the next write, into the bounded write buffer).
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => match ending::socket_error(&e) {
+                            Ok(reason) => return Box::pin(close(ws, reason)).await,
+                            Err(end) => return end,
+                        },
+                    }
+                }
+                _ = &mut sleep => {
+                    match timer.fire(TokioInstant::now(), settings.ping_interval, settings.pong_timeout) {
+                        Due::Expired => match Box::pin(renew(identity, node)).await {
+                            Some(expiry) => timer.expiry = expiry,
+                            None => return Box::pin(close(ws, CloseReason::AuthExpired)).await,
+                        },
+                        Due::PongTimeout => return End::PongTimeout,
+                        Due::Ping => {
+                            timer.ping_payload = rand::random();
+                            let ping = Message::Ping(Bytes::copy_from_slice(
+                                &timer.ping_payload.to_be_bytes(),
+                            ));
+                            match within(deadline, ws.send(ping)).await {
+                                Some(Ok(())) => {}
+                                Some(Err(e)) => match ending::socket_error(&e) {
+                                    Ok(reason) => return Box::pin(close(ws, reason)).await,
+                                    Err(end) => return end,
+                                },
+                                // The client stopped reading: nothing more gets to it.
+                                None => return Box::pin(close(ws, CloseReason::SlowConsumer)).await,
+                            }
+                        }
+                        Due::Nothing => {}
+                    }
+                    sleep.as_mut().reset(timer.deadline());
+                }
             }
         }
     }
@@ -342,13 +359,13 @@ pub(super) async fn replayed(
 
 /// `task`, bounded by `deadline`: `None` when it did not finish in time. A task that finishes at
 /// its first poll (a writable socket: nearly every write) costs no timer at all; only a write
-/// that has to wait arms one.
-async fn within<F: std::future::Future>(deadline: Duration, task: F) -> Option<F::Output> {
-    let mut task = std::pin::pin!(task);
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(task.as_mut().poll(cx))).await;
+/// that has to wait arms one, on the heap: the connection's future, which every idle connection
+/// holds, has no room for a second timer.
+async fn within<F: Future + Unpin>(deadline: Duration, mut task: F) -> Option<F::Output> {
+    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut task).poll(cx))).await;
     match first {
-        std::task::Poll::Ready(output) => Some(output),
-        std::task::Poll::Pending => tokio::time::timeout(deadline, task).await.ok(),
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => Box::pin(tokio::time::timeout(deadline, task)).await.ok(),
     }
 }
 
@@ -388,5 +405,22 @@ pub(super) fn delivered(node: &Node, transport: &str, batch: &mut Vec<Frame>) {
         metrics
             .delivery_latency
             .observe(now.duration_since(frame.entered).as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_connection_task_is_small() {
+        let size = future_size(task);
+        eprintln!("connection task future: {size} bytes");
+        assert!(size <= 4096, "{size} bytes");
     }
 }

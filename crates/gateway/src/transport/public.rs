@@ -183,11 +183,7 @@ async fn handle(
     let since = resume_point(req.headers(), req.uri().query());
     match (transport, accept) {
         (Transport::WebSocket, Some(accept)) => {
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let _slot = admitted.slot;
-                connection::run(on_upgrade, admitted.registration, admitted.identity, since).await;
-            });
+            connection::spawn(hyper::upgrade::on(&mut req), admitted, since);
             let mut res = Response::new(Full::new(Bytes::new()));
             *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let headers = res.headers_mut();

@@ -58,9 +58,10 @@ pub(super) fn start(
 ) -> Response<SseBody> {
     let (tx, chunks) = mpsc::channel(CHUNKS);
     let metrics = node.metrics.clone();
-    tokio::spawn(async move {
-        ending::contain_panic(run(tx, admitted, since, node), &metrics).await;
-    });
+    tokio::spawn(ending::contain_panic(
+        run(tx, admitted, since, node),
+        metrics,
+    ));
     let mut res = Response::new(SseBody { chunks });
     *res.status_mut() = StatusCode::OK;
     let headers = res.headers_mut();

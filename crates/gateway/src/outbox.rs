@@ -262,18 +262,15 @@ impl Outbox {
         }
     }
 
-    /// Wait until the queue overflowed (the socket writer may be stuck on a client that stopped
+    /// Ready once the queue overflowed (the socket writer may be stuck on a client that stopped
     /// reading: it must give up rather than wait for the socket). Same task rule as `ready`.
-    pub(crate) async fn overflowed(&self) {
-        poll_fn(|cx| {
-            self.waker.register(cx.waker());
-            if self.overflow.load(Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+    pub(crate) fn poll_overflowed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.overflow.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 

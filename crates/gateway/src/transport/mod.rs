@@ -1,5 +1,5 @@
 //! The public port: the HTTP server (`public.rs`), client admission (`admit.rs`), and the three
-//! transports: WebSocket (`connection.rs`, the per-connection socket loop), Server-Sent Events
+//! transports: WebSocket (`connection.rs`, and `session.rs`: the per-connection socket loop), Server-Sent Events
 //! (`sse.rs`) and long-poll (`poll.rs`).
 
 mod admit;
@@ -14,5 +14,6 @@ mod handshake;
 mod limits;
 mod poll;
 pub(crate) mod public;
+mod session;
 mod sse;
 mod timer;

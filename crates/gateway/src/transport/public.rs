@@ -204,10 +204,21 @@ pub(crate) type Body = Either<Full<Bytes>, sse::SseBody>;
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Transport {
+pub(super) enum Transport {
     WebSocket,
     Sse,
     Poll,
+}
+
+impl Transport {
+    /// The `transport` label of metrics and logs.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "ws",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+        }
+    }
 }
 
 /// The id the client resumes after: `?since=<id>` or header `Last-Event-ID`.

@@ -22,6 +22,7 @@ use super::admit::Admitted;
 use super::connection::{delivered, renew, replayed, tokio_instant, Open};
 use super::cors;
 use super::ending::{self, End};
+use super::public::Transport;
 use crate::history::Dedup;
 use crate::node::Node;
 use crate::outbox::{CloseReason, Frame};
@@ -81,7 +82,7 @@ async fn run(tx: mpsc::Sender<Bytes>, admitted: Admitted, since: Option<String>,
         slot,
     } = admitted;
     let metrics = &node.metrics;
-    let open = Open::new(metrics, "sse");
+    let open = Open::new(metrics, Transport::Sse);
     let end = session(&tx, &registration.conn, &identity, since, &node).await;
     if let End::Closed(reason) = &end {
         // Best effort: a client that does not read does not get it.

@@ -92,6 +92,7 @@ pub(super) async fn admit<B>(
             "Broker unavailable",
         ));
     }
+    node.registry.confirmed(identity.user);
     // Checked once the subscription is confirmed: a disconnect published after a revocation
     // cannot slip between this check and the subscription.
     timeout_at(deadline, not_revoked(node, &identity))

@@ -115,7 +115,7 @@ impl Registry {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
-            outbox: Outbox::new(self.limits),
+            outbox: Outbox::new(),
         });
         let subscribed = match entry {
             Entry::Occupied(mut e) => {
@@ -171,7 +171,7 @@ impl Registry {
         };
         let mut queued = 0;
         for conn in &entry.conns {
-            match conn.outbox.push(frame.clone()) {
+            match conn.outbox.push(frame.clone(), &self.limits) {
                 Ok(()) => queued += 1,
                 Err(PushError::Overflow) => {
                     metrics

@@ -175,17 +175,16 @@ pub(crate) struct Outbox {
     waker: AtomicWaker,
     /// Set (once) when a push overflowed; read without the lock by the writer.
     overflow: AtomicBool,
-    limits: QueueLimits,
 }
 
 impl Outbox {
-    /// An empty outbox.
-    pub(crate) fn new(limits: QueueLimits) -> Self {
+    /// An empty outbox. Its bounds are the registry's (the same for every connection, so not
+    /// kept in each outbox: every byte here is held by every idle connection).
+    pub(crate) fn new() -> Self {
         Outbox {
             state: Mutex::new(State::default()),
             waker: AtomicWaker::new(),
             overflow: AtomicBool::new(false),
-            limits,
         }
     }
 
@@ -195,14 +194,14 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Enqueue a frame without waiting.
-    pub(crate) fn push(&self, frame: Frame) -> Result<(), PushError> {
+    /// Enqueue a frame without waiting, within `limits`.
+    pub(crate) fn push(&self, frame: Frame, limits: &QueueLimits) -> Result<(), PushError> {
         let mut st = self.lock();
         if st.closing.is_some() {
             return Err(PushError::Closed);
         }
         let len = frame.text.len();
-        if st.queue.len() >= self.limits.max_events || st.bytes + len > self.limits.max_bytes {
+        if st.queue.len() >= limits.max_events || st.bytes + len > limits.max_bytes {
             st.closing = Some(CloseReason::SlowConsumer);
             st.queue = VecDeque::new();
             st.bytes = 0;
@@ -262,18 +261,15 @@ impl Outbox {
         }
     }
 
-    /// Wait until the queue overflowed (the socket writer may be stuck on a client that stopped
+    /// Ready once the queue overflowed (the socket writer may be stuck on a client that stopped
     /// reading: it must give up rather than wait for the socket). Same task rule as `ready`.
-    pub(crate) async fn overflowed(&self) {
-        poll_fn(|cx| {
-            self.waker.register(cx.waker());
-            if self.overflow.load(Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+    pub(crate) fn poll_overflowed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.overflow.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -294,14 +290,15 @@ mod tests {
 
     #[test]
     fn overflow_by_count_closes_as_slow_consumer() {
-        let ob = Outbox::new(QueueLimits {
+        let limits = QueueLimits {
             max_events: 2,
             max_bytes: 1000,
-        });
-        ob.push(frame("a")).unwrap();
-        ob.push(frame("b")).unwrap();
-        assert_eq!(ob.push(frame("c")), Err(PushError::Overflow));
-        assert_eq!(ob.push(frame("d")), Err(PushError::Closed));
+        };
+        let ob = Outbox::new();
+        ob.push(frame("a"), &limits).unwrap();
+        ob.push(frame("b"), &limits).unwrap();
+        assert_eq!(ob.push(frame("c"), &limits), Err(PushError::Overflow));
+        assert_eq!(ob.push(frame("d"), &limits), Err(PushError::Closed));
         let mut batch = Vec::new();
         assert_eq!(ob.take(&mut batch), Some(CloseReason::SlowConsumer));
         assert!(batch.is_empty(), "a slow consumer's queue is discarded");
@@ -318,16 +315,17 @@ mod tests {
 
     #[test]
     fn push_wakes_the_waiting_task_once_per_empty_to_non_empty() {
-        let ob = Outbox::new(QueueLimits {
+        let limits = QueueLimits {
             max_events: 10,
             max_bytes: 100,
-        });
+        };
+        let ob = Outbox::new();
         let counter = std::sync::Arc::new(CountingWaker(Default::default()));
         let waker = futures_util::task::waker(counter.clone());
         let mut cx = Context::from_waker(&waker);
         assert_eq!(ob.poll_ready(&mut cx), Poll::Pending);
-        ob.push(frame("1")).unwrap();
-        ob.push(frame("2")).unwrap();
+        ob.push(frame("1"), &limits).unwrap();
+        ob.push(frame("2"), &limits).unwrap();
         assert_eq!(
             counter.0.load(Ordering::SeqCst),
             1,
@@ -344,22 +342,24 @@ mod tests {
 
     #[test]
     fn overflow_by_bytes() {
-        let ob = Outbox::new(QueueLimits {
+        let limits = QueueLimits {
             max_events: 100,
             max_bytes: 5,
-        });
-        ob.push(frame("abc")).unwrap();
-        assert_eq!(ob.push(frame("def")), Err(PushError::Overflow));
+        };
+        let ob = Outbox::new();
+        ob.push(frame("abc"), &limits).unwrap();
+        assert_eq!(ob.push(frame("def"), &limits), Err(PushError::Overflow));
     }
 
     #[test]
     fn take_drains_in_order_and_keeps_going_away_frames() {
-        let ob = Outbox::new(QueueLimits {
+        let limits = QueueLimits {
             max_events: 10,
             max_bytes: 100,
-        });
-        ob.push(frame("1")).unwrap();
-        ob.push(frame("2")).unwrap();
+        };
+        let ob = Outbox::new();
+        ob.push(frame("1"), &limits).unwrap();
+        ob.push(frame("2"), &limits).unwrap();
         ob.close(CloseReason::GoingAway);
         ob.close(CloseReason::AuthExpired);
         let mut batch = Vec::new();

@@ -60,6 +60,9 @@ pub(crate) struct Registry {
     /// Most registered connections of one user; 0 = no limit.
     max_per_user: usize,
     limits: QueueLimits,
+    /// Always true: what a user's later connections wait on once its subscription is
+    /// confirmed, so that the broker's per-user confirmation channel can be freed.
+    confirmed: Subscribed,
 }
 
 /// A connection the registry refused: the node or the user holds its maximum already.
@@ -84,6 +87,8 @@ impl Registry {
             max,
             max_per_user,
             limits,
+            // The sender is not needed: the value never changes.
+            confirmed: watch::channel(true).1,
         }
     }
 
@@ -110,7 +115,7 @@ impl Registry {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
-            outbox: Outbox::new(self.limits),
+            outbox: Outbox::new(),
         });
         let subscribed = match entry {
             Entry::Occupied(mut e) => {
@@ -129,6 +134,17 @@ impl Registry {
             }
         };
         Ok((conn, subscribed))
+    }
+
+    /// The subscription of `user` is confirmed: the user's later connections get the
+    /// registry's always-true receiver instead of the broker's per-user channel, which is then
+    /// freed (a few hundred bytes per user) once the connections that waited on it are admitted.
+    pub(crate) fn confirmed(&self, user: UserId) {
+        if let Some(mut entry) = self.users.get_mut(&user) {
+            if *entry.subscribed.borrow() {
+                entry.subscribed = self.confirmed.clone();
+            }
+        }
     }
 
     /// Remove a connection; the user's last one unsubscribes the node.
@@ -155,7 +171,7 @@ impl Registry {
         };
         let mut queued = 0;
         for conn in &entry.conns {
-            match conn.outbox.push(frame.clone()) {
+            match conn.outbox.push(frame.clone(), &self.limits) {
                 Ok(()) => queued += 1,
                 Err(PushError::Overflow) => {
                     metrics
@@ -258,6 +274,47 @@ mod tests {
         assert_eq!(
             *log.0.lock().unwrap(),
             [(true, 9), (true, 10), (false, 10), (false, 9)]
+        );
+    }
+
+    /// Subscriptions confirmed when the test says so.
+    #[derive(Default)]
+    struct Pending(Mutex<Vec<watch::Sender<bool>>>);
+    impl Subscriptions for Pending {
+        fn subscribe(&self, _user: UserId) -> Subscribed {
+            let (tx, rx) = watch::channel(false);
+            self.0.lock().unwrap().push(tx);
+            rx
+        }
+        fn unsubscribe(&self, _user: UserId) {}
+    }
+
+    #[test]
+    fn a_confirmed_subscription_frees_the_users_channel() {
+        let reg = registry();
+        let subs = Pending::default();
+        let (_a, first) = reg.insert(9, &subs).unwrap();
+        let (_b, second) = reg.insert(9, &subs).unwrap();
+        assert!(
+            !*second.borrow(),
+            "the second connection waits for the same confirmation"
+        );
+        let tx = subs.0.lock().unwrap().pop().unwrap();
+        reg.confirmed(9);
+        assert_eq!(tx.receiver_count(), 3, "not confirmed yet: nothing changes");
+        tx.send(true).unwrap();
+        reg.confirmed(9);
+        drop((first, second));
+        assert_eq!(
+            tx.receiver_count(),
+            0,
+            "nothing holds the user's channel any more"
+        );
+        let (_c, third) = reg.insert(9, &subs).unwrap();
+        assert!(*third.borrow(), "later connections need not wait");
+        assert!(
+            subs.0.lock().unwrap().is_empty(),
+            "and do not subscribe again"
         );
     }
 

@@ -55,8 +55,8 @@ pub(super) async fn admit<B>(
     .unwrap_or(Err(AuthError::Unavailable));
     let identity = authenticated.map_err(|e| auth_refusal(node, edge, addr, e))?;
 
-    let registration = match Registration::new(node.clone(), identity.user) {
-        Ok(registration) => registration,
+    let (registration, mut subscribed) = match Registration::new(node.clone(), identity.user) {
+        Ok(registered) => registered,
         Err(AtCapacity::User) => return Err(refuse(node, Refused::PerUser, &addr)),
         Err(AtCapacity::Node) => {
             node.metrics
@@ -70,7 +70,6 @@ pub(super) async fn admit<B>(
             ));
         }
     };
-    let mut subscribed = registration.subscribed.clone();
     let wait_until = deadline.min(Instant::now() + node.conn.subscribe_timeout);
     let confirmed = timeout_at(wait_until, async {
         subscribed.wait_for(|s| *s).await.is_ok()
@@ -93,6 +92,7 @@ pub(super) async fn admit<B>(
             "Broker unavailable",
         ));
     }
+    node.registry.confirmed(identity.user);
     // Checked once the subscription is confirmed: a disconnect published after a revocation
     // cannot slip between this check and the subscription.
     timeout_at(deadline, not_revoked(node, &identity))

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -83,7 +84,7 @@ pub(super) fn ending(error: &WsError) -> End {
 }
 
 /// Send a close frame and wait (bounded) for the client's reply.
-pub(super) async fn close(mut ws: Socket, reason: CloseReason) -> End {
+pub(super) async fn close(ws: &mut Socket, reason: CloseReason) -> End {
     let frame = CloseFrame {
         code: CloseCode::from(reason.code()),
         reason: reason.text().into(),
@@ -105,21 +106,29 @@ pub(super) async fn close(mut ws: Socket, reason: CloseReason) -> End {
 /// Run a connection's task; a panic is caught and counted (`panics_total`, and
 /// `connections_closed_total{reason="panic"}`); the panic hook has logged it once. Everything
 /// the task owned (registration, socket, gauges' guards) is dropped while unwinding.
-pub(super) async fn contain_panic(task: impl Future<Output = ()>, metrics: &Metrics) {
-    if AssertUnwindSafe(task).catch_unwind().await.is_err() {
-        metrics.panics.inc();
-        metrics
-            .connections_closed
-            .with_label_values(&["panic"])
-            .inc();
-    }
+///
+/// A combinator, not an `async fn`: the task is stored once in the returned future (an
+/// `async fn` would hold it twice, as its argument and as the awaited future), and this is
+/// what every idle connection keeps in memory.
+pub(super) fn contain_panic(
+    task: impl Future<Output = ()>,
+    metrics: Arc<Metrics>,
+) -> impl Future<Output = ()> {
+    AssertUnwindSafe(task).catch_unwind().map(move |caught| {
+        if caught.is_err() {
+            metrics.panics.inc();
+            metrics
+                .connections_closed
+                .with_label_values(&["panic"])
+                .inc();
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
     struct Released(Arc<AtomicBool>);
     impl Drop for Released {
@@ -161,7 +170,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_connection_task_is_counted_and_releases_what_it_held() {
-        let metrics = Metrics::new().unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
         let released = Arc::new(AtomicBool::new(false));
         let held = Released(released.clone());
         contain_panic(
@@ -170,12 +179,12 @@ mod tests {
                 tokio::task::yield_now().await;
                 panic!("boom");
             },
-            &metrics,
+            metrics.clone(),
         )
         .await;
         assert!(released.load(Ordering::SeqCst));
         assert_eq!(metrics.panics.get(), 1);
-        contain_panic(async {}, &metrics).await;
+        contain_panic(async {}, metrics.clone()).await;
         assert_eq!(metrics.panics.get(), 1);
     }
 }

@@ -16,6 +16,7 @@ use tokio::time::Instant as TokioInstant;
 use super::admit::Admitted;
 use super::connection::{delivered, replayed, tokio_instant, Open};
 use super::cors;
+use super::public::Transport;
 use crate::history::Dedup;
 use crate::node::Node;
 use crate::outbox::{CloseReason, Frame};
@@ -49,7 +50,7 @@ pub(super) async fn answer(
     node: &Node,
 ) -> Response<Full<Bytes>> {
     let metrics = &node.metrics;
-    let open = Open::new(metrics, "poll");
+    let open = Open::new(metrics, Transport::Poll);
     let conn = &admitted.registration.conn;
     let mut dedup = Dedup::default();
     let mut batch: Vec<Frame> = Vec::new();

@@ -193,11 +193,7 @@ async fn handle(
     let since = resume_point(req.headers(), req.uri().query());
     match (transport, accept) {
         (Transport::WebSocket, Some(accept)) => {
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let _slot = admitted.slot;
-                connection::run(on_upgrade, admitted.registration, admitted.identity, since).await;
-            });
+            connection::spawn(hyper::upgrade::on(&mut req), admitted, since);
             let mut res = Response::new(Full::new(Bytes::new()));
             *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let headers = res.headers_mut();
@@ -218,10 +214,21 @@ pub(crate) type Body = Either<Full<Bytes>, sse::SseBody>;
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Transport {
+pub(super) enum Transport {
     WebSocket,
     Sse,
     Poll,
+}
+
+impl Transport {
+    /// The `transport` label of metrics and logs.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "ws",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+        }
+    }
 }
 
 /// The id the client resumes after: `?since=<id>` or header `Last-Event-ID`.

@@ -26,6 +26,7 @@ use super::admit::Admitted;
 use super::connection::{delivered, renew, replayed, tokio_instant, Open};
 use super::cors;
 use super::ending::{self, End};
+use super::public::Transport;
 use crate::history::Dedup;
 use crate::node::Node;
 use crate::outbox::{CloseReason, Frame};
@@ -64,9 +65,10 @@ pub(super) fn start(
 ) -> Response<SseBody> {
     let (tx, chunks) = mpsc::channel(CHUNKS);
     let metrics = node.metrics.clone();
-    tokio::spawn(async move {
-        ending::contain_panic(run(tx, admitted, since, node, cut), &metrics).await;
-    });
+    tokio::spawn(ending::contain_panic(
+        run(tx, admitted, since, node, cut),
+        metrics,
+    ));
     let mut res = Response::new(SseBody { chunks });
     *res.status_mut() = StatusCode::OK;
     let headers = res.headers_mut();
@@ -92,7 +94,7 @@ async fn run(
         slot,
     } = admitted;
     let metrics = &node.metrics;
-    let open = Open::new(metrics, "sse");
+    let open = Open::new(metrics, Transport::Sse);
     let end = session(&tx, &registration.conn, &identity, since, &node).await;
     if let End::Closed(reason) = &end {
         // Best effort: a client that does not read does not get it.

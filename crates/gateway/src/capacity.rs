@@ -7,7 +7,7 @@
 /// File descriptors kept for listeners, Redis, admin connections and accepts in flight.
 pub(crate) const RESERVED_FDS: u64 = 256;
 /// Memory budgeted per connection when deriving the cap: ~10× an idle connection's RSS
-/// (3.3 KiB, docs/benchmarks.md), room for queued events of busy ones.
+/// (≈ 1.9 KiB, docs/benchmarks.md), room for queued events of busy ones.
 pub(crate) const MEMORY_PER_CONNECTION: u64 = 32 * 1024;
 /// Share of the memory limit given to connections (the rest: runtime, buffers, history reads).
 const MEMORY_SHARE_PERCENT: u64 = 80;

@@ -13,10 +13,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use warp::http::{HeaderMap, StatusCode};
-use warp::reply::{self, Reply, Response};
+use warp::reply::Response;
 
-use super::publish::{authorized_body, prepare, result, unavailable, PublishRequest, Refusal};
-use super::{error, InFlight};
+use super::publish::{
+    answer, authorized_body, prepare, result, unavailable, PublishRequest, Refusal,
+};
+use super::InFlight;
 use crate::node::Node;
 use crate::registry::UserId;
 
@@ -36,15 +38,7 @@ where
         publish_batch(&body, &node).await
     }
     .await;
-    let (status, response) = match res {
-        Ok(result) => (StatusCode::OK, reply::json(&result).into_response()),
-        Err((status, message)) => (status, error(status, &message)),
-    };
-    node.metrics
-        .publish_requests
-        .with_label_values(&[status.as_str()])
-        .inc();
-    response
+    answer(&node, res)
 }
 
 #[derive(Deserialize)]

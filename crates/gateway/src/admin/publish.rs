@@ -32,6 +32,12 @@ where
         publish(&body, &node).await
     }
     .await;
+    answer(&node, res)
+}
+
+/// The response to a publish request (single or batch), counted in `publish_requests_total`
+/// by status.
+pub(super) fn answer(node: &Node, res: Result<serde_json::Value, Refusal>) -> Response {
     let (status, response) = match res {
         Ok(result) => (StatusCode::OK, reply::json(&result).into_response()),
         Err((status, message)) => (status, error(status, &message)),

@@ -6,9 +6,9 @@
 //! the presented key's length and the number of keys, never on a configured key's bytes or
 //! length.
 
+use http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use warp::http::{header, HeaderMap};
 
 /// The accepted keys, as digests.
 #[derive(Clone)]

@@ -5,40 +5,31 @@
 //! batcher). Bounds are those of `/v1/publish`: the body size, and the recipients of all items
 //! together (`GATEWAY_MAX_PUBLISH_USERS`).
 
-use std::sync::Arc;
-
-use bytes::{Buf, Bytes};
-use futures_util::Stream;
-use serde::Deserialize;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
-use warp::http::{HeaderMap, StatusCode};
-use warp::reply::Response;
 
 use super::publish::{
-    answer, authorized_body, prepare, result, unavailable, PublishRequest, Refusal,
+    answer, authorized_body, prepare, result, unavailable, PublishAnswer, PublishRequest, Refusal,
 };
-use super::InFlight;
+use super::{AdminResponse, InFlight};
 use crate::node::Node;
 use crate::registry::UserId;
 
 /// Handle one batch request; counted in `publish_requests_total` by status like a publish.
-pub(super) async fn handle<S, B>(
-    headers: HeaderMap,
-    body: S,
-    in_flight: InFlight,
-    node: Arc<Node>,
-) -> Response
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
+pub(super) async fn handle(
+    req: Request<Incoming>,
+    in_flight: &InFlight,
+    node: &Node,
+) -> AdminResponse {
     let res = async {
-        let body = authorized_body(&headers, body, &in_flight, &node).await?;
-        publish_batch(&body, &node).await
+        let body = authorized_body(req, in_flight, node).await?;
+        publish_batch(&body, node).await
     }
     .await;
-    answer(&node, res)
+    answer(node, res)
 }
 
 #[derive(Deserialize)]
@@ -56,7 +47,7 @@ enum Item {
 
 /// Validate every item, publish the valid ones concurrently (so they share broker calls), and
 /// answer per item. 503 only when the broker failed every valid item (nothing published).
-async fn publish_batch(body: &[u8], node: &Node) -> Result<Value, Refusal> {
+async fn publish_batch(body: &[u8], node: &Node) -> Result<BatchAnswer, Refusal> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     if !body.trim_ascii_start().starts_with(b"{") {
         return Err(bad(
@@ -115,28 +106,44 @@ async fn publish_batch(body: &[u8], node: &Node) -> Result<Value, Refusal> {
         // Every valid item failed at the broker: nothing was published, say so with a status.
         return Err(refusal);
     }
-    let results: Vec<Value> = outcomes
+    let results: Vec<ItemAnswer> = outcomes
         .into_iter()
         .map(|o| match o {
-            Outcome::Published(_, answer) => answer,
-            Outcome::Failed((status, reason)) => {
-                json!({ "error": reason, "status": status.as_u16() })
-            }
-            Outcome::Invalid(reason) => json!({ "error": reason, "status": 400 }),
+            Outcome::Published(_, answer) => ItemAnswer::Published(answer),
+            Outcome::Failed((status, error)) => ItemAnswer::Refused {
+                error,
+                status: status.as_u16(),
+            },
+            Outcome::Invalid(error) => ItemAnswer::Refused { error, status: 400 },
         })
         .collect();
     node.metrics.events_published.inc_by(published as u64);
-    Ok(json!({ "published": published, "results": results }))
+    Ok(BatchAnswer { published, results })
 }
 
 /// What became of one item.
 enum Outcome {
     /// Published to this many users, with the answer a single publish would get.
-    Published(usize, Value),
+    Published(usize, PublishAnswer),
     /// The broker failed (the event may or may not have been published).
     Failed(Refusal),
     /// Refused before publishing (400).
     Invalid(String),
+}
+
+/// The answer to a batch: events published over all items, and each item's answer in order.
+#[derive(Serialize)]
+struct BatchAnswer {
+    published: usize,
+    results: Vec<ItemAnswer>,
+}
+
+/// One item's answer: a publish answer, or why the item was not published.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ItemAnswer {
+    Published(PublishAnswer),
+    Refused { error: String, status: u16 },
 }
 
 /// One item: an object `{"users": […], "event": {…}}` under the publish API's rules.

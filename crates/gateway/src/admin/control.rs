@@ -1,55 +1,47 @@
 //! `POST /v1/disconnect` and `GET /v1/presence`: the backend's control of live connections, on
 //! every node through the broker. Same key, body bounds and error shape as the publish API.
 
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Buf;
-use futures_util::Stream;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
-use warp::http::{HeaderMap, StatusCode};
-use warp::reply::{self, Reply, Response};
 
 use super::publish::{authorize, authorized_body, parse_users, Refusal};
-use super::{error, InFlight};
+use super::{error, json, AdminResponse, InFlight};
 use crate::node::Node;
 use crate::registry::UserId;
 
 /// Handle one disconnect request.
-pub(super) async fn disconnect<S, B>(
-    headers: HeaderMap,
-    body: S,
-    in_flight: InFlight,
-    node: Arc<Node>,
-) -> Response
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
+pub(super) async fn disconnect(
+    req: Request<Incoming>,
+    in_flight: &InFlight,
+    node: &Node,
+) -> AdminResponse {
     let res = async {
-        let body = authorized_body(&headers, body, &in_flight, &node).await?;
-        run_disconnect(&body, &node).await
+        let body = authorized_body(req, in_flight, node).await?;
+        run_disconnect(&body, node).await
     }
     .await;
-    answer(&node, "disconnect", res)
+    answer(node, "disconnect", res)
 }
 
 /// Handle one presence request (`?users=9,10`).
 pub(super) async fn presence(
-    headers: HeaderMap,
-    query: String,
-    in_flight: InFlight,
-    node: Arc<Node>,
-) -> Response {
+    req: Request<Incoming>,
+    in_flight: &InFlight,
+    node: &Node,
+) -> AdminResponse {
+    let query = req.uri().query().unwrap_or_default();
     let res = async {
-        authorize(&headers, &node)?;
+        authorize(req.headers(), node)?;
         if !in_flight.busy() {
             return Err(busy());
         }
-        let users = query_users(&query, node.publish.max_users)
-            .map_err(|m| (StatusCode::BAD_REQUEST, m))?;
+        let users =
+            query_users(query, node.publish.max_users).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
         let counts = node.broker.presence(&users).await.map_err(unavailable)?;
         let users: Map<String, Value> = counts
             .into_iter()
@@ -58,7 +50,7 @@ pub(super) async fn presence(
         Ok(json!({ "users": users }))
     }
     .await;
-    answer(&node, "presence", res)
+    answer(node, "presence", res)
 }
 
 fn busy() -> Refusal {
@@ -77,9 +69,9 @@ fn unavailable(e: crate::broker::BrokerError) -> Refusal {
 }
 
 /// The response, counted by endpoint and status.
-fn answer(node: &Node, endpoint: &str, res: Result<Value, Refusal>) -> Response {
+fn answer(node: &Node, endpoint: &str, res: Result<Value, Refusal>) -> AdminResponse {
     let (status, response) = match res {
-        Ok(body) => (StatusCode::OK, reply::json(&body).into_response()),
+        Ok(body) => (StatusCode::OK, json(StatusCode::OK, &body)),
         Err((status, message)) => (status, error(status, &message)),
     };
     node.metrics

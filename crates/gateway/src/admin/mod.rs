@@ -1,15 +1,15 @@
 //! The admin port: `POST /v1/publish`, `POST /v1/publish/batch`, `POST /v1/disconnect`, `GET /v1/presence`,
 //! `GET /metrics`, `GET /healthz`, `GET /readyz`.
 //!
-//! Every error is JSON `{"error": "<what is wrong>"}` with a 4xx/5xx status. The routes are warp
-//! filters served by [`server`] (timeouts, connection cap, lingering close).
+//! Every error is JSON `{"error": "<what is wrong>"}` with a 4xx/5xx status. [`route`] maps a
+//! request to its handler by method and path ([`ROUTES`]); [`server`] serves it with hyper
+//! (timeouts, connection cap, lingering close).
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
-use warp::http::StatusCode;
-use warp::reply::{self, Response};
-use warp::{Filter, Rejection, Reply};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Serialize;
 
 use crate::node::Node;
 
@@ -22,6 +22,9 @@ mod slots;
 
 pub(crate) use api_keys::ApiKeys;
 pub(crate) use server::{serve, AdminLimits};
+
+/// What the admin port answers.
+pub(crate) type AdminResponse = Response<Full<Bytes>>;
 
 /// What the connection layer tells a request's handler: when the request (body included) must
 /// be complete, and the connection to mark busy once it is.
@@ -41,136 +44,86 @@ impl InFlight {
     }
 }
 
-/// All admin routes.
-fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let with_node = {
-        let node = node.clone();
-        warp::any().map(move || node.clone())
+/// The admin routes: method and path of every endpoint (docs/openapi.yaml lists the same).
+const ROUTES: [(Method, &str); 7] = [
+    (Method::GET, "/healthz"),
+    (Method::GET, "/readyz"),
+    (Method::GET, "/metrics"),
+    (Method::POST, "/v1/publish"),
+    (Method::POST, "/v1/publish/batch"),
+    (Method::POST, "/v1/disconnect"),
+    (Method::GET, "/v1/presence"),
+];
+
+/// Answer one admin request. Routes that carry a body check the key and the declared length
+/// before any byte of it is read (in [`publish::authorized_body`]).
+async fn route(req: Request<Incoming>, in_flight: &InFlight, node: &Node) -> AdminResponse {
+    let path = req.uri().path();
+    let Some((method, path)) = ROUTES.iter().find(|(_, p)| *p == path) else {
+        return error(StatusCode::NOT_FOUND, "Not found");
     };
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| reply::json(&serde_json::json!({"status": "ok"})).into_response());
-    let readyz = warp::path!("readyz")
-        .and(warp::get())
-        .and(with_node.clone())
-        .map(|node: Arc<Node>| {
-            let (status, body) = match node.readiness() {
-                Ok(()) => (StatusCode::OK, serde_json::json!({ "ready": true })),
-                Err(reason) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({ "ready": false, "reason": reason }),
-                ),
-            };
-            reply::with_status(reply::json(&body), status).into_response()
-        });
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(with_node.clone())
-        .map(|node: Arc<Node>| {
+    if req.method() != method {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
+    }
+    match *path {
+        "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        "/readyz" => match node.readiness() {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "ready": true })),
+            Err(reason) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({ "ready": false, "reason": reason }),
+            ),
+        },
+        "/metrics" => {
             let _ = node.readiness(); // refresh the ready gauge
             match node.metrics.render() {
-                Ok(body) => reply::with_header(
-                    body,
-                    "content-type",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )
-                .into_response(),
+                Ok(body) => {
+                    let mut res = Response::new(Full::new(Bytes::from(body)));
+                    res.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    res
+                }
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             }
-        });
-    // Nothing of the body is read before the key and the length are checked (in `publish`).
-    let publish = warp::path!("v1" / "publish")
-        .and(warp::post())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .and(warp::ext::get::<InFlight>())
-        .and(with_node.clone())
-        .then(publish::handle);
-    let publish_batch = warp::path!("v1" / "publish" / "batch")
-        .and(warp::post())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .and(warp::ext::get::<InFlight>())
-        .and(with_node.clone())
-        .then(batch::handle);
-    let disconnect = warp::path!("v1" / "disconnect")
-        .and(warp::post())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .and(warp::ext::get::<InFlight>())
-        .and(with_node.clone())
-        .then(control::disconnect);
-    let presence = warp::path!("v1" / "presence")
-        .and(warp::get())
-        .and(warp::header::headers_cloned())
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and(warp::ext::get::<InFlight>())
-        .and(with_node)
-        .then(control::presence);
-    healthz
-        .or(readyz)
-        .unify()
-        .or(metrics)
-        .unify()
-        .or(publish)
-        .unify()
-        .or(publish_batch)
-        .unify()
-        .or(disconnect)
-        .unify()
-        .or(presence)
-        .unify()
-        .recover(recover)
-        .unify()
+        }
+        "/v1/publish" => publish::handle(req, in_flight, node).await,
+        "/v1/publish/batch" => batch::handle(req, in_flight, node).await,
+        "/v1/disconnect" => control::disconnect(req, in_flight, node).await,
+        // The only route left: "/v1/presence".
+        _ => control::presence(req, in_flight, node).await,
+    }
+}
+
+/// A JSON response.
+fn json(status: StatusCode, body: &impl Serialize) -> AdminResponse {
+    // Serializing the answers (derived or `serde_json::Value`) into memory cannot fail.
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut res = Response::new(Full::new(Bytes::from(bytes)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 /// A JSON error response.
-fn error(status: StatusCode, message: &str) -> Response {
-    reply::with_status(
-        reply::json(&serde_json::json!({ "error": message })),
-        status,
-    )
-    .into_response()
-}
-
-async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
-    let (status, message) = if rejection.is_not_found() {
-        (StatusCode::NOT_FOUND, "Not found")
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
-    } else {
-        tracing::debug!(?rejection, "unhandled admin rejection");
-        (StatusCode::BAD_REQUEST, "Bad request")
-    };
-    Ok(error(status, message))
+fn error(status: StatusCode, message: &str) -> AdminResponse {
+    json(status, &serde_json::json!({ "error": message }))
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
-    /// `(method, path)` of every route in [`super::routes`], read from this file's source: each
-    /// `warp::path!(…)` and the method filter that follows it.
+    /// `(method, path)` of every route that [`super::route`] serves.
     fn served_routes() -> BTreeSet<(String, String)> {
-        let source = include_str!("mod.rs");
-        let source = &source[..source.find("#[cfg(test)]").unwrap()];
-        let mut routes = BTreeSet::new();
-        for (at, _) in source.match_indices("warp::path!(") {
-            let rest = &source[at + "warp::path!(".len()..];
-            let segments = &rest[..rest.find(')').unwrap()];
-            let path: String = segments
-                .split('/')
-                .map(|s| format!("/{}", s.trim().trim_matches('"')))
-                .collect();
-            let method = ["get", "post", "put", "delete", "patch"]
-                .into_iter()
-                .filter_map(|m| Some((rest.find(&format!("warp::{m}()"))?, m)))
-                .min()
-                .unwrap()
-                .1;
-            routes.insert((method.to_string(), path));
-        }
-        routes
+        super::ROUTES
+            .iter()
+            .map(|(m, p)| (m.as_str().to_ascii_lowercase(), (*p).to_string()))
+            .collect()
     }
 
     /// docs/openapi.yaml parses, is OpenAPI 3.1, and lists exactly the routes the code serves;
@@ -193,7 +146,6 @@ mod tests {
             }
         }
         let served = served_routes();
-        assert_eq!(served.len(), 7, "source scan found {served:?}");
         assert_eq!(served, documented);
     }
 }

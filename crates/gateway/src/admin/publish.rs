@@ -1,45 +1,38 @@
 //! `POST /v1/publish`: the key and the declared length are checked from the headers before any
 //! byte of the body is read; the body must arrive within the request deadline.
 
-use std::sync::Arc;
-
 use bytes::{Buf, Bytes};
-use futures_util::{Stream, StreamExt};
 use gleepost_event::parse_and_validate;
-use serde::Deserialize;
+use http::{header, HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use warp::http::{header, HeaderMap, StatusCode};
-use warp::reply::{self, Reply, Response};
 
-use super::{error, InFlight};
+use super::{error, json, AdminResponse, InFlight};
 use crate::broker::{BrokerError, Published};
 use crate::node::Node;
 use crate::registry::UserId;
 
 /// Handle one publish request; every outcome is counted by status.
-pub(super) async fn handle<S, B>(
-    headers: HeaderMap,
-    body: S,
-    in_flight: InFlight,
-    node: Arc<Node>,
-) -> Response
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
+pub(super) async fn handle(
+    req: Request<Incoming>,
+    in_flight: &InFlight,
+    node: &Node,
+) -> AdminResponse {
     let res = async {
-        let body = authorized_body(&headers, body, &in_flight, &node).await?;
-        publish(&body, &node).await
+        let body = authorized_body(req, in_flight, node).await?;
+        publish(&body, node).await
     }
     .await;
-    answer(&node, res)
+    answer(node, res)
 }
 
 /// The response to a publish request (single or batch), counted in `publish_requests_total`
 /// by status.
-pub(super) fn answer(node: &Node, res: Result<serde_json::Value, Refusal>) -> Response {
+pub(super) fn answer(node: &Node, res: Result<impl Serialize, Refusal>) -> AdminResponse {
     let (status, response) = match res {
-        Ok(result) => (StatusCode::OK, reply::json(&result).into_response()),
+        Ok(result) => (StatusCode::OK, json(StatusCode::OK, &result)),
         Err((status, message)) => (status, error(status, &message)),
     };
     node.metrics
@@ -52,18 +45,14 @@ pub(super) fn answer(node: &Node, res: Result<serde_json::Value, Refusal>) -> Re
 /// The body of an admin request that carries one: the key and the declared length checked
 /// before any byte of it is read, the body read by the request's deadline, and a share of the
 /// admin port left for `/healthz` and `/metrics` (503 beyond).
-pub(super) async fn authorized_body<S, B>(
-    headers: &HeaderMap,
-    body: S,
+pub(super) async fn authorized_body(
+    req: Request<Incoming>,
     in_flight: &InFlight,
     node: &Node,
-) -> Result<Vec<u8>, Refusal>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    authorize(headers, node)?;
-    let length = declared_length(headers, node.publish.max_body)?;
+) -> Result<Vec<u8>, Refusal> {
+    let (head, body) = req.into_parts();
+    authorize(&head.headers, node)?;
+    let length = declared_length(&head.headers, node.publish.max_body)?;
     let body = read_body(body, length, in_flight.deadline, node).await?;
     if !in_flight.busy() {
         return Err((
@@ -114,31 +103,29 @@ pub(super) fn declared_length(headers: &HeaderMap, max: u64) -> Result<usize, Re
 }
 
 /// Read the body (hyper enforces the declared `length`) by `deadline`, else 408.
-pub(super) async fn read_body<S, B>(
-    body: S,
+pub(super) async fn read_body(
+    mut body: Incoming,
     length: usize,
     deadline: tokio::time::Instant,
     node: &Node,
-) -> Result<Vec<u8>, Refusal>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
+) -> Result<Vec<u8>, Refusal> {
     let mut out = Vec::with_capacity(length);
     let read = async {
-        let mut body = std::pin::pin!(body);
-        while let Some(chunk) = body.next().await {
-            let mut chunk = chunk.map_err(|_| {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
                 (
                     StatusCode::BAD_REQUEST,
                     "Request body could not be read".to_string(),
                 )
             })?;
-            while chunk.has_remaining() {
-                let part = chunk.chunk();
-                out.extend_from_slice(part);
-                let n = part.len();
-                chunk.advance(n);
+            // Trailers (chunked bodies only, refused above for lack of a length) carry no data.
+            if let Ok(mut data) = frame.into_data() {
+                while data.has_remaining() {
+                    let part = data.chunk();
+                    out.extend_from_slice(part);
+                    let n = part.len();
+                    data.advance(n);
+                }
             }
         }
         Ok(())
@@ -168,7 +155,7 @@ pub(super) struct PublishRequest<'a> {
 }
 
 /// Validate and publish a complete, authorized request body.
-async fn publish(body: &[u8], node: &Node) -> Result<serde_json::Value, Refusal> {
+async fn publish(body: &[u8], node: &Node) -> Result<PublishAnswer, Refusal> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     // serde would also accept a struct written as an array (`[[9], {…}]`): require an object.
     if !body.trim_ascii_start().starts_with(b"{") {
@@ -213,24 +200,38 @@ pub(super) fn unavailable(e: BrokerError) -> Refusal {
     )
 }
 
-/// The answer to one publish: `published`, `ids` (when history is on) and `online`.
-pub(super) fn result(users: usize, published: Published) -> serde_json::Value {
-    let mut result = serde_json::json!({ "published": users });
-    if !published.ids.is_empty() {
-        let ids: serde_json::Map<String, serde_json::Value> = published
-            .ids
-            .into_iter()
-            .map(|(user, id)| (user.to_string(), id.into()))
-            .collect();
-        result["ids"] = ids.into();
+/// The answer to one publish: `published`, `ids` (when history is on) and `online`, objects
+/// keyed by user id in the order of the request's `users`.
+#[derive(Serialize)]
+pub(super) struct PublishAnswer {
+    published: usize,
+    #[serde(skip_serializing_if = "PerUser::is_empty")]
+    ids: PerUser<String>,
+    online: PerUser<bool>,
+}
+
+/// A JSON object keyed by user id (serde_json writes integer keys as strings).
+struct PerUser<T>(Vec<(UserId, T)>);
+
+impl<T> PerUser<T> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
-    let online: serde_json::Map<String, serde_json::Value> = published
-        .online
-        .into_iter()
-        .map(|(user, online)| (user.to_string(), online.into()))
-        .collect();
-    result["online"] = online.into();
-    result
+}
+
+impl<T: Serialize> Serialize for PerUser<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(user, value)| (user, value)))
+    }
+}
+
+/// The answer to a publish to `users` users.
+pub(super) fn result(users: usize, published: Published) -> PublishAnswer {
+    PublishAnswer {
+        published: users,
+        ids: PerUser(published.ids),
+        online: PerUser(published.online),
+    }
 }
 
 /// `users` must be a non-empty array of distinct user ids, at most `max`.

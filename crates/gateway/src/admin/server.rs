@@ -9,23 +9,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::slots::{SlotGuard, Slots};
+use super::{AdminResponse, InFlight};
+use crate::log_limit::LogLimit;
+use crate::node::Node;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::{service_fn, Service};
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use warp::reply::Response;
-
-use super::slots::{SlotGuard, Slots};
-use super::InFlight;
-use crate::log_limit::LogLimit;
-use crate::metrics::Metrics;
-use crate::node::Node;
 
 /// Bounds of the admin port.
 #[derive(Clone, Copy, Debug)]
@@ -53,12 +49,10 @@ pub async fn serve(
     limits: AdminLimits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let metrics = node.metrics.clone();
-    let routes = TowerToHyperService::new(warp::service(super::routes(node)));
     let slots = Slots::new(
         limits.max_connections,
-        metrics.admin_connections.clone(),
-        metrics.admin_dropped.with_label_values(&["evicted"]),
+        node.metrics.admin_connections.clone(),
+        node.metrics.admin_dropped.with_label_values(&["evicted"]),
     );
     let mut tasks = JoinSet::new();
     loop {
@@ -67,7 +61,7 @@ pub async fn serve(
                 Ok((stream, _)) => {
                     let guard = slots.admit();
                     let timeout = limits.request_timeout;
-                    let conn = serve_connection(stream, guard, routes.clone(), timeout, metrics.clone(), stop.clone());
+                    let conn = serve_connection(stream, guard, node.clone(), timeout, stop.clone());
                     tasks.spawn(conn);
                 }
                 Err(e) => {
@@ -88,32 +82,28 @@ pub async fn serve(
     tracing::info!("admin listener closed");
 }
 
-async fn serve_connection<S>(
+async fn serve_connection(
     stream: TcpStream,
     guard: SlotGuard,
-    routes: S,
+    node: Arc<Node>,
     timeout: Duration,
-    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
-) where
-    S: Service<Request<Incoming>, Response = Response, Error = Infallible>,
-    S: Clone + Send + Unpin + 'static,
-    S::Future: Send,
-{
+) {
     let _ = stream.set_nodelay(true);
     let slot = guard.0.clone();
-    let service = service_fn(move |mut req: Request<Incoming>| {
-        let slot = slot.clone();
-        let routes = routes.clone();
-        let deadline = slot.deadline(timeout).into();
-        req.extensions_mut().insert(InFlight {
-            deadline,
+    let service_node = node.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let node = service_node.clone();
+        let in_flight = InFlight {
+            deadline: slot.deadline(timeout).into(),
             slot: slot.clone(),
-        });
+        };
+        // Boxed: `poll_without_shutdown` (kept so that a lingering close can follow) needs an
+        // `Unpin` service future.
         Box::pin(async move {
-            let response = routes.call(req).await;
-            slot.idle();
-            response
+            let response: AdminResponse = super::route(req, &in_flight, &node).await;
+            in_flight.slot.idle();
+            Ok::<_, Infallible>(response)
         })
     });
     let mut conn = http1::Builder::new()
@@ -142,7 +132,10 @@ async fn serve_connection<S>(
             return;
         }
         let reason = if e.is_timeout() { "timeout" } else { "error" };
-        metrics.admin_dropped.with_label_values(&[reason]).inc();
+        node.metrics
+            .admin_dropped
+            .with_label_values(&[reason])
+            .inc();
         if let Some(suppressed) = DROPPED_LOG.allow() {
             tracing::warn!(reason, error = %e, suppressed, "admin connection dropped");
         }

@@ -2,7 +2,8 @@
 //! handshake timeout or cut; the API key and the declared length are checked before any body
 //! byte is read; a connection cap that never keeps `/healthz` and `/metrics` from being served;
 //! no HTTP/2; refusals that plain HTTP clients still sending their body can read; rate-limited
-//! logs of dropped connections.
+//! logs of dropped connections. The body checks are driven on both routes that take a publish
+//! body (`/v1/publish` and `/v1/publish/batch`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,10 +32,14 @@ async fn open(gw: &Gateway, bytes: &[u8]) -> Result<TcpStream> {
     Ok(stream)
 }
 
-/// The head of a publish request declaring a body of `length` bytes.
-fn publish_head(key: &str, length: usize) -> String {
+/// The routes whose body is read under the same rules (key and length from the headers, body
+/// by the deadline): every body test runs on each.
+const ROUTES: [&str; 2] = ["/v1/publish", "/v1/publish/batch"];
+
+/// The head of a request to `route` declaring a body of `length` bytes.
+fn publish_head(route: &str, key: &str, length: usize) -> String {
     format!(
-        "POST /v1/publish HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n\
+        "POST {route} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n\
          Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
     )
 }
@@ -65,19 +70,25 @@ async fn slow_requests_are_cut_by_the_handshake_timeout() -> Result<()> {
     let mut half_heads = Vec::new();
     let mut half_bodies = Vec::new();
     let mut idle = Vec::new();
-    for _ in 0..50 {
-        half_heads.push(open(&gw, b"POST /v1/publish HTTP/1.1\r\nHost: gw\r\nContent-Le").await?);
-        let mut body = open(&gw, publish_head(API_KEY, 100).as_bytes()).await?;
+    for i in 0..50 {
+        let route = ROUTES[i % ROUTES.len()];
+        let head = format!("POST {route} HTTP/1.1\r\nHost: gw\r\nContent-Le");
+        half_heads.push((route, open(&gw, head.as_bytes()).await?));
+        let mut body = open(&gw, publish_head(route, API_KEY, 100).as_bytes()).await?;
         body.write_all(br#"{"users":[9],"#).await?;
-        half_bodies.push(body);
+        half_bodies.push((route, body));
         idle.push(open(&gw, b"").await?);
     }
-    for stream in &mut half_heads {
+    for (route, stream) in &mut half_heads {
         let answer = closed_within(stream, LIMIT).await?;
-        ensure!(answer.is_empty(), "a half-sent head was answered");
+        ensure!(
+            answer.is_empty(),
+            "a half-sent head to {route} was answered"
+        );
     }
-    for stream in &mut half_bodies {
-        ensure_error("half-sent body", &response(stream).await?, 408)?;
+    for (route, stream) in &mut half_bodies {
+        let what = format!("half-sent body to {route}");
+        ensure_error(&what, &response(stream).await?, 408)?;
         closed_within(stream, LIMIT).await?;
     }
     for stream in &mut idle {
@@ -94,36 +105,45 @@ async fn the_key_and_the_length_are_checked_before_any_body_byte() -> Result<()>
     let gw =
         Gateway::start(GatewayOptions::default().arg(&["--max-publish-body", "65536"])).await?;
     // Heads only: no body byte is ever sent, the answer must come anyway.
-    let cases = [
-        ("wrong key, small body", publish_head("wrong", 60_000), 401),
-        (
-            "wrong key, large body",
-            publish_head("wrong", 10_000_000),
-            401,
-        ),
-        (
-            "right key, large body",
-            publish_head(API_KEY, 10_000_000),
-            413,
-        ),
-        (
-            "right key, no length",
-            format!(
-                "POST /v1/publish HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {API_KEY}\r\n\
-                 Transfer-Encoding: chunked\r\n\r\n"
+    for route in ROUTES {
+        let cases = [
+            (
+                "wrong key, small body",
+                publish_head(route, "wrong", 60_000),
+                401,
             ),
-            411,
-        ),
-    ];
-    for (what, head, status) in &cases {
-        let mut stream = open(&gw, head.as_bytes()).await?;
-        ensure_error(what, &response(&mut stream).await?, *status)?;
+            (
+                "wrong key, large body",
+                publish_head(route, "wrong", 10_000_000),
+                401,
+            ),
+            (
+                "right key, large body",
+                publish_head(route, API_KEY, 10_000_000),
+                413,
+            ),
+            (
+                "right key, no length",
+                format!(
+                    "POST {route} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {API_KEY}\r\n\
+                     Transfer-Encoding: chunked\r\n\r\n"
+                ),
+                411,
+            ),
+        ];
+        for (what, head, status) in &cases {
+            let mut stream = open(&gw, head.as_bytes()).await?;
+            let what = format!("{route}: {what}");
+            ensure_error(&what, &response(&mut stream).await?, *status)?;
+        }
     }
+    // Both routes count their answers in the same family.
     let count =
         |status: &str| format!("gleepost_gateway_publish_requests_total{{status=\"{status}\"}}");
-    wait_metric(&gw, &count("401"), 2.0).await?;
-    wait_metric(&gw, &count("413"), 1.0).await?;
-    wait_metric(&gw, &count("411"), 1.0).await?;
+    let routes = ROUTES.len() as f64;
+    wait_metric(&gw, &count("401"), 2.0 * routes).await?;
+    wait_metric(&gw, &count("413"), routes).await?;
+    wait_metric(&gw, &count("411"), routes).await?;
     Ok(())
 }
 
@@ -135,13 +155,15 @@ async fn unauthenticated_large_bodies_do_not_hold_memory() -> Result<()> {
     let rss = "gleepost_gateway_process_resident_memory_bytes";
     let before = gw.metric(rss).await?;
     let body = Arc::new(vec![b'x'; BODY]);
-    let clients = (0..CLIENTS).map(|_| {
+    let clients = (0..CLIENTS).map(|i| {
         let body = body.clone();
         let gw = &gw;
         async move {
-            let mut stream = open(gw, publish_head("wrong", BODY).as_bytes()).await?;
+            let route = ROUTES[i % ROUTES.len()];
+            let mut stream = open(gw, publish_head(route, "wrong", BODY).as_bytes()).await?;
             stream.write_all(&body).await?;
-            ensure_error("unauthenticated body", &response(&mut stream).await?, 401)?;
+            let what = format!("unauthenticated body to {route}");
+            ensure_error(&what, &response(&mut stream).await?, 401)?;
             Ok::<_, anyhow::Error>(stream)
         }
     });
@@ -316,9 +338,10 @@ async fn http2_is_refused() -> Result<()> {
     Ok(())
 }
 
-/// Posts an 8 MiB body with urllib and with requests, with the right key (413: over the limit)
-/// and a wrong one (401), then two publishes on one keep-alive `requests` session; prints one
-/// JSON line per answer. A client that sees a reset instead of the answer raises: exit 1.
+/// Posts an 8 MiB body to the route with urllib and with requests, with the right key (413:
+/// over the limit) and a wrong one (401), then two valid bodies on one keep-alive `requests`
+/// session (a batch of one to `…/batch`); prints one JSON line per answer. A client that sees
+/// a reset instead of the answer raises: exit 1.
 const PLAIN_CLIENTS: &str = r#"
 import json, sys, urllib.error, urllib.request
 import requests
@@ -345,8 +368,9 @@ for client, send in [("urllib", via_urllib), ("requests", via_requests)]:
 
 session = requests.Session()
 event = {"users": [9], "event": {"type": "message", "location": "/m", "data": {}}}
+valid = {"items": [event]} if url.endswith("/batch") else event
 for _ in range(2):
-    r = session.post(url, json=event, headers={"Authorization": "Bearer " + key}, timeout=30)
+    r = session.post(url, json=valid, headers={"Authorization": "Bearer " + key}, timeout=30)
     print(json.dumps({"client": "session", "key_ok": True, "status": r.status_code, "body": r.text}))
 "#;
 
@@ -354,26 +378,29 @@ for _ in range(2):
 async fn refusals_are_read_by_urllib_and_requests_while_they_send_the_body() -> Result<()> {
     let gw =
         Gateway::start(GatewayOptions::default().arg(&["--max-publish-body", "65536"])).await?;
-    let url = format!("http://{}/v1/publish", gw.admin);
-    let out = python::run(PLAIN_CLIENTS, &[&url, API_KEY]).await?;
-    let answers: Vec<serde_json::Value> = out
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("python output: {out}"))?;
-    ensure!(answers.len() == 6, "python output: {out}");
-    for answer in &answers {
-        let want = match (answer["client"].as_str(), answer["key_ok"].as_bool()) {
-            (Some("session"), _) => 200,
-            (_, Some(true)) => 413,
-            _ => 401,
-        };
-        ensure!(answer["status"] == want, "want {want}: {answer}");
-        let body: serde_json::Value = serde_json::from_str(answer["body"].as_str().unwrap_or(""))?;
-        ensure!(
-            want == 200 || body["error"].is_string(),
-            "no JSON error: {answer}"
-        );
+    for route in ROUTES {
+        let url = format!("http://{}{route}", gw.admin);
+        let out = python::run(PLAIN_CLIENTS, &[&url, API_KEY]).await?;
+        let answers: Vec<serde_json::Value> = out
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("python output for {route}: {out}"))?;
+        ensure!(answers.len() == 6, "python output for {route}: {out}");
+        for answer in &answers {
+            let want = match (answer["client"].as_str(), answer["key_ok"].as_bool()) {
+                (Some("session"), _) => 200,
+                (_, Some(true)) => 413,
+                _ => 401,
+            };
+            ensure!(answer["status"] == want, "{route}: want {want}: {answer}");
+            let body: serde_json::Value =
+                serde_json::from_str(answer["body"].as_str().unwrap_or(""))?;
+            ensure!(
+                want == 200 || body["error"].is_string(),
+                "{route}: no JSON error: {answer}"
+            );
+        }
     }
     Ok(())
 }

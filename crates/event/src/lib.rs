@@ -4,7 +4,8 @@
 //!
 //! * [`Event`] — the envelope `{"type":…, "location":…, "data":…, "id":…}`; `data` is kept
 //!   byte-exact from parse to [`Event::encode`].
-//! * [`validate()`], [`parse_and_validate`], [`check_broker_payload`] — the gateway's rules.
+//! * [`validate()`], [`parse_and_validate`] / [`validate_raw`], [`check_broker_payload`] — the
+//!   gateway's rules.
 //! * [`keys`] — Redis channel / key naming ([`Template`], [`history_key`], [`epoch_key`]).
 //! * [`Publisher`] — publish straight to Redis (`PUBLISH c:<id>`), like the admin HTTP API.
 //! * [`payload`] — typed payloads of the known event types and [`kinds`] constants.
@@ -64,6 +65,6 @@ pub use publisher::{PublishError, PublishReport, Publisher};
 pub use sentinel::SentinelConn;
 pub use serde_json::value::RawValue;
 pub use validate::{
-    check_broker_payload, parse_and_validate, validate, Limits, PayloadError, ValidationError,
-    DEFAULT_MAX_EVENT_BYTES,
+    check_broker_payload, parse_and_validate, validate, validate_raw, Limits, PayloadError,
+    ValidationError, DEFAULT_MAX_EVENT_BYTES,
 };

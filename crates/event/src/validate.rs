@@ -220,6 +220,12 @@ fn string(member: &'static str, raw: &RawValue) -> Result<String, ValidationErro
 pub fn parse_and_validate(bytes: &[u8], limits: &Limits) -> Result<Event, ValidationError> {
     let whole: &RawValue =
         serde_json::from_slice(bytes).map_err(|e| ValidationError::NotJson(e.to_string()))?;
+    validate_raw(whole, limits)
+}
+
+/// [`parse_and_validate`] for JSON already parsed as a [`RawValue`] (a member of a larger
+/// request): the same rules without a second pass to check that it is JSON.
+pub fn validate_raw(whole: &RawValue, limits: &Limits) -> Result<Event, ValidationError> {
     if !whole.get().starts_with('{') {
         return Err(ValidationError::NotObject(json_kind(whole)));
     }

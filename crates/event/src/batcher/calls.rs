@@ -15,11 +15,11 @@ use crate::keys::history_key;
 pub(super) async fn single_pipeline(
     settings: &Settings,
     script: &Script,
-    commands: &[redis::Cmd],
+    commands: Vec<redis::Cmd>,
 ) -> Result<Vec<Value>, RedisError> {
     let mut pipe = redis::pipe();
     for cmd in commands {
-        pipe.add_command(cmd.clone());
+        pipe.add_command(cmd);
     }
     let wait = settings.replicas.map(|(replicas, timeout)| {
         pipe.add_command(wait_command(replicas, timeout));

@@ -205,7 +205,7 @@ impl Batch {
         let replies = if settings.conn.is_cluster() {
             cluster_calls(&settings, &script, &commands, &self.calls).await
         } else {
-            single_pipeline(&settings, &script, &commands).await
+            single_pipeline(&settings, &script, commands).await
         };
         let mut results: Vec<Vec<(String, u64)>> = self
             .jobs
@@ -240,7 +240,11 @@ impl Batch {
     ) -> redis::Cmd {
         let mut payloads: Vec<usize> = items.iter().map(|item| item.job).collect();
         payloads.dedup();
-        let mut cmd = redis::cmd("EVALSHA");
+        // Sized up front: keys and channels of a user id are at most ~40 bytes each.
+        let args = 7 + 5 * items.len() + payloads.len();
+        let bytes: usize = payloads.iter().map(|&j| self.jobs[j].payload.len()).sum();
+        let mut cmd = redis::Cmd::with_capacity(args, bytes + 128 * items.len() + 128);
+        cmd.arg("EVALSHA");
         cmd.arg(script.get_hash()).arg(items.len() * 2);
         for item in items {
             cmd.arg(history_key(item.user)).arg(epoch_key(item.user));

@@ -2,7 +2,7 @@
 //! byte of the body is read; the body must arrive within the request deadline.
 
 use bytes::{Buf, Bytes};
-use gleepost_event::parse_and_validate;
+use gleepost_event::validate_raw;
 use http::{header, HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -183,8 +183,7 @@ pub(super) fn prepare(
 ) -> Result<(Vec<UserId>, Bytes), String> {
     let users = parse_users(request.users, max_users)?;
     let event = request.event.ok_or("Missing `event`")?;
-    let event = parse_and_validate(event.get().as_bytes(), &node.limits)
-        .map_err(|e| format!("Invalid event: {e}"))?;
+    let event = validate_raw(event, &node.limits).map_err(|e| format!("Invalid event: {e}"))?;
     if event.id.is_some() {
         return Err("Invalid event: `id` is assigned by the gateway".into());
     }

@@ -10,6 +10,14 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::sentinel::SentinelConn;
 
+/// TCP settings of every Redis connection this crate and the gateway open: `TCP_NODELAY` on
+/// (redis-rs leaves Nagle's algorithm on), so that a pipeline sent while the previous one is
+/// still unanswered (the publish batcher keeps two on the wire) leaves at once instead of
+/// waiting for the previous segment's ACK.
+pub fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 /// A connection to a standalone Redis, a Sentinel-monitored primary or a Redis Cluster. Cheap
 /// to clone.
 #[derive(Clone)]

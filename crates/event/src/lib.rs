@@ -53,7 +53,7 @@ mod refresh;
 pub mod sentinel;
 pub mod validate;
 
-pub use conn::RedisConn;
+pub use conn::{tcp_settings, RedisConn};
 pub use envelope::{Event, EventError};
 pub use history::{EventId, HistoryConfig};
 pub use keys::{

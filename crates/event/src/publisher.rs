@@ -86,7 +86,9 @@ impl Publisher {
     /// Connects to Redis (`redis://host:port/db`, `rediss://…`, `unix://…`). The connection is
     /// re-established automatically after failures.
     pub async fn connect(redis_url: &str) -> Result<Publisher, PublishError> {
-        let client = redis::Client::open(redis_url)?;
+        let info = redis::IntoConnectionInfo::into_connection_info(redis_url)?
+            .set_tcp_settings(crate::conn::tcp_settings());
+        let client = redis::Client::open(info)?;
         let address = client.get_connection_info().addr().to_string();
         let conn = ConnectionManager::new(client)
             .await
@@ -98,7 +100,9 @@ impl Publisher {
     /// each user's event goes to its slot's owner, published with `SPUBLISH` to the user's
     /// gateway channel by the same script that appends it to the history.
     pub async fn connect_cluster(seed_urls: &[String]) -> Result<Publisher, PublishError> {
-        let client = redis::cluster::ClusterClient::new(seed_urls.to_vec())?;
+        let client = redis::cluster::ClusterClientBuilder::new(seed_urls.to_vec())
+            .tcp_settings(crate::conn::tcp_settings())
+            .build()?;
         let address = seed_urls
             .iter()
             .map(

@@ -67,7 +67,10 @@ impl SentinelConn {
     ) -> RedisResult<SentinelConn> {
         let sentinels = sentinel_urls
             .iter()
-            .map(|u| u.as_str().into_connection_info())
+            .map(|u| {
+                let info = u.as_str().into_connection_info()?;
+                Ok(info.set_tcp_settings(crate::conn::tcp_settings()))
+            })
             .collect::<RedisResult<Vec<_>>>()?;
         if sentinels.is_empty() {
             return Err((ErrorKind::EmptySentinelList, "no sentinel URL given").into());

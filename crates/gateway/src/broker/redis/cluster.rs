@@ -46,6 +46,7 @@ impl Cluster {
             .collect::<Result<Vec<_>, _>>()?;
         let seed = infos.first().cloned().ok_or(BrokerError::NoSeeds)?;
         let client: ClusterClient = ClusterClientBuilder::new(infos)
+            .tcp_settings(gleepost_event::tcp_settings())
             .connection_timeout(timeout)
             .response_timeout(timeout)
             .build()?;

@@ -19,7 +19,9 @@ impl Standalone {
     /// connection connects on first use and again after I/O errors, the subscriber opens the
     /// pub/sub connection with its own backoff.
     pub(super) fn new(url: &str, timeout: Duration) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(url)?;
+        let info = redis::IntoConnectionInfo::into_connection_info(url)?
+            .set_tcp_settings(gleepost_event::tcp_settings());
+        let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

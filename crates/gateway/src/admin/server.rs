@@ -9,10 +9,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::slots::{SlotGuard, Slots};
-use super::{AdminResponse, InFlight};
-use crate::log_limit::LogLimit;
-use crate::node::Node;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -22,6 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use super::slots::{SlotGuard, Slots};
+use super::{AdminResponse, InFlight};
+use crate::log_limit::LogLimit;
+use crate::node::Node;
 
 /// Bounds of the admin port.
 #[derive(Clone, Copy, Debug)]

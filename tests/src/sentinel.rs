@@ -19,8 +19,14 @@ use crate::RedisServer;
 pub const MASTER: &str = "gpmaster";
 /// `down-after-milliseconds`: a dead primary is failed over a few seconds after it died.
 pub const DOWN_AFTER_MS: u64 = 1000;
-/// How long a failover, or the return of a restarted node as a replica, may take at most.
+/// How long a failover may take at most.
 const SETTLE: Duration = Duration::from_secs(40);
+/// How long the sentinels may take to turn a restarted former primary into a replica. A
+/// sentinel sends `REPLICAOF` only after its `INFO` poll of the node (every 10 s) has seen it
+/// report `master` for more than 8 s while up, and while its view of the new primary is fresh
+/// (an `INFO` reply within 20 s): ≈ 20 s on an idle machine, and one clean-clone CI run on a
+/// loaded one exceeded 40 s.
+const REPLICA_RETURN: Duration = Duration::from_secs(120);
 
 /// A running Sentinel deployment (see the module documentation).
 pub struct RedisSentinel {
@@ -155,15 +161,19 @@ impl RedisSentinel {
     /// data) and wait until the sentinels turned it into a replica in sync with the primary.
     pub async fn restart_as_replica(&mut self, i: usize) -> Result<()> {
         self.data[i].restart().await?;
-        eventually(SETTLE, "the restarted node becomes a replica", || async {
-            let reply: String = self.data[i].cmd(&["INFO", "replication"]).await?;
-            ensure!(reply.contains("role:slave"), "not a replica yet");
-            ensure!(
-                reply.contains("master_link_status:up"),
-                "replica link not up yet"
-            );
-            Ok(())
-        })
+        eventually(
+            REPLICA_RETURN,
+            "the restarted node becomes a replica",
+            || async {
+                let reply: String = self.data[i].cmd(&["INFO", "replication"]).await?;
+                ensure!(reply.contains("role:slave"), "not a replica yet");
+                ensure!(
+                    reply.contains("master_link_status:up"),
+                    "replica link not up yet"
+                );
+                Ok(())
+            },
+        )
         .await
     }
 

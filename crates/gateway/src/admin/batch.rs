@@ -6,31 +6,13 @@
 //! together (`GATEWAY_MAX_PUBLISH_USERS`).
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
-use hyper::body::Incoming;
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::publish::{
-    answer, authorized_body, prepare, result, unavailable, PublishAnswer, PublishRequest, Refusal,
-};
-use super::{AdminResponse, InFlight};
+use super::publish::{prepare, result, unavailable, PublishAnswer, PublishRequest, Refusal};
 use crate::node::Node;
 use crate::registry::UserId;
-
-/// Handle one batch request; counted in `publish_requests_total` by status like a publish.
-pub(super) async fn handle(
-    req: Request<Incoming>,
-    in_flight: &InFlight,
-    node: &Node,
-) -> AdminResponse {
-    let res = async {
-        let body = authorized_body(req, in_flight, node).await?;
-        publish_batch(&body, node).await
-    }
-    .await;
-    answer(node, res)
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +29,7 @@ enum Item {
 
 /// Validate every item, publish the valid ones concurrently (so they share broker calls), and
 /// answer per item. 503 only when the broker failed every valid item (nothing published).
-async fn publish_batch(body: &[u8], node: &Node) -> Result<BatchAnswer, Refusal> {
+pub(super) async fn publish_batch(body: &[u8], node: &Node) -> Result<BatchAnswer, Refusal> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     if !body.trim_ascii_start().starts_with(b"{") {
         return Err(bad(
@@ -133,7 +115,7 @@ enum Outcome {
 
 /// The answer to a batch: events published over all items, and each item's answer in order.
 #[derive(Serialize)]
-struct BatchAnswer {
+pub(super) struct BatchAnswer {
     published: usize,
     results: Vec<ItemAnswer>,
 }

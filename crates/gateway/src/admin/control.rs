@@ -9,24 +9,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::publish::{authorize, authorized_body, parse_users, Refusal};
+use super::publish::{authorize, parse_users, Refusal};
 use super::{error, json, AdminResponse, InFlight};
 use crate::node::Node;
 use crate::registry::UserId;
-
-/// Handle one disconnect request.
-pub(super) async fn disconnect(
-    req: Request<Incoming>,
-    in_flight: &InFlight,
-    node: &Node,
-) -> AdminResponse {
-    let res = async {
-        let body = authorized_body(req, in_flight, node).await?;
-        run_disconnect(&body, node).await
-    }
-    .await;
-    answer(node, "disconnect", res)
-}
 
 /// Handle one presence request (`?users=9,10`).
 pub(super) async fn presence(
@@ -69,7 +55,7 @@ fn unavailable(e: crate::broker::BrokerError) -> Refusal {
 }
 
 /// The response, counted by endpoint and status.
-fn answer(node: &Node, endpoint: &str, res: Result<Value, Refusal>) -> AdminResponse {
+pub(super) fn answer(node: &Node, endpoint: &str, res: Result<Value, Refusal>) -> AdminResponse {
     let (status, response) = match res {
         Ok(body) => (StatusCode::OK, json(StatusCode::OK, &body)),
         Err((status, message)) => (status, error(status, &message)),
@@ -90,7 +76,7 @@ struct DisconnectRequest<'a> {
 }
 
 /// Revoke (when asked), then close every connection of the users on every node.
-async fn run_disconnect(body: &[u8], node: &Node) -> Result<Value, Refusal> {
+pub(super) async fn run_disconnect(body: &[u8], node: &Node) -> Result<Value, Refusal> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     if !body.trim_ascii_start().starts_with(b"{") {
         return Err(bad(

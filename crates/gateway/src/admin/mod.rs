@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::node::Node;
+use publish::with_body;
 
 mod api_keys;
 mod batch;
@@ -56,7 +57,7 @@ const ROUTES: [(Method, &str); 7] = [
 ];
 
 /// Answer one admin request. Routes that carry a body check the key and the declared length
-/// before any byte of it is read (in [`publish::authorized_body`]).
+/// before any byte of it is read (in [`publish::with_body`]).
 async fn route(req: Request<Incoming>, in_flight: &InFlight, node: &Node) -> AdminResponse {
     let path = req.uri().path();
     let Some((method, path)) = ROUTES.iter().find(|(_, p)| *p == path) else {
@@ -88,9 +89,24 @@ async fn route(req: Request<Incoming>, in_flight: &InFlight, node: &Node) -> Adm
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             }
         }
-        "/v1/publish" => publish::handle(req, in_flight, node).await,
-        "/v1/publish/batch" => batch::handle(req, in_flight, node).await,
-        "/v1/disconnect" => control::disconnect(req, in_flight, node).await,
+        "/v1/publish" => {
+            let res = with_body(req, in_flight, node, async |b| {
+                publish::publish(b, node).await
+            });
+            publish::answer(node, res.await)
+        }
+        "/v1/publish/batch" => {
+            let res = with_body(req, in_flight, node, async |b| {
+                batch::publish_batch(b, node).await
+            });
+            publish::answer(node, res.await)
+        }
+        "/v1/disconnect" => {
+            let res = with_body(req, in_flight, node, async |b| {
+                control::run_disconnect(b, node).await
+            });
+            control::answer(node, "disconnect", res.await)
+        }
         // The only route left: "/v1/presence".
         _ => control::presence(req, in_flight, node).await,
     }

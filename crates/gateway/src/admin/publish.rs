@@ -14,18 +14,16 @@ use crate::broker::{BrokerError, Published};
 use crate::node::Node;
 use crate::registry::UserId;
 
-/// Handle one publish request; every outcome is counted by status.
-pub(super) async fn handle(
+/// Run `handler` on the body of `req` once [`authorized_body`] accepted it: the shared front of
+/// every admin route that carries a body.
+pub(super) async fn with_body<T>(
     req: Request<Incoming>,
     in_flight: &InFlight,
     node: &Node,
-) -> AdminResponse {
-    let res = async {
-        let body = authorized_body(req, in_flight, node).await?;
-        publish(&body, node).await
-    }
-    .await;
-    answer(node, res)
+    handler: impl AsyncFnOnce(&[u8]) -> Result<T, Refusal>,
+) -> Result<T, Refusal> {
+    let body = authorized_body(req, in_flight, node).await?;
+    handler(&body).await
 }
 
 /// The response to a publish request (single or batch), counted in `publish_requests_total`
@@ -45,7 +43,7 @@ pub(super) fn answer(node: &Node, res: Result<impl Serialize, Refusal>) -> Admin
 /// The body of an admin request that carries one: the key and the declared length checked
 /// before any byte of it is read, the body read by the request's deadline, and a share of the
 /// admin port left for `/healthz` and `/metrics` (503 beyond).
-pub(super) async fn authorized_body(
+async fn authorized_body(
     req: Request<Incoming>,
     in_flight: &InFlight,
     node: &Node,
@@ -155,7 +153,7 @@ pub(super) struct PublishRequest<'a> {
 }
 
 /// Validate and publish a complete, authorized request body.
-async fn publish(body: &[u8], node: &Node) -> Result<PublishAnswer, Refusal> {
+pub(super) async fn publish(body: &[u8], node: &Node) -> Result<PublishAnswer, Refusal> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     // serde would also accept a struct written as an array (`[[9], {…}]`): require an object.
     if !body.trim_ascii_start().starts_with(b"{") {

@@ -689,10 +689,11 @@ class Suite:
         "h": ("h-max-rate-api-history", "http", "start_rate_api", "runs_api", "gateway"),
         "h0": ("h0-max-rate-api-no-history", "http", "start_rate_api_off", "runs_api", "no-history"),
         "hb": ("hb-max-rate-api-batch", "http-batch", "start_rate_batch", "runs_api", "gateway"),
+        "h2": ("h2-max-rate-api-http2", "http", "start_rate_api", "runs_api", "gateway"),
         "lf": ("lf-max-rate-lean-forwarder", "redis", "start_rate_lean", "runs_api", "lean"),
     }
     # What `--only` names: b and h are max-rate groups, c runs c2 too.
-    GROUPS = {"b": ("b", "b2"), "h": ("h", "h0", "hb", "lf"), "c": ("c", "c2")}
+    GROUPS = {"b": ("b", "b2"), "h": ("h", "h0", "hb", "h2", "lf"), "c": ("c", "c2")}
 
     def max_rates(self, groups: list[str]) -> None:
         """The max-rate scenarios of `groups` (b: raw `PUBLISH` and history script; h: publish API
@@ -726,6 +727,8 @@ class Suite:
                                                  else self.o.http_connections_api)]
                 if publish == "http-batch":
                     via += ["--batch-size", str(self.o.batch_size)]
+                if key == "h2":
+                    via.append("--http2")
             else:
                 via = ["--publish", publish, "--redis-url", env.redis.url]
             t0 = time.monotonic()

@@ -12,6 +12,7 @@ pub mod client;
 pub mod cluster;
 pub mod credentials;
 pub mod gateway;
+pub mod h2c;
 pub mod haproxy;
 pub mod http;
 pub mod jwks;

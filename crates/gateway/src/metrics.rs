@@ -40,6 +40,8 @@ pub(crate) struct Metrics {
     pub(crate) control_requests: IntCounterVec,
     /// Open connections on the admin port.
     pub(crate) admin_connections: IntGauge,
+    /// Complete admin requests being handled (the busy share in use).
+    pub(crate) admin_in_flight: IntGauge,
     /// Admin connections closed by the gateway without a complete request, by reason.
     pub(crate) admin_dropped: IntCounterVec,
     /// Events accepted for publishing (one per recipient user).
@@ -164,6 +166,10 @@ impl Metrics {
                 c
             },
             admin_connections: gauge("admin_connections", "Open connections on the admin port")?,
+            admin_in_flight: gauge(
+                "admin_requests_in_flight",
+                "Complete publish, disconnect and presence requests being handled (at most 7/8 of --admin-max-connections)",
+            )?,
             admin_dropped: counter_vec(
                 "admin_connections_dropped_total",
                 "Admin connections closed by the gateway without a complete request (evicted, timeout, error)",

@@ -132,6 +132,10 @@ pub struct PublishArgs {
     /// so per-user order is preserved).
     #[arg(long, default_value_t = 8)]
     pub http_connections: u32,
+    /// Publish over HTTP/2 (h2c, prior knowledge): the `--http-connections` lanes, still one
+    /// request at a time each, share one connection as concurrent streams.
+    #[arg(long)]
+    pub http2: bool,
     /// `http-batch`: most events in one request (a request carries what is queued for its
     /// connection when it is sent, never waiting to fill up).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]

@@ -17,6 +17,8 @@ use publish::with_body;
 mod api_keys;
 mod batch;
 mod control;
+mod http1;
+mod http2;
 mod publish;
 mod server;
 mod slots;
@@ -28,12 +30,12 @@ pub(crate) use server::{serve, AdminLimits};
 pub(crate) type AdminResponse = Response<Full<Bytes>>;
 
 /// What the connection layer tells a request's handler: when the request (body included) must
-/// be complete, and the connection to mark busy once it is.
-#[derive(Clone)]
+/// be complete, and its share of the connection's slot, to mark busy once it is (freed when
+/// this is dropped).
 pub(crate) struct InFlight {
     /// The body must be read by then (408 beyond).
     pub(crate) deadline: tokio::time::Instant,
-    slot: slots::SlotRef,
+    request: slots::RequestSlot,
 }
 
 impl InFlight {
@@ -41,7 +43,7 @@ impl InFlight {
     /// False when too many requests are handled at once (the share kept for `/healthz` and
     /// `/metrics` would be used up): answer 503.
     pub(crate) fn busy(&self) -> bool {
-        self.slot.busy()
+        self.request.busy()
     }
 }
 

@@ -1,8 +1,8 @@
 //! `POST /v1/publish` (`--publish http`, one event per request) or `POST /v1/publish/batch`
 //! (`--publish http-batch`, what is queued for the connection, up to `--batch-size` events per
-//! request) over a few keep-alive HTTP/1.1 connections (hyper client). Events for a given user
-//! always go through the same connection, one request at a time, so per-user publish order
-//! equals sequence order. An event's `t` is taken when the rate loop hands it to its
+//! request) over a few keep-alive HTTP/1.1 connections, or as many streams of one HTTP/2
+//! connection with `--http2` (hyper client). Events for a given user always go through the same
+//! lane, one request at a time, so per-user publish order equals sequence order. An event's `t` is taken when the rate loop hands it to its
 //! connection's queue, not when the request is sent: time spent queued behind a slow publish API
 //! counts into the latency (no coordinated omission), as Redis-side queueing does for the Redis
 //! publishers. A batch request is sent as soon as the connection is free, with whatever is
@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -31,10 +31,29 @@ const QUEUE: usize = 4096;
 struct Endpoint {
     target: Target,
     uri: Uri,
+    /// `uri` with scheme and authority (HTTP/2's `:scheme` and `:authority`).
+    absolute: Uri,
     host: HeaderValue,
     auth: HeaderValue,
     /// `Some(n)`: `http-batch`, at most n events per request.
     batch: Option<usize>,
+    /// `--http2`: lanes share one HTTP/2 connection.
+    http2: bool,
+}
+
+/// A lane's handle on its connection.
+enum Sender {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.is_closed(),
+            Sender::Http2(s) => s.is_closed(),
+        }
+    }
 }
 
 /// One queued event: user index, sequence, `t` (ns since base) taken when it was queued.
@@ -64,17 +83,28 @@ impl HttpPublisher {
         };
         let ep = Arc::new(Endpoint {
             uri: format!("{base}{path}").parse().context("admin URL path")?,
+            absolute: format!("http://{}{base}{path}", target.host_header)
+                .parse()
+                .context("admin URL")?,
             host: HeaderValue::from_str(&target.host_header).context("admin URL host")?,
             auth: HeaderValue::from_str(&format!("Bearer {key}")).context("API key")?,
             batch,
+            http2: args.http2,
             target,
         });
         let spec = Arc::new(spec);
         let mut workers = Vec::new();
+        let mut shared = None;
         for _ in 0..args.http_connections.max(1) {
-            let sender = open(&ep)
-                .await
-                .with_context(|| format!("connecting to the admin API at {}", ep.target.addr))?;
+            let sender = match &shared {
+                Some(Sender::Http2(s)) => Sender::Http2(s.clone()),
+                _ => open(&ep).await.with_context(|| {
+                    format!("connecting to the admin API at {}", ep.target.addr)
+                })?,
+            };
+            if let Sender::Http2(s) = &sender {
+                shared = Some(Sender::Http2(s.clone()));
+            }
             let (tx, rx) = mpsc::channel(QUEUE);
             tokio::spawn(worker(
                 ep.clone(),
@@ -103,19 +133,28 @@ impl HttpPublisher {
     }
 }
 
-async fn open(ep: &Endpoint) -> Result<SendRequest<Full<Bytes>>> {
+/// A new connection (after a failure, each lane of `--http2` opens its own).
+async fn open(ep: &Endpoint) -> Result<Sender> {
     let stream = TcpStream::connect(ep.target.addr).await?;
     stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let io = TokioIo::new(stream);
+    if ep.http2 {
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return Ok(Sender::Http2(sender));
+    }
+    let (sender, conn) = http1::handshake(io).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(sender)
+    Ok(Sender::Http1(sender))
 }
 
 async fn worker(
     ep: Arc<Endpoint>,
-    sender: SendRequest<Full<Bytes>>,
+    sender: Sender,
     mut rx: mpsc::Receiver<Job>,
     acks: Arc<Acks>,
     spec: Arc<EventSpec>,
@@ -190,7 +229,7 @@ async fn worker(
 }
 
 /// Sends one request; returns the body of a 200 reply, an error for anything else.
-async fn post(ep: &Endpoint, s: &mut SendRequest<Full<Bytes>>, body: &[u8]) -> Result<Bytes> {
+async fn post(ep: &Endpoint, s: &mut Sender, body: &[u8]) -> Result<Bytes> {
     let mut req = Request::new(Full::new(Bytes::copy_from_slice(body)));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = ep.uri.clone();
@@ -198,8 +237,20 @@ async fn post(ep: &Endpoint, s: &mut SendRequest<Full<Bytes>>, body: &[u8]) -> R
     h.insert(HOST, ep.host.clone());
     h.insert(AUTHORIZATION, ep.auth.clone());
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    s.ready().await.context("admin API connection")?;
-    let resp = s.send_request(req).await.context("publish request")?;
+    let resp = match s {
+        Sender::Http1(s) => {
+            s.ready().await.context("admin API connection")?;
+            s.send_request(req).await
+        }
+        Sender::Http2(s) => {
+            // HTTP/2 requests carry no `Host`; the URI's authority stands in for it.
+            req.headers_mut().remove(HOST);
+            *req.uri_mut() = ep.absolute.clone();
+            s.ready().await.context("admin API connection")?;
+            s.send_request(req).await
+        }
+    }
+    .context("publish request")?;
     let status = resp.status();
     let body = resp
         .into_body()

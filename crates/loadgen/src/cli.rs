@@ -133,7 +133,7 @@ pub struct PublishArgs {
     #[arg(long, default_value_t = 8)]
     pub http_connections: u32,
     /// Publish over HTTP/2 (h2c, prior knowledge): the `--http-connections` lanes, still one
-    /// request at a time each, share one connection as concurrent streams.
+    /// request at a time each, are concurrent streams of one connection per 100 lanes.
     #[arg(long)]
     pub http2: bool,
     /// `http-batch`: most events in one request (a request carries what is queued for its

@@ -20,8 +20,11 @@ use super::server::{dropped, service, Deadline};
 use super::slots::SlotGuard;
 use crate::node::Node;
 
-/// Most requests in flight on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
-pub(crate) const MAX_STREAMS: u32 = 256;
+/// Most requests in flight on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`; the RFC's
+/// recommended minimum). It also bounds the answers a client that does not read can leave
+/// queued on a connection: this many times the largest (`/metrics`, ≈ 10 KiB), until the
+/// connection is dropped ([`serve`]: at most twice the request timeout after the last request).
+pub(crate) const MAX_STREAMS: u32 = 100;
 /// Initial flow-control window of a request and of the connection, in bytes (the protocol's
 /// default): body bytes the client may send before the gateway reads them.
 pub(crate) const WINDOW: u32 = 65_535;

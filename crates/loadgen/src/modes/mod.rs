@@ -268,10 +268,12 @@ pub fn publish_params(params: &mut serde_json::Value, p: &PublishArgs) {
         crate::cli::PublishVia::Http => {
             params["admin_url"] = p.admin_url.clone().into();
             params["http_connections"] = p.http_connections.into();
+            params["http2"] = p.http2.into();
         }
         crate::cli::PublishVia::HttpBatch => {
             params["admin_url"] = p.admin_url.clone().into();
             params["http_connections"] = p.http_connections.into();
+            params["http2"] = p.http2.into();
             params["batch_size"] = p.batch_size.into();
         }
         crate::cli::PublishVia::Redis => {

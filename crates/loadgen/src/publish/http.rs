@@ -1,7 +1,7 @@
 //! `POST /v1/publish` (`--publish http`, one event per request) or `POST /v1/publish/batch`
 //! (`--publish http-batch`, what is queued for the connection, up to `--batch-size` events per
-//! request) over a few keep-alive HTTP/1.1 connections, or as many streams of one HTTP/2
-//! connection with `--http2` (hyper client). Events for a given user always go through the same
+//! request) over a few keep-alive HTTP/1.1 connections, or as streams of HTTP/2 connections
+//! with `--http2` (hyper client; 100 lanes per connection, the gateway's stream limit). Events for a given user always go through the same
 //! lane, one request at a time, so per-user publish order equals sequence order. An event's `t` is taken when the rate loop hands it to its
 //! connection's queue, not when the request is sent: time spent queued behind a slow publish API
 //! counts into the latency (no coordinated omission), as Redis-side queueing does for the Redis
@@ -27,6 +27,8 @@ use crate::target::{self, Target};
 
 /// Jobs queued per connection before the rate loop waits.
 const QUEUE: usize = 4096;
+/// `--http2`: lanes per connection, the gateway's `SETTINGS_MAX_CONCURRENT_STREAMS`.
+const LANES_PER_HTTP2: u32 = 100;
 
 struct Endpoint {
     target: Target,
@@ -37,7 +39,7 @@ struct Endpoint {
     auth: HeaderValue,
     /// `Some(n)`: `http-batch`, at most n events per request.
     batch: Option<usize>,
-    /// `--http2`: lanes share one HTTP/2 connection.
+    /// `--http2`: lanes are streams of HTTP/2 connections.
     http2: bool,
 }
 
@@ -95,9 +97,9 @@ impl HttpPublisher {
         let spec = Arc::new(spec);
         let mut workers = Vec::new();
         let mut shared = None;
-        for _ in 0..args.http_connections.max(1) {
+        for lane in 0..args.http_connections.max(1) {
             let sender = match &shared {
-                Some(Sender::Http2(s)) => Sender::Http2(s.clone()),
+                Some(Sender::Http2(s)) if lane % LANES_PER_HTTP2 != 0 => Sender::Http2(s.clone()),
                 _ => open(&ep).await.with_context(|| {
                     format!("connecting to the admin API at {}", ep.target.addr)
                 })?,

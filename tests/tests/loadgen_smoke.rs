@@ -107,8 +107,8 @@ async fn fanout_over_the_publish_api() -> Result<()> {
             params["publish"] == "http" && params["http2"] == http2,
             "params: {params}"
         );
-        // Every publish came over the protocol asked for: the gateway's HTTP/2 streams are
-        // requests too, counted in the same family.
+        // The gateway answered them all (with `--http2`, an HTTP/1-only server would have failed
+        // every prior-knowledge handshake: publish errors, refused by `ensure_clean`).
         let answered = gw
             .metric("gleepost_gateway_publish_requests_total{status=\"200\"}")
             .await?;

@@ -1624,7 +1624,7 @@ def issue14_section(w, suite: Suite, opts) -> None:
     w("")
     w(f"Max-rate scenarios h, h0, hb, h2 and lf ({opts.runs_api} runs each) run interleaved round by round "
       "(one run of each per round) and, when scenario b runs in the same invocation, in the same rounds "
-      "as b and b2, so that the ratios compare the same sitting; c and c2 alternate the same way. Ratios are "
+      "as b and b2, so that the ratios compare the same sitting; c, c2 and c3 alternate the same way. Ratios are "
       "of the medians; the per-round ratios are given to show the spread. Events/s is the publish rate of "
       "the last passing step (each event goes to one user, who has a connection on each node: deliveries "
       "= 2 × events).")

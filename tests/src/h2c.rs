@@ -28,12 +28,16 @@ pub struct H2 {
 impl H2 {
     /// Connect to `addr` (`host:port`) and send the preface and settings.
     pub async fn connect(addr: &str) -> Result<H2> {
+        Self::connect_with(addr, &h2::client::Builder::new()).await
+    }
+
+    /// [`H2::connect`] with the client's own settings (`builder`), e.g. a zero window: a client
+    /// that reads no answer.
+    pub async fn connect_with(addr: &str, builder: &h2::client::Builder) -> Result<H2> {
         let tcp = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
-        let (send, conn) = h2::client::handshake(tcp)
-            .await
-            .context("HTTP/2 handshake")?;
+        let (send, conn) = builder.handshake(tcp).await.context("HTTP/2 handshake")?;
         Ok(H2 {
             send,
             conn: tokio::spawn(conn),

@@ -116,6 +116,26 @@ async fn http2_streams_and_connections_are_bounded() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_client_that_reads_no_answer_is_dropped_after_the_closing_bound() -> Result<()> {
+    let gw = Gateway::start(GatewayOptions::default().arg(&["--handshake-timeout", "1s"])).await?;
+    // A window of zero: the gateway may send no answer's body, so all 100 stay queued.
+    let mut builder = h2::client::Builder::new();
+    builder.initial_window_size(0);
+    let h2 = H2::connect_with(&gw.admin, &builder).await?;
+    let mut answers = Vec::new();
+    for _ in 0..100 {
+        answers.push(h2.open(get("/metrics"), true).await?.0);
+    }
+    // Idle once the handlers returned, GOAWAY after the timeout, dropped one timeout later.
+    h2c::closed_within(h2, LIMIT).await?;
+    let cut = "gleepost_gateway_admin_connections_dropped_total{reason=\"timeout\"}";
+    wait_metric(&gw, cut, 1.0).await?;
+    drop(answers);
+    ensure!(gw.admin_get("/healthz").await?.status == 200);
+    Ok(())
+}
+
+#[tokio::test]
 async fn reset_floods_leave_the_node_serving_and_free_their_shares() -> Result<()> {
     // Two connections: one publish in flight at a time (the reserved eighth keeps the other).
     let gw =

@@ -24,10 +24,10 @@ use crate::node::Node;
 /// recommended minimum). It also bounds the answers a client that does not read can leave
 /// queued on a connection: this many times the largest (`/metrics`, ≈ 10 KiB), until the
 /// connection is dropped ([`serve`]: at most twice the request timeout after the last request).
-pub(crate) const MAX_STREAMS: u32 = 100;
+const MAX_STREAMS: u32 = 100;
 /// Initial flow-control window of a request and of the connection, in bytes (the protocol's
 /// default): body bytes the client may send before the gateway reads them.
-pub(crate) const WINDOW: u32 = 65_535;
+const WINDOW: u32 = 65_535;
 /// Largest request head (`SETTINGS_MAX_HEADER_LIST_SIZE`).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// Streams the client may reset before the gateway handled them, and streams the gateway may

@@ -1,14 +1,15 @@
 //! The admin port's connection cap, with a reserved share.
 //!
 //! At most `max` connections are open, and at most `max - max / 8` (keeping at least one)
-//! complete publish requests are handled at once ("busy"; an HTTP/1.1 connection carries one at a
-//! time, an HTTP/2 connection several); a publish beyond that is answered 503. When a connection
-//! arrives at the cap, the open connection without a busy request that has waited longest for
-//! its next request (idle keep-alive, or still sending headers or a body) is closed to make
-//! room; connections with busy requests are never closed. The reserved share guarantees there is always one to close, so a
-//! new connection is always admitted: neither clients without the API key (refused from their
-//! headers) nor key holders (capped in flight) can keep `/healthz` or `/metrics` from being
-//! served.
+//! complete publish requests are handled at once ("busy"; an HTTP/1.1 connection carries one
+//! at a time, an HTTP/2 connection several); a publish beyond that is answered 503. When a
+//! connection arrives at the cap, the open connection without a busy request that has waited
+//! longest for its next request (idle keep-alive, or still sending headers or a body) is closed
+//! to make room; connections with busy requests are never closed. The reserved share
+//! guarantees there is always one to close (busy connections are at most the busy requests),
+//! so a new connection is always admitted: neither clients without the API key (refused from
+//! their headers) nor key holders (capped in flight) can keep `/healthz` or `/metrics` from
+//! being served.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

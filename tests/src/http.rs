@@ -38,6 +38,19 @@ impl HttpResponse {
             .with_context(|| format!("body is not JSON: {}", self.body_text()))
     }
 
+    /// An error answer: `status` with a JSON `{"error": …}` body; `what` starts the error.
+    pub fn ensure_error(&self, what: &str, status: u16) -> Result<()> {
+        ensure!(
+            self.status == status,
+            "{what}: status {} (want {status}), body {}",
+            self.status,
+            self.body_text()
+        );
+        let body = self.json()?;
+        ensure!(body["error"].is_string(), "{what}: body {body}");
+        Ok(())
+    }
+
     /// The body as JSON of an answer that must be 200; `what` (the request) starts the error.
     pub fn ok_json(&self, what: &str) -> Result<serde_json::Value> {
         ensure!(
@@ -205,4 +218,15 @@ pub fn upgrade_head(
     }
     head.push_str("\r\n");
     head
+}
+
+/// The next answer sent on `rx` by spawned requests, bounded by `limit`.
+pub async fn next_answer(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<HttpResponse>>,
+    limit: Duration,
+) -> Result<HttpResponse> {
+    tokio::time::timeout(limit, rx.recv())
+        .await
+        .context("no answer in time")?
+        .context("the requests' senders are gone")?
 }

@@ -10,6 +10,7 @@ use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use futures_util::future::{poll_fn, try_join_all};
 use gleepost_tests::h2c::{self, get, post, H2};
+use gleepost_tests::http::next_answer;
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::{eventually, seed, Gateway, GatewayOptions, RedisServer, API_KEY};
 
@@ -37,11 +38,19 @@ async fn the_admin_routes_answer_over_http2() -> Result<()> {
     // The same refusals as over HTTP/1.1, before any body byte.
     let body = publish_body(&[9], seed::MESSAGE);
     let wrong = post("/v1/publish", Some("wrong"), Some(body.len()));
-    ensure_error(&h2.request(wrong, body.as_bytes()).await?, 401)?;
+    h2.request(wrong, body.as_bytes())
+        .await?
+        .ensure_error("wrong key", 401)?;
     let chunked = post("/v1/publish", Some(API_KEY), None);
-    ensure_error(&h2.request(chunked, body.as_bytes()).await?, 411)?;
-    ensure_error(&h2.request(get("/nope"), b"").await?, 404)?;
-    ensure_error(&h2.request(get("/v1/publish"), b"").await?, 405)?;
+    h2.request(chunked, body.as_bytes())
+        .await?
+        .ensure_error("no length", 411)?;
+    h2.request(get("/nope"), b"")
+        .await?
+        .ensure_error("unknown path", 404)?;
+    h2.request(get("/v1/publish"), b"")
+        .await?
+        .ensure_error("wrong method", 405)?;
     client.expect_silence(Duration::from_millis(200)).await?;
     Ok(())
 }
@@ -92,7 +101,9 @@ async fn http2_streams_and_connections_are_bounded() -> Result<()> {
         "publish beside a stalled stream: {}",
         ok.status
     );
-    ensure_error(&h2c::answer(stalled).await?, 408)?;
+    h2c::answer(stalled)
+        .await?
+        .ensure_error("stalled body", 408)?;
     // What a client may send before the gateway reads it: one protocol-default window, even
     // for an unauthenticated 10 MB body.
     let (refused, mut big) = h2
@@ -103,7 +114,9 @@ async fn http2_streams_and_connections_are_bounded() -> Result<()> {
         .await
         .context("no send capacity")??;
     ensure!(granted <= 65_535, "window of {granted} bytes");
-    ensure_error(&h2c::answer(refused).await?, 401)?;
+    h2c::answer(refused)
+        .await?
+        .ensure_error("unauthenticated body", 401)?;
     // A connection with no request open for the timeout is closed (GOAWAY), and so is one
     // silent after the preface; neither counts as a cut request: only the 408 above does.
     h2c::closed_within(h2, LIMIT).await?;
@@ -211,17 +224,17 @@ async fn the_busy_share_counts_requests_not_connections() -> Result<()> {
     }
     let mut early = Vec::new();
     for _ in BUSY..CAP {
-        early.push(next(&mut rx).await?);
+        early.push(next_answer(&mut rx, LIMIT).await?);
     }
     let health = gw.admin_get("/healthz").await?.status;
     redis.signal(libc::SIGCONT);
     for res in early {
-        ensure_error(&res, 503)?;
+        res.ensure_error("publish beyond the busy share", 503)?;
         ensure!(res.body_text().contains("in flight"), "{}", res.body_text());
     }
     ensure!(health == 200, "healthz answered {health}");
     for _ in 0..BUSY {
-        let res = next(&mut rx).await?;
+        let res = next_answer(&mut rx, LIMIT).await?;
         ensure!(
             res.status == 200,
             "stuck publish: {} {}",
@@ -254,10 +267,8 @@ async fn a_request_reset_while_in_flight_frees_its_busy_share() -> Result<()> {
     let in_flight = "gleepost_gateway_admin_requests_in_flight";
     wait_metric(&gw, in_flight, 1.0).await?;
     // Beyond the share (one of two connections), another publish is refused.
-    ensure_error(
-        &gw.publish_raw(&publish_body(&[9], seed::MESSAGE)).await?,
-        503,
-    )?;
+    let beyond = gw.publish_raw(&publish_body(&[9], seed::MESSAGE)).await?;
+    beyond.ensure_error("publish beyond the busy share", 503)?;
     stream.send_reset(h2::Reason::CANCEL);
     ensure!(
         h2c::answer(stuck).await.is_err(),
@@ -313,26 +324,4 @@ async fn a_drain_sends_goaway_and_lets_open_requests_finish() -> Result<()> {
     let status = gw.wait_exit(LIMIT).await?;
     ensure!(status.success(), "exit after the drain: {status}");
     Ok(())
-}
-
-/// `res` is `status` with a JSON `{"error": …}` body.
-fn ensure_error(res: &gleepost_tests::http::HttpResponse, status: u16) -> Result<()> {
-    ensure!(
-        res.status == status,
-        "status {} (want {status}), body {}",
-        res.status,
-        res.body_text()
-    );
-    ensure!(res.json()?["error"].is_string(), "body {}", res.body_text());
-    Ok(())
-}
-
-/// The next publish answer, bounded by [`LIMIT`].
-async fn next(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<gleepost_tests::http::HttpResponse>>,
-) -> Result<gleepost_tests::http::HttpResponse> {
-    tokio::time::timeout(LIMIT, rx.recv())
-        .await
-        .context("no publish answer in time")?
-        .context("publishers gone")?
 }

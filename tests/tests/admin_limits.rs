@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use futures_util::future::try_join_all;
 use gleepost_tests::eventually;
-use gleepost_tests::http::{self, closed_within, read_response, HttpResponse};
+use gleepost_tests::http::{self, closed_within, next_answer, read_response, HttpResponse};
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::{python, Gateway, GatewayOptions, RedisServer, API_KEY};
 use tokio::io::AsyncWriteExt;
@@ -51,19 +51,6 @@ async fn response(stream: &mut TcpStream) -> Result<HttpResponse> {
         .with_context(|| format!("no response within {LIMIT:?}"))?
 }
 
-/// `res` is `status` with a JSON `{"error": …}` body.
-fn ensure_error(what: &str, res: &HttpResponse, status: u16) -> Result<()> {
-    ensure!(
-        res.status == status,
-        "{what}: status {} (want {status}), body {}",
-        res.status,
-        res.body_text()
-    );
-    let body = res.json()?;
-    ensure!(body["error"].is_string(), "{what}: body {body}");
-    Ok(())
-}
-
 #[tokio::test]
 async fn slow_requests_are_cut_by_the_handshake_timeout() -> Result<()> {
     let gw = Gateway::start(GatewayOptions::default().arg(&["--handshake-timeout", "1s"])).await?;
@@ -88,7 +75,7 @@ async fn slow_requests_are_cut_by_the_handshake_timeout() -> Result<()> {
     }
     for (route, stream) in &mut half_bodies {
         let what = format!("half-sent body to {route}");
-        ensure_error(&what, &response(stream).await?, 408)?;
+        response(stream).await?.ensure_error(&what, 408)?;
         closed_within(stream, LIMIT).await?;
     }
     for stream in &mut idle {
@@ -134,7 +121,7 @@ async fn the_key_and_the_length_are_checked_before_any_body_byte() -> Result<()>
         for (what, head, status) in &cases {
             let mut stream = open(&gw, head.as_bytes()).await?;
             let what = format!("{route}: {what}");
-            ensure_error(&what, &response(&mut stream).await?, *status)?;
+            response(&mut stream).await?.ensure_error(&what, *status)?;
         }
     }
     // Both routes count their answers in the same family.
@@ -163,7 +150,7 @@ async fn unauthenticated_large_bodies_do_not_hold_memory() -> Result<()> {
             let mut stream = open(gw, publish_head(route, "wrong", BODY).as_bytes()).await?;
             stream.write_all(&body).await?;
             let what = format!("unauthenticated body to {route}");
-            ensure_error(&what, &response(&mut stream).await?, 401)?;
+            response(&mut stream).await?.ensure_error(&what, 401)?;
             Ok::<_, anyhow::Error>(stream)
         }
     });
@@ -264,7 +251,7 @@ async fn publishes_stuck_on_a_frozen_broker_never_block_health_and_metrics() -> 
     // Beyond the busy share they are answered 503 at once.
     let mut early = Vec::new();
     for _ in BUSY..CAP {
-        early.push(next(&mut rx).await);
+        early.push(next_answer(&mut rx, LIMIT).await);
     }
     let mut health = Vec::new();
     for _ in 0..20 {
@@ -274,7 +261,7 @@ async fn publishes_stuck_on_a_frozen_broker_never_block_health_and_metrics() -> 
     redis.signal(libc::SIGCONT);
     for res in early {
         let res = res?;
-        ensure_error("publish beyond the busy share", &res, 503)?;
+        res.ensure_error("publish beyond the busy share", 503)?;
         ensure!(res.body_text().contains("in flight"), "{}", res.body_text());
     }
     for status in health {
@@ -282,7 +269,7 @@ async fn publishes_stuck_on_a_frozen_broker_never_block_health_and_metrics() -> 
     }
     // The stuck ones complete once the broker answers.
     for _ in 0..BUSY {
-        let res = next(&mut rx).await?;
+        let res = next_answer(&mut rx, LIMIT).await?;
         ensure!(
             res.status == 200,
             "stuck publish: {} {}",
@@ -291,16 +278,6 @@ async fn publishes_stuck_on_a_frozen_broker_never_block_health_and_metrics() -> 
         );
     }
     Ok(())
-}
-
-/// The next publish answer, bounded by [`LIMIT`].
-async fn next(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<HttpResponse>>,
-) -> Result<HttpResponse> {
-    tokio::time::timeout(LIMIT, rx.recv())
-        .await
-        .context("no publish answered")?
-        .context("publish tasks gone")?
 }
 
 /// A valid publish request body.

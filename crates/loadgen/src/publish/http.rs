@@ -1,9 +1,10 @@
 //! `POST /v1/publish` (`--publish http`, one event per request) or `POST /v1/publish/batch`
 //! (`--publish http-batch`, what is queued for the connection, up to `--batch-size` events per
 //! request) over a few keep-alive HTTP/1.1 connections, or as streams of HTTP/2 connections
-//! with `--http2` (hyper client; 100 lanes per connection, the gateway's stream limit). Events for a given user always go through the same
-//! lane, one request at a time, so per-user publish order equals sequence order. An event's `t` is taken when the rate loop hands it to its
-//! connection's queue, not when the request is sent: time spent queued behind a slow publish API
+//! with `--http2` (hyper client; 100 lanes per connection, the gateway's stream limit). Events
+//! for a given user always go through the same lane, one request at a time, so per-user
+//! publish order equals sequence order. An event's `t` is taken when the rate loop hands it to
+//! its lane's queue, not when the request is sent: time spent queued behind a slow publish API
 //! counts into the latency (no coordinated omission), as Redis-side queueing does for the Redis
 //! publishers. A batch request is sent as soon as the connection is free, with whatever is
 //! queued then: it never waits for more events.

@@ -3,7 +3,7 @@
 //!
 //! Tests start their nodes with the builders of [`nodes`] (on [`gateway`]'s [`Gateway`]), wait
 //! with [`eventually`] ([`wait`]), sign in with [`credentials`], and write raw requests and
-//! upgrades with [`http`] (hand-driven WebSocket frames: [`raw_ws`]).
+//! upgrades with [`http`] (hand-driven WebSocket frames: [`raw_ws`]; HTTP/2 streams: [`h2c`]).
 
 use anyhow::{bail, Context, Result};
 

@@ -1754,6 +1754,17 @@ def steps_table(w, runs: list[dict], server: str = "gateways") -> None:
     w("")
 
 
+def api_fanout_line(r: dict) -> str:
+    """One run of c2 or c3 (fan-out through the publish API): latency, loss, CPU, Redis cost."""
+    lat = r["latency_us"]
+    return (f"p50 {lat['p50']} µs, p99 {lat['p99']} µs, p99.9 {lat['p999']} µs, max {lat['max']} µs; "
+            f"{r['delivered_per_sec']} deliveries/s; lost {r['lost']}, dup {r['duplicated']}, publish errors "
+            f"{r['publish_errors']}; loadgen {r['loadgen_cpu_percent']} %, gateways "
+            f"{r['cpu'].get('server_cpu_percent')} % ({fmt(r.get('gw_usec_per_event'), 1)} µs/event); Redis "
+            f"{r.get('redis_cmd')} {fmt(r.get('redis_usec_per_call'), 2)} µs/call, "
+            f"{fmt(r.get('users_per_call'), 2)} users/call, {fmt(r.get('redis_usec_per_copy'), 2)} µs/user copy")
+
+
 def per_cpu(rep):
     """Deliveries per second of gateway CPU at the headline step."""
     cpu = (rep.get("cpu") or {}).get("server_cpu_percent")
@@ -1841,22 +1852,9 @@ def detail(w, R) -> None:
          f"p99.9 {r['latency_us']['p999']} µs, max {r['latency_us']['max']} µs; {r['delivered_per_sec']} deliveries/s; "
          f"lost {r['lost']}, dup {r['duplicated']}; loadgen {r['loadgen_cpu_percent']} %, gateways "
          f"{r['cpu'].get('server_cpu_percent')} %"),
-        ("c2", "c2: fan-out at 5,000 events/s through the publish API (history on)", lambda r:
-         f"p50 {r['latency_us']['p50']} µs, p99 {r['latency_us']['p99']} µs, "
-         f"p99.9 {r['latency_us']['p999']} µs, max {r['latency_us']['max']} µs; {r['delivered_per_sec']} deliveries/s; "
-         f"lost {r['lost']}, dup {r['duplicated']}, publish errors {r['publish_errors']}; loadgen "
-         f"{r['loadgen_cpu_percent']} %, gateways {r['cpu'].get('server_cpu_percent')} % "
-         f"({fmt(r.get('gw_usec_per_event'), 1)} µs/event); Redis {r.get('redis_cmd')} "
-         f"{fmt(r.get('redis_usec_per_call'), 2)} µs/call, {fmt(r.get('users_per_call'), 2)} users/call, "
-         f"{fmt(r.get('redis_usec_per_copy'), 2)} µs/user copy"),
-        ("c3", "c3: fan-out at 5,000 events/s through the publish API over HTTP/2 (history on)", lambda r:
-         f"p50 {r['latency_us']['p50']} µs, p99 {r['latency_us']['p99']} µs, "
-         f"p99.9 {r['latency_us']['p999']} µs, max {r['latency_us']['max']} µs; {r['delivered_per_sec']} deliveries/s; "
-         f"lost {r['lost']}, dup {r['duplicated']}, publish errors {r['publish_errors']}; loadgen "
-         f"{r['loadgen_cpu_percent']} %, gateways {r['cpu'].get('server_cpu_percent')} % "
-         f"({fmt(r.get('gw_usec_per_event'), 1)} µs/event); Redis {r.get('redis_cmd')} "
-         f"{fmt(r.get('redis_usec_per_call'), 2)} µs/call, {fmt(r.get('users_per_call'), 2)} users/call, "
-         f"{fmt(r.get('redis_usec_per_copy'), 2)} µs/user copy"),
+        ("c2", "c2: fan-out at 5,000 events/s through the publish API (history on)", api_fanout_line),
+        ("c3", "c3: fan-out at 5,000 events/s through the publish API over HTTP/2 (history on)",
+         api_fanout_line),
         ("d", "d: connect rate", lambda r: f"{r['accepts_per_sec']} accepts/s, {r['established']} established, "
          f"{r['failed']} failed, handshake p50 {r['handshake_us']['p50']} µs p99 {r['handshake_us']['p99']} µs; "
          f"loadgen {r['connect_cpu']['loadgen_cpu_percent']} %, gateway {r['connect_cpu'].get('server_cpu_percent')} %"),

@@ -116,6 +116,19 @@ async fn fanout_over_the_publish_api() -> Result<()> {
             answered >= 400.0,
             "{answered} publish requests answered 200"
         );
+        // Each measured event's wait for its lane and its time to the answer, once per event.
+        let (sent, done) = (&report["http_wait_us"], &report["http_answer_us"]);
+        ensure!(
+            // 2 connections per user: two measured deliveries per measured event.
+            sent["count"].as_u64() == report["delivered_measured"].as_u64().map(|n| n / 2)
+                && done["count"] == sent["count"],
+            "HTTP times counted {sent} / {done} for {} measured deliveries",
+            report["delivered_measured"]
+        );
+        ensure!(
+            sent["p50"].as_u64() <= done["p50"].as_u64() && done["p50"].as_u64() > Some(0),
+            "queued → sent {sent} against queued → answered {done}"
+        );
     }
     Ok(())
 }

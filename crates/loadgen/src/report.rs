@@ -56,6 +56,13 @@ pub struct Delivery {
     /// Events per HTTP publish request (`http-batch`: the mean batch size).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_per_request: Option<f64>,
+    /// HTTP paths: µs from an event being queued in the load generator to its request being
+    /// sent (the lane's queue), events stamped in the measurement window (as `latency_us`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_wait_us: Option<Percentiles>,
+    /// HTTP paths: µs from an event being queued to the publish API's 200 answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_answer_us: Option<Percentiles>,
     /// Σ over users of accepted events × established connections of the user.
     pub expected: u64,
     /// Unique deliveries (all events of the run, warmup included).
@@ -254,6 +261,17 @@ fn delivery_rows(row: &mut impl FnMut(&str, String), d: &Delivery) {
             "  http requests",
             format!("{n} ({per:.2} events per request)"),
         );
+    }
+    for (label, p) in [
+        ("  queued → sent µs", &d.http_wait_us),
+        ("  queued → answered µs", &d.http_answer_us),
+    ] {
+        if let Some(p) = p {
+            row(
+                label,
+                format!("p50 {} p99 {} max {} (n={})", p.p50, p.p99, p.max, p.count),
+            );
+        }
     }
     row(
         "delivered",

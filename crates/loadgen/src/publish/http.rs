@@ -202,7 +202,12 @@ async fn worker(
             body.push(b'}');
         }
         acks.request();
-        match post(&ep, s, &body).await {
+        acks.sending(jobs.iter().map(|&(_, _, t)| t));
+        let answer = post(&ep, s, &body).await;
+        if answer.is_ok() {
+            acks.answered(jobs.iter().map(|&(_, _, t)| t));
+        }
+        match answer {
             Ok(reply) if ep.batch.is_some() => match batch::parse_reply(&reply, jobs.len()) {
                 Ok(results) => {
                     for (&(ui, _, _), r) in jobs.iter().zip(results) {

@@ -12,9 +12,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use hdrhistogram::Histogram;
 use tokio::time::MissedTickBehavior;
 
 use crate::cli::{PublishArgs, PublishVia};
+use crate::stats::{self, new_histogram, now_ns, Percentiles};
 
 /// Most events sent in one 1 ms tick (bounds a catch-up burst).
 const MAX_BATCH: u64 = 8192;
@@ -89,6 +91,17 @@ pub(crate) struct Acks {
     first_error: Mutex<Option<String>>,
     /// Events accepted per user index since the last [`Publisher::take_totals`].
     per_user: Vec<AtomicU64>,
+    /// HTTP paths, per event stamped in the measurement window since the last
+    /// [`Publisher::take_totals`], µs from its `t` (when it was queued): until its request was
+    /// handed to the connection, and until the answer.
+    http_times: Mutex<HttpTimes>,
+}
+
+/// See [`Acks::sending`] and [`Acks::answered`].
+#[derive(Debug)]
+struct HttpTimes {
+    wait: Histogram<u64>,
+    answer: Histogram<u64>,
 }
 
 impl Acks {
@@ -99,6 +112,42 @@ impl Acks {
             requests: AtomicU64::new(0),
             first_error: Mutex::new(None),
             per_user: (0..users).map(|_| AtomicU64::new(0)).collect(),
+            http_times: Mutex::new(HttpTimes {
+                wait: new_histogram(),
+                answer: new_histogram(),
+            }),
+        }
+    }
+
+    fn times(&self) -> std::sync::MutexGuard<'_, HttpTimes> {
+        self.http_times
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records, for events stamped `ts`, the wait from being queued to their request being
+    /// sent (time spent queued behind the lane's previous request).
+    pub(crate) fn sending(&self, ts: impl Iterator<Item = u64>) {
+        self.record(ts, |times| &mut times.wait);
+    }
+
+    /// Records, for events stamped `ts`, the time from being queued to the 200 answer.
+    pub(crate) fn answered(&self, ts: impl Iterator<Item = u64>) {
+        self.record(ts, |times| &mut times.answer);
+    }
+
+    /// Like the delivery latencies: only events stamped inside the measurement window.
+    fn record(
+        &self,
+        ts: impl Iterator<Item = u64>,
+        which: impl FnOnce(&mut HttpTimes) -> &mut Histogram<u64>,
+    ) {
+        let now = now_ns();
+        let (start, end) = stats::window();
+        let mut times = self.times();
+        let histogram = which(&mut times);
+        for t in ts.filter(|&t| t >= start && t < end) {
+            histogram.saturating_record(now.saturating_sub(t) / 1000);
         }
     }
 
@@ -152,6 +201,11 @@ pub struct Totals {
     pub first_error: Option<String>,
     /// Accepted events per user index.
     pub per_user: Vec<u64>,
+    /// HTTP paths: µs from an event being queued to its request being sent, events of the
+    /// measurement window (`None` on the Redis paths).
+    pub http_wait_us: Option<Percentiles>,
+    /// HTTP paths: µs from an event being queued to its publish being answered with 200.
+    pub http_answer_us: Option<Percentiles>,
 }
 
 enum Backend {
@@ -275,6 +329,14 @@ impl Publisher {
     pub fn take_totals(&mut self) -> Totals {
         let ok = self.acks.ok.load(Ordering::Relaxed);
         let errors = self.acks.errors.load(Ordering::Relaxed);
+        let (http_wait_us, http_answer_us) = {
+            let mut times = self.acks.times();
+            let taken = (!times.wait.is_empty())
+                .then(|| (Percentiles::of(&times.wait), Percentiles::of(&times.answer)));
+            times.wait.reset();
+            times.answer.reset();
+            taken.unzip()
+        };
         let totals = Totals {
             dispatched: self.dispatched,
             errors: errors - self.taken.1,
@@ -291,6 +353,8 @@ impl Publisher {
                 .iter()
                 .map(|c| c.swap(0, Ordering::Relaxed))
                 .collect(),
+            http_wait_us,
+            http_answer_us,
         };
         self.taken = (ok, errors);
         self.dispatched = 0;

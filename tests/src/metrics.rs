@@ -132,48 +132,68 @@ impl Exposition {
             .map(|s| s.value)
     }
 
+    /// Every histogram series (one per label set besides `le`): buckets in increasing `le`
+    /// order, cumulative, ending at `+Inf` equal to its `_count`, with a `_sum`.
     fn check_histograms(&self) -> Result<()> {
         for (family, kind) in &self.types {
             if kind != "histogram" {
                 continue;
             }
             let bucket_name = format!("{family}_bucket");
-            let buckets: Vec<&Sample> = self
-                .samples
-                .iter()
-                .filter(|s| s.name == bucket_name)
-                .collect();
-            let mut last = f64::NEG_INFINITY;
-            let mut last_le = f64::NEG_INFINITY;
-            for b in &buckets {
-                let le = b.label("le").context("histogram bucket without `le`")?;
-                let le: f64 = parse_float(le).with_context(|| format!("bad le {le:?}"))?;
-                ensure!(
-                    le > last_le,
-                    "{family}: buckets not in increasing `le` order"
-                );
-                ensure!(b.value >= last, "{family}: buckets are not cumulative");
-                last = b.value;
-                last_le = le;
+            // Per label set (without `le`), its buckets in page order.
+            let mut series: Vec<(Labels, Vec<&Sample>)> = Vec::new();
+            for b in self.samples.iter().filter(|s| s.name == bucket_name) {
+                let key: Labels = b
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| k != "le")
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                match series.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, buckets)) => buckets.push(b),
+                    None => series.push((key, vec![b])),
+                }
             }
-            if !buckets.is_empty() {
-                ensure!(last_le.is_infinite(), "{family}: no le=\"+Inf\" bucket");
+            for (labels, buckets) in &series {
+                let mut last = f64::NEG_INFINITY;
+                let mut last_le = f64::NEG_INFINITY;
+                for b in buckets {
+                    let le = b.label("le").context("histogram bucket without `le`")?;
+                    let le: f64 = parse_float(le).with_context(|| format!("bad le {le:?}"))?;
+                    ensure!(
+                        le > last_le,
+                        "{family}{labels:?}: buckets not in increasing `le` order"
+                    );
+                    ensure!(
+                        b.value >= last,
+                        "{family}{labels:?}: buckets are not cumulative"
+                    );
+                    last = b.value;
+                    last_le = le;
+                }
+                ensure!(
+                    last_le.is_infinite(),
+                    "{family}{labels:?}: no le=\"+Inf\" bucket"
+                );
                 let count = self
-                    .get(&format!("{family}_count"), &[])
-                    .with_context(|| format!("{family}: no _count"))?;
+                    .get(&format!("{family}_count"), labels)
+                    .with_context(|| format!("{family}{labels:?}: no _count"))?;
                 ensure!(
                     count == last,
-                    "{family}: +Inf bucket {last} != _count {count}"
+                    "{family}{labels:?}: +Inf bucket {last} != _count {count}"
                 );
                 ensure!(
-                    self.get(&format!("{family}_sum"), &[]).is_some(),
-                    "{family}: no _sum"
+                    self.get(&format!("{family}_sum"), labels).is_some(),
+                    "{family}{labels:?}: no _sum"
                 );
             }
         }
         Ok(())
     }
 }
+
+/// A series' labels, borrowed from its samples.
+type Labels<'a> = Vec<(&'a str, &'a str)>;
 
 fn family_base(sample: &str) -> &str {
     ["_bucket", "_sum", "_count"]

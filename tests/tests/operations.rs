@@ -102,6 +102,18 @@ async fn metrics_parse_as_prometheus_text_and_counters_move() -> Result<()> {
     wait_metric(&gw, &m(r#"publish_requests_total{status="200"}"#), 2.0).await?;
     wait_metric(&gw, &m(r#"publish_requests_total{status="400"}"#), 1.0).await?;
     wait_metric(&gw, &m(r#"publish_requests_total{status="401"}"#), 1.0).await?;
+    // Each of the four timed, whatever its status; none under the batch route.
+    wait_metric(
+        &gw,
+        &m(r#"publish_duration_seconds_count{route="publish"}"#),
+        4.0,
+    )
+    .await?;
+    ensure!(
+        gw.metric(&m(r#"publish_duration_seconds_count{route="batch"}"#))
+            .await?
+            == 0.0
+    );
     wait_metric(&gw, &m("events_delivered_total"), delivered + 4.0).await?;
 
     // Auth failures by reason.

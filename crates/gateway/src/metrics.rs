@@ -3,8 +3,8 @@
 //! Names carry the `gleepost_gateway_` prefix; `docs/operations.md` explains each one.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const NS: &str = "gleepost_gateway";
@@ -34,6 +34,9 @@ pub(crate) struct Metrics {
     pub(crate) connections_refused: IntCounterVec,
     /// Publish API requests, by HTTP status.
     pub(crate) publish_requests: IntCounterVec,
+    /// Publish API requests from their headers to their answer (any status), by route
+    /// (`publish`, `batch`).
+    pub(crate) publish_duration: HistogramVec,
     /// JWT connections admitted without a revocation check (the broker did not answer).
     pub(crate) revocation_unchecked: IntCounter,
     /// `POST /v1/disconnect` and `GET /v1/presence` requests, by endpoint and HTTP status.
@@ -151,6 +154,17 @@ impl Metrics {
                 "Publish API requests, by HTTP status",
                 "status",
             )?,
+            publish_duration: {
+                let opts = HistogramOpts::new(
+                    "publish_duration_seconds",
+                    "Publish API requests from their headers to their answer, in seconds, by route",
+                )
+                .namespace(NS)
+                .buckets(latency_buckets.clone());
+                let h = HistogramVec::new(opts, &["route"])?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
             revocation_unchecked: counter(
                 "revocation_unchecked_total",
                 "JWT connections admitted without a revocation check (the broker did not answer)",
@@ -280,6 +294,9 @@ impl Metrics {
         }
         for reason in REFUSAL_REASONS {
             metrics.connections_refused.with_label_values(&[reason]);
+        }
+        for route in ["publish", "batch"] {
+            metrics.publish_duration.with_label_values(&[route]);
         }
         #[cfg(target_os = "linux")]
         {

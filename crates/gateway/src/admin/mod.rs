@@ -92,16 +92,18 @@ async fn route(req: Request<Incoming>, in_flight: &InFlight, node: &Node) -> Adm
             }
         }
         "/v1/publish" => {
+            let timer = publish::Timer::start(node, "publish");
             let res = with_body(req, in_flight, node, async |b| {
                 publish::publish(b, node).await
             });
-            publish::answer(node, res.await)
+            timer.answer(publish::answer(node, res.await))
         }
         "/v1/publish/batch" => {
+            let timer = publish::Timer::start(node, "batch");
             let res = with_body(req, in_flight, node, async |b| {
                 batch::publish_batch(b, node).await
             });
-            publish::answer(node, res.await)
+            timer.answer(publish::answer(node, res.await))
         }
         "/v1/disconnect" => {
             let res = with_body(req, in_flight, node, async |b| {

@@ -40,6 +40,29 @@ pub(super) fn answer(node: &Node, res: Result<impl Serialize, Refusal>) -> Admin
     response
 }
 
+/// Times a publish request, headers to answer, into `publish_duration_seconds{route}`.
+pub(super) struct Timer {
+    histogram: prometheus::Histogram,
+    started: std::time::Instant,
+}
+
+impl Timer {
+    /// Starts timing a request of `route` (`publish` or `batch`).
+    pub(super) fn start(node: &Node, route: &str) -> Timer {
+        Timer {
+            histogram: node.metrics.publish_duration.with_label_values(&[route]),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Records the request's time and hands its answer on. A request dropped before its
+    /// answer (the client reset the stream or left) is not recorded.
+    pub(super) fn answer(self, response: AdminResponse) -> AdminResponse {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+        response
+    }
+}
+
 /// The body of an admin request that carries one: the key and the declared length checked
 /// before any byte of it is read, the body read by the request's deadline, and a share of the
 /// admin port left for `/healthz` and `/metrics` (503 beyond).

@@ -114,6 +114,12 @@ async fn metrics_parse_as_prometheus_text_and_counters_move() -> Result<()> {
             .await?
             == 0.0
     );
+    // Only the two valid publishes reached the broker.
+    ensure!(
+        gw.metric(&m("broker_publish_duration_seconds_count"))
+            .await?
+            == 2.0
+    );
     wait_metric(&gw, &m("events_delivered_total"), delivered + 4.0).await?;
 
     // Auth failures by reason.

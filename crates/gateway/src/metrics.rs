@@ -37,6 +37,9 @@ pub(crate) struct Metrics {
     /// Publish API requests from their headers to their answer (any status), by route
     /// (`publish`, `batch`).
     pub(crate) publish_duration: HistogramVec,
+    /// One publish through the broker (a request, or a batch item), queueing in the Redis
+    /// batcher and the script's round trip included.
+    pub(crate) broker_publish_duration: Histogram,
     /// JWT connections admitted without a revocation check (the broker did not answer).
     pub(crate) revocation_unchecked: IntCounter,
     /// `POST /v1/disconnect` and `GET /v1/presence` requests, by endpoint and HTTP status.
@@ -165,6 +168,11 @@ impl Metrics {
                 registry.register(Box::new(h.clone()))?;
                 h
             },
+            broker_publish_duration: histogram(
+                "broker_publish_duration_seconds",
+                "One publish through the broker (batcher queue and Redis round trip), in seconds",
+                latency_buckets.clone(),
+            )?,
             revocation_unchecked: counter(
                 "revocation_unchecked_total",
                 "JWT connections admitted without a revocation check (the broker did not answer)",

@@ -10,7 +10,9 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::publish::{prepare, result, unavailable, PublishAnswer, PublishRequest, Refusal};
+use super::publish::{
+    broker_publish, prepare, result, unavailable, PublishAnswer, PublishRequest, Refusal,
+};
 use crate::node::Node;
 use crate::registry::UserId;
 
@@ -65,7 +67,7 @@ pub(super) async fn publish_batch(body: &[u8], node: &Node) -> Result<BatchAnswe
     }
     let publishes = items.into_iter().map(|item| async move {
         match item {
-            Item::Valid(users, encoded) => match node.broker.publish(&users, encoded).await {
+            Item::Valid(users, encoded) => match broker_publish(node, &users, encoded).await {
                 Ok(report) => Outcome::Published(users.len(), result(users.len(), report)),
                 Err(e) => Outcome::Failed(unavailable(e)),
             },

@@ -187,13 +187,26 @@ pub(super) async fn publish(body: &[u8], node: &Node) -> Result<PublishAnswer, R
     let request: PublishRequest =
         serde_json::from_slice(body).map_err(|e| bad(format!("Invalid request body: {e}")))?;
     let (users, encoded) = prepare(&request, node.publish.max_users, node).map_err(bad)?;
-    let published = node
-        .broker
-        .publish(&users, encoded)
+    let published = broker_publish(node, &users, encoded)
         .await
         .map_err(unavailable)?;
     node.metrics.events_published.inc_by(users.len() as u64);
     Ok(result(users.len(), published))
+}
+
+/// One publish through the broker, timed into `broker_publish_duration_seconds` (answered or
+/// failed; a publish whose request is dropped meanwhile is not recorded).
+pub(super) async fn broker_publish(
+    node: &Node,
+    users: &[UserId],
+    encoded: Bytes,
+) -> Result<Published, BrokerError> {
+    let started = std::time::Instant::now();
+    let published = node.broker.publish(users, encoded).await;
+    node.metrics
+        .broker_publish_duration
+        .observe(started.elapsed().as_secs_f64());
+    published
 }
 
 /// The recipients and the encoded event (validated once, no id) of one publish.

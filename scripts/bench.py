@@ -1606,13 +1606,17 @@ def ratio(a, b):
     return a / b if a and b else None
 
 
-def paired_ratios(R, num: str, den: str, field: str = "publish_rate") -> list[float | None]:
-    """Per-round ratios of two interleaved scenarios (run i of each ran in round i); `field` is
-    a key of the run's report, or `p99` for its delivery latency's p99."""
+def paired_ratios(R, num: str, den: str, value=lambda run: run.get("publish_rate")) -> list[float | None]:
+    """Per-round ratios of `value` (of a run's report) between two interleaved scenarios (run i
+    of each ran in round i)."""
     if num not in R or den not in R:
         return []
-    get = (lambda r: r["latency_us"]["p99"]) if field == "p99" else (lambda r: r.get(field))
-    return [ratio(get(a), get(b)) for a, b in zip(R[num]["runs"], R[den]["runs"])]
+    return [ratio(value(a), value(b)) for a, b in zip(R[num]["runs"], R[den]["runs"])]
+
+
+def delivery_p99(run: dict):
+    """A run's delivery latency p99 (µs), for paired_ratios."""
+    return run["latency_us"]["p99"]
 
 
 def p99_verdict(median_ratio, rounds) -> str:
@@ -1656,7 +1660,7 @@ def issue14_section(w, suite: Suite, opts) -> None:
       f"(per round: {fmt_ratios(paired_ratios(R, 'h', 'b'))}) | ≥ ×{TARGET_API_VS_RAW} | "
       f"{met(vs_raw >= TARGET_API_VS_RAW) if vs_raw else '– (not measured)'} |")
     p99 = ratio(c2 and c2["p99_us"], c and c["p99_us"])
-    rounds = paired_ratios(R, "c2", "c", "p99")
+    rounds = paired_ratios(R, "c2", "c", delivery_p99)
     w(f"| p99 at 5,000 events/s over 2,000 connections: publish API with history on (c2) vs raw `PUBLISH` (c) | "
       f"{fmt(ms(c2 and c2['p99_us']), 3)} vs {fmt(ms(c and c['p99_us']), 3)} ms = **×{fmt(p99, 2)}** "
       f"(per round: {fmt_ratios(rounds)}) | ≤ ×{TARGET_API_P99_VS_RAW} | {p99_verdict(p99, rounds)} |")
@@ -1670,7 +1674,7 @@ def issue14_section(w, suite: Suite, opts) -> None:
           f"{met(v_lean >= TARGET_API_VS_LEAN) if v_lean else '–'} / {met(v_raw >= TARGET_API_VS_RAW) if v_raw else '–'} |")
     if c3:
         p99_h2 = ratio(c3["p99_us"], c and c["p99_us"])
-        rounds = paired_ratios(R, "c3", "c", "p99")
+        rounds = paired_ratios(R, "c3", "c", delivery_p99)
         w(f"| p99 at 5,000 events/s: publish API over HTTP/2 (c3) vs raw `PUBLISH` (c) | "
           f"{fmt(ms(c3['p99_us']), 3)} vs {fmt(ms(c and c['p99_us']), 3)} ms = **×{fmt(p99_h2, 2)}** "
           f"(per round: {fmt_ratios(rounds)}) | ≤ ×{TARGET_API_P99_VS_RAW} | {p99_verdict(p99_h2, rounds)} |")

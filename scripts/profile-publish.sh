@@ -11,7 +11,8 @@
 # Usage: scripts/profile-publish.sh perf|callgrind|cpu|syscalls|redis [http|http-batch|redis|redis-history] [rate] [seconds]
 # Needs release builds: cargo build --release -p gleepost-gateway -p gleepost-loadgen
 # Env: GATEWAY_BIN (another gateway build to compare), PROFILE_TAG (prefix of the output folder),
-#      LOADGEN_ARGS (more loadgen flags, e.g. --http2).
+#      LOADGEN_ARGS (more loadgen flags, e.g. --http2), HTTP_CONNECTIONS (publish lanes, default 64;
+#      with http-batch fewer lanes make larger batches).
 # Output in .bench/profile/[<tag>-]<mode>-<via>/ (perf.data or callgrind.out, loadgen.json, summary.txt).
 set -euo pipefail
 mode=${1:?perf|callgrind|cpu|syscalls|redis}
@@ -49,7 +50,7 @@ for _ in $(seq 300); do curl -fs "http://127.0.0.1:$aport/readyz" >/dev/null 2>&
 curl -fs "http://127.0.0.1:$aport/readyz" >/dev/null || { echo "gateway not ready; see $out/gateway.log" >&2; exit 1; }
 # Warm up (connections, script load), then measure the fixed-rate run only.
 lgargs=(fanout -n 200 -u 100 --url "ws://127.0.0.1:$wsport/ws" --publish "$via"
-  --admin-url "http://127.0.0.1:$aport" --redis-url "redis://127.0.0.1:$rport" --http-connections 64)
+  --admin-url "http://127.0.0.1:$aport" --redis-url "redis://127.0.0.1:$rport" --http-connections "${HTTP_CONNECTIONS:-64}")
 read -r -a extra <<<"${LOADGEN_ARGS:-}"
 lgargs+=("${extra[@]}")
 taskset -c 1 "$lg" "${lgargs[@]}" --rate 500 --duration 2s >/dev/null 2>&1 || true

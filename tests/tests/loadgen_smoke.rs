@@ -116,6 +116,13 @@ async fn fanout_over_the_publish_api() -> Result<()> {
             answered >= 400.0,
             "{answered} publish requests answered 200"
         );
+        // `--publish http` sends one event per request, also when lanes back up (events still
+        // queued at the end are not counted as sent).
+        ensure!(
+            report["events_per_request"].as_f64() == Some(1.0),
+            "events per request: {}",
+            report["events_per_request"]
+        );
         // Each measured event's wait for its lane and its time to the answer, once per event.
         let (sent, done) = (&report["http_wait_us"], &report["http_answer_us"]);
         ensure!(

@@ -203,7 +203,7 @@ pub fn delivery(
         publish_first_error: totals.first_error.clone(),
         publish_requests: (totals.requests > 0).then_some(totals.requests),
         events_per_request: (totals.requests > 0)
-            .then(|| round(totals.dispatched as f64 / totals.requests as f64, 2)),
+            .then(|| round(totals.requested as f64 / totals.requests as f64, 2)),
         http_wait_us: totals.http_wait_us,
         http_answer_us: totals.http_answer_us,
         expected,

@@ -201,7 +201,7 @@ async fn worker(
             spec.write_event(&mut body, seq, t, user);
             body.push(b'}');
         }
-        acks.request();
+        acks.request(n);
         acks.sending(jobs.iter().map(|&(_, _, t)| t));
         let answer = post(&ep, s, &body).await;
         if answer.is_ok() {

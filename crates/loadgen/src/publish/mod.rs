@@ -86,8 +86,10 @@ pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
 pub(crate) struct Acks {
     ok: AtomicU64,
     errors: AtomicU64,
-    /// HTTP requests sent (both HTTP paths); since the last [`Publisher::take_totals`].
+    /// HTTP requests sent (both HTTP paths), and the events they carried; since the last
+    /// [`Publisher::take_totals`].
     requests: AtomicU64,
+    requested: AtomicU64,
     first_error: Mutex<Option<String>>,
     /// Events accepted per user index since the last [`Publisher::take_totals`].
     per_user: Vec<AtomicU64>,
@@ -110,6 +112,7 @@ impl Acks {
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            requested: AtomicU64::new(0),
             first_error: Mutex::new(None),
             per_user: (0..users).map(|_| AtomicU64::new(0)).collect(),
             http_times: Mutex::new(HttpTimes {
@@ -156,9 +159,10 @@ impl Acks {
         self.ok.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Counts one HTTP publish request.
-    pub(crate) fn request(&self) {
+    /// Counts one HTTP publish request carrying `events` events.
+    pub(crate) fn request(&self, events: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.requested.fetch_add(events, Ordering::Relaxed);
     }
 
     /// Counts one event accepted for the user with this index.
@@ -195,8 +199,10 @@ pub struct Totals {
     pub dispatched: u64,
     /// Failed publishes.
     pub errors: u64,
-    /// HTTP requests sent (0 for the Redis paths).
+    /// HTTP requests sent (0 for the Redis paths)…
     pub requests: u64,
+    /// …and the events they carried (fewer than `dispatched` while lanes are backed up).
+    pub requested: u64,
     /// First error message.
     pub first_error: Option<String>,
     /// Accepted events per user index.
@@ -341,6 +347,7 @@ impl Publisher {
             dispatched: self.dispatched,
             errors: errors - self.taken.1,
             requests: self.acks.requests.swap(0, Ordering::Relaxed),
+            requested: self.acks.requested.swap(0, Ordering::Relaxed),
             first_error: self
                 .acks
                 .first_error

@@ -31,7 +31,7 @@ lint:
 build:
 	$(CARGO) build --release --workspace --bins
 
-## bench: benchmark suite (release build, own redis-server or 3-shard Redis Cluster + 2 gateways, pinned; ~25 min, `--runs-api 1` ≈ 6 min less) → docs/benchmarks.md
+## bench: benchmark suite (release build, own redis-server or 3-shard Redis Cluster + 2 gateways, pinned; ~25–40 min, `--runs-api 1` ≈ 6 min less) → docs/benchmarks.md
 bench:
 	python3 scripts/bench.py
 

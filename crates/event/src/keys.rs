@@ -236,7 +236,20 @@ const USER_CHANNEL_PREFIX: &str = "gp:user:{";
 /// deduplication and gap repair; the legacy channels ([`DEFAULT_CHANNELS`]) are delivered
 /// verbatim and any `id` inside their payloads is never interpreted.
 pub fn user_channel(user: u64) -> String {
-    format!("{USER_CHANNEL_PREFIX}{user}}}")
+    tagged(USER_CHANNEL_PREFIX, user)
+}
+
+/// `<prefix><user>}`: a per-user name whose id is its hash tag. Built directly rather than with
+/// `format!`, whose formatting machinery cost ≈ 700 instructions per name in callgrind: the
+/// publish path builds three names per user copy.
+fn tagged(prefix: &str, user: u64) -> String {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(user);
+    let mut name = String::with_capacity(prefix.len() + digits.len() + 1);
+    name.push_str(prefix);
+    name.push_str(digits);
+    name.push('}');
+    name
 }
 
 /// The user of a [`user_channel`] name (`None` for any other channel).
@@ -270,7 +283,7 @@ pub fn slot_of(key: &[u8]) -> u16 {
 ///
 /// The id is a Redis Cluster hash tag so all `gp:*:{<id>}` keys of one user share a slot.
 pub fn history_key(user: u64) -> String {
-    format!("gp:hist:{{{user}}}")
+    tagged("gp:hist:{", user)
 }
 
 /// Key of a user's history epoch: `gp:epoch:{<id>}`.
@@ -278,7 +291,7 @@ pub fn history_key(user: u64) -> String {
 /// The id is a Redis Cluster hash tag, so it lands in the same slot as [`history_key`] and both
 /// can be updated atomically by one script.
 pub fn epoch_key(user: u64) -> String {
-    format!("gp:epoch:{{{user}}}")
+    tagged("gp:epoch:{", user)
 }
 
 /// The payload that, published to a user's [`user_channel`], makes every gateway node close
@@ -288,13 +301,13 @@ pub const DISCONNECT_PAYLOAD: &[u8] = b"gp:disconnect";
 /// Key of a user's token revocation: `gp:revoked:{<id>}`, the unix time (s) before which the
 /// user's JWTs were issued are refused (in the user's slot on a cluster).
 pub fn revoked_key(user: u64) -> String {
-    format!("gp:revoked:{{{user}}}")
+    tagged("gp:revoked:{", user)
 }
 
 /// Key of a user's presence: `gp:presence:{<id>}`, a hash of gateway node name → the number of
 /// that node's connections of the user (in the user's slot on a cluster).
 pub fn presence_key(user: u64) -> String {
-    format!("gp:presence:{{{user}}}")
+    tagged("gp:presence:{", user)
 }
 
 /// Key that exists while gateway node `node` is alive (its presence counts count only then).

@@ -134,6 +134,9 @@ fn hash_tagged_keys() {
     assert_eq!(history_key(9), "gp:hist:{9}");
     assert_eq!(epoch_key(9), "gp:epoch:{9}");
     assert_eq!(history_key(u64::MAX), "gp:hist:{18446744073709551615}");
+    assert_eq!(epoch_key(0), "gp:epoch:{0}");
+    assert_eq!(gleepost_event::keys::revoked_key(10), "gp:revoked:{10}");
+    assert_eq!(gleepost_event::keys::presence_key(7), "gp:presence:{7}");
     // Same hash tag => same Redis Cluster slot.
     let tag = |k: &str| {
         let open = k.find('{').unwrap();

@@ -127,7 +127,11 @@ pub(super) fn parse_reply(reply: Value, items: usize) -> Result<Vec<(String, u64
         })();
         let (epoch, sid, receivers) =
             parsed.map_err(|e| parse_error("publish script reply", e.to_string()))?;
-        out.push((format!("{epoch}-{sid}"), receivers));
+        let mut id = String::with_capacity(epoch.len() + 1 + sid.len());
+        id.push_str(&epoch);
+        id.push('-');
+        id.push_str(&sid);
+        out.push((id, receivers));
     }
     Ok(out)
 }

@@ -3,20 +3,21 @@
 //! Each event goes to one user (round-robin over the users) and carries
 //! `{"seq":<per-user sequence>,"t":<ns since base>,"u":<user>,"pad":"…"}` as its `data`.
 
+mod acks;
 mod batch;
 mod http;
 mod redis;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use hdrhistogram::Histogram;
 use tokio::time::MissedTickBehavior;
 
+pub(crate) use acks::Acks;
+
 use crate::cli::{PublishArgs, PublishVia};
-use crate::stats::{self, new_histogram, now_ns, Percentiles};
+use crate::stats::Percentiles;
 
 /// Most events sent in one 1 ms tick (bounds a catch-up burst).
 const MAX_BATCH: u64 = 8192;
@@ -79,117 +80,6 @@ pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
         }
     }
     out.extend_from_slice(&tmp[i..]);
-}
-
-/// Acknowledgement counters shared with the backend tasks.
-#[derive(Debug)]
-pub(crate) struct Acks {
-    ok: AtomicU64,
-    errors: AtomicU64,
-    /// HTTP requests sent (both HTTP paths), and the events they carried; since the last
-    /// [`Publisher::take_totals`].
-    requests: AtomicU64,
-    requested: AtomicU64,
-    first_error: Mutex<Option<String>>,
-    /// Events accepted per user index since the last [`Publisher::take_totals`].
-    per_user: Vec<AtomicU64>,
-    /// HTTP paths, per event stamped in the measurement window since the last
-    /// [`Publisher::take_totals`], µs from its `t` (when it was queued): until its request was
-    /// handed to the connection, and until the answer.
-    http_times: Mutex<HttpTimes>,
-}
-
-/// See [`Acks::sending`] and [`Acks::answered`].
-#[derive(Debug)]
-struct HttpTimes {
-    wait: Histogram<u64>,
-    answer: Histogram<u64>,
-}
-
-impl Acks {
-    fn new(users: u32) -> Self {
-        Acks {
-            ok: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            requested: AtomicU64::new(0),
-            first_error: Mutex::new(None),
-            per_user: (0..users).map(|_| AtomicU64::new(0)).collect(),
-            http_times: Mutex::new(HttpTimes {
-                wait: new_histogram(),
-                answer: new_histogram(),
-            }),
-        }
-    }
-
-    fn times(&self) -> std::sync::MutexGuard<'_, HttpTimes> {
-        self.http_times
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records, for events stamped `ts`, the wait from being queued to their request being
-    /// sent (time spent queued behind the lane's previous request).
-    pub(crate) fn sending(&self, ts: impl Iterator<Item = u64>) {
-        self.record(ts, |times| &mut times.wait);
-    }
-
-    /// Records, for events stamped `ts`, the time from being queued to the 200 answer.
-    pub(crate) fn answered(&self, ts: impl Iterator<Item = u64>) {
-        self.record(ts, |times| &mut times.answer);
-    }
-
-    /// Like the delivery latencies: only events stamped inside the measurement window.
-    fn record(
-        &self,
-        ts: impl Iterator<Item = u64>,
-        which: impl FnOnce(&mut HttpTimes) -> &mut Histogram<u64>,
-    ) {
-        let now = now_ns();
-        let (start, end) = stats::window();
-        let mut times = self.times();
-        let histogram = which(&mut times);
-        for t in ts.filter(|&t| t >= start && t < end) {
-            histogram.saturating_record(now.saturating_sub(t) / 1000);
-        }
-    }
-
-    /// Counts `n` acknowledged publishes.
-    pub(crate) fn ok(&self, n: u64) {
-        self.ok.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts one HTTP publish request carrying `events` events.
-    pub(crate) fn request(&self, events: u64) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.requested.fetch_add(events, Ordering::Relaxed);
-    }
-
-    /// Counts one event accepted for the user with this index.
-    pub(crate) fn accepted(&self, user_index: u32) {
-        self.per_user[user_index as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a failed publish; keeps the first message.
-    pub(crate) fn error(&self, what: impl FnOnce() -> String) {
-        self.errors_n(1, what);
-    }
-
-    /// Counts `n` failed publishes (one failed request of `n` events); keeps the first message.
-    pub(crate) fn errors_n(&self, n: u64, what: impl FnOnce() -> String) {
-        self.errors.fetch_add(n, Ordering::Relaxed);
-        let mut first = self
-            .first_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if first.is_none() {
-            *first = Some(what());
-        }
-    }
-
-    fn acknowledged(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed) + self.errors.load(Ordering::Relaxed)
-    }
 }
 
 /// What was published since the previous [`Publisher::take_totals`].
@@ -303,18 +193,12 @@ impl Publisher {
     /// Fails when nothing has been published successfully and errors keep coming (for example a
     /// wrong API key): the run would measure nothing.
     fn check_fatal(&self) -> Result<()> {
-        let ok = self.acks.ok.load(Ordering::Relaxed);
-        let errors = self.acks.errors.load(Ordering::Relaxed);
+        let (ok, errors) = self.acks.counts();
         if ok == 0 && errors >= 20 {
-            let first = self
-                .acks
-                .first_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
             bail!(
                 "publishing fails: {} errors, none succeeded; first error: {}",
                 errors,
-                first.as_deref().unwrap_or("?")
+                self.acks.first_error().as_deref().unwrap_or("?")
             );
         }
         Ok(())
@@ -333,35 +217,17 @@ impl Publisher {
 
     /// Totals since the previous call (call after [`Publisher::settle`]).
     pub fn take_totals(&mut self) -> Totals {
-        let ok = self.acks.ok.load(Ordering::Relaxed);
-        let errors = self.acks.errors.load(Ordering::Relaxed);
-        let (http_wait_us, http_answer_us) = {
-            let mut times = self.acks.times();
-            let taken = (!times.wait.is_empty())
-                .then(|| (Percentiles::of(&times.wait), Percentiles::of(&times.answer)));
-            times.wait.reset();
-            times.answer.reset();
-            taken.unzip()
-        };
+        let (ok, errors) = self.acks.counts();
+        let taken = self.acks.take();
         let totals = Totals {
             dispatched: self.dispatched,
             errors: errors - self.taken.1,
-            requests: self.acks.requests.swap(0, Ordering::Relaxed),
-            requested: self.acks.requested.swap(0, Ordering::Relaxed),
-            first_error: self
-                .acks
-                .first_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-            per_user: self
-                .acks
-                .per_user
-                .iter()
-                .map(|c| c.swap(0, Ordering::Relaxed))
-                .collect(),
-            http_wait_us,
-            http_answer_us,
+            requests: taken.requests,
+            requested: taken.requested,
+            first_error: self.acks.first_error(),
+            per_user: taken.per_user,
+            http_wait_us: taken.http_wait_us,
+            http_answer_us: taken.http_answer_us,
         };
         self.taken = (ok, errors);
         self.dispatched = 0;

@@ -330,3 +330,66 @@ async fn other_methods_and_paths_are_json_errors() -> Result<()> {
     );
     Ok(())
 }
+
+/// A publish body for user 9 whose event encodes to exactly `size` bytes.
+fn event_of_size(size: usize) -> String {
+    let pad = "p".repeat(size - r#"{"type":"x","data":""}"#.len());
+    format!(r#"{{"users":[9],"event":{{"type":"x","data":"{pad}"}}}}"#)
+}
+
+#[tokio::test]
+async fn the_size_limit_holds_for_the_event_as_delivered_id_included() -> Result<()> {
+    // With history on, the gateway keeps room for the id it adds (60 bytes at most): an event
+    // that fits only without it is refused rather than accepted and then dropped by every node
+    // as oversize (the Redis path checks the delivered payload against the same limit).
+    let redis = gleepost_tests::RedisServer::start().await?;
+    let on_redis = Gateway::on_redis(&redis, &["--max-event-bytes", "1024"]).await?;
+    let embedded =
+        Gateway::start(GatewayOptions::default().arg(&["--max-event-bytes", "1024"])).await?;
+    let room = 1024 - 60;
+    for (broker, gw) in [("redis", &on_redis), ("embedded", &embedded)] {
+        let mut nine = gw.connect(9).await?;
+        let res = gw.publish_raw(&event_of_size(room + 1)).await?;
+        assert_error(
+            &format!("{broker}: one byte over"),
+            &res,
+            400,
+            &room.to_string(),
+        )?;
+        let res = gw.publish_raw(&event_of_size(room)).await?;
+        ensure!(
+            res.status == 200,
+            "{broker}: {} {}",
+            res.status,
+            res.body_text()
+        );
+        let frame = nine.next_text().await?;
+        let event: serde_json::Value = serde_json::from_str(&frame)?;
+        ensure!(
+            event["id"].is_string() && frame.len() <= 1024,
+            "{broker}: delivered {} bytes: {event}",
+            frame.len()
+        );
+    }
+    let dropped = on_redis
+        .metric(r#"gleepost_gateway_broker_malformed_payloads_total{reason="oversize"}"#)
+        .await?;
+    ensure!(dropped == 0.0, "{dropped} payloads dropped as oversize");
+
+    // With history off no id is added: the whole limit is the event's.
+    let plain = Gateway::on_redis(
+        &redis,
+        &["--max-event-bytes", "1024", "--history-size", "0"],
+    )
+    .await?;
+    let mut nine = plain.connect(9).await?;
+    let res = plain.publish_raw(&event_of_size(1024)).await?;
+    ensure!(
+        res.status == 200,
+        "history off: {} {}",
+        res.status,
+        res.body_text()
+    );
+    ensure!(nine.next_text().await?.len() == 1024);
+    Ok(())
+}

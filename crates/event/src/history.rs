@@ -136,10 +136,19 @@ fn decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// A fresh random epoch word (10 characters of `[a-z0-9]`).
+/// Characters of an epoch word ([`new_epoch`]).
+const EPOCH_CHARS: usize = 10;
+
+/// The most bytes an id adds to an encoded event: `,"id":"<epoch>-<ms>-<seq>"` with an epoch of
+/// [`new_epoch`] and two `u64`s. An event published with history on must leave this room under
+/// [`crate::Limits::max_event_bytes`] ([`crate::Limits::before_id`]): every node checks the
+/// event as delivered, id included, against the limit.
+pub const MAX_ID_MEMBER_BYTES: usize = r#","id":""#.len() + EPOCH_CHARS + 2 * (1 + 20) + 1;
+
+/// A fresh random epoch word ([`EPOCH_CHARS`] characters of `[a-z0-9]`).
 pub fn new_epoch() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    (0..10)
+    (0..EPOCH_CHARS)
         .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
         .collect()
 }
@@ -258,6 +267,21 @@ return out
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_id_fits_the_room_kept_for_it() {
+        let limits = crate::Limits {
+            max_event_bytes: 300,
+        };
+        let room = limits.before_id().max_event_bytes;
+        assert_eq!(room, 300 - MAX_ID_MEMBER_BYTES);
+        let pad = "p".repeat(room - r#"{"type":"x","data":""}"#.len());
+        let encoded = format!(r#"{{"type":"x","data":"{pad}"}}"#);
+        assert_eq!(encoded.len(), room);
+        let longest = format!("{}-{}-{}", new_epoch(), u64::MAX, u64::MAX);
+        assert!(EventId::parse(&longest).is_some());
+        assert_eq!(splice_id(encoded.as_bytes(), &longest).len(), 300);
+    }
 
     #[test]
     fn ids_round_trip_and_order() {

@@ -161,10 +161,22 @@ impl Publisher {
         self
     }
 
-    /// Sets the validation limits (default [`Limits::default`], 64 KiB).
+    /// Sets the validation limits (default [`Limits::default`], 64 KiB): the limits of an
+    /// event as delivered. With history on, [`Publisher::publish`] keeps room in them for the
+    /// id ([`Limits::before_id`]).
     pub fn with_limits(mut self, limits: Limits) -> Publisher {
         self.limits = limits;
         self
+    }
+
+    /// The limits an event must meet before it is published: room kept for its id when the
+    /// history adds one.
+    fn event_limits(&self) -> Limits {
+        if self.history.enabled() {
+            self.limits.before_id()
+        } else {
+            self.limits
+        }
     }
 
     /// Sets the per-user history (default on: 1,000 events, 24 h). [`HistoryConfig::OFF`] sends
@@ -190,12 +202,13 @@ impl Publisher {
         users: &[u64],
         event: &Event,
     ) -> Result<PublishReport, PublishError> {
-        validate(event, &self.limits)?;
+        validate(event, &self.event_limits())?;
         Ok(self.publish_encoded(users, &event.encode()).await?)
     }
 
     /// Publishes an already validated and encoded envelope (as produced by [`Event::encode`],
-    /// without an `id`). Used by the gateway, which validates and encodes once per request.
+    /// without an `id`, within [`Limits::before_id`] when history is on). Used by the gateway,
+    /// which validates and encodes once per request.
     pub async fn publish_encoded(
         &self,
         users: &[u64],

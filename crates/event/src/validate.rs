@@ -27,6 +27,19 @@ pub struct Limits {
     pub max_event_bytes: usize,
 }
 
+impl Limits {
+    /// The limits an event must meet before a broker with history adds its id: at most
+    /// [`crate::history::MAX_ID_MEMBER_BYTES`] fewer bytes, so that the event as delivered, id
+    /// included, meets `self`.
+    pub fn before_id(self) -> Limits {
+        Limits {
+            max_event_bytes: self
+                .max_event_bytes
+                .saturating_sub(crate::history::MAX_ID_MEMBER_BYTES),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

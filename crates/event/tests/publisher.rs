@@ -140,6 +140,40 @@ async fn validation_before_publishing() {
 }
 
 #[tokio::test]
+async fn with_history_an_event_leaves_room_for_its_id() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("gp:user:{9}").await.unwrap();
+    let mut messages = pubsub.into_on_message();
+    let limits = Limits {
+        max_event_bytes: 200,
+    };
+    let publisher = Publisher::connect(&server.url())
+        .await
+        .unwrap()
+        .with_limits(limits);
+    let room = 200 - gleepost_event::history::MAX_ID_MEMBER_BYTES;
+    let sized = |size: usize| {
+        let pad = "a".repeat(size - r#"{"type":"x","data":""}"#.len());
+        Event::new(
+            "x",
+            None,
+            RawValue::from_string(format!("\"{pad}\"")).unwrap(),
+        )
+    };
+    assert!(matches!(
+        publisher.publish(&[9], &sized(room + 1)).await,
+        Err(PublishError::Invalid(ValidationError::TooLarge { max, .. })) if max == room
+    ));
+    publisher.publish(&[9], &sized(room)).await.unwrap();
+    // As delivered, id included, the event passes every node's check of the same limits.
+    let (_, payload) = recv(&mut messages).await;
+    assert!(frame_id(&payload).is_some());
+    check_broker_payload(&payload, &limits).unwrap();
+}
+
+#[tokio::test]
 async fn history_appends_and_publishes_with_ids_atomically() {
     let server = RedisServer::start();
     let client = redis::Client::open(server.url()).unwrap();

@@ -198,7 +198,7 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
-    /// Largest accepted event (encoded envelope), in bytes.
+    /// Largest event as delivered (encoded envelope, id included), in bytes.
     #[arg(long, env = "GATEWAY_MAX_EVENT_BYTES", default_value_t = 65_536)]
     pub max_event_bytes: usize,
 

@@ -38,7 +38,7 @@ pub(crate) struct Node {
     pub(crate) metrics: Arc<Metrics>,
     /// Client authentication.
     pub(crate) auth: Authenticator,
-    /// Event validation limits.
+    /// Event validation limits (of an event as delivered, id included).
     pub(crate) limits: Limits,
     /// Publish API: key and bounds.
     pub(crate) publish: PublishSettings,
@@ -58,6 +58,9 @@ pub(crate) struct PublishSettings {
     pub(crate) max_body: u64,
     /// How long a token revocation lasts (`POST /v1/disconnect`).
     pub(crate) revocation_ttl: Duration,
+    /// History is on: the broker adds an id to every event, so a published event must leave
+    /// room for it under the limits.
+    pub(crate) adds_ids: bool,
 }
 
 impl Node {

@@ -208,6 +208,7 @@ pub async fn run(config: Config) -> Result<()> {
             max_users: config.max_publish_users,
             max_body: config.max_publish_body,
             revocation_ttl: config.revocation_ttl,
+            adds_ids: config.history().enabled(),
         },
         ConnSettings {
             ping_interval: config.ping_interval,

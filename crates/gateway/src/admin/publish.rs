@@ -2,7 +2,8 @@
 //! byte of the body is read; the body must arrive within the request deadline.
 
 use bytes::{Buf, Bytes};
-use gleepost_event::validate_raw;
+use gleepost_event::history::MAX_ID_MEMBER_BYTES;
+use gleepost_event::{validate_raw, ValidationError};
 use http::{header, HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -217,7 +218,19 @@ pub(super) fn prepare(
 ) -> Result<(Vec<UserId>, Bytes), String> {
     let users = parse_users(request.users, max_users)?;
     let event = request.event.ok_or("Missing `event`")?;
-    let event = validate_raw(event, &node.limits).map_err(|e| format!("Invalid event: {e}"))?;
+    let limits = if node.publish.adds_ids {
+        node.limits.before_id()
+    } else {
+        node.limits
+    };
+    let event = validate_raw(event, &limits).map_err(|e| match e {
+        ValidationError::TooLarge { size, max } if node.publish.adds_ids => format!(
+            "Invalid event: encoded event is {size} bytes; the maximum is {max} bytes \
+             (GATEWAY_MAX_EVENT_BYTES {} less {MAX_ID_MEMBER_BYTES} kept for the id)",
+            node.limits.max_event_bytes
+        ),
+        e => format!("Invalid event: {e}"),
+    })?;
     if event.id.is_some() {
         return Err("Invalid event: `id` is assigned by the gateway".into());
     }

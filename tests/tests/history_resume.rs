@@ -113,6 +113,50 @@ async fn resume_replays_exactly_the_missed_events_up_to_the_limit_else_resync() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_replay_is_bounded_in_bytes_like_the_queue_else_resync() -> Result<()> {
+    // A resume's replay is the connection's own copy of its events: it may not exceed the
+    // queue bound (`--queue-bytes`), whatever `--max-replay` allows (a hostile client resuming
+    // from an old id on many connections held ≈ max-replay × max-event-bytes each).
+    let redis = RedisServer::start().await?;
+    let gw = Gateway::on_redis(&redis, &["--queue-bytes", "65536"]).await?;
+    let user = 23;
+    let mut ids = vec![String::new()]; // ids[seq]
+    for seq in 1..=20 {
+        let res = gw.publish(&[user], &seq_event(seq, 10_000)).await?;
+        ids.push(
+            res["ids"][user.to_string()]
+                .as_str()
+                .context("no id")?
+                .to_owned(),
+        );
+    }
+    // 5 missed, ≈ 50 KB: replayed exactly.
+    let mut c = connect_since(&gw, user, &ids[15]).await?;
+    SeqCheck::new("5 large missed", 16)
+        .read_until(&mut c, 20)
+        .await?;
+    // 15 missed, ≈ 150 KB: over the bound, though far under --max-replay (1,000).
+    let mut c = connect_since(&gw, user, &ids[5]).await?;
+    let latest = expect_resync(&mut c, "too_many").await?;
+    ensure!(
+        latest.as_deref() == Some(ids[20].as_str()),
+        "resync id {latest:?}"
+    );
+
+    // Small events: 249 missed are read 100 at a time and replayed whole, in order.
+    let user = 24;
+    let first = publish_seq(&gw, user, 1).await?;
+    for seq in 2..=250 {
+        publish_seq(&gw, user, seq).await?;
+    }
+    let mut c = connect_since(&gw, user, &first).await?;
+    SeqCheck::new("249 small missed", 2)
+        .read_until(&mut c, 250)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn trimmed_history_and_malformed_or_foreign_ids_get_resync_then_live() -> Result<()> {
     let redis = RedisServer::start().await?;
     let gw = Gateway::on_redis(&redis, &["--history-size", "10"]).await?;

@@ -228,14 +228,17 @@ return out
 /// Read a user's history.
 ///
 /// KEYS: stream, epoch key. ARGV: range start (`(<ms>-<seq>` exclusive or `<ms>` inclusive),
-/// stream id that must still exist (or empty), most entries to return, and a time (ms, or empty)
-/// from which on no entry may have been trimmed: with Redis ≥ 7.0 (`XINFO STREAM` reports
-/// `entries-added`), a stream that was ever trimmed and whose oldest entry is not older than that
-/// time may have lost entries after it, so the read reports not found.
-/// Returns `{epoch or false, found (1/0), last stream id or '', id1, event1, id2, event2, …}`.
+/// stream id that must still exist (or empty), most entries to return, a time (ms, or empty)
+/// from which on no entry may have been trimmed, and the most bytes of events to return. With
+/// Redis ≥ 7.0 (`XINFO STREAM` reports `entries-added`), a stream that was ever trimmed and
+/// whose oldest entry is not older than that time may have lost entries after it, so the read
+/// reports not found. Entries are read 100 at a time and the read stops before the entry that
+/// would pass the byte bound, reporting it: neither Redis nor the reader holds more than that.
+/// Returns `{epoch or false, found (1/0), last stream id or '', over the byte bound (1/0),
+/// id1, event1, id2, event2, …}`.
 pub const READ_SCRIPT: &str = r#"
 local epoch = redis.call('GET', KEYS[2])
-if not epoch then return {false, 0, ''} end
+if not epoch then return {false, 0, '', 0} end
 local found = 1
 if ARGV[2] ~= '' then
   if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then found = 0 end
@@ -256,10 +259,23 @@ end
 local last = ''
 local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #tail > 0 then last = tail[1][1] end
-local out = {epoch, found, last}
-for _, entry in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[3])) do
-  out[#out + 1] = entry[1]
-  out[#out + 1] = entry[2][2]
+local out = {epoch, found, last, 0}
+local left, budget, start = tonumber(ARGV[3]), tonumber(ARGV[5]), ARGV[1]
+while left > 0 do
+  local page = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', math.min(left, 100))
+  for _, entry in ipairs(page) do
+    local event = entry[2][2]
+    budget = budget - #event
+    if budget < 0 then
+      out[4] = 1
+      return out
+    end
+    out[#out + 1] = entry[1]
+    out[#out + 1] = event
+  end
+  if #page < math.min(left, 100) then break end
+  left = left - #page
+  start = '(' .. page[#page][1]
 end
 return out
 "#;

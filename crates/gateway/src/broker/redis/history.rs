@@ -20,6 +20,8 @@ pub(crate) struct RedisHistory {
     conn: RedisConn,
     script: Script,
     max_replay: usize,
+    /// Most bytes of events one read returns (`resync` `too_many` beyond).
+    max_bytes: usize,
     timeout: Duration,
 }
 
@@ -29,12 +31,19 @@ pub(crate) struct RedisHistory {
 pub(crate) struct ReadError(String);
 
 impl RedisHistory {
-    /// A reader over the node's command connection.
-    pub(crate) fn new(conn: RedisConn, max_replay: usize, timeout: Duration) -> Self {
+    /// A reader over the node's command connection: reads return at most `max_replay`
+    /// events and `max_bytes` bytes of them (beyond either, the replay is `too_many`).
+    pub(crate) fn new(
+        conn: RedisConn,
+        max_replay: usize,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Self {
         RedisHistory {
             conn,
             script: Script::new(READ_SCRIPT),
             max_replay,
+            max_bytes,
             timeout,
         }
     }
@@ -124,7 +133,8 @@ impl RedisHistory {
             .arg(start)
             .arg(check)
             .arg(self.max_replay + 1)
-            .arg(untrimmed_from);
+            .arg(untrimmed_from)
+            .arg(self.max_bytes);
         let reply = tokio::time::timeout(
             self.timeout,
             invocation.invoke_async::<Vec<Value>>(&mut conn),
@@ -145,6 +155,8 @@ pub(crate) struct Read {
     pub(crate) found: bool,
     /// Newest stream id.
     pub(crate) last: Option<String>,
+    /// More events followed than the read's byte bound let it return.
+    pub(crate) over_budget: bool,
     /// `(stream id, encoded event without id)` in order.
     pub(crate) entries: Vec<(String, Bytes)>,
 }
@@ -161,6 +173,7 @@ impl Read {
             Value::BulkString(b) if !b.is_empty() => Some(String::from_utf8(b).ok()?),
             _ => None,
         };
+        let over_budget = matches!(it.next()?, Value::Int(1));
         let mut entries = Vec::new();
         while let (Some(Value::BulkString(id)), Some(Value::BulkString(event))) =
             (it.next(), it.next())
@@ -171,6 +184,7 @@ impl Read {
             epoch,
             found,
             last,
+            over_budget,
             entries,
         })
     }
@@ -195,7 +209,7 @@ impl Read {
         if !self.found {
             return self.resync("trimmed");
         }
-        if self.entries.len() > max {
+        if self.entries.len() > max || self.over_budget {
             return self.resync("too_many");
         }
         Replay::Events(
@@ -222,6 +236,7 @@ mod tests {
             epoch: Some("ep".into()),
             found: true,
             last: Some("7-0".into()),
+            over_budget: false,
             entries: vec![(
                 "6-0".into(),
                 Bytes::from_static(br#"{"type":"t","data":6}"#),
@@ -245,9 +260,22 @@ mod tests {
                 ..
             }
         ));
+        let over = Read {
+            over_budget: true,
+            entries: read.entries.clone(),
+            ..read
+        };
+        assert!(matches!(
+            over.replay_after("ep", 10),
+            Replay::Resync {
+                reason: "too_many",
+                ..
+            }
+        ));
         let trimmed = Read {
             found: false,
-            ..read
+            over_budget: false,
+            ..over
         };
         assert!(
             matches!(trimmed.replay_after("ep", 10), Replay::Resync { reason: "trimmed", latest: Some(l) } if l == "ep-7-0")

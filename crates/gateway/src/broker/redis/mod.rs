@@ -88,7 +88,12 @@ impl RedisBroker {
             // (`unavailable`) where the events were there to replay.
             .then(|| {
                 let bound = settings.timeout * PUBSUB_TIMEOUT_FACTOR;
-                RedisHistory::new(commands.clone(), settings.max_replay, bound)
+                RedisHistory::new(
+                    commands.clone(),
+                    settings.max_replay,
+                    settings.max_replay_bytes,
+                    bound,
+                )
             });
         let shared = Arc::new(Context {
             publisher,

@@ -71,6 +71,11 @@ impl RawClient {
         Ok(RawClient { stream, buf })
     }
 
+    /// This client's end of the TCP connection.
+    pub fn local_addr(&self) -> Result<std::net::SocketAddr> {
+        Ok(self.stream.local_addr()?)
+    }
+
     /// Write one frame: `first` is the first header byte (FIN, RSV bits, opcode); masked with a
     /// fixed key when `masked` (clients must mask).
     pub async fn send_frame(&mut self, first: u8, masked: bool, payload: &[u8]) -> Result<()> {

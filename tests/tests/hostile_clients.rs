@@ -10,6 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use gleepost_tests::eventually;
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::raw_ws::{opcode, vm_rss_kib, RawClient};
+use gleepost_tests::sockets::tcp_state;
 use gleepost_tests::{ws_path, Gateway, GatewayOptions};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -122,6 +123,43 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() -> Result
     .await
     .with_context(|| format!("after {:?}", started.elapsed()))?;
     wait_metric(&gw, "gleepost_gateway_connections", 0.0).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_socket_of_a_client_closed_for_not_reading_does_not_linger_with_its_buffers(
+) -> Result<()> {
+    // Closing a client that stopped reading leaves unsent data in the kernel; without a bound
+    // the socket stays in FIN-WAIT-1 with its send buffer (megabytes) for as long as the client
+    // keeps its end open and answers window probes: outside every limit of the node, and a
+    // user could pile such sockets up connection after connection. The kernel must abort it
+    // (TCP_USER_TIMEOUT: ping interval + pong timeout, 2 s here).
+    let gw = Gateway::start(GatewayOptions::default().arg(&[
+        "--ping-interval",
+        "1s",
+        "--pong-timeout",
+        "1s",
+    ]))
+    .await?;
+    let silent = RawClient::connect_with_rcvbuf(&gw.public, &ws_path(9), 4096).await?;
+    let client = silent.local_addr()?;
+    let server: std::net::SocketAddr = gw.public.parse()?;
+    let event = format!(r#"{{"type":"message","data":"{}"}}"#, "x".repeat(50_000));
+    for _ in 0..40 {
+        gw.publish(&[9], &event).await?;
+    }
+    wait_metric(&gw, "gleepost_gateway_connections", 0.0).await?;
+    eventually(
+        LIMIT,
+        "the gateway's socket of the closed client is gone",
+        || async {
+            let state = tcp_state(server, client)?;
+            ensure!(state.is_none(), "still there, state {state:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    drop(silent);
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

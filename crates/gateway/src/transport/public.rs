@@ -94,6 +94,16 @@ static ACCEPT_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, edge: Arc<Edge>) {
     let _ = stream.set_nodelay(true);
+    // A peer that stops reading leaves unsent data in the kernel: once the gateway closes such
+    // a connection (slow consumer, pong timeout, a cut SSE stream) the socket would otherwise
+    // linger in FIN-WAIT-1 with its send buffer (megabytes) for as long as the peer keeps
+    // answering window probes with a zero window, outside every bound of the node. The kernel
+    // aborts it after the same time the gateway gives a silent peer: ping interval + pong
+    // timeout. (Live connections are closed by the gateway's own timers well before.)
+    let dead_after = node.conn.ping_interval + node.conn.pong_timeout;
+    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(dead_after)) {
+        tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
+    }
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

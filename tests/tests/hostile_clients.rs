@@ -215,6 +215,14 @@ async fn protocol_errors_get_their_close_code_before_the_socket_closes() -> Resu
             read.close_code
         );
     }
+    // Every 1002 is counted as a protocol error, the close with a bad code included.
+    let answered_1002 = cases.iter().filter(|case| case.4 == 1002).count();
+    wait_metric(&gw, &closed("protocol_error"), answered_1002 as f64).await?;
+    let client_closed = gw.metric(&closed("client_closed")).await?;
+    ensure!(
+        client_closed == 0.0,
+        "{client_closed} counted as client_closed"
+    );
     Ok(())
 }
 

@@ -13,8 +13,13 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::sync::watch;
 
+use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, Frame, Outbox, PushError, QueueLimits};
+
+/// Clients choose to stop reading: one line per second at most for their closes (the metric
+/// counts every one).
+static SLOW_CONSUMER_LOG: LogLimit = LogLimit::new(std::time::Duration::from_secs(1));
 
 /// A Gleepost user id.
 pub(crate) type UserId = u64;
@@ -178,7 +183,14 @@ impl Registry {
                         .events_dropped
                         .with_label_values(&["slow_consumer"])
                         .inc();
-                    tracing::warn!(user, conn = conn.id, "slow consumer, closing connection");
+                    if let Some(suppressed) = SLOW_CONSUMER_LOG.allow() {
+                        tracing::warn!(
+                            user,
+                            conn = conn.id,
+                            suppressed,
+                            "slow consumer, closing connection"
+                        );
+                    }
                 }
                 Err(PushError::Closed) => {
                     metrics.events_dropped.with_label_values(&["closing"]).inc();

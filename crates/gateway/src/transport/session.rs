@@ -21,6 +21,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant as TokioInstant, Sleep};
 use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::budget::FrameBudget;
@@ -41,8 +42,9 @@ enum Step {
     Timer,
     /// Nothing more to do for the client's frame.
     Continue,
-    /// The client sent a close frame: our reply is queued.
-    ClientClosed,
+    /// The client sent a close frame: our reply is queued. With an invalid close code the
+    /// reply is 1002 and the session ends as a protocol error.
+    ClientClosed(End),
     /// The session ends (with a close frame for [`End::Closed`]).
     End(End),
 }
@@ -103,10 +105,10 @@ pub(super) fn session<'a>(
             let end = match step {
                 Step::Continue => continue,
                 Step::End(end) => end,
-                Step::ClientClosed => {
+                Step::ClientClosed(end) => {
                     // tungstenite queued the close reply; flushing sends it (bounded).
                     let _ = within(write_deadline(node), ws.flush()).await;
-                    return End::ClientClosed;
+                    return end;
                 }
                 Step::Deliver => {
                     let closing = conn.outbox.take(&mut batch);
@@ -219,7 +221,12 @@ fn client_frame(
             }
             Step::Continue
         }
-        Some(Ok(Message::Close(_))) => Step::ClientClosed,
+        // tungstenite answers a close code that may not be sent (999, 1005, 5000, …) with
+        // 1002 and hands us that reply.
+        Some(Ok(Message::Close(Some(frame)))) if frame.code == CloseCode::Protocol => {
+            Step::ClientClosed(End::Closed(CloseReason::ProtocolError))
+        }
+        Some(Ok(Message::Close(_))) => Step::ClientClosed(End::ClientClosed),
         // Receive-only protocol: client data is ignored (pings are answered by tungstenite on
         // the next write, into the bounded write buffer).
         Some(Ok(_)) => Step::Continue,

@@ -77,6 +77,13 @@ export interface EventMap {
   read: Envelope<'read', Read>;
   typing: Envelope<'typing', Typing>;
   presence: Envelope<'presence', Presence>;
+  /** The video object (docs/protocol.md lists its members as the REST API's). */
+  'video-ready': Envelope<'video-ready', Record<string, unknown>>;
+  /** `views`, `vote`, `comment`, `post`: the resource object at the event's location. */
+  views: Envelope<'views', Record<string, unknown>>;
+  vote: Envelope<'vote', Record<string, unknown>>;
+  comment: Envelope<'comment', Record<string, unknown>>;
+  post: Envelope<'post', Record<string, unknown>>;
 }
 
 /** An event of a type this client version does not know (new types will appear). */

@@ -7,7 +7,8 @@
 //! * [`validate()`], [`parse_and_validate`] / [`validate_raw`], [`check_broker_payload`] — the
 //!   gateway's rules.
 //! * [`keys`] — Redis channel / key naming ([`Template`], [`history_key`], [`epoch_key`]).
-//! * [`Publisher`] — publish straight to Redis (`PUBLISH c:<id>`), like the admin HTTP API.
+//! * [`Publisher`] — publish straight to Redis (to each user's gateway channel `gp:user:{<id>}`,
+//!   with history when on), like the admin HTTP API.
 //! * [`payload`] — typed payloads of the known event types and [`kinds`] constants.
 //!
 //! ## Publishing from a Rust service

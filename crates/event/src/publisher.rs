@@ -1,6 +1,7 @@
 //! Publishing events straight to Redis from Rust backend services.
 //!
-//! Semantics match the gateway's `POST /v1/publish`: the event is validated once, encoded once,
+//! Semantics match the gateway's `POST /v1/publish` (except that duplicate user ids are
+//! published to once, where the API answers 400): the event is validated once, encoded once,
 //! and sent to each user's gateway channel ([`user_channel`], `gp:user:{<id>}`) in a single
 //! pipeline. With history on (the
 //! default) each user's copy goes through [`PUBLISH_SCRIPT`], which appends it to the user's

@@ -1,6 +1,7 @@
 //! Command line and environment configuration.
 //!
-//! Every setting is a CLI flag with a `GATEWAY_*` environment twin (plus `REDIS_URL`). Defaults are
+//! Every setting is a CLI flag with a `GATEWAY_*` environment twin (plus `REDIS_URL`,
+//! `REDIS_CLUSTER_URLS` and the `REDIS_SENTINEL_*` variables). Defaults are
 //! safe for production: without `--dev` the gateway refuses to start without a JWT key (HS256
 //! secret, public key file or JWKS URL) and an API key. The README's configuration table mirrors
 //! this file (checked by `config/readme_table.rs`); `config/effective.rs` derives the settings in
@@ -51,7 +52,8 @@ pub enum Command {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
     },
-    /// Publish one event to users through the broker (Redis with `REDIS_URL`).
+    /// Publish one event to users through the broker (`REDIS_URL`, `REDIS_CLUSTER_URLS` or
+    /// the Sentinel settings).
     Publish {
         /// Recipient user ids, comma separated.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -175,7 +177,7 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,
 
-    /// Most WebSocket connections this node holds; beyond it, new ones get 503. Unset: derived
+    /// Most client connections (any transport) this node holds; beyond it, new ones get 503. Unset: derived
     /// from the file limit and the cgroup memory limit; 0 = no limit.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -224,11 +226,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_CLIENT_FRAME_RATE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_frame_rate: u32,
 
-    /// Most WebSocket connections of one user on this node (429 beyond; 0 = no limit).
+    /// Most connections (any transport) of one user on this node (429 beyond; 0 = no limit).
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
     pub max_connections_per_user: usize,
 
-    /// Most WebSocket connections (and handshakes in progress) from one client address
+    /// Most connections of any transport (and handshakes in progress) from one client address
     /// (429 beyond; 0 = no limit). IPv6 addresses count per /64.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,

@@ -22,9 +22,9 @@ pub(crate) const REFUSAL_REASONS: [&str; 6] = [
 /// All gateway metrics.
 pub(crate) struct Metrics {
     registry: Registry,
-    /// Open WebSocket connections.
+    /// Open client connections, every transport.
     pub(crate) connections: IntGauge,
-    /// WebSocket connections opened (upgrade completed).
+    /// Client connections opened (every transport; a WebSocket once its upgrade completed).
     pub(crate) connections_opened: IntCounter,
     /// Connections closed, by reason.
     pub(crate) connections_closed: IntCounterVec,
@@ -63,7 +63,8 @@ pub(crate) struct Metrics {
     /// Time from an event entering this node (publish accepted or broker receive) to its frame
     /// being written.
     pub(crate) delivery_latency: Histogram,
-    /// Broker channels this node is subscribed to (users × channel templates, plus the probe).
+    /// Broker channels this node is subscribed to (per link: users × (channel templates + the
+    /// gateway channel), plus its probe channel).
     pub(crate) subscribed_channels: IntGauge,
     /// Broker (re)connections after a failure.
     pub(crate) broker_reconnects: IntCounter,
@@ -132,14 +133,14 @@ impl Metrics {
             2.5, 5.0,
         ];
         let metrics = Metrics {
-            connections: gauge("connections", "Open WebSocket connections")?,
+            connections: gauge("connections", "Open client connections (every transport)")?,
             connections_opened: counter(
                 "connections_opened_total",
-                "WebSocket connections opened",
+                "Client connections opened (every transport)",
             )?,
             connections_closed: counter_vec(
                 "connections_closed_total",
-                "WebSocket connections closed, by reason",
+                "Client connections closed (every transport), by reason",
                 "reason",
             )?,
             connections_refused: counter_vec(

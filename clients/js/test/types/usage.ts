@@ -12,6 +12,8 @@ const client: Client = connect({
     },
     'new-conversation': (e) => void e.data.participants.map((p) => p.username),
     notification: (e) => void e.data.user.username,
+    'video-ready': (e) => void [e.location, e.data['id']],
+    post: (e) => void e.type,
   },
   onEvent: (e: GatewayEvent) => void e.type,
   onResync: (e) => void e.data.reason,

@@ -114,11 +114,11 @@ async fn resume_replays_exactly_the_missed_events_up_to_the_limit_else_resync() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_is_bounded_in_bytes_like_the_queue_else_resync() -> Result<()> {
-    // A resume's replay is the connection's own copy of its events: it may not exceed the
-    // queue bound (`--queue-bytes`), whatever `--max-replay` allows (a hostile client resuming
-    // from an old id on many connections held ≈ max-replay × max-event-bytes each).
+    // A resume's replay is the connection's own copy of its events: it may not exceed
+    // `--max-replay-bytes`, whatever `--max-replay` allows (a hostile client resuming from an
+    // old id on many connections held ≈ max-replay × max-event-bytes each).
     let redis = RedisServer::start().await?;
-    let gw = Gateway::on_redis(&redis, &["--queue-bytes", "65536"]).await?;
+    let gw = Gateway::on_redis(&redis, &["--max-replay-bytes", "65536"]).await?;
     let user = 23;
     let mut ids = vec![String::new()]; // ids[seq]
     for seq in 1..=20 {

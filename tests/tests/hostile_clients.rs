@@ -132,7 +132,7 @@ async fn the_socket_of_a_client_closed_for_not_reading_does_not_linger_with_its_
     // the socket stays in FIN-WAIT-1 with its send buffer (megabytes) for as long as the client
     // keeps its end open and answers window probes: outside every limit of the node, and a
     // user could pile such sockets up connection after connection. The kernel must abort it
-    // (TCP_USER_TIMEOUT: ping interval + pong timeout, 2 s here).
+    // (TCP_USER_TIMEOUT: twice ping interval + pong timeout, plus 2 s: 6 s here).
     let gw = Gateway::start(GatewayOptions::default().arg(&[
         "--ping-interval",
         "1s",

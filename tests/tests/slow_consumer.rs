@@ -59,6 +59,9 @@ async fn a_client_that_stops_reading_is_cut_with_4000_others_get_everything_and_
             &history,
             "--max-replay",
             &history,
+            // Everything missed is replayed: 3,000 events of ≈ 2 KiB.
+            "--max-replay-bytes",
+            "16777216",
         ],
     )
     .await?;

@@ -306,6 +306,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_REPLAY", default_value_t = 1_000)]
     pub max_replay: usize,
 
+    /// Most bytes of events one replay from Redis holds (a resume's or a repair's read, the
+    /// connection's own copy); more means `resync` instead.
+    #[arg(long, env = "GATEWAY_MAX_REPLAY_BYTES", default_value_t = 4_194_304)]
+    pub max_replay_bytes: usize,
+
     /// After SIGTERM, keep serving (unready) this long so load balancers notice. Default: 5s;
     /// 0s with --dev.
     #[arg(long, env = "GATEWAY_PRE_DRAIN_DELAY", value_parser = parse_duration)]

@@ -172,7 +172,7 @@ pub async fn run(config: Config) -> Result<()> {
                 limits,
                 history: config.history(),
                 max_replay: config.max_replay,
-                max_replay_bytes: config.queue_bytes,
+                max_replay_bytes: config.max_replay_bytes,
                 publish_replicas: config.publish_replicas,
             };
             let broker = RedisBroker::start(settings, dispatcher)

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 
 /// How long to wait for the client's reply to our close frame.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a session ended (metric label).
 pub(super) enum End {
@@ -71,6 +71,8 @@ fn client_vanished(kind: std::io::ErrorKind) -> bool {
     matches!(
         kind,
         ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof | NotConnected
+            // The kernel gave up on it (TCP_USER_TIMEOUT, see `public.rs`).
+            | TimedOut
     )
 }
 

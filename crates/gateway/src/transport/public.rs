@@ -98,9 +98,11 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
     // a connection (slow consumer, pong timeout, a cut SSE stream) the socket would otherwise
     // linger in FIN-WAIT-1 with its send buffer (megabytes) for as long as the peer keeps
     // answering window probes with a zero window, outside every bound of the node. The kernel
-    // aborts it after the same time the gateway gives a silent peer: ping interval + pong
-    // timeout. (Live connections are closed by the gateway's own timers well before.)
-    let dead_after = node.conn.ping_interval + node.conn.pong_timeout;
+    // aborts a connection whose data goes unacknowledged for twice what the gateway gives a
+    // silent peer (ping interval + pong timeout), plus the close handshake's grace: on a live
+    // connection the gateway's own timers always act first.
+    let silent = node.conn.ping_interval + node.conn.pong_timeout;
+    let dead_after = silent * 2 + super::ending::CLOSE_GRACE;
     if let Err(e) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(dead_after)) {
         tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
     }

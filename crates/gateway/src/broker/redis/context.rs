@@ -54,8 +54,8 @@ pub(crate) struct RedisSettings {
     pub(crate) history: HistoryConfig,
     /// Most events replayed on one resume or repair.
     pub(crate) max_replay: usize,
-    /// Most bytes of events one history read returns (a connection's queue bound): a replay
-    /// is this connection's own copy of its events.
+    /// Most bytes of events one history read returns: a replay is the connection's own copy
+    /// of its events.
     pub(crate) max_replay_bytes: usize,
     /// Replicas that must acknowledge each publish (`WAIT`) before the API answers 200.
     pub(crate) publish_replicas: u32,

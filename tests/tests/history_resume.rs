@@ -142,6 +142,10 @@ async fn a_replay_is_bounded_in_bytes_like_the_queue_else_resync() -> Result<()>
         latest.as_deref() == Some(ids[20].as_str()),
         "resync id {latest:?}"
     );
+    // The resync is counted as a resync, not as a replayed event.
+    let replayed = "gleepost_gateway_events_replayed_total";
+    let count = gw.metric(replayed).await?;
+    ensure!(count == 5.0, "{count} replayed");
 
     // Small events: 249 missed are read 100 at a time and replayed whole, in order.
     let user = 24;
@@ -153,6 +157,8 @@ async fn a_replay_is_bounded_in_bytes_like_the_queue_else_resync() -> Result<()>
     SeqCheck::new("249 small missed", 2)
         .read_until(&mut c, 250)
         .await?;
+    let count = gw.metric(replayed).await?;
+    ensure!(count == 5.0 + 249.0, "{count} replayed");
     Ok(())
 }
 

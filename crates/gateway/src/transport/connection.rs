@@ -177,7 +177,8 @@ pub(super) async fn renew(identity: &Identity, node: &Node) -> Option<Option<Tok
 }
 
 /// What a client resuming after `since` gets before live events (history, or a `resync`
-/// event), counted; `dedup` starts after `since` when the history proves it.
+/// event), counted (events in `events_replayed_total`, a resync in `resyncs_total`); `dedup`
+/// starts after `since` when the history proves it.
 pub(super) async fn replayed(
     user: UserId,
     since: &str,
@@ -189,6 +190,7 @@ pub(super) async fn replayed(
             if let Some(id) = EventId::parse(since) {
                 *dedup = Dedup::after(&id);
             }
+            node.metrics.events_replayed.inc_by(frames.len() as u64);
             frames
         }
         Replay::Resync { reason, latest } => {
@@ -197,12 +199,10 @@ pub(super) async fn replayed(
         }
     };
     let entered = Instant::now();
-    let batch: Vec<Frame> = frames
+    frames
         .into_iter()
         .map(|text| Frame::new(text, entered))
-        .collect();
-    node.metrics.events_replayed.inc_by(batch.len() as u64);
-    batch
+        .collect()
 }
 
 /// Count the frames of `batch` as delivered on `transport` (and their latency); empties it.

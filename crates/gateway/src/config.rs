@@ -177,8 +177,8 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,
 
-    /// Most client connections (any transport) this node holds; beyond it, new ones get 503. Unset: derived
-    /// from the file limit and the cgroup memory limit; 0 = no limit.
+    /// Most client connections (any transport) this node holds; beyond it, new ones get 503.
+    /// Unset: derived from the file limit and the cgroup memory limit; 0 = no limit.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 

@@ -222,7 +222,8 @@ fn client_frame(
             Step::Continue
         }
         // tungstenite answers a close code that may not be sent (999, 1005, 5000, …) with
-        // 1002 and hands us that reply.
+        // 1002 and hands us that reply; a client's own 1002 counts the same (a protocol error
+        // that one side saw).
         Some(Ok(Message::Close(Some(frame)))) if frame.code == CloseCode::Protocol => {
             Step::ClientClosed(End::Closed(CloseReason::ProtocolError))
         }

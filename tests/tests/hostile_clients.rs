@@ -11,6 +11,7 @@ use gleepost_tests::eventually;
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::raw_ws::{opcode, vm_rss_kib, RawClient};
 use gleepost_tests::sockets::tcp_state;
+use gleepost_tests::sse::{sse_path, SseStream};
 use gleepost_tests::{ws_path, Gateway, GatewayOptions};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -125,14 +126,58 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() -> Result
     wait_metric(&gw, "gleepost_gateway_connections", 0.0).await
 }
 
+/// Publish ≈ 10 MB to user 9 (more than its queue and the kernel's buffers of a client that
+/// does not read), wait until no connection is open, then until the gateway's socket to
+/// `client` is gone from the kernel's table (it stays in FIN-WAIT-1 while it holds data the
+/// client does not take, if nothing aborts it).
+async fn socket_is_gone_after_the_cut(gw: &Gateway, client: std::net::SocketAddr) -> Result<()> {
+    let server: std::net::SocketAddr = gw.public.parse()?;
+    let event = format!(r#"{{"type":"message","data":"{}"}}"#, "x".repeat(50_000));
+    for _ in 0..200 {
+        gw.publish(&[9], &event).await?;
+        if gw.metric("gleepost_gateway_connections").await? == 0.0 {
+            break;
+        }
+    }
+    wait_metric(gw, "gleepost_gateway_connections", 0.0).await?;
+    eventually(
+        LIMIT,
+        "the gateway's socket of the cut client is gone",
+        || async {
+            let state = tcp_state(server, client)?;
+            ensure!(state.is_none(), "still there, state {state:?}");
+            Ok(())
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn the_socket_of_a_client_closed_for_not_reading_does_not_linger_with_its_buffers(
-) -> Result<()> {
-    // Closing a client that stopped reading leaves unsent data in the kernel; without a bound
-    // the socket stays in FIN-WAIT-1 with its send buffer (megabytes) for as long as the client
+async fn a_websocket_closed_for_not_reading_is_reset_not_left_with_its_buffers() -> Result<()> {
+    // Closing a client that stopped reading leaves unsent data in the kernel; left alone the
+    // socket stays in FIN-WAIT-1 with its send buffer (megabytes) for as long as the client
     // keeps its end open and answers window probes: outside every limit of the node, and a
-    // user could pile such sockets up connection after connection. The kernel must abort it
-    // (TCP_USER_TIMEOUT: twice ping interval + pong timeout, plus 2 s: 6 s here).
+    // user could pile such sockets up connection after connection. A close frame not taken
+    // within the close grace resets the connection. (Ping interval 1 h: the kernel's own
+    // timeout, twice ping + pong, cannot be what ends it here.)
+    let gw = Gateway::start(GatewayOptions::default().arg(&[
+        "--ping-interval",
+        "1h",
+        "--pong-timeout",
+        "1s",
+    ]))
+    .await?;
+    let silent = RawClient::connect_with_rcvbuf(&gw.public, &ws_path(9), 4096).await?;
+    socket_is_gone_after_the_cut(&gw, silent.local_addr()?).await?;
+    drop(silent);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sse_stream_cut_for_not_reading_does_not_linger_with_its_buffers() -> Result<()> {
+    // hyper owns an SSE stream's socket, so it cannot be reset: the kernel aborts a connection
+    // whose data stays unacknowledged for twice ping interval + pong timeout, plus 2 s
+    // (TCP_USER_TIMEOUT, 6 s here).
     let gw = Gateway::start(GatewayOptions::default().arg(&[
         "--ping-interval",
         "1s",
@@ -140,24 +185,8 @@ async fn the_socket_of_a_client_closed_for_not_reading_does_not_linger_with_its_
         "1s",
     ]))
     .await?;
-    let silent = RawClient::connect_with_rcvbuf(&gw.public, &ws_path(9), 4096).await?;
-    let client = silent.local_addr()?;
-    let server: std::net::SocketAddr = gw.public.parse()?;
-    let event = format!(r#"{{"type":"message","data":"{}"}}"#, "x".repeat(50_000));
-    for _ in 0..40 {
-        gw.publish(&[9], &event).await?;
-    }
-    wait_metric(&gw, "gleepost_gateway_connections", 0.0).await?;
-    eventually(
-        LIMIT,
-        "the gateway's socket of the closed client is gone",
-        || async {
-            let state = tcp_state(server, client)?;
-            ensure!(state.is_none(), "still there, state {state:?}");
-            Ok(())
-        },
-    )
-    .await?;
+    let silent = SseStream::connect_with_rcvbuf(&gw.public, &sse_path(9, None), &[], 4096).await?;
+    socket_is_gone_after_the_cut(&gw, silent.local_addr()?).await?;
     drop(silent);
     Ok(())
 }

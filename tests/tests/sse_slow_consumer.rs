@@ -70,6 +70,9 @@ async fn an_sse_client_that_stops_reading_is_ended_at_the_write_deadline_others_
             "1000",
             "--queue-bytes",
             "67108864",
+            // The stalled client's resume replays what it missed (up to ≈ 18 MB).
+            "--max-replay-bytes",
+            "67108864",
         ],
     )
     .await?;

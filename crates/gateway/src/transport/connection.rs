@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::time::Instant as TokioInstant;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::admit::Admitted;
@@ -24,7 +25,10 @@ use crate::outbox::Frame;
 use crate::registry::{AtCapacity, Conn, Subscribed, UserId};
 use gleepost_event::EventId;
 
-pub(super) type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// A client's WebSocket, over the TCP stream itself (taken back from hyper after the upgrade)
+/// so that a close the client does not take can reset the connection
+/// ([`ending::close`]).
+pub(super) type Socket = WebSocketStream<TcpStream>;
 
 /// A connection's place in the registry; leaving the registry (and, for the user's last
 /// connection, unsubscribing) happens when this is dropped, whatever ends the connection.
@@ -133,20 +137,36 @@ fn serve(
             }
         };
         let node = &*admitted.registration.node;
-        let mut ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(node.conn.websocket),
-        )
-        .await;
+        // Boxed: what building the socket needs is not kept in the task's state for the
+        // connection's life.
+        let Some(mut ws) = Box::pin(websocket(upgraded, node.conn.websocket)).await else {
+            return;
+        };
         let open = Open::new(&node.metrics, Transport::WebSocket);
         let (conn, identity) = (&admitted.registration.conn, &admitted.identity);
         let end = session(&mut ws, conn, identity, &since, node).await;
+        if matches!(end, ending::End::PongTimeout) {
+            // Silent for the pong timeout: what the kernel holds for it goes with a reset.
+            ending::reset_on_drop(&ws);
+        }
         drop(ws);
         open.closed(admitted.identity.user, end.label());
         // The registration, then the address slot.
         drop(admitted);
     }
+}
+
+/// The client's WebSocket over the TCP stream hyper upgraded, with the bytes the client sent
+/// right after its upgrade request (read by hyper) first.
+async fn websocket(upgraded: Upgraded, config: WebSocketConfig) -> Option<Socket> {
+    // The public port serves `TokioIo<TcpStream>` (`public.rs`), so this always succeeds.
+    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        tracing::error!("upgraded connection is not a TCP stream");
+        return None;
+    };
+    let stream = parts.io.into_inner();
+    let early = parts.read_buf.to_vec();
+    Some(WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await)
 }
 
 /// How long to wait before checking renewable credentials again when the store did not answer.

@@ -85,14 +85,16 @@ pub(super) fn ending(error: &WsError) -> End {
     }
 }
 
-/// Send a close frame and wait (bounded) for the client's reply.
+/// Send a close frame and wait (bounded) for the client's reply. A client that does not take
+/// it within [`CLOSE_GRACE`] is not reading: the connection is reset when dropped, so that the
+/// kernel frees at once what it still holds for the client (its send buffer, megabytes)
+/// instead of keeping it in FIN-WAIT-1 for as long as the client keeps its end open.
 pub(super) async fn close(ws: &mut Socket, reason: CloseReason) -> End {
     let frame = CloseFrame {
         code: CloseCode::from(reason.code()),
         reason: reason.text().into(),
     };
-    // Bounded: a client that stopped reading may never take the close frame.
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+    let answered = tokio::time::timeout(CLOSE_GRACE, async {
         if ws.send(Message::Close(Some(frame))).await.is_ok() {
             while let Some(Ok(msg)) = ws.next().await {
                 if msg.is_close() {
@@ -102,7 +104,18 @@ pub(super) async fn close(ws: &mut Socket, reason: CloseReason) -> End {
         }
     })
     .await;
+    if answered.is_err() {
+        reset_on_drop(ws);
+    }
     End::Closed(reason)
+}
+
+/// Make dropping `ws` reset the TCP connection (`SO_LINGER` 0): the kernel discards what the
+/// client did not take.
+pub(super) fn reset_on_drop(ws: &Socket) {
+    if let Err(e) = socket2::SockRef::from(ws.get_ref()).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!(error = %e, "SO_LINGER not set");
+    }
 }
 
 /// Run a connection's task; a panic is caught and counted (`panics_total`, and

@@ -85,7 +85,7 @@ pub(super) fn ending(error: &WsError) -> End {
     }
 }
 
-/// Send a close frame and wait (bounded) for the client's reply. A client that does not take
+/// Send a close frame and wait (bounded) for the client's reply. A client that does not answer
 /// it within [`CLOSE_GRACE`] is not reading: the connection is reset when dropped, so that the
 /// kernel frees at once what it still holds for the client (its send buffer, megabytes)
 /// instead of keeping it in FIN-WAIT-1 for as long as the client keeps its end open.
@@ -95,16 +95,20 @@ pub(super) async fn close(ws: &mut Socket, reason: CloseReason) -> End {
         reason: reason.text().into(),
     };
     let answered = tokio::time::timeout(CLOSE_GRACE, async {
-        if ws.send(Message::Close(Some(frame))).await.is_ok() {
-            while let Some(Ok(msg)) = ws.next().await {
-                if msg.is_close() {
-                    break;
-                }
+        if ws.send(Message::Close(Some(frame))).await.is_err() {
+            return false;
+        }
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                return true;
             }
         }
+        false
     })
     .await;
-    if answered.is_err() {
+    // Without the client's reply (not in time, our frame not even written, or the stream
+    // ended first) nothing tells that it took what was sent.
+    if !matches!(answered, Ok(true)) {
         reset_on_drop(ws);
     }
     End::Closed(reason)

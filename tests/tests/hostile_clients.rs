@@ -22,6 +22,17 @@ async fn raw(gw: &Gateway, user: u64) -> Result<RawClient> {
     RawClient::connect(&gw.public, &ws_path(user)).await
 }
 
+/// A gateway with this ping interval and pong timeout, everything else default.
+async fn with_timers(ping_interval: &str, pong_timeout: &str) -> Result<Gateway> {
+    Gateway::start(GatewayOptions::default().arg(&[
+        "--ping-interval",
+        ping_interval,
+        "--pong-timeout",
+        pong_timeout,
+    ]))
+    .await
+}
+
 fn closed(reason: &str) -> String {
     format!(r#"gleepost_gateway_connections_closed_total{{reason="{reason}"}}"#)
 }
@@ -160,13 +171,7 @@ async fn a_websocket_closed_for_not_reading_is_reset_not_left_with_its_buffers()
     // user could pile such sockets up connection after connection. A close frame not taken
     // within the close grace resets the connection. (Ping interval 1 h: the kernel's own
     // timeout, twice ping + pong, cannot be what ends it here.)
-    let gw = Gateway::start(GatewayOptions::default().arg(&[
-        "--ping-interval",
-        "1h",
-        "--pong-timeout",
-        "1s",
-    ]))
-    .await?;
+    let gw = with_timers("1h", "1s").await?;
     let silent = RawClient::connect_with_rcvbuf(&gw.public, &ws_path(9), 4096).await?;
     socket_is_gone_after_the_cut(&gw, silent.local_addr()?).await?;
     drop(silent);
@@ -178,13 +183,7 @@ async fn an_sse_stream_cut_for_not_reading_does_not_linger_with_its_buffers() ->
     // hyper owns an SSE stream's socket, so it cannot be reset: the kernel aborts a connection
     // whose data stays unacknowledged for twice ping interval + pong timeout, plus 2 s
     // (TCP_USER_TIMEOUT, 6 s here).
-    let gw = Gateway::start(GatewayOptions::default().arg(&[
-        "--ping-interval",
-        "1s",
-        "--pong-timeout",
-        "1s",
-    ]))
-    .await?;
+    let gw = with_timers("1s", "1s").await?;
     let silent = SseStream::connect_with_rcvbuf(&gw.public, &sse_path(9, None), &[], 4096).await?;
     socket_is_gone_after_the_cut(&gw, silent.local_addr()?).await?;
     drop(silent);
@@ -193,13 +192,7 @@ async fn an_sse_stream_cut_for_not_reading_does_not_linger_with_its_buffers() ->
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unsolicited_pongs_do_not_keep_a_non_reading_client_alive() -> Result<()> {
-    let gw = Gateway::start(GatewayOptions::default().arg(&[
-        "--ping-interval",
-        "1s",
-        "--pong-timeout",
-        "1s",
-    ]))
-    .await?;
+    let gw = with_timers("1s", "1s").await?;
     let mut ws = raw(&gw, 9).await?;
     let deadline = Instant::now() + LIMIT;
     // Pongs with guessable payloads, never reading the server's pings.

@@ -131,17 +131,27 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
             }))
         }
     });
-    let conn = builder
+    let mut conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::select! {
-        ended = conn => {
+        ended = &mut conn => {
             if let Err(e) = ended {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
         }
-        // Dropping the connection closes the socket and frees what hyper still buffers.
-        () = cut.notified() => tracing::debug!("http connection dropped: its SSE client does not read"),
+        () = cut.notified() => {
+            // The socket taken back from hyper is reset (`SO_LINGER` 0) as it drops: the
+            // kernel discards what the client did not take, as for a WebSocket that does not
+            // take its close. Dropping the rest frees what hyper still buffers.
+            if let Some(parts) = conn.into_parts() {
+                let socket = parts.io.into_inner();
+                if let Err(e) = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO)) {
+                    tracing::debug!(error = %e, "SO_LINGER not set");
+                }
+            }
+            tracing::debug!("http connection reset: its SSE client does not read");
+        }
     }
 }
 

@@ -7,9 +7,9 @@
 //! chunks (one batch of frames each), and a chunk the client does not take within the pong
 //! timeout (it stopped reading and the socket is full) ends the stream as a slow consumer. When
 //! the gateway ends a stream, what is still queued (its `close` event) gets the same deadline,
-//! as a WebSocket close frame does; beyond it the HTTP connection is dropped: hyper writes a body
-//! only as the client reads, so it would otherwise keep the connection, and the chunks it holds,
-//! for as long as the client neither reads nor disconnects.
+//! as a WebSocket close frame does; beyond it the HTTP connection is reset (`public.rs`): hyper
+//! writes a body only as the client reads, so it would otherwise keep the connection, and the
+//! chunks it and the kernel hold, for as long as the client neither reads nor disconnects.
 
 use std::convert::Infallible;
 use std::pin::Pin;

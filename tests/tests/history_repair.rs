@@ -3,6 +3,8 @@
 //! node with `since`, while a publisher keeps publishing numbered events. Every client checks its
 //! sequence numbers: each event exactly once, in order.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -322,6 +324,72 @@ async fn gap_repair_covers_an_outage_before_any_event_was_delivered() -> Result<
     // The five events missed were sent by gap repair, and counted as replayed.
     wait_metric(&gw, "gleepost_gateway_events_replayed_total", 5.0).await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_probe_back_while_the_channels_resubscribe_does_not_move_the_repair_point() -> Result<()>
+{
+    // After an outage the node subscribes its probe channel first, then the users' channels: a
+    // probe that comes back in between proves nothing about them. Here probes flood the node's
+    // probe channel while it resubscribes (its own do so at their interval, more often the
+    // more channels a node has); the repair of a user without a delivered event must still
+    // start before the outage. A probe lands in that window in most outages, not all: one
+    // fresh user per outage, five outages.
+    let redis = RedisServer::start().await?;
+    // Many channels per user: resubscribing takes long enough for probes to come back.
+    let templates: Vec<String> = (0..1000).map(|i| format!("t{i}:{{id}}")).collect();
+    let templates = templates.join(",");
+    let args = [PROBE_TIMEOUT[0], PROBE_TIMEOUT[1], "--channels", &templates];
+    let gw = Gateway::on_redis(&redis, &args).await?;
+    let publisher = Publisher::connect(&redis.url()).await?;
+    let users: Vec<u64> = (80..85).collect();
+    let mut clients = Vec::new();
+    for &user in &users {
+        clients.push(gw.connect(user).await?);
+    }
+    let mut flood = redis.connection().await?;
+    let pattern = format!("{}*", gleepost_event::keys::PROBE_CHANNEL_PREFIX);
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg(&pattern)
+        .query_async(&mut flood)
+        .await?;
+    let [probe] = &channels[..] else {
+        bail!("expected the node's one probe channel, found {channels:?}");
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = tokio::spawn({
+        let (stop, probe) = (stop.clone(), probe.clone());
+        async move {
+            // Probes as the node's own (`<sent>:<Redis ms>`; Redis runs on this machine, its
+            // clock is this one), 20 per round trip, all through the test.
+            while !stop.load(Ordering::Relaxed) {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+                let payload = format!("0:{}", now.as_millis());
+                let mut pipe = redis::pipe();
+                for _ in 0..20 {
+                    pipe.cmd("PUBLISH").arg(&probe).arg(&payload).ignore();
+                }
+                let () = pipe.query_async(&mut flood).await?;
+            }
+            anyhow::Ok(())
+        }
+    });
+
+    for (round, (&user, client)) in users.iter().zip(&mut clients).enumerate() {
+        let outage = Outage::begin(&redis, &[&gw]).await?;
+        for seq in 1..=5 {
+            publish_seq_to(&publisher, user, seq).await?;
+        }
+        outage.end(&[&gw]).await?;
+        publish_seq_to(&publisher, user, 6).await?;
+        SeqCheck::new(format!("user {user}, fresh through outage {round}"), 1)
+            .read_until(client, 6)
+            .await?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    flooding.await??;
+    wait_metric(&gw, "gleepost_gateway_events_replayed_total", 25.0).await
 }
 
 /// Read until seq `last`: events in order, except that after a `resync` the stream may jump

@@ -229,7 +229,7 @@ fn on_push(
             if channel.as_bytes() == links[i].probe.as_bytes() {
                 if let Some((back, ms)) = probe::on_probe(shared, &payload) {
                     (links[i].probe_back, links[i].probe_ms) = (back, ms);
-                    probe_returned(shared, links);
+                    probe_returned(shared, links, held.is_none());
                 }
             } else if let Some(held) = held {
                 held.push((channel, payload));
@@ -258,14 +258,19 @@ fn confirmed(link: &mut Link, wanted: &mut Wanted) {
 }
 
 /// A probe came back on some link: readiness and the node-wide repair point follow the
-/// oldest of the links' latest probes (a cluster's shards each have their own).
-fn probe_returned(shared: &Context, links: &[Link]) {
+/// oldest of the links' latest probes (a cluster's shards each have their own). While the
+/// session `settled` is false (channels still being subscribed, the repair not done) a probe
+/// proves nothing about the users' channels: the repair point stays where the last session
+/// left it, or the repair of users without a delivered event would start after the outage.
+fn probe_returned(shared: &Context, links: &[Link], settled: bool) {
     let back = links.iter().map(|l| l.probe_back).min().unwrap_or(0);
     if back != 0 {
         shared.state.probes_back_since(back);
-        // Everything published before each probe was delivered before it: a repair point.
-        let ms = links.iter().map(|l| l.probe_ms).min().unwrap_or(0);
-        shared.state.delivered_until(ms);
+        if settled {
+            // Everything published before each probe was delivered before it: a repair point.
+            let ms = links.iter().map(|l| l.probe_ms).min().unwrap_or(0);
+            shared.state.delivered_until(ms);
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! a per-user in-memory ring with the same id, resume and resync semantics as Redis history.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -30,13 +31,16 @@ pub(crate) struct MemoryBroker {
 /// Per-user rings of recent events (frames with their ids).
 struct Rings {
     epoch: String,
+    /// The last sequence number given, over all users: an id is never given twice in an
+    /// epoch, also after a user's ring was swept (a per-ring counter would start again at 1,
+    /// and its ids would be taken for ones a client already has).
+    last: AtomicU64,
     config: HistoryConfig,
     max_replay: usize,
     users: DashMap<UserId, Ring>,
 }
 
 struct Ring {
-    next: u64,
     touched: Instant,
     events: VecDeque<(u64, Utf8Bytes)>,
 }
@@ -48,6 +52,7 @@ impl MemoryBroker {
         let history = history.enabled().then(|| {
             let rings = Arc::new(Rings {
                 epoch: new_epoch(),
+                last: AtomicU64::new(0),
                 config: history,
                 max_replay,
                 users: DashMap::new(),
@@ -130,15 +135,14 @@ impl MemoryBroker {
         let mut ids = Vec::with_capacity(users.len());
         for &user in users {
             let mut ring = rings.users.entry(user).or_insert_with(|| Ring {
-                next: 1,
                 touched: entered,
                 events: VecDeque::new(),
             });
             if entered.duration_since(ring.touched) > rings.config.ttl {
                 ring.events.clear();
             }
-            let seq = ring.next;
-            ring.next += 1;
+            // Taken under the user's ring lock: per user, ids grow in the order of the ring.
+            let seq = rings.last.fetch_add(1, Ordering::Relaxed) + 1;
             ring.touched = entered;
             let id = format!("{}-{seq}-0", rings.epoch);
             let Some(text) = self.utf8(splice_id(&event, &id)) else {
@@ -235,4 +239,52 @@ impl Subscriptions for MemoryBroker {
     }
 
     fn unsubscribe(&self, _user: UserId) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::outbox::QueueLimits;
+    use crate::registry::Registry;
+
+    fn broker(ttl: Duration) -> MemoryBroker {
+        let limits = QueueLimits {
+            max_events: 8,
+            max_bytes: 1024,
+        };
+        let registry = Arc::new(Registry::new(limits, 0, 0));
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let history = HistoryConfig { size: 10, ttl };
+        MemoryBroker::new(Dispatcher::new(registry, metrics), history, 100)
+    }
+
+    fn id(broker: &MemoryBroker, user: UserId) -> EventId {
+        let ids = broker
+            .publish(&[user], Bytes::from_static(br#"{"type":"x","data":1}"#))
+            .ids;
+        EventId::parse(&ids[0].1).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_swept_ring_never_gives_an_id_again() {
+        let broker = broker(Duration::from_millis(1));
+        let first = id(&broker, 1);
+        // The ring's TTL passes (its clock is std's), then the sweep runs (tokio's, paused).
+        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(
+            broker.history.as_ref().unwrap().users.is_empty(),
+            "not swept"
+        );
+        let second = id(&broker, 1);
+        assert_eq!(first.epoch, second.epoch);
+        assert!(
+            (second.ms, second.seq) > (first.ms, first.seq),
+            "{first:?} then {second:?}"
+        );
+        // Ids grow per user whatever other users publish in between.
+        let other = id(&broker, 2);
+        assert!(id(&broker, 1).ms > second.ms && other.ms > second.ms);
+    }
 }

@@ -173,6 +173,8 @@ NOSCHEMA=--skip-schema-validation  # reach the template's own check behind a sch
 expect_fail "service.type=Bogus (schema enum)" "schema.*/service/type.*must be one of" --set service.type=Bogus
 expect_fail "config.logFormat=xml (schema enum)" "schema.*/config/logFormat.*must be one of" --set config.logFormat=xml
 expect_fail "config.drainWindow=20 (duration without unit)" "schema.*/config/drainWindow.*does not match pattern" --set-string config.drainWindow=20
+expect_fail "config.probeInterval=0s (timers must be longer than zero)" "schema.*/config/probeInterval" --set-string config.probeInterval=0s
+expect_ok "config.drainWindow=0s (the drain's waits may be zero)" --set-string config.drainWindow=0s
 expect_fail "replicaCount=\"two\" (type)" "schema.*/replicaCount.*want integer" --set-string replicaCount=two
 expect_fail "misspelt key servce.type (additionalProperties)" "schema.*additional properties 'servce' not allowed" --set servce.type=ClusterIP
 expect_fail "config.maxConnections=-1 (schema minimum)" "schema.*/config/maxConnections.*minimum" --set config.maxConnections=-1

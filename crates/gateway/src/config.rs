@@ -49,7 +49,7 @@ pub enum Command {
         #[arg(long)]
         user: u64,
         /// Lifetime of the token, e.g. `1h`, `30m`.
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = parse_positive_duration)]
         ttl: Duration,
     },
     /// Publish one event to users through the broker (`REDIS_URL`, `REDIS_CLUSTER_URLS` or
@@ -153,7 +153,7 @@ pub struct Config {
 
     /// Interval between JWKS fetches (at least 1 s); a token with an unknown `kid` also triggers
     /// one, at most every 10 s.
-    #[arg(long, env = "GATEWAY_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_JWKS_REFRESH", default_value = "5m", value_parser = parse_positive_duration)]
     pub jwks_refresh: Duration,
 
     /// The `iss` claim client JWTs must carry (unset: not checked).
@@ -188,16 +188,16 @@ pub struct Config {
     pub worker_threads: usize,
 
     /// Interval between WebSocket pings to each client.
-    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "30s", value_parser = parse_positive_duration)]
     pub ping_interval: Duration,
 
     /// A client that has not answered a ping within this time is disconnected.
-    #[arg(long, env = "GATEWAY_PONG_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_PONG_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub pong_timeout: Duration,
 
     /// Longest time a client may take to send a complete request (headers and body) on either
     /// port; slower requests are cut.
-    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub handshake_timeout: Duration,
 
     /// Largest event as delivered (encoded envelope, id included), in bytes.
@@ -206,7 +206,7 @@ pub struct Config {
 
     /// How long a token revocation of `POST /v1/disconnect` lasts: set it to at least the
     /// longest JWT lifetime you issue (a revoked token older than this is accepted again).
-    #[arg(long, env = "GATEWAY_REVOCATION_TTL", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_REVOCATION_TTL", default_value = "24h", value_parser = parse_positive_duration)]
     pub revocation_ttl: Duration,
 
     /// Most recipients in one publish request.
@@ -283,15 +283,15 @@ pub struct Config {
     pub publish_replicas: u32,
 
     /// Timeout of a Redis command on the request path (token check, publish).
-    #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
     pub redis_timeout: Duration,
 
     /// Interval between broker probes (a message this node publishes to itself).
-    #[arg(long, env = "GATEWAY_PROBE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_PROBE_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
     pub probe_interval: Duration,
 
     /// The node is unready when no probe came back within this time.
-    #[arg(long, env = "GATEWAY_PROBE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_PROBE_TIMEOUT", default_value = "3s", value_parser = parse_positive_duration)]
     pub probe_timeout: Duration,
 
     /// Events kept per user for resume and gap repair; 0 turns history off.
@@ -299,7 +299,7 @@ pub struct Config {
     pub history_size: usize,
 
     /// How long a user's history lives after their last event.
-    #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "24h", value_parser = parse_positive_duration)]
     pub history_ttl: Duration,
 
     /// Most events replayed on one resume; more means `resync` instead.
@@ -335,6 +335,16 @@ pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(20);
 /// Parse `30s`, `1h`, `250ms`… (humantime syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
+}
+
+/// Parse a duration that must be longer than zero (timers, timeouts, lifetimes: zero would
+/// make an interval spin or panic, or every wait fail at once).
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero, e.g. 500ms, 10s, 1m".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Parse a CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address (`10.1.2.3`, one host).

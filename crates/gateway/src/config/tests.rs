@@ -127,3 +127,30 @@ fn token_subcommand() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn timers_and_timeouts_must_be_longer_than_zero() {
+    for flag in [
+        "--ping-interval",
+        "--pong-timeout",
+        "--handshake-timeout",
+        "--probe-interval",
+        "--probe-timeout",
+        "--redis-timeout",
+        "--history-ttl",
+        "--revocation-ttl",
+        "--jwks-refresh",
+    ] {
+        let err = Cli::try_parse_from(["gleepost-gateway", flag, "0s"]).unwrap_err();
+        assert!(
+            err.to_string().contains("longer than zero"),
+            "{flag}: {err}"
+        );
+        assert!(
+            Cli::try_parse_from(["gleepost-gateway", flag, "250ms"]).is_ok(),
+            "{flag}"
+        );
+    }
+    // The drain's waits may be zero (dev mode's are).
+    assert!(Cli::try_parse_from(["gleepost-gateway", "--drain-window", "0s"]).is_ok());
+}

@@ -10,7 +10,7 @@ use anyhow::{ensure, Context, Result};
 use gleepost_tests::http;
 use gleepost_tests::resume::{publish_seq, SeqCheck};
 use gleepost_tests::sse::{accept_poll, poll, sse_path, SseStream};
-use gleepost_tests::{Gateway, GatewayOptions};
+use gleepost_tests::{eventually, Gateway, GatewayOptions, RedisServer};
 use serde_json::json;
 
 const READY: Duration = Duration::from_secs(30);
@@ -230,5 +230,57 @@ async fn poll_answers_history_then_live_then_empty_and_resync() -> Result<()> {
             >= 3.0,
         "poll deliveries not counted"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poll_answered_from_history_still_carries_a_close_that_came_meanwhile() -> Result<()> {
+    // The drain closes a poll while its history read is under way (Redis holds scripts under
+    // `CLIENT PAUSE … WRITE`; the subscription and the token check go on): the answer has the
+    // replayed events and the 1001, so the client reconnects elsewhere instead of polling this
+    // node again.
+    let redis = RedisServer::start().await?;
+    let mut gw = Gateway::on_redis(
+        &redis,
+        &[
+            "--redis-timeout",
+            "20s",
+            "--probe-timeout",
+            "60s",
+            "--pre-drain-delay",
+            "0s",
+            "--drain-window",
+            "20s",
+        ],
+    )
+    .await?;
+    let first = publish_seq(&gw, 11, 1).await?;
+    publish_seq(&gw, 11, 2).await?;
+    let mut admin = redis.connection().await?;
+    let () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "4000", "WRITE"])
+        .query_async(&mut admin)
+        .await?;
+    let public = gw.public.clone();
+    let polling = tokio::spawn(async move { poll(&public, 11, Some(&first), "5s").await });
+    eventually(WAIT, "the poll admitted", || async {
+        let open = gw
+            .metric("gleepost_gateway_transport_connections{transport=\"poll\"}")
+            .await?;
+        ensure!(open == 1.0, "{open} polls");
+        Ok(())
+    })
+    .await?;
+    gw.signal(libc::SIGTERM);
+    let res = polling.await??;
+    let mut check = SeqCheck::new("poll of user 11", 2);
+    let close = accept_poll(&res, &mut check)?;
+    ensure!(
+        check.last() == 2,
+        "the replayed event is missing: {}",
+        res.body_text()
+    );
+    ensure!(close == Some(1001), "no 1001 in {}", res.body_text());
+    gw.wait_exit(READY).await?;
     Ok(())
 }

@@ -231,8 +231,8 @@ impl Outbox {
         self.waker.wake();
     }
 
-    /// Move every queued frame into `batch` (which must be empty); returns the close reason if
-    /// the connection should close after sending them.
+    /// Move every queued frame to the end of `batch`; returns the close reason if the
+    /// connection should close after sending them.
     pub(crate) fn take(&self, batch: &mut Vec<Frame>) -> Option<CloseReason> {
         let mut st = self.lock();
         batch.extend(st.queue.drain(..));

@@ -82,6 +82,10 @@ pub(super) async fn answer(
             Err(_) => None,
         };
     } else {
+        // What was queued during the history read goes too (live events after the replayed
+        // ones, duplicates filtered), and so does a close that came meanwhile (drain,
+        // disconnect): the client must learn it now, not on its next poll.
+        closing = conn.outbox.take(&mut batch);
         batch.retain(|frame| dedup.admit(frame));
     }
     let body = encode(&batch, closing);

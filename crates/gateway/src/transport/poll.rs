@@ -57,8 +57,7 @@ pub(super) async fn answer(
     if let Some(since) = &since {
         batch = replayed(conn.user, since, &mut dedup, node).await;
     }
-    let mut closing = None;
-    if batch.is_empty() {
+    let closing = if batch.is_empty() {
         // Credentials that expire meanwhile end the wait (no renewal within one poll).
         let expires = admitted.identity.expires.map(tokio_instant);
         let until = TokioInstant::now() + wait;
@@ -74,20 +73,21 @@ pub(super) async fn answer(
             }
         })
         .await;
-        closing = match waited {
+        match waited {
             Ok(reason) => reason,
             Err(_) if expires.is_some_and(|at| at <= TokioInstant::now()) => {
                 Some(CloseReason::AuthExpired)
             }
             Err(_) => None,
-        };
+        }
     } else {
         // What was queued during the history read goes too (live events after the replayed
         // ones, duplicates filtered), and so does a close that came meanwhile (drain,
         // disconnect): the client must learn it now, not on its next poll.
-        closing = conn.outbox.take(&mut batch);
+        let closing = conn.outbox.take(&mut batch);
         batch.retain(|frame| dedup.admit(frame));
-    }
+        closing
+    };
     let body = encode(&batch, closing);
     let label = closing.map_or("poll_answered", CloseReason::label);
     delivered(node, "poll", &mut batch);

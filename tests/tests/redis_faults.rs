@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gleepost_tests::redis_inspect::{user_channels, user_channels_subscribed};
-use gleepost_tests::{ensure_same_event, eventually, Client, Gateway, RedisServer};
+use gleepost_tests::{ensure_same_event, eventually, Client, Gateway, GatewayOptions, RedisServer};
 
 const READY: Duration = Duration::from_secs(30);
 /// Each node's settings besides fast probes: a probe timeout and a Redis timeout that let a
@@ -183,4 +183,51 @@ async fn frozen_redis_is_detected_by_the_probe_and_delivery_resumes_after_thaw()
         .context("node B after thaw")?;
     clients.all_receive(&a, "after thaw").await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_refused_for_a_while_does_not_stop_the_node_for_good() -> Result<()> {
+    // The server refuses the node's password for a while (rotated on the server before the
+    // node's secret, then set back): the command connection's reconnects fail with an
+    // authentication error, not an I/O one. Once the password works again the node is ready
+    // and delivers, without a restart.
+    let redis = RedisServer::start().await?;
+    let () = redis
+        .cmd(&["ACL", "SETUSER", "gw", "on", ">pw-a", "~*", "&*", "+@all"])
+        .await?;
+    let options = GatewayOptions::redis(redis.url_as("gw", "pw-a"))
+        .fast_probes()
+        .arg(&NODE_ARGS);
+    let gw = Gateway::start_ready(options).await?;
+    let mut client = gw.connect(9).await?;
+    let event = r#"{"type":"message","data":1}"#;
+    gw.publish(&[9], event).await?;
+    next_is(&mut client, event, "before").await?;
+
+    let () = redis
+        .cmd(&["ACL", "SETUSER", "gw", "resetpass", ">pw-b"])
+        .await?;
+    let _: i64 = redis.cmd(&["CLIENT", "KILL", "USER", "gw"]).await?;
+    gw.wait_ready(false, READY).await?;
+    // Publishes meanwhile fail with a status, not a hang, until the command connection's
+    // reconnect was refused for the password (what only a new connection fixes).
+    let body = format!(r#"{{"users":[9],"event":{event}}}"#);
+    eventually(READY, "a publish refused for the password", || async {
+        let refused = gw.publish_raw(&body).await?;
+        ensure!(refused.status == 503, "publish: {}", refused.status);
+        let logged = gw.logs().iter().any(|line| {
+            line.contains("publish failed") && line.to_lowercase().contains("authentication")
+        });
+        ensure!(logged, "no publish failed for the password in the log yet");
+        Ok(())
+    })
+    .await?;
+
+    let () = redis
+        .cmd(&["ACL", "SETUSER", "gw", "resetpass", ">pw-a"])
+        .await?;
+    gw.wait_ready(true, READY).await?;
+    let after = r#"{"type":"message","data":2}"#;
+    gw.publish(&[9], after).await?;
+    next_is(&mut client, after, "after").await
 }

@@ -1,14 +1,15 @@
 //! The Redis connection behind a [`crate::Publisher`] (and the gateway's commands): one server
-//! through a reconnecting [`ConnectionManager`], the primary under Sentinel through
+//! through a reconnecting [`SingleConn`], the primary under Sentinel through
 //! [`SentinelConn`] (which follows failovers), or a Redis Cluster through redis-rs's cluster
 //! connection, which routes every keyed command (scripts included) to its slot's owner and
 //! follows `MOVED`/`ASK`.
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::sentinel::SentinelConn;
+use crate::single::SingleConn;
 
 /// TCP settings of every Redis connection this crate and the gateway open: `TCP_NODELAY` on
 /// (redis-rs leaves Nagle's algorithm on), so that a pipeline sent while the previous one is
@@ -23,7 +24,7 @@ pub fn tcp_settings() -> redis::io::tcp::TcpSettings {
 #[derive(Clone)]
 pub enum RedisConn {
     /// One Redis server (reconnects by itself).
-    Single(ConnectionManager),
+    Single(SingleConn),
     /// The primary of a Sentinel-monitored master (moves to the new primary on failover).
     Sentinel(SentinelConn),
     /// A Redis Cluster (slot map refreshed on `MOVED` and errors).

@@ -52,6 +52,7 @@ pub mod payload;
 pub mod publisher;
 mod refresh;
 pub mod sentinel;
+pub mod single;
 pub mod validate;
 
 pub use conn::{tcp_settings, RedisConn};
@@ -65,6 +66,7 @@ pub use payload::{event, kinds};
 pub use publisher::{PublishError, PublishReport, Publisher};
 pub use sentinel::SentinelConn;
 pub use serde_json::value::RawValue;
+pub use single::SingleConn;
 pub use validate::{
     check_broker_payload, parse_and_validate, validate, validate_raw, Limits, PayloadError,
     ValidationError, DEFAULT_MAX_EVENT_BYTES,

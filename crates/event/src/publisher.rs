@@ -13,13 +13,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::batcher::{Batcher, Settings};
 use crate::conn::RedisConn;
 use crate::envelope::Event;
 use crate::history::HistoryConfig;
 use crate::keys::user_channel;
+use crate::single::SingleConn;
 use crate::validate::{validate, Limits, ValidationError};
 
 /// Error returned by [`Publisher`].
@@ -91,10 +92,12 @@ impl Publisher {
             .set_tcp_settings(crate::conn::tcp_settings());
         let client = redis::Client::open(info)?;
         let address = client.get_connection_info().addr().to_string();
-        let conn = ConnectionManager::new(client)
+        let config = ConnectionManagerConfig::new();
+        let conn = ConnectionManager::new_with_config(client.clone(), config.clone())
             .await
             .map_err(|source| PublishError::Connect { address, source })?;
-        Ok(Publisher::from_manager(conn))
+        let conn = SingleConn::from_parts(conn, client, config);
+        Ok(Publisher::from_conn(RedisConn::Single(conn)))
     }
 
     /// Connects to a Redis Cluster through its seed nodes (`redis://[user:pass@]host:port`):
@@ -137,7 +140,7 @@ impl Publisher {
 
     /// Wraps an existing connection manager (e.g. one shared with other code).
     pub fn from_manager(conn: ConnectionManager) -> Publisher {
-        Publisher::from_conn(RedisConn::Single(conn))
+        Publisher::from_conn(RedisConn::Single(SingleConn::from_manager(conn)))
     }
 
     /// Wraps an existing standalone or cluster connection.

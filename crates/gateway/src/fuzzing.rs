@@ -46,7 +46,11 @@ pub fn authenticator(secret: &[u8], store: &str) -> Result<FuzzAuthenticator, re
     let key = Template::parse_token_key(DEFAULT_TOKEN_KEY).map_err(|e| {
         redis::RedisError::from((redis::ErrorKind::Client, "token key", e.to_string()))
     })?;
-    let gleepost = GleepostAuth::new(RedisConn::Single(store), key, Duration::from_millis(100));
+    let gleepost = GleepostAuth::new(
+        RedisConn::Single(gleepost_event::SingleConn::from_manager(store)),
+        key,
+        Duration::from_millis(100),
+    );
     Ok(FuzzAuthenticator(Authenticator::new(
         JwtAuth::new(secret),
         Some(gleepost),

@@ -3,20 +3,20 @@
 
 use std::time::Duration;
 
-use gleepost_event::RedisConn;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use gleepost_event::{RedisConn, SingleConn};
+use redis::aio::ConnectionManagerConfig;
 
 use crate::broker::BrokerError;
 
 /// The connections to one Redis server.
 pub(super) struct Standalone {
     client: redis::Client,
-    commands: ConnectionManager,
+    commands: SingleConn,
 }
 
 impl Standalone {
     /// Parse `url`; nothing is connected yet (start-up never waits for Redis): the command
-    /// connection connects on first use and again after I/O errors, the subscriber opens the
+    /// connection connects on first use and again after errors, the subscriber opens the
     /// pub/sub connection with its own backoff.
     pub(super) fn new(url: &str, timeout: Duration) -> Result<Self, BrokerError> {
         let info = redis::IntoConnectionInfo::into_connection_info(url)?
@@ -27,7 +27,7 @@ impl Standalone {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let commands = SingleConn::lazy(client.clone(), config)?;
         Ok(Standalone { client, commands })
     }
 

@@ -231,3 +231,42 @@ async fn a_password_refused_for_a_while_does_not_stop_the_node_for_good() -> Res
     gw.publish(&[9], after).await?;
     next_is(&mut client, after, "after").await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_users_unreadable_history_does_not_stop_the_gap_repair_of_the_others() -> Result<()> {
+    // User 5's history key holds a string (written by something else): after a pub/sub blip
+    // the repair reads it and gets WRONGTYPE. That user's connection gets `resync`
+    // (`unavailable`); the others' repair, and the node, go on.
+    let redis = RedisServer::start().await?;
+    let gw = Gateway::on_redis(&redis, &NODE_ARGS).await?;
+    let (mut known, mut fresh, mut poisoned) = (
+        gw.connect(1).await?,
+        gw.connect(2).await?,
+        gw.connect(5).await?,
+    );
+    let event = r#"{"type":"message","data":1}"#;
+    gw.publish(&[1, 5], event).await?;
+    next_is(&mut known, event, "user 1 before").await?;
+    next_is(&mut poisoned, event, "user 5 before").await?;
+    let key = gleepost_event::keys::history_key(5);
+    let () = redis.cmd(&["SET", &key, "not a stream"]).await?;
+
+    let before = gw.metric(RECONNECTS).await?;
+    let _: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
+    eventually(READY, "the node noticed the blip", || async {
+        ensure!(gw.metric(RECONNECTS).await? > before);
+        Ok(())
+    })
+    .await?;
+    gw.wait_ready(true, READY).await?;
+    let after = r#"{"type":"message","data":2}"#;
+    gw.publish(&[1, 2], after).await?;
+    next_is(&mut known, after, "user 1 after").await?;
+    next_is(&mut fresh, after, "user 2 after").await?;
+    let frame: serde_json::Value = serde_json::from_str(&poisoned.next_text().await?)?;
+    ensure!(
+        frame["type"] == "resync" && frame["data"]["reason"] == "unavailable",
+        "user 5 got {frame}"
+    );
+    Ok(())
+}

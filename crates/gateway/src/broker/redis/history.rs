@@ -27,8 +27,57 @@ pub(crate) struct RedisHistory {
 
 /// Reading history failed (Redis error or timeout).
 #[derive(Debug, thiserror::Error)]
-#[error("history read failed: {0}")]
-pub(crate) struct ReadError(String);
+#[error("history read failed: {message}")]
+pub(crate) struct ReadError {
+    message: String,
+    /// The user's own keys are the cause (not Redis, nor the connection): a key of the wrong
+    /// type, a reply of the wrong shape. Reading other users' history still works.
+    user_only: bool,
+}
+
+impl ReadError {
+    fn node(message: impl Into<String>) -> Self {
+        ReadError {
+            message: message.into(),
+            user_only: false,
+        }
+    }
+
+    fn of(e: redis::RedisError) -> Self {
+        let message = e.to_string();
+        // WRONGTYPE: one of the user's keys holds something else (written by hand or by
+        // another program); inside the script it comes back as the script's error.
+        let user_only = message.contains("WRONGTYPE");
+        ReadError { message, user_only }
+    }
+}
+
+/// Log lines of gap repair's per-user failures: at most one per second.
+static USER_READ_LOG: crate::log_limit::LogLimit =
+    crate::log_limit::LogLimit::new(Duration::from_secs(1));
+
+/// A gap repair read of `user`: its replay, a `resync` `unavailable` when only this user's keys
+/// are unreadable (its connections learn it; the others' repair goes on), or the error that
+/// fails the whole repair (Redis down: the session retries).
+fn repair_read(
+    user: UserId,
+    read: Result<Read, ReadError>,
+    replay: impl FnOnce(Read) -> Replay,
+) -> Result<Replay, ReadError> {
+    match read {
+        Ok(read) => Ok(replay(read)),
+        Err(e) if e.user_only => {
+            if let Some(suppressed) = USER_READ_LOG.allow() {
+                tracing::warn!(user, error = %e, suppressed, "gap repair: this user's history is unreadable");
+            }
+            Ok(Replay::Resync {
+                reason: "unavailable",
+                latest: None,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
 
 impl RedisHistory {
     /// A reader over the node's command connection: reads return at most `max_replay`
@@ -86,7 +135,9 @@ impl RedisHistory {
             }))
             .await;
             for ((user, id), read) in chunk.iter().zip(reads) {
-                out.push((*user, read?.replay_after(&id.epoch, self.max_replay)));
+                let replay =
+                    repair_read(*user, read, |r| r.replay_after(&id.epoch, self.max_replay))?;
+                out.push((*user, replay));
             }
         }
         Ok(out)
@@ -107,11 +158,10 @@ impl RedisHistory {
             )
             .await;
             for (&user, read) in chunk.iter().zip(reads) {
-                let read = read?;
-                let replay = match read.epoch.clone() {
+                let replay = repair_read(user, read, |read| match read.epoch.clone() {
                     Some(epoch) => read.replay_after(&epoch, self.max_replay),
                     None => Replay::Events(Vec::new()),
-                };
+                })?;
                 out.push((user, replay));
             }
         }
@@ -140,9 +190,12 @@ impl RedisHistory {
             invocation.invoke_async::<Vec<Value>>(&mut conn),
         )
         .await
-        .map_err(|_| ReadError("timed out".into()))?
-        .map_err(|e| ReadError(e.to_string()))?;
-        Read::parse(reply).ok_or_else(|| ReadError("unexpected reply shape".into()))
+        .map_err(|_| ReadError::node("timed out"))?
+        .map_err(ReadError::of)?;
+        Read::parse(reply).ok_or_else(|| ReadError {
+            message: "unexpected reply shape".into(),
+            user_only: true,
+        })
     }
 }
 

@@ -90,6 +90,18 @@ pub async fn request(
     .context("HTTP request timed out")?
 }
 
+/// A connection to `addr` on a socket with a receive buffer of `rcvbuf` bytes (set before
+/// connecting, which turns off receive autotuning): a client that stops reading fills it
+/// quickly.
+pub async fn connect_with_rcvbuf(addr: &str, rcvbuf: u32) -> Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(rcvbuf)?;
+    tokio::time::timeout(Duration::from_secs(10), socket.connect(addr.parse()?))
+        .await
+        .with_context(|| format!("connecting to {addr} timed out"))?
+        .map_err(Into::into)
+}
+
 /// Send `raw` exactly as given (a request written by hand, e.g. an HTTP/1.0 request line) and
 /// read the response.
 pub async fn exchange(addr: &str, raw: &[u8]) -> Result<HttpResponse> {
@@ -123,9 +135,16 @@ pub async fn closed_within<S: AsyncRead + Unpin>(
     Ok(received)
 }
 
-/// Read one response (head and `Content-Length` body) from `stream`.
+/// Read one response (head and its `Content-Length` or chunked body) from `stream`.
 pub async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse> {
     let (mut response, mut body) = read_head(stream).await?;
+    if response
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        response.body = read_chunked(stream, body).await?;
+        return Ok(response);
+    }
     let length: usize = response
         .header("content-length")
         .and_then(|v| v.parse().ok())
@@ -141,6 +160,31 @@ pub async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse> {
     body.truncate(length);
     response.body = body;
     Ok(response)
+}
+
+/// A chunked body from `stream`, `raw` being what arrived with the head: the chunks' data up
+/// to the last (empty) chunk.
+async fn read_chunked(stream: &mut TcpStream, mut raw: Vec<u8>) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&raw[..eol]).into_owned();
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .with_context(|| format!("bad chunk size line {line:?}"))?;
+            if raw.len() >= eol + 2 + size + 2 {
+                if size == 0 {
+                    return Ok(body);
+                }
+                body.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+                raw.drain(..eol + 2 + size + 2);
+                continue;
+            }
+        }
+        let n = stream.read(&mut chunk).await?;
+        ensure!(n > 0, "connection closed inside a chunked body");
+        raw.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Read a response head from `stream`; returns it (with an empty body) and the bytes that

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::http::{self, HttpResponse};
 use crate::resume::SeqCheck;
@@ -66,11 +66,7 @@ impl SseStream {
         headers: &[(&str, &str)],
         rcvbuf: u32,
     ) -> Result<SseStream> {
-        let socket = TcpSocket::new_v4()?;
-        socket.set_recv_buffer_size(rcvbuf)?;
-        let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(addr.parse()?))
-            .await
-            .with_context(|| format!("connecting to {addr} timed out"))??;
+        let stream = http::connect_with_rcvbuf(addr, rcvbuf).await?;
         tokio::time::timeout(
             Duration::from_secs(10),
             Self::request(stream, addr, path, headers),
@@ -239,12 +235,16 @@ pub async fn poll(
     since: Option<&str>,
     timeout: &str,
 ) -> Result<HttpResponse> {
+    http::request(addr, "GET", &poll_path(user, since, timeout), &[], b"").await
+}
+
+/// `/poll?access_token=…&timeout=<timeout>` (plus `&since=<id>`) for `user`.
+pub fn poll_path(user: u64, since: Option<&str>, timeout: &str) -> String {
     let since = since.map(|s| format!("&since={s}")).unwrap_or_default();
-    let path = format!(
+    format!(
         "/poll?access_token={}&timeout={timeout}{since}",
         token(user)
-    );
-    http::request(addr, "GET", &path, &[], b"").await
+    )
 }
 
 /// The events of a 200 `/poll` answer, each accepted by `check`; returns the `close` code, if any.

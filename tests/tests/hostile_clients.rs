@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use gleepost_tests::eventually;
+use gleepost_tests::http;
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::raw_ws::{opcode, vm_rss_kib, RawClient};
+use gleepost_tests::resume::seq_event;
 use gleepost_tests::sockets::tcp_state;
-use gleepost_tests::sse::{sse_path, SseStream};
+use gleepost_tests::sse::{poll, poll_path, sse_path, SseStream};
 use gleepost_tests::{ws_path, Gateway, GatewayOptions};
+use tokio::io::AsyncWriteExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
 /// Far above what a bounded connection can add, far below what the unbounded buffers grew to.
@@ -186,6 +189,59 @@ async fn an_sse_stream_cut_for_not_reading_does_not_linger_with_its_buffers() ->
     let silent = SseStream::connect_with_rcvbuf(&gw.public, &sse_path(9, None), &[], 4096).await?;
     socket_is_gone_after_the_cut(&gw, silent.local_addr()?).await?;
     drop(silent);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poll_answer_that_is_not_read_keeps_its_slot_until_the_connection_is_reset() -> Result<()>
+{
+    // A long-poll answered with megabytes from history that the client never reads: while
+    // hyper still writes it, it counts against the per-user limit (else one user could pile
+    // such answers up without bound), and an answer not taken within ping interval + pong
+    // timeout resets the connection.
+    let gw = Gateway::start(GatewayOptions::default().arg(&[
+        "--ping-interval",
+        "1s",
+        "--pong-timeout",
+        "1s",
+        "--max-connections-per-user",
+        "2",
+    ]))
+    .await?;
+    let first = gw.publish(&[9], &seq_event(0, 0)).await?;
+    let first = first["ids"]["9"].as_str().context("no id")?.to_owned();
+    // ≈ 6 MB after `first`: more than the kernel buffers of the connection hold.
+    for seq in 1..=120 {
+        gw.publish(&[9], &seq_event(seq, 50_000)).await?;
+    }
+    let path = poll_path(9, Some(&first), "1s");
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let mut stream = http::connect_with_rcvbuf(&gw.public, 4096).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", gw.public);
+        stream.write_all(request.as_bytes()).await?;
+        let (head, _) = http::read_head(&mut stream).await?;
+        ensure!(head.status == 200, "poll answered {}", head.status);
+        silent.push(stream);
+    }
+    let third = poll(&gw.public, 9, None, "1s").await?;
+    ensure!(
+        third.status == 429,
+        "a third poll of the user got {} while two answers were still being written",
+        third.status
+    );
+    let server: std::net::SocketAddr = gw.public.parse()?;
+    for stream in &silent {
+        let client = stream.local_addr()?;
+        eventually(LIMIT, "the unread answer's connection is reset", || async {
+            let state = tcp_state(server, client)?;
+            ensure!(state.is_none(), "still there, state {state:?}");
+            Ok(())
+        })
+        .await?;
+    }
+    let after = poll(&gw.public, 9, None, "1s").await?;
+    ensure!(after.status == 200, "after the resets: {}", after.status);
     Ok(())
 }
 

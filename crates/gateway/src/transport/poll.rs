@@ -6,11 +6,16 @@
 //! presence, disconnect); the server ending it early (drain, disconnect, credentials expired)
 //! answers with the events so far and `"close":{"code":…,"reason":…}`.
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
+use hyper::body::Frame as BodyFrame;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant as TokioInstant;
 
 use super::admit::Admitted;
@@ -42,13 +47,38 @@ pub(super) fn wait_param(query: Option<&str>) -> Result<Duration, String> {
     }
 }
 
-/// Wait for events of an admitted client and answer them.
+/// The answer of a poll. Until hyper is done with it (written, or the connection gone) it
+/// holds the client's admission: its registration and address slot, so an answer the client
+/// does not read still counts against the per-user and per-address limits.
+pub(crate) struct PollBody {
+    chunk: Option<Bytes>,
+    _admitted: Admitted,
+    /// Dropped with the body: the watchdog of [`answer`] stands down.
+    _done: oneshot::Sender<()>,
+}
+
+impl hyper::body::Body for PollBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
+        Poll::Ready(self.chunk.take().map(|c| Ok(BodyFrame::data(c))))
+    }
+}
+
+/// Wait for events of an admitted client and answer them. An answer not taken within ping
+/// interval + pong timeout (the time a WebSocket has for its replay) has `cut` reset the
+/// connection.
 pub(super) async fn answer(
     admitted: Admitted,
     since: Option<String>,
     wait: Duration,
     node: &Node,
-) -> Response<Full<Bytes>> {
+    cut: Arc<Notify>,
+) -> Response<PollBody> {
     let metrics = &node.metrics;
     let open = Open::new(metrics, Transport::Poll);
     let conn = &admitted.registration.conn;
@@ -92,8 +122,20 @@ pub(super) async fn answer(
     let label = closing.map_or("poll_answered", CloseReason::label);
     delivered(node, "poll", &mut batch);
     open.closed(admitted.identity.user, label);
-    drop(admitted);
-    let mut res = Response::new(Full::new(Bytes::from(body)));
+    let (done, written) = oneshot::channel::<()>();
+    let limit = node.conn.ping_interval + node.conn.pong_timeout;
+    tokio::spawn(async move {
+        // Ends with the body (the sender dropped); beyond the limit the client does not read.
+        if tokio::time::timeout(limit, written).await.is_err() {
+            cut.notify_one();
+        }
+    });
+    let body = PollBody {
+        chunk: Some(Bytes::from(body)),
+        _admitted: admitted,
+        _done: done,
+    };
+    let mut res = Response::new(body);
     *res.status_mut() = StatusCode::OK;
     let headers = res.headers_mut();
     headers.insert(

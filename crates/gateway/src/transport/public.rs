@@ -95,7 +95,7 @@ static ACCEPT_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, edge: Arc<Edge>) {
     let _ = stream.set_nodelay(true);
     // A peer that stops reading leaves unsent data in the kernel: once the gateway closes such
-    // a connection (slow consumer, pong timeout, a cut SSE stream) the socket would otherwise
+    // a connection (slow consumer, pong timeout, a cut stream) the socket would otherwise
     // linger in FIN-WAIT-1 with its send buffer (megabytes) for as long as the peer keeps
     // answering window probes with a zero window, outside every bound of the node. The kernel
     // aborts a connection whose data goes unacknowledged for twice what the gateway gives a
@@ -113,7 +113,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
         .max_buf_size(HARD_MAX_HEAD_BYTES)
         .max_header_size(HARD_MAX_HEAD_BYTES)
         .max_headers(HARD_MAX_HEADERS);
-    // Notified by an SSE stream whose client stopped reading: the connection is dropped.
+    // Notified by an SSE stream or a poll answer whose client does not read: the connection
+    // is reset.
     let cut = Arc::new(Notify::new());
     let cut_by_stream = cut.clone();
     let service = service_fn(move |req| {
@@ -150,7 +151,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
                     tracing::debug!(error = %e, "SO_LINGER not set");
                 }
             }
-            tracing::debug!("http connection reset: its SSE client does not read");
+            tracing::debug!("http connection reset: its client does not read");
         }
     }
 }
@@ -224,15 +225,17 @@ async fn handle(
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
             res.map(Either::Left)
         }
-        (Transport::Sse, _) => sse::start(admitted, since, node, cut).map(Either::Right),
-        _ => poll::answer(admitted, since, wait, &node)
+        (Transport::Sse, _) => {
+            sse::start(admitted, since, node, cut).map(|body| Either::Right(Either::Left(body)))
+        }
+        _ => poll::answer(admitted, since, wait, &node, cut)
             .await
-            .map(Either::Left),
+            .map(|body| Either::Right(Either::Right(body))),
     }
 }
 
-/// The response body of the public port: a whole body, or an SSE stream.
-pub(crate) type Body = Either<Full<Bytes>, sse::SseBody>;
+/// The response body of the public port: a whole body, an SSE stream, or a poll's answer.
+pub(crate) type Body = Either<Full<Bytes>, Either<sse::SseBody, poll::PollBody>>;
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -206,6 +206,8 @@ async fn a_poll_answer_that_is_not_read_keeps_its_slot_until_the_connection_is_r
         "1s",
         "--max-connections-per-user",
         "2",
+        "--max-replay-bytes",
+        "16777216",
     ]))
     .await?;
     let first = gw.publish(&[9], &seq_event(0, 0)).await?;

@@ -196,6 +196,8 @@ async fn a_client_that_does_not_take_its_replay_is_cut_with_4000() -> Result<()>
         "1000",
         "--max-replay",
         "1000",
+        "--max-replay-bytes",
+        "16777216",
         "--ping-interval",
         "1s",
         "--pong-timeout",

@@ -193,6 +193,7 @@ pub async fn run(config: Config) -> Result<()> {
                     dispatcher,
                     config.history(),
                     config.max_replay,
+                    config.max_replay_bytes,
                 )),
                 None,
             )

@@ -37,6 +37,8 @@ struct Rings {
     last: AtomicU64,
     config: HistoryConfig,
     max_replay: usize,
+    /// Most bytes of events one replay returns: SSE and long-poll copy them into one chunk.
+    max_replay_bytes: usize,
     users: DashMap<UserId, Ring>,
 }
 
@@ -46,8 +48,14 @@ struct Ring {
 }
 
 impl MemoryBroker {
-    /// A broker delivering into `dispatcher`, keeping history per `history`.
-    pub(crate) fn new(dispatcher: Dispatcher, history: HistoryConfig, max_replay: usize) -> Self {
+    /// A broker delivering into `dispatcher`, keeping history per `history`; a replay returns
+    /// at most `max_replay` events and `max_replay_bytes` of them (`resync` beyond).
+    pub(crate) fn new(
+        dispatcher: Dispatcher,
+        history: HistoryConfig,
+        max_replay: usize,
+        max_replay_bytes: usize,
+    ) -> Self {
         let (tx, rx) = watch::channel(true);
         let history = history.enabled().then(|| {
             let rings = Arc::new(Rings {
@@ -55,6 +63,7 @@ impl MemoryBroker {
                 last: AtomicU64::new(0),
                 config: history,
                 max_replay,
+                max_replay_bytes,
                 users: DashMap::new(),
             });
             tokio::spawn(sweep(Arc::downgrade(&rings)));
@@ -209,7 +218,8 @@ impl MemoryBroker {
             return resync("trimmed");
         };
         let after = ring.events.len() - pos - 1;
-        if after > rings.max_replay {
+        let bytes: usize = ring.events.iter().skip(pos + 1).map(|(_, t)| t.len()).sum();
+        if after > rings.max_replay || bytes > rings.max_replay_bytes {
             return resync("too_many");
         }
         Replay::Events(
@@ -256,7 +266,7 @@ mod tests {
         let registry = Arc::new(Registry::new(limits, 0, 0));
         let metrics = Arc::new(Metrics::new().unwrap());
         let history = HistoryConfig { size: 10, ttl };
-        MemoryBroker::new(Dispatcher::new(registry, metrics), history, 100)
+        MemoryBroker::new(Dispatcher::new(registry, metrics), history, 100, 1 << 20)
     }
 
     fn id(broker: &MemoryBroker, user: UserId) -> EventId {
@@ -286,5 +296,24 @@ mod tests {
         // Ids grow per user whatever other users publish in between.
         let other = id(&broker, 2);
         assert!(id(&broker, 1).ms > second.ms && other.ms > second.ms);
+    }
+
+    #[tokio::test]
+    async fn a_replay_over_its_byte_bound_is_a_resync() {
+        let broker = broker(Duration::from_secs(60));
+        let since = id(&broker, 1);
+        let since = format!("{}-{}-{}", since.epoch, since.ms, since.seq);
+        let big = format!(r#"{{"type":"x","data":"{}"}}"#, "a".repeat(600 << 10));
+        broker.publish(&[1], Bytes::from(big.clone()));
+        assert!(matches!(broker.replay(1, &since), Replay::Events(e) if e.len() == 1));
+        broker.publish(&[1], Bytes::from(big));
+        let replay = broker.replay(1, &since);
+        assert!(matches!(
+            replay,
+            Replay::Resync {
+                reason: "too_many",
+                ..
+            }
+        ));
     }
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use gleepost_tests::http;
 use gleepost_tests::resume::{publish_seq, SeqCheck};
-use gleepost_tests::sse::{accept_poll, poll, sse_path, SseStream};
+use gleepost_tests::sse::{accept_poll, poll, poll_path, sse_path, SseStream};
 use gleepost_tests::{eventually, Gateway, GatewayOptions, RedisServer};
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 
 const READY: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_secs(10);
@@ -281,6 +282,61 @@ async fn a_poll_answered_from_history_still_carries_a_close_that_came_meanwhile(
         res.body_text()
     );
     ensure!(close == Some(1001), "no 1001 in {}", res.body_text());
+    gw.wait_exit(READY).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keep_alive_client_cannot_poll_a_draining_node_again_on_its_connection() -> Result<()> {
+    // Two pending polls; the drain closes one at once and the other half a window later. The
+    // client answered first polls again at once on the same keep-alive connection (reached
+    // without a load balancer, or through one that keeps it): it must not be admitted on the
+    // draining node again (before, it was, and got a second 1001 when the drain ended).
+    let mut gw = Gateway::start_ready(GatewayOptions::default().arg(&[
+        "--pre-drain-delay",
+        "0s",
+        "--drain-window",
+        "4s",
+    ]))
+    .await?;
+    let request = |user| {
+        let path = poll_path(user, None, "20s");
+        format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", gw.public)
+    };
+    let (mut a, mut b) = (
+        tokio::net::TcpStream::connect(&gw.public).await?,
+        tokio::net::TcpStream::connect(&gw.public).await?,
+    );
+    a.write_all(request(12).as_bytes()).await?;
+    b.write_all(request(13).as_bytes()).await?;
+    eventually(WAIT, "both polls admitted", || async {
+        let open = gw
+            .metric("gleepost_gateway_transport_connections{transport=\"poll\"}")
+            .await?;
+        ensure!(open == 2.0, "{open} polls");
+        Ok(())
+    })
+    .await?;
+    gw.signal(libc::SIGTERM);
+    let (first, user, stream) = tokio::select! {
+        res = http::read_response(&mut a) => (res?, 12, &mut a),
+        res = http::read_response(&mut b) => (res?, 13, &mut b),
+    };
+    ensure!(
+        first.json()?["close"]["code"] == 1001,
+        "{}",
+        first.body_text()
+    );
+    // Again at once on the same connection: refused or the connection closed, not admitted.
+    let _ = stream.write_all(request(user).as_bytes()).await;
+    if let Ok(Ok(second)) = tokio::time::timeout(WAIT, http::read_response(stream)).await {
+        ensure!(
+            second.status == 503,
+            "a second poll on the draining node got {} {}",
+            second.status,
+            second.body_text()
+        );
+    }
     gw.wait_exit(READY).await?;
     Ok(())
 }

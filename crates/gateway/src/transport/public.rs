@@ -71,7 +71,8 @@ pub(crate) async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(serve_connection(stream, peer, node.clone(), edge.clone()));
+                    let stop = stop.clone();
+                    tokio::spawn(serve_connection(stream, peer, node.clone(), edge.clone(), stop));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.
@@ -92,7 +93,16 @@ pub(crate) async fn serve(
 /// Log lines a flood (or a Redis outage) would repeat: at most one per second each.
 static ACCEPT_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, edge: Arc<Edge>) {
+/// Serve one client connection. Once `stop` turns true (the node stops accepting for its
+/// drain) it takes no new request: the one in flight is answered, then the connection closes,
+/// so a keep-alive client cannot come back to a draining node on the same connection.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    node: Arc<Node>,
+    edge: Arc<Edge>,
+    mut stop: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     // A peer that stops reading leaves unsent data in the kernel: once the gateway closes such
     // a connection (slow consumer, pong timeout, a cut stream) the socket would otherwise
@@ -117,13 +127,15 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
     // is reset.
     let cut = Arc::new(Notify::new());
     let cut_by_stream = cut.clone();
+    let stopping = stop.clone();
     let service = service_fn(move |req| {
         let (node, edge, cut) = (node.clone(), edge.clone(), cut_by_stream.clone());
+        let stopping = *stopping.borrow();
         async move {
             // A panic while handling a request is contained: counted, logged once (the panic
             // hook), answered 500 JSON; the connection task goes on.
             let metrics = node.metrics.clone();
-            let handled = AssertUnwindSafe(handle(req, node, edge, peer.ip(), cut))
+            let handled = AssertUnwindSafe(handle(req, node, edge, peer.ip(), cut, stopping))
                 .catch_unwind()
                 .await;
             Ok::<_, Infallible>(handled.unwrap_or_else(|_| {
@@ -135,11 +147,19 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
     let mut conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    tokio::select! {
+    let mut closing = false;
+    loop {
+        tokio::select! {
         ended = &mut conn => {
             if let Err(e) = ended {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
+            break;
+        }
+        // The sender only ever sends `true` (or is dropped): either way, stop.
+        _ = stop.changed(), if !closing => {
+            std::pin::Pin::new(&mut conn).graceful_shutdown();
+            closing = true;
         }
         () = cut.notified() => {
             // The socket taken back from hyper is reset (`SO_LINGER` 0) as it drops: the
@@ -152,6 +172,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, 
                 }
             }
             tracing::debug!("http connection reset: its client does not read");
+            break;
+        }
         }
     }
 }
@@ -174,6 +196,7 @@ async fn handle(
     edge: Arc<Edge>,
     peer: IpAddr,
     cut: Arc<Notify>,
+    stopping: bool,
 ) -> Response<Body> {
     let deadline = Instant::now() + edge.handshake_timeout;
     if let Some(page) = super::demo::route(edge.dev, &req) {
@@ -208,6 +231,11 @@ async fn handle(
         },
         _ => Duration::ZERO,
     };
+    if stopping {
+        // The node drains: its connections are being closed; connect again (another node).
+        let refused = json_error(StatusCode::SERVICE_UNAVAILABLE, "Node shutting down");
+        return cors::allow(refused).map(Either::Left);
+    }
     let admitted = match admit::admit(&req, &node, &edge, peer, deadline).await {
         Ok(admitted) => admitted,
         Err(refusal) if transport == Transport::WebSocket => return refusal.map(Either::Left),

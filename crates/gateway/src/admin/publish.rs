@@ -237,9 +237,16 @@ pub(super) fn prepare(
     Ok((users, event.encode()))
 }
 
+/// Log lines of failed publishes: at most one per second.
+static PUBLISH_FAILED_LOG: crate::log_limit::LogLimit =
+    crate::log_limit::LogLimit::new(std::time::Duration::from_secs(1));
+
 /// A broker failure as the API answers it (503: the event may or may not have been published).
 pub(super) fn unavailable(e: BrokerError) -> Refusal {
-    tracing::warn!(error = %e, "publish failed");
+    // A Redis outage fails every publish: one line per second (the metric counts each 503).
+    if let Some(suppressed) = PUBLISH_FAILED_LOG.allow() {
+        tracing::warn!(error = %e, suppressed, "publish failed");
+    }
     (
         StatusCode::SERVICE_UNAVAILABLE,
         "Broker unavailable; the event may not have been published".to_string(),

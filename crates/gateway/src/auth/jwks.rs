@@ -20,6 +20,8 @@ pub(crate) const MIN_KID_REFRESH: Duration = Duration::from_secs(10);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 /// Deadline of one fetch (connect, TLS handshake, request, whole body).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Skipped keys of one fetch logged one by one; beyond, a count.
+const SKIPPED_LOGGED: usize = 8;
 
 /// What the cache reports about itself.
 #[derive(Clone)]
@@ -155,8 +157,13 @@ impl Jwks {
         };
         let ok = match result {
             Ok((keys, skipped)) => {
-                for why in &skipped {
+                // A document can hold any number of unusable keys: a few lines, then a count.
+                for why in skipped.iter().take(SKIPPED_LOGGED) {
                     tracing::warn!(url = %self.client.url(), "JWKS key skipped: {why}");
+                }
+                if skipped.len() > SKIPPED_LOGGED {
+                    let more = skipped.len() - SKIPPED_LOGGED;
+                    tracing::warn!(url = %self.client.url(), more, "JWKS: more keys skipped");
                 }
                 let kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
                 if self.changed(&keys) {

@@ -52,6 +52,11 @@ impl ReadError {
     }
 }
 
+/// Log lines of resumes that found history unavailable (a client can repeat them): at most
+/// one per second.
+static RESUME_LOG: crate::log_limit::LogLimit =
+    crate::log_limit::LogLimit::new(Duration::from_secs(1));
+
 /// Log lines of gap repair's per-user failures: at most one per second.
 static USER_READ_LOG: crate::log_limit::LogLimit =
     crate::log_limit::LogLimit::new(Duration::from_secs(1));
@@ -107,7 +112,9 @@ impl RedisHistory {
         let read = match self.read(user, &start, &check, "").await {
             Ok(read) => read,
             Err(e) => {
-                tracing::warn!(error = %e, user, "resume: history unavailable");
+                if let Some(suppressed) = RESUME_LOG.allow() {
+                    tracing::warn!(error = %e, user, suppressed, "resume: history unavailable");
+                }
                 return Replay::Resync {
                     reason: "unavailable",
                     latest: None,

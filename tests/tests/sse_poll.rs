@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gleepost_tests::http;
+use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::resume::{publish_seq, SeqCheck};
 use gleepost_tests::sse::{accept_poll, poll, poll_path, sse_path, SseStream};
-use gleepost_tests::{eventually, Gateway, GatewayOptions, RedisServer};
+use gleepost_tests::{Gateway, GatewayOptions, RedisServer};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -234,6 +235,16 @@ async fn poll_answers_history_then_live_then_empty_and_resync() -> Result<()> {
     Ok(())
 }
 
+/// Wait until `n` long-polls are pending on `gw`.
+async fn polls_pending(gw: &Gateway, n: usize) -> Result<()> {
+    wait_metric(
+        gw,
+        "gleepost_gateway_transport_connections{transport=\"poll\"}",
+        n as f64,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poll_answered_from_history_still_carries_a_close_that_came_meanwhile() -> Result<()> {
     // The drain closes a poll while its history read is under way (Redis holds scripts under
@@ -264,14 +275,7 @@ async fn a_poll_answered_from_history_still_carries_a_close_that_came_meanwhile(
         .await?;
     let public = gw.public.clone();
     let polling = tokio::spawn(async move { poll(&public, 11, Some(&first), "5s").await });
-    eventually(WAIT, "the poll admitted", || async {
-        let open = gw
-            .metric("gleepost_gateway_transport_connections{transport=\"poll\"}")
-            .await?;
-        ensure!(open == 1.0, "{open} polls");
-        Ok(())
-    })
-    .await?;
+    polls_pending(&gw, 1).await?;
     gw.signal(libc::SIGTERM);
     let res = polling.await??;
     let mut check = SeqCheck::new("poll of user 11", 2);
@@ -309,14 +313,7 @@ async fn a_keep_alive_client_cannot_poll_a_draining_node_again_on_its_connection
     );
     a.write_all(request(12).as_bytes()).await?;
     b.write_all(request(13).as_bytes()).await?;
-    eventually(WAIT, "both polls admitted", || async {
-        let open = gw
-            .metric("gleepost_gateway_transport_connections{transport=\"poll\"}")
-            .await?;
-        ensure!(open == 2.0, "{open} polls");
-        Ok(())
-    })
-    .await?;
+    polls_pending(&gw, 2).await?;
     gw.signal(libc::SIGTERM);
     let (first, user, stream) = tokio::select! {
         res = http::read_response(&mut a) => (res?, 12, &mut a),

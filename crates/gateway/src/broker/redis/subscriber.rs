@@ -122,7 +122,9 @@ async fn session(
     while let Ok(cmd) = requests.try_recv() {
         wanted.apply(cmd);
     }
-    wanted.dirty = wanted.users.clone();
+    // (Users that left meanwhile stay dirty: their repair point is dropped when synced.)
+    let users: Vec<UserId> = wanted.users.iter().copied().collect();
+    wanted.dirty.extend(users);
     sync(shared, &mut links, wanted).await?;
     // Messages arriving until every channel is confirmed and the repair is queued are held, so
     // every connection sees history first, then live (duplicates filtered).
@@ -298,7 +300,7 @@ async fn sync(
     wanted: &mut Wanted,
 ) -> Result<(), SessionError> {
     let mut dirty: Vec<Vec<UserId>> = vec![Vec::new(); links.len()];
-    for user in wanted.dirty.drain() {
+    for user in wanted.take_dirty() {
         let i = links.iter().position(|l| l.spec.serves(user));
         let i = i.ok_or(SessionError::Unserved(user))?;
         dirty[i].push(user);

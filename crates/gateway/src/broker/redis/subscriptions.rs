@@ -46,10 +46,22 @@ impl Wanted {
             }
             SubCommand::Unsubscribe(user) => {
                 self.users.remove(&user);
-                self.delivered.remove(&user);
                 self.dirty.insert(user);
             }
         }
+    }
+
+    /// The users whose wanted state changed since the last call. Those no longer wanted lose
+    /// their repair point here, not at their unsubscribe request: a user that left and came
+    /// back within one round was never unsubscribed and keeps its exact point.
+    pub(super) fn take_dirty(&mut self) -> Vec<UserId> {
+        let dirty: Vec<UserId> = self.dirty.drain().collect();
+        for user in &dirty {
+            if !self.users.contains(user) {
+                self.delivered.remove(user);
+            }
+        }
+        dirty
     }
 }
 
@@ -192,6 +204,22 @@ mod tests {
         assert_eq!(w.dirty.len(), 2);
         let sent = Sent::default();
         assert_eq!(sent.plan(&w.users, w.dirty.drain()), (vec![2], vec![]));
+    }
+
+    #[test]
+    fn a_user_that_leaves_and_comes_back_in_one_round_keeps_its_repair_point() {
+        let mut w = Wanted::default();
+        let _r = subscribe(&mut w, 7);
+        w.take_dirty();
+        let id = EventId::parse("ab1-5-0").unwrap();
+        w.delivered.insert(7, id.clone());
+        w.apply(SubCommand::Unsubscribe(7));
+        let _r = subscribe(&mut w, 7);
+        assert_eq!(w.take_dirty(), vec![7]);
+        assert_eq!(w.delivered.get(&7), Some(&id));
+        w.apply(SubCommand::Unsubscribe(7));
+        w.take_dirty();
+        assert!(w.delivered.is_empty());
     }
 
     #[test]

@@ -22,10 +22,13 @@ pub(crate) enum Replay {
     },
 }
 
+/// How every `resync` frame starts (its reason follows).
+const RESYNC_START: &str = r#"{"type":"resync","data":{"reason":""#;
+
 /// The `resync` control event: `{"type":"resync","data":{"reason":"…"},"id":"<latest>"}` (no
 /// `id` when the history is empty, or when `latest` is not an event id).
 pub(crate) fn resync_frame(reason: &str, latest: Option<&str>) -> Utf8Bytes {
-    let body = format!(r#"{{"type":"resync","data":{{"reason":"{reason}"}}}}"#);
+    let body = format!(r#"{RESYNC_START}{reason}"}}}}"#);
     match latest {
         // The id comes from the store: one that is not an event id (a corrupted epoch key in
         // Redis, found by fuzzing) is left out, so that the frame stays JSON.
@@ -53,11 +56,19 @@ impl Dedup {
         }
     }
 
-    /// True when the frame must be sent; records its id. Frames without id always pass.
+    /// True when the frame must be sent; records its id. Frames without id always pass, and
+    /// so does a `resync`: its id (the newest in history) becomes the position even when it
+    /// is older than what was sent (the history lost its tail), since the client resumes
+    /// from there and what follows it must reach the client.
     pub(crate) fn admit(&mut self, frame: &Frame) -> bool {
         let Some((epoch, ms, seq)) = frame.event_id() else {
             return true;
         };
+        if frame.text.as_str().starts_with(RESYNC_START) {
+            self.epoch = epoch.to_string();
+            self.position = (ms, seq);
+            return true;
+        }
         if epoch == self.epoch {
             if (ms, seq) <= self.position {
                 return false;
@@ -95,6 +106,17 @@ mod tests {
             admit(r#"{"type":"t","data":1,"id":"new-1-0"}"#),
             "new epoch"
         );
+    }
+
+    #[test]
+    fn a_resync_passes_and_moves_the_position_back_to_its_id() {
+        let mut d = Dedup::after(&EventId::parse("ep-10-0").unwrap());
+        let now = std::time::Instant::now();
+        assert!(d.admit(&Frame::new(resync_frame("trimmed", Some("ep-7-0")), now)));
+        assert!(d.admit(&Frame::new(
+            Utf8Bytes::from_static(r#"{"type":"t","data":1,"id":"ep-8-0"}"#),
+            now
+        )));
     }
 
     #[test]

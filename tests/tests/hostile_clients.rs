@@ -248,6 +248,45 @@ async fn a_poll_answer_that_is_not_read_keeps_its_slot_until_the_connection_is_r
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_sse_replay_that_is_not_read_ends_the_stream_as_a_slow_consumer() -> Result<()> {
+    // One large replay chunk, never read, then nothing to send for a while: its write (not
+    // only its hand-over to hyper) has ping interval + pong timeout (11 s here). Without that
+    // the stream waited for the kernel's timeout (24 s here), counted as client_gone.
+    let gw = Gateway::start(GatewayOptions::default().arg(&[
+        "--ping-interval",
+        "10s",
+        "--pong-timeout",
+        "1s",
+        "--max-replay-bytes",
+        "16777216",
+    ]))
+    .await?;
+    let first = gw.publish(&[9], &seq_event(0, 0)).await?;
+    let first = first["ids"]["9"].as_str().context("no id")?.to_owned();
+    for seq in 1..=120 {
+        gw.publish(&[9], &seq_event(seq, 50_000)).await?;
+    }
+    let silent =
+        SseStream::connect_with_rcvbuf(&gw.public, &sse_path(9, Some(&first)), &[], 4096).await?;
+    eventually(
+        LIMIT,
+        "the unread SSE replay ended as a slow consumer",
+        || async {
+            let (slow, gone) = (
+                gw.metric(&closed("slow_consumer")).await?,
+                gw.metric(&closed("client_gone")).await?,
+            );
+            ensure!(gone == 0.0, "ended by the kernel's timeout instead");
+            ensure!(slow == 1.0, "{slow} slow consumers");
+            Ok(())
+        },
+    )
+    .await?;
+    drop(silent);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unsolicited_pongs_do_not_keep_a_non_reading_client_alive() -> Result<()> {
     let gw = with_timers("1s", "1s").await?;
     let mut ws = raw(&gw, 9).await?;

@@ -33,6 +33,11 @@ use crate::outbox::{CloseReason, Frame};
 
 /// Chunks waiting for the client's socket.
 const CHUNKS: usize = 4;
+/// A chunk at least this large is followed by a marker (an SSE comment) that hyper takes only
+/// once it wrote most of the chunk, within ping interval + pong timeout: the deadline then
+/// covers the socket write, not just the hand-over (a single large replay would otherwise sit
+/// in hyper's buffer, unread, until the kernel's timeout).
+const LARGE_CHUNK: usize = 64 * 1024;
 /// The reconnect delay suggested to the browser (`retry:`, ms).
 const RETRY_MS: u32 = 1000;
 
@@ -122,12 +127,28 @@ async fn session(
     let settings = &node.conn;
     // A chunk must be taken within this time: otherwise the client does not read.
     let deadline = settings.pong_timeout;
+    // …and a large one written within this (the time a WebSocket has for its replay).
+    let written_by = settings.ping_interval + settings.pong_timeout;
     let send = |chunk: Bytes| async move {
+        let large = chunk.len() >= LARGE_CHUNK;
         match tokio::time::timeout(deadline, tx.send(chunk)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::ClientGone),
-            Err(_) => Err(End::Closed(CloseReason::SlowConsumer)),
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(End::ClientGone),
+            Err(_) => return Err(End::Closed(CloseReason::SlowConsumer)),
         }
+        if large {
+            // Every slot free again: the marker, and so (most of) the chunk, was taken.
+            let written = async {
+                let sent = tx.send(Bytes::from_static(b":\n\n")).await.is_ok();
+                sent && tx.reserve_many(CHUNKS).await.is_ok()
+            };
+            match tokio::time::timeout(written_by, written).await {
+                Ok(true) => {}
+                Ok(false) => return Err(End::ClientGone),
+                Err(_) => return Err(End::Closed(CloseReason::SlowConsumer)),
+            }
+        }
+        Ok(())
     };
     if let Err(end) = send(Bytes::from(format!("retry: {RETRY_MS}\n\n"))).await {
         return end;

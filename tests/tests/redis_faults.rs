@@ -270,3 +270,28 @@ async fn one_users_unreadable_history_does_not_stop_the_gap_repair_of_the_others
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_history_a_blip_gets_connected_clients_a_resync() -> Result<()> {
+    // History off: events published while the subscription was down cannot be replayed; the
+    // connections are told (`resync` `history_off`: refetch state) instead of a silent gap.
+    let redis = RedisServer::start().await?;
+    let mut args = NODE_ARGS.to_vec();
+    args.extend(["--history-size", "0"]);
+    let gw = Gateway::on_redis(&redis, &args).await?;
+    let mut client = gw.connect(9).await?;
+    let before = gw.metric(RECONNECTS).await?;
+    let _: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
+    eventually(READY, "the node noticed the blip", || async {
+        ensure!(gw.metric(RECONNECTS).await? > before);
+        Ok(())
+    })
+    .await?;
+    gw.wait_ready(true, READY).await?;
+    let frame: serde_json::Value = serde_json::from_str(&client.next_text().await?)?;
+    ensure!(
+        frame["type"] == "resync" && frame["data"]["reason"] == "history_off",
+        "expected a resync first, got {frame}"
+    );
+    Ok(())
+}

@@ -24,6 +24,18 @@ pub(super) async fn repair(
     delivered: &mut HashMap<UserId, EventId>,
 ) -> Result<(), ReadError> {
     let Some(history) = &shared.history else {
+        // Nothing to replay from: what was published meanwhile is lost to these connections,
+        // and they are told so (a `resync`: refetch state), not left with a silent gap.
+        let frame = Frame::new(resync_frame("history_off", None), Instant::now());
+        let metrics = shared.dispatcher.metrics();
+        for &user in users {
+            let queued = shared.dispatcher.dispatch_frame(user, &frame);
+            metrics
+                .resyncs
+                .with_label_values(&["history_off"])
+                .inc_by(queued as u64);
+        }
+        tracing::info!(users = users.len(), "gap repair: history off, resync sent");
         return Ok(());
     };
     let from = shared.state.delivered_ms();

@@ -150,30 +150,31 @@ async fn serve_connection(
     let mut closing = false;
     loop {
         tokio::select! {
-        ended = &mut conn => {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "http connection ended with an error");
-            }
-            break;
-        }
-        // The sender only ever sends `true` (or is dropped): either way, stop.
-        _ = stop.changed(), if !closing => {
-            std::pin::Pin::new(&mut conn).graceful_shutdown();
-            closing = true;
-        }
-        () = cut.notified() => {
-            // The socket taken back from hyper is reset (`SO_LINGER` 0) as it drops: the
-            // kernel discards what the client did not take, as for a WebSocket that does not
-            // take its close. Dropping the rest frees what hyper still buffers.
-            if let Some(parts) = conn.into_parts() {
-                let socket = parts.io.into_inner();
-                if let Err(e) = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO)) {
-                    tracing::debug!(error = %e, "SO_LINGER not set");
+            ended = &mut conn => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "http connection ended with an error");
                 }
+                break;
             }
-            tracing::debug!("http connection reset: its client does not read");
-            break;
-        }
+            // The sender only ever sends `true` (or is dropped): either way, stop.
+            _ = stop.changed(), if !closing => {
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                closing = true;
+            }
+            () = cut.notified() => {
+                // The socket taken back from hyper is reset (`SO_LINGER` 0) as it drops: the
+                // kernel discards what the client did not take, as for a WebSocket that does
+                // not take its close. Dropping the rest frees what hyper still buffers.
+                if let Some(parts) = conn.into_parts() {
+                    let socket = parts.io.into_inner();
+                    let reset = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+                    if let Err(e) = reset {
+                        tracing::debug!(error = %e, "SO_LINGER not set");
+                    }
+                }
+                tracing::debug!("http connection reset: its client does not read");
+                break;
+            }
         }
     }
 }

@@ -10,34 +10,72 @@ use crate::conn::RedisConn;
 use crate::keys::history_key;
 
 /// Every call in one pipeline (plus the `WAIT`, on the same connection: a failover in
-/// between would let a `WAIT` on the new primary return at once); reloads the script once if
-/// the server lost it (then nothing ran).
+/// between would let a `WAIT` on the new primary return at once). Calls the server refused for
+/// not knowing the script (it was flushed, or this is a new primary) did not run: the script
+/// is loaded and only those are sent again, since the others ran (sending them all again
+/// published their events twice). Any other error fails the batch.
 pub(super) async fn single_pipeline(
     settings: &Settings,
     script: &Script,
     commands: Vec<redis::Cmd>,
 ) -> Result<Vec<Value>, RedisError> {
-    let mut pipe = redis::pipe();
-    for cmd in commands {
-        pipe.add_command(cmd);
-    }
-    let wait = settings.replicas.map(|(replicas, timeout)| {
-        pipe.add_command(wait_command(replicas, timeout));
-        replicas
-    });
     let mut conn = settings.conn.clone();
-    let mut values: Vec<Value> = match pipe.query_async(&mut conn).await {
-        Err(e) if is_noscript(&e) => {
-            script.prepare_invoke().load_async(&mut conn).await?;
-            pipe.query_async(&mut conn).await?
+    let mut values = pipeline_of(&commands, settings)
+        .query_async::<Vec<Value>>(&mut conn)
+        .await?;
+    let lost: Vec<usize> = (0..commands.len())
+        .filter(|&i| {
+            values
+                .get(i)
+                .and_then(server_error)
+                .is_some_and(|e| is_noscript(&e))
+        })
+        .collect();
+    if !lost.is_empty() {
+        script.prepare_invoke().load_async(&mut conn).await?;
+        let again: Vec<redis::Cmd> = lost.iter().map(|&i| commands[i].clone()).collect();
+        let mut retried = pipeline_of(&again, settings)
+            .query_async::<Vec<Value>>(&mut conn)
+            .await?;
+        if settings.replicas.is_some() {
+            // The retry's `WAIT` covers every write of the connection so far.
+            if let (Some(wait), Some(last)) = (retried.pop(), values.last_mut()) {
+                *last = wait;
+            }
         }
-        other => other?,
-    };
-    if let Some(replicas) = wait {
+        for (&i, value) in lost.iter().zip(retried) {
+            values[i] = value;
+        }
+    }
+    if let Some(e) = values.iter().find_map(server_error) {
+        return Err(e);
+    }
+    if let Some((replicas, _)) = settings.replicas {
         let acked = values.pop().unwrap_or(Value::Nil);
         enough_replicas(acked, replicas)?;
     }
     Ok(values)
+}
+
+/// `commands` in one pipeline that returns every reply, errors included (plus the `WAIT`).
+fn pipeline_of(commands: &[redis::Cmd], settings: &Settings) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for cmd in commands {
+        pipe.add_command(cmd.clone());
+    }
+    if let Some((replicas, timeout)) = settings.replicas {
+        pipe.add_command(wait_command(replicas, timeout));
+    }
+    pipe
+}
+
+/// The error a reply carries, if it is one.
+fn server_error(value: &Value) -> Option<RedisError> {
+    match value {
+        Value::ServerError(e) => Some(e.clone().into()),
+        _ => None,
+    }
 }
 
 /// Each call on its slot's owner (concurrently), then the `WAIT`s per slot when configured.

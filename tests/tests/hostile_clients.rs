@@ -192,6 +192,17 @@ async fn an_sse_stream_cut_for_not_reading_does_not_linger_with_its_buffers() ->
     Ok(())
 }
 
+/// User 9's history: one small event, then ≈ 6 MB (more than the kernel buffers of a
+/// connection hold); returns the small one's id, to resume after.
+async fn large_history(gw: &Gateway) -> Result<String> {
+    let first = gw.publish(&[9], &seq_event(0, 0)).await?;
+    let first = first["ids"]["9"].as_str().context("no id")?.to_owned();
+    for seq in 1..=120 {
+        gw.publish(&[9], &seq_event(seq, 50_000)).await?;
+    }
+    Ok(first)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poll_answer_that_is_not_read_keeps_its_slot_until_the_connection_is_reset() -> Result<()>
 {
@@ -210,12 +221,7 @@ async fn a_poll_answer_that_is_not_read_keeps_its_slot_until_the_connection_is_r
         "16777216",
     ]))
     .await?;
-    let first = gw.publish(&[9], &seq_event(0, 0)).await?;
-    let first = first["ids"]["9"].as_str().context("no id")?.to_owned();
-    // ≈ 6 MB after `first`: more than the kernel buffers of the connection hold.
-    for seq in 1..=120 {
-        gw.publish(&[9], &seq_event(seq, 50_000)).await?;
-    }
+    let first = large_history(&gw).await?;
     let path = poll_path(9, Some(&first), "1s");
     let mut silent = Vec::new();
     for _ in 0..2 {
@@ -261,11 +267,7 @@ async fn an_sse_replay_that_is_not_read_ends_the_stream_as_a_slow_consumer() -> 
         "16777216",
     ]))
     .await?;
-    let first = gw.publish(&[9], &seq_event(0, 0)).await?;
-    let first = first["ids"]["9"].as_str().context("no id")?.to_owned();
-    for seq in 1..=120 {
-        gw.publish(&[9], &seq_event(seq, 50_000)).await?;
-    }
+    let first = large_history(&gw).await?;
     let silent =
         SseStream::connect_with_rcvbuf(&gw.public, &sse_path(9, Some(&first)), &[], 4096).await?;
     eventually(

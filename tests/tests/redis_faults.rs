@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gleepost_tests::redis_inspect::{user_channels, user_channels_subscribed};
+use gleepost_tests::resume::expect_resync;
 use gleepost_tests::{ensure_same_event, eventually, Client, Gateway, GatewayOptions, RedisServer};
 
 const READY: Duration = Duration::from_secs(30);
@@ -232,6 +233,19 @@ async fn a_password_refused_for_a_while_does_not_stop_the_node_for_good() -> Res
     next_is(&mut client, after, "after").await
 }
 
+/// Kill the node's pub/sub connection; returns once the node reconnected and is ready again
+/// (its gap repair done).
+async fn pubsub_blip(redis: &RedisServer, gw: &Gateway) -> Result<()> {
+    let before = gw.metric(RECONNECTS).await?;
+    let _: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
+    eventually(READY, "the node noticed the blip", || async {
+        ensure!(gw.metric(RECONNECTS).await? > before);
+        Ok(())
+    })
+    .await?;
+    gw.wait_ready(true, READY).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_users_unreadable_history_does_not_stop_the_gap_repair_of_the_others() -> Result<()> {
     // User 5's history key holds a string (written by something else): after a pub/sub blip
@@ -251,23 +265,12 @@ async fn one_users_unreadable_history_does_not_stop_the_gap_repair_of_the_others
     let key = gleepost_event::keys::history_key(5);
     let () = redis.cmd(&["SET", &key, "not a stream"]).await?;
 
-    let before = gw.metric(RECONNECTS).await?;
-    let _: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
-    eventually(READY, "the node noticed the blip", || async {
-        ensure!(gw.metric(RECONNECTS).await? > before);
-        Ok(())
-    })
-    .await?;
-    gw.wait_ready(true, READY).await?;
+    pubsub_blip(&redis, &gw).await?;
     let after = r#"{"type":"message","data":2}"#;
     gw.publish(&[1, 2], after).await?;
     next_is(&mut known, after, "user 1 after").await?;
     next_is(&mut fresh, after, "user 2 after").await?;
-    let frame: serde_json::Value = serde_json::from_str(&poisoned.next_text().await?)?;
-    ensure!(
-        frame["type"] == "resync" && frame["data"]["reason"] == "unavailable",
-        "user 5 got {frame}"
-    );
+    expect_resync(&mut poisoned, "unavailable").await?;
     Ok(())
 }
 
@@ -280,18 +283,7 @@ async fn without_history_a_blip_gets_connected_clients_a_resync() -> Result<()> 
     args.extend(["--history-size", "0"]);
     let gw = Gateway::on_redis(&redis, &args).await?;
     let mut client = gw.connect(9).await?;
-    let before = gw.metric(RECONNECTS).await?;
-    let _: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
-    eventually(READY, "the node noticed the blip", || async {
-        ensure!(gw.metric(RECONNECTS).await? > before);
-        Ok(())
-    })
-    .await?;
-    gw.wait_ready(true, READY).await?;
-    let frame: serde_json::Value = serde_json::from_str(&client.next_text().await?)?;
-    ensure!(
-        frame["type"] == "resync" && frame["data"]["reason"] == "history_off",
-        "expected a resync first, got {frame}"
-    );
+    pubsub_blip(&redis, &gw).await?;
+    expect_resync(&mut client, "history_off").await?;
     Ok(())
 }

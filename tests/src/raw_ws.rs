@@ -79,27 +79,16 @@ impl RawClient {
     /// Write one frame: `first` is the first header byte (FIN, RSV bits, opcode); masked with a
     /// fixed key when `masked` (clients must mask).
     pub async fn send_frame(&mut self, first: u8, masked: bool, payload: &[u8]) -> Result<()> {
-        let mut frame = vec![first];
-        let mask_bit = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => frame.push(mask_bit | n as u8),
-            n if n <= 0xFFFF => {
-                frame.push(mask_bit | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(mask_bit | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let key = [0x12, 0x34, 0x56, 0x78];
-        if masked {
-            frame.extend_from_slice(&key);
-            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            frame.extend_from_slice(payload);
-        }
+        let frame = encode_frame(first, masked, payload);
         self.stream.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Write `count` copies of one masked frame (`first` as in [`Self::send_frame`]) in a
+    /// single write: a flood of frames as fast as the socket takes them.
+    pub async fn send_repeated(&mut self, first: u8, payload: &[u8], count: usize) -> Result<()> {
+        let frames = encode_frame(first, true, payload).repeat(count);
+        self.stream.write_all(&frames).await?;
         Ok(())
     }
 
@@ -147,6 +136,32 @@ impl RawClient {
         .context("raw client: connection did not end in time")??;
         Ok(out)
     }
+}
+
+/// One frame as a client writes it: `first` is the first header byte (FIN, RSV bits, opcode);
+/// masked with a fixed key when `masked`.
+fn encode_frame(first: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![first];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => frame.push(mask_bit | n as u8),
+        n if n <= 0xFFFF => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x12, 0x34, 0x56, 0x78];
+    if masked {
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    frame
 }
 
 /// One complete unfragmented server frame at the start of `buf`: `(opcode, payload, bytes used)`.

@@ -361,3 +361,20 @@ async fn too_many_frames_in_a_second_are_closed_with_1008() -> Result<()> {
     );
     wait_metric(&gw, &closed("too_many_frames"), 1.0).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_empty_continuation_frames_is_closed_with_1008() -> Result<()> {
+    // Fragments never make a message the session could count: only the byte budget beneath
+    // tungstenite sees them (before it, 660 million such frames burned a core for a minute).
+    let gw = Gateway::start(GatewayOptions::default()).await?;
+    let mut ws = raw(&gw, 9).await?;
+    ws.send_frame(opcode::TEXT, true, b"x").await?; // not final: a message begins
+                                                    // 100 writes of 50,000 empty continuation frames (6 bytes each): 30 MB in all.
+    for _ in 0..100 {
+        if ws.send_repeated(0x00, b"", 50_000).await.is_err() {
+            break; // cut
+        }
+    }
+    wait_metric(&gw, &closed("too_many_frames"), 1.0).await?;
+    wait_metric(&gw, "gleepost_gateway_connections", 0.0).await
+}

@@ -221,8 +221,9 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_CLIENT_FRAME", default_value_t = 4_096)]
     pub max_client_frame: usize,
 
-    /// Most frames (pings, pongs, data) a client may send per second; beyond, the connection
-    /// is closed with 1008. The protocol is receive-only: clients only answer pings.
+    /// Most frames (pings, pongs, data) a client may send per second, and bytes per second:
+    /// that many frames of `--max-client-frame` (fragments count there); beyond, the
+    /// connection is closed with 1008. The protocol is receive-only: clients only answer pings.
     #[arg(long, env = "GATEWAY_CLIENT_FRAME_RATE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_frame_rate: u32,
 

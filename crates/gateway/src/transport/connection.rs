@@ -10,25 +10,26 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant as TokioInstant;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use super::admit::Admitted;
+use super::budget::Budgeted;
 use super::ending;
 use super::public::Transport;
 use super::session::session;
 use crate::auth::{AuthError, Identity};
 use crate::history::{resync_frame, Dedup, Replay};
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{ConnSettings, Node};
 use crate::outbox::Frame;
 use crate::registry::{AtCapacity, Conn, Subscribed, UserId};
 use gleepost_event::EventId;
 
 /// A client's WebSocket, over the TCP stream itself (taken back from hyper after the upgrade)
 /// so that a close the client does not take can reset the connection
-/// ([`ending::close`]).
-pub(super) type Socket = WebSocketStream<TcpStream>;
+/// ([`ending::close`]), with the budget of what the client may send.
+pub(super) type Socket = WebSocketStream<Budgeted>;
 
 /// A connection's place in the registry; leaving the registry (and, for the user's last
 /// connection, unsubscribing) happens when this is dropped, whatever ends the connection.
@@ -139,7 +140,7 @@ fn serve(
         let node = &*admitted.registration.node;
         // Boxed: what building the socket needs is not kept in the task's state for the
         // connection's life.
-        let Some(mut ws) = Box::pin(websocket(upgraded, node.conn.websocket)).await else {
+        let Some(mut ws) = Box::pin(websocket(upgraded, &node.conn)).await else {
             return;
         };
         let open = Open::new(&node.metrics, Transport::WebSocket);
@@ -158,13 +159,15 @@ fn serve(
 
 /// The client's WebSocket over the TCP stream hyper upgraded, with the bytes the client sent
 /// right after its upgrade request (read by hyper) first.
-async fn websocket(upgraded: Upgraded, config: WebSocketConfig) -> Option<Socket> {
+async fn websocket(upgraded: Upgraded, settings: &ConnSettings) -> Option<Socket> {
     // The public port serves `TokioIo<TcpStream>` (`public.rs`), so this always succeeds.
     let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
         tracing::error!("upgraded connection is not a TCP stream");
         return None;
     };
-    let stream = parts.io.into_inner();
+    let config = settings.websocket;
+    let max_frame = config.max_frame_size.unwrap_or(usize::MAX);
+    let stream = Budgeted::new(parts.io.into_inner(), settings.client_frame_rate, max_frame);
     let early = parts.read_buf.to_vec();
     Some(WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await)
 }

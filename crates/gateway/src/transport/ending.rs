@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::budget;
 use super::connection::Socket;
 use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
@@ -58,6 +59,8 @@ pub(super) fn socket_error(error: &WsError) -> Result<CloseReason, End> {
         // The bounded write buffer is full (our frames or pongs to the client's pings): the
         // client does not read.
         WsError::WriteBufferFull(_) => Ok(CloseReason::SlowConsumer),
+        // More bytes than the client's frame budget (fragments the session never sees).
+        WsError::Io(e) if budget::is_flood(e) => Ok(CloseReason::TooManyFrames),
         // The peer vanished: reset, closed under a write (EPIPE), aborted, or ended mid-frame.
         WsError::Io(e) if client_vanished(e.kind()) => Err(End::ClientGone),
         WsError::ConnectionClosed | WsError::AlreadyClosed => Err(End::ClientGone),
@@ -117,7 +120,7 @@ pub(super) async fn close(ws: &mut Socket, reason: CloseReason) -> End {
 /// Make dropping `ws` reset the TCP connection (`SO_LINGER` 0): the kernel discards what the
 /// client did not take.
 pub(super) fn reset_on_drop(ws: &Socket) {
-    if let Err(e) = socket2::SockRef::from(ws.get_ref()).set_linger(Some(Duration::ZERO)) {
+    if let Err(e) = socket2::SockRef::from(ws.get_ref().tcp()).set_linger(Some(Duration::ZERO)) {
         tracing::debug!(error = %e, "SO_LINGER not set");
     }
 }

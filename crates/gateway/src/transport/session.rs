@@ -24,7 +24,6 @@ use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::budget::FrameBudget;
 use super::connection::{delivered, renew, replayed, tokio_instant, Socket};
 use super::ending::{self, close, End};
 use super::timer::{Due, Timer};
@@ -90,7 +89,6 @@ pub(super) fn session<'a>(
             ping_payload: 0,
             expiry: identity.expires.map(tokio_instant),
         };
-        let mut budget = FrameBudget::new(now, node.conn.client_frame_rate);
         // One timer per connection (pings, pong deadline, credential expiry).
         let sleep = tokio::time::sleep_until(timer.deadline());
         tokio::pin!(sleep);
@@ -99,7 +97,7 @@ pub(super) fn session<'a>(
             let step = tokio::select! {
                 biased;
                 _ = conn.outbox.ready() => Step::Deliver,
-                msg = ws.next() => client_frame(msg, &mut budget, &mut timer, sleep.as_mut()),
+                msg = ws.next() => client_frame(msg, ws, &mut timer, sleep.as_mut()),
                 _ = &mut sleep => Step::Timer,
             };
             let end = match step {
@@ -203,11 +201,11 @@ async fn finish(ws: &mut Socket, end: End) -> End {
 /// What a frame from the client (or the end of its stream) means.
 fn client_frame(
     msg: Option<Result<Message, WsError>>,
-    budget: &mut FrameBudget,
+    ws: &mut Socket,
     timer: &mut Timer,
     sleep: Pin<&mut Sleep>,
 ) -> Step {
-    if msg.as_ref().is_some_and(Result::is_ok) && !budget.admit(TokioInstant::now()) {
+    if msg.as_ref().is_some_and(Result::is_ok) && !ws.get_mut().admit_frame() {
         return Step::End(End::Closed(CloseReason::TooManyFrames));
     }
     match msg {

@@ -254,3 +254,26 @@ async fn history_off_or_unreadable_gives_resync_not_silence() -> Result<()> {
     ensure!(id.is_none(), "unavailable resync with id {id:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_history_read_slower_than_the_request_timeout_still_replays() -> Result<()> {
+    // History reads may take five request timeouts (a resume storm queues many on the one
+    // command connection). Redis holds scripts for 2.5 s under `CLIENT PAUSE … WRITE`, more
+    // than the 1 s `--redis-timeout`: before, the connection's own response timeout cut the
+    // read at 1 s and the client got `resync` `unavailable` for events that were there.
+    let redis = RedisServer::start().await?;
+    let gw = Gateway::on_redis(&redis, &["--probe-timeout", "60s"]).await?;
+    let user = 31;
+    let first = publish_seq(&gw, user, 1).await?;
+    publish_seq(&gw, user, 2).await?;
+    publish_seq(&gw, user, 3).await?;
+    let mut admin = redis.connection().await?;
+    let () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "2500", "WRITE"])
+        .query_async(&mut admin)
+        .await?;
+    let mut c = connect_since(&gw, user, &first).await?;
+    SeqCheck::new("replayed after the pause", 2)
+        .read_until(&mut c, 3)
+        .await
+}

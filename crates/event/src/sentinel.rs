@@ -37,6 +37,8 @@ struct Inner {
     /// Credentials and database of the data nodes.
     node: RedisConnectionInfo,
     timeout: Duration,
+    /// The primary's response timeout.
+    response_timeout: Duration,
     current: Mutex<Option<Primary>>,
     /// One discovery at a time; the others wait for its result.
     discovering: tokio::sync::Mutex<()>,
@@ -58,12 +60,27 @@ struct Primary {
 impl SentinelConn {
     /// The primary of `master` through `sentinel_urls` (`redis://[user:pass@]host:port`, the
     /// sentinels' own credentials); `node` carries the data nodes' credentials and database.
-    /// Nothing is connected until first use.
+    /// Nothing is connected until first use. `timeout` bounds each step (asking a sentinel,
+    /// connecting, a response).
     pub fn new(
         sentinel_urls: &[String],
         master: &str,
         node: RedisConnectionInfo,
         timeout: Duration,
+    ) -> RedisResult<SentinelConn> {
+        Self::with_timeouts(sentinel_urls, master, node, timeout, timeout)
+    }
+
+    /// [`SentinelConn::new`] with a response timeout of its own for the primary's commands,
+    /// for callers that bound each request themselves (some legitimately take longer than
+    /// finding a primary may). A response timeout counts as a failed primary: it is asked for
+    /// again.
+    pub fn with_timeouts(
+        sentinel_urls: &[String],
+        master: &str,
+        node: RedisConnectionInfo,
+        timeout: Duration,
+        response_timeout: Duration,
     ) -> RedisResult<SentinelConn> {
         let sentinels = sentinel_urls
             .iter()
@@ -81,6 +98,7 @@ impl SentinelConn {
                 master: master.to_string(),
                 node,
                 timeout,
+                response_timeout,
                 current: Mutex::new(None),
                 discovering: tokio::sync::Mutex::new(()),
                 primary_tx: watch::channel(None).0,
@@ -225,10 +243,11 @@ impl SentinelConn {
         }
     }
 
-    fn config(&self) -> AsyncConnectionConfig {
+    /// A connection's settings, with `response` as its response timeout.
+    fn config(&self, response: Duration) -> AsyncConnectionConfig {
         AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.inner.timeout))
-            .set_response_timeout(Some(self.inner.timeout))
+            .set_response_timeout(Some(response))
     }
 
     /// `SENTINEL get-master-addr-by-name` on sentinel `index`.
@@ -236,7 +255,7 @@ impl SentinelConn {
         let client = redis::Client::open(self.inner.sentinels[index].clone())?;
         let ask = async {
             let mut conn = client
-                .get_multiplexed_async_connection_with_config(&self.config())
+                .get_multiplexed_async_connection_with_config(&self.config(self.inner.timeout))
                 .await?;
             redis::cmd("SENTINEL")
                 .arg("get-master-addr-by-name")
@@ -261,7 +280,9 @@ impl SentinelConn {
         let client = redis::Client::open(self.node_info(addr))?;
         let connect = async {
             let mut conn = client
-                .get_multiplexed_async_connection_with_config(&self.config())
+                .get_multiplexed_async_connection_with_config(
+                    &self.config(self.inner.response_timeout),
+                )
                 .await?;
             let role: Value = redis::cmd("ROLE").query_async(&mut conn).await?;
             Ok::<_, RedisError>((conn, role_name(&role)))

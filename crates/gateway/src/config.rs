@@ -283,7 +283,8 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_PUBLISH_REPLICAS", default_value_t = 0)]
     pub publish_replicas: u32,
 
-    /// Timeout of a Redis command on the request path (token check, publish).
+    /// Timeout of a Redis command on the request path (token check, publish; a publish gets
+    /// one more per 1,000 recipients beyond the first, history reads and pub/sub rounds five).
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
     pub redis_timeout: Duration,
 

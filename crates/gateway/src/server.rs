@@ -174,6 +174,7 @@ pub async fn run(config: Config) -> Result<()> {
                 max_replay: config.max_replay,
                 max_replay_bytes: config.max_replay_bytes,
                 publish_replicas: config.publish_replicas,
+                max_publish_users: config.max_publish_users,
             };
             let broker = RedisBroker::start(settings, dispatcher)
                 .context("invalid REDIS_URL, REDIS_CLUSTER_URLS or REDIS_SENTINEL_URLS")?;

@@ -59,6 +59,37 @@ pub(crate) struct RedisSettings {
     pub(crate) max_replay_bytes: usize,
     /// Replicas that must acknowledge each publish (`WAIT`) before the API answers 200.
     pub(crate) publish_replicas: u32,
+    /// Most recipients of one publish request (its wait is the longest a command may take).
+    pub(crate) max_publish_users: usize,
+}
+
+impl RedisSettings {
+    /// How long a publish to `users` may take: the script, then (with `--publish-replicas`) a
+    /// `WAIT` of up to one more timeout; one more timeout per started 1,000 users beyond the
+    /// first (a 10,000-user pipeline takes Redis most of a second: a bound that ignores its
+    /// size answers 503 for a publish most users already got).
+    pub(super) fn publish_limit(&self, users: usize) -> Duration {
+        let rounds = 1 + u32::from(self.publish_replicas > 0);
+        let size = u32::try_from(users.saturating_sub(1) / 1000).unwrap_or(u32::MAX);
+        self.timeout * rounds.saturating_add(size)
+    }
+
+    /// How long a history read may take. Bounded like subscriptions, not like publishes: a
+    /// resume storm (a drained node's clients all resuming here) queues a thousand reads on the
+    /// one command connection, and one that misses a publish-sized bound becomes a `resync`
+    /// (`unavailable`) where the events were there to replay.
+    pub(super) fn history_limit(&self) -> Duration {
+        self.timeout * PUBSUB_TIMEOUT_FACTOR
+    }
+
+    /// The command connection's own response timeout: a backstop behind every caller's bound
+    /// (each request is bounded where it is made), as long as the longest of them. At the
+    /// request timeout itself it cut history reads and large publishes short (a 503 for a
+    /// publish Redis ran), and under Sentinel a slow read dropped a healthy primary.
+    pub(super) fn response_backstop(&self) -> Duration {
+        self.history_limit()
+            .max(self.publish_limit(self.max_publish_users))
+    }
 }
 
 /// Shared by the broker handle, the subscriber task and the probe task.

@@ -59,14 +59,15 @@ impl RedisBroker {
         settings: RedisSettings,
         dispatcher: Dispatcher,
     ) -> Result<Self, BrokerError> {
+        let backstop = settings.response_backstop();
         let topology = match &settings.target {
-            RedisTarget::Standalone(url) => Topology::standalone(url, settings.timeout)?,
+            RedisTarget::Standalone(url) => Topology::standalone(url, settings.timeout, backstop)?,
             RedisTarget::Sentinel {
                 sentinels,
                 master,
                 node,
-            } => Topology::sentinel(sentinels, master, node.clone(), settings.timeout)?,
-            RedisTarget::Cluster(seeds) => Topology::cluster(seeds, settings.timeout)?,
+            } => Topology::sentinel(sentinels, master, node.clone(), settings.timeout, backstop)?,
+            RedisTarget::Cluster(seeds) => Topology::cluster(seeds, settings.timeout, backstop)?,
         };
         let commands = topology.commands();
         let probe_channel = format!(
@@ -79,22 +80,14 @@ impl RedisBroker {
             .with_limits(settings.limits)
             .with_history(settings.history)
             .with_replicas(settings.publish_replicas, settings.timeout);
-        let history = settings
-            .history
-            .enabled()
-            // History reads are bounded like subscriptions, not like publishes: a resume storm
-            // (a drained node's clients all resuming here) queues a thousand reads on the one
-            // command connection, and one that misses a publish-sized bound becomes a `resync`
-            // (`unavailable`) where the events were there to replay.
-            .then(|| {
-                let bound = settings.timeout * PUBSUB_TIMEOUT_FACTOR;
-                RedisHistory::new(
-                    commands.clone(),
-                    settings.max_replay,
-                    settings.max_replay_bytes,
-                    bound,
-                )
-            });
+        let history = settings.history.enabled().then(|| {
+            RedisHistory::new(
+                commands.clone(),
+                settings.max_replay,
+                settings.max_replay_bytes,
+                settings.history_limit(),
+            )
+        });
         let shared = Arc::new(Context {
             publisher,
             history,
@@ -138,14 +131,7 @@ impl RedisBroker {
         event: &[u8],
     ) -> Result<Published, BrokerError> {
         let publish = self.shared.publisher.publish_encoded(users, event);
-        // The script, then (with --publish-replicas) a WAIT of up to one more timeout; one
-        // more timeout per started 1,000 users beyond the first (a 10,000-user pipeline takes
-        // Redis most of a second: a bound that ignores its size answers 503 for a publish most
-        // users already got).
-        let settings = &self.shared.settings;
-        let rounds = 1 + u32::from(settings.publish_replicas > 0);
-        let size = u32::try_from(users.len().saturating_sub(1) / 1000).unwrap_or(u32::MAX);
-        let limit = settings.timeout * rounds.saturating_add(size);
+        let limit = self.shared.settings.publish_limit(users.len());
         let report = tokio::time::timeout(limit, publish)
             .await
             .map_err(|_| BrokerError::Timeout)??;

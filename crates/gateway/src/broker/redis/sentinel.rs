@@ -30,15 +30,17 @@ pub(super) struct Sentinel {
 }
 
 impl Sentinel {
-    /// Parse the sentinel URLs; nothing is connected yet.
+    /// Parse the sentinel URLs; nothing is connected yet. `timeout` bounds each step of
+    /// finding the primary, `backstop` every response of the primary.
     pub(super) fn new(
         sentinels: &[String],
         master: &str,
         node: RedisConnectionInfo,
         timeout: Duration,
+        backstop: Duration,
     ) -> Result<Self, BrokerError> {
         Ok(Sentinel {
-            conn: SentinelConn::new(sentinels, master, node, timeout)?,
+            conn: SentinelConn::with_timeouts(sentinels, master, node, timeout, backstop)?,
         })
     }
 

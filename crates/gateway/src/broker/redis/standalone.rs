@@ -17,14 +17,19 @@ pub(super) struct Standalone {
 impl Standalone {
     /// Parse `url`; nothing is connected yet (start-up never waits for Redis): the command
     /// connection connects on first use and again after errors, the subscriber opens the
-    /// pub/sub connection with its own backoff.
-    pub(super) fn new(url: &str, timeout: Duration) -> Result<Self, BrokerError> {
+    /// pub/sub connection with its own backoff. `timeout` bounds connecting, `backstop` every
+    /// response.
+    pub(super) fn new(
+        url: &str,
+        timeout: Duration,
+        backstop: Duration,
+    ) -> Result<Self, BrokerError> {
         let info = redis::IntoConnectionInfo::into_connection_info(url)?
             .set_tcp_settings(gleepost_event::tcp_settings());
         let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_response_timeout(Some(backstop))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
         let commands = SingleConn::lazy(client.clone(), config)?;

@@ -42,9 +42,16 @@ pub(super) struct LinkSpec {
 }
 
 impl Topology {
-    /// A standalone server at `url`.
-    pub(super) fn standalone(url: &str, timeout: Duration) -> Result<Self, BrokerError> {
-        Ok(Topology::Standalone(Standalone::new(url, timeout)?))
+    /// A standalone server at `url`; `timeout` bounds connecting, `backstop` every response
+    /// (each caller bounds its own request more tightly).
+    pub(super) fn standalone(
+        url: &str,
+        timeout: Duration,
+        backstop: Duration,
+    ) -> Result<Self, BrokerError> {
+        Ok(Topology::Standalone(Standalone::new(
+            url, timeout, backstop,
+        )?))
     }
 
     /// The primary of `master`, found through `sentinels`.
@@ -53,15 +60,20 @@ impl Topology {
         master: &str,
         node: RedisConnectionInfo,
         timeout: Duration,
+        backstop: Duration,
     ) -> Result<Self, BrokerError> {
         Ok(Topology::Sentinel(Sentinel::new(
-            sentinels, master, node, timeout,
+            sentinels, master, node, timeout, backstop,
         )?))
     }
 
     /// A cluster reached through `seeds`.
-    pub(super) fn cluster(seeds: &[String], timeout: Duration) -> Result<Self, BrokerError> {
-        Ok(Topology::Cluster(Cluster::new(seeds, timeout)?))
+    pub(super) fn cluster(
+        seeds: &[String],
+        timeout: Duration,
+        backstop: Duration,
+    ) -> Result<Self, BrokerError> {
+        Ok(Topology::Cluster(Cluster::new(seeds, timeout, backstop)?))
     }
 
     /// The shared command connection.

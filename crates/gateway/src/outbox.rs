@@ -221,10 +221,14 @@ impl Outbox {
     }
 
     /// Ask the connection to close with `reason` (frames already queued are still sent for
-    /// [`CloseReason::GoingAway`]). The first reason wins.
+    /// [`CloseReason::GoingAway`]). The first reason wins, except that a disconnect replaces a
+    /// drain's close not yet taken: 4003 tells the client to get fresh credentials, where
+    /// 1001 would send it to another node with the same ones.
     pub(crate) fn close(&self, reason: CloseReason) {
         let mut st = self.lock();
-        if st.closing.is_none() {
+        let replaces = st.closing == Some(CloseReason::GoingAway)
+            && reason == CloseReason::Disconnected;
+        if st.closing.is_none() || replaces {
             st.closing = Some(reason);
         }
         drop(st);
@@ -366,5 +370,21 @@ mod tests {
         assert_eq!(ob.take(&mut batch), Some(CloseReason::GoingAway));
         let texts: Vec<&str> = batch.iter().map(|f| f.text.as_str()).collect();
         assert_eq!(texts, ["1", "2"]);
+    }
+
+    #[test]
+    fn a_disconnect_replaces_a_drains_close_and_nothing_else() {
+        let ob = Outbox::new();
+        ob.close(CloseReason::GoingAway);
+        ob.close(CloseReason::Disconnected);
+        assert_eq!(ob.take(&mut Vec::new()), Some(CloseReason::Disconnected));
+        let ob = Outbox::new();
+        ob.close(CloseReason::AuthExpired);
+        ob.close(CloseReason::Disconnected);
+        assert_eq!(ob.take(&mut Vec::new()), Some(CloseReason::AuthExpired));
+        let ob = Outbox::new();
+        ob.close(CloseReason::Disconnected);
+        ob.close(CloseReason::GoingAway);
+        assert_eq!(ob.take(&mut Vec::new()), Some(CloseReason::Disconnected));
     }
 }

@@ -290,3 +290,34 @@ async fn with_redis_down_disconnect_and_presence_answer_503_with_a_reason() -> R
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_exits_stops_counting_in_presence_at_once() -> Result<()> {
+    // Before, the exiting node's key lived on for its 15 s lifetime, and with it the count of
+    // connections it had just closed.
+    let redis = RedisServer::start().await?;
+    let options = GatewayOptions::redis(redis.url()).fast_probes();
+    let a = Gateway::start_ready(options.clone()).await?;
+    let mut b = Gateway::start_ready(options.arg(&["--pre-drain-delay", "0s"])).await?;
+    let _nine = b.connect(9).await?;
+    eventually(READY, "presence counts b's connection", || async {
+        let got = presence(&a, "9").await?;
+        ensure!(got == json!({"9": 1}), "presence {got}");
+        Ok(())
+    })
+    .await?;
+    b.signal(libc::SIGTERM);
+    b.wait_exit(READY).await?;
+    let mut conn = redis.connection().await?;
+    let nodes: Vec<String> = redis::cmd("KEYS")
+        .arg("gp:node:*")
+        .query_async(&mut conn)
+        .await?;
+    ensure!(nodes.len() == 1, "node keys after b exited: {nodes:?}");
+    let got = presence(&a, "9").await?;
+    ensure!(
+        got == json!({"9": 0}),
+        "presence right after b exited: {got}"
+    );
+    Ok(())
+}

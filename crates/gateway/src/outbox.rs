@@ -226,8 +226,8 @@ impl Outbox {
     /// 1001 would send it to another node with the same ones.
     pub(crate) fn close(&self, reason: CloseReason) {
         let mut st = self.lock();
-        let replaces = st.closing == Some(CloseReason::GoingAway)
-            && reason == CloseReason::Disconnected;
+        let replaces =
+            st.closing == Some(CloseReason::GoingAway) && reason == CloseReason::Disconnected;
         if st.closing.is_none() || replaces {
             st.closing = Some(reason);
         }

@@ -282,6 +282,7 @@ pub async fn run(config: Config) -> Result<()> {
     if !shutdown::wait_closed(&registry, CLOSE_WAIT).await {
         tracing::warn!(left = registry.len(), "connections still open at exit");
     }
+    node.broker.leave().await;
     let _ = stop_admin.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     tracing::info!("bye");

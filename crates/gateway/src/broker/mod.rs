@@ -138,6 +138,16 @@ impl Broker {
         }
     }
 
+    /// The node is exiting (its connections are closed): other nodes stop counting them in
+    /// presence at once, not after the node key's lifetime.
+    pub(crate) async fn leave(&self) {
+        match self {
+            // Presence is this process's registry: it ends with it.
+            Broker::Memory(_) => {}
+            Broker::Redis(b) => b.leave().await,
+        }
+    }
+
     /// `Ok` while the broker delivers end to end; otherwise the reason (shown by `/readyz`).
     pub(crate) fn readiness(&self) -> Result<(), &'static str> {
         match self {

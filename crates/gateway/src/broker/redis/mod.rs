@@ -118,6 +118,13 @@ impl RedisBroker {
         })
     }
 
+    /// The node is exiting: other nodes stop counting its connections in presence now.
+    pub(crate) async fn leave(&self) {
+        if let Err(e) = presence::leave(&self.shared).await {
+            tracing::warn!(error = %e, "presence: node key not deleted; it expires by itself");
+        }
+    }
+
     /// The shared command connection (for token checks).
     pub(crate) fn commands(&self) -> RedisConn {
         self.shared.topology.commands()

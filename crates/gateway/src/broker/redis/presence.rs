@@ -5,7 +5,8 @@
 //!
 //! Writes are coalesced: the registry reports every change, the writer task sends the latest
 //! count per user every [`FLUSH`]; every [`REFRESH`] it rewrites all of its users (a Redis that
-//! lost its data, hashes that expired) and every [`HEARTBEAT`] it renews its node key.
+//! lost its data, hashes that expired) and every [`HEARTBEAT`] it renews its node key. A node
+//! that exits deletes its key ([`leave`]): its counts stop counting at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
@@ -77,8 +78,25 @@ pub(super) async fn run(
     }
 }
 
-/// Renew the node key.
+/// The node is exiting: delete its key, so that its counts stop counting now rather than
+/// [`NODE_TTL`] later, and never renew it again.
+pub(super) async fn leave(shared: &Context) -> Result<(), BrokerError> {
+    shared.state.leave();
+    let mut conn = shared.topology.commands();
+    let mut command = redis::cmd("DEL");
+    command.arg(node_key(shared.node_name()));
+    let del = command.query_async::<()>(&mut conn);
+    tokio::time::timeout(shared.settings.timeout, del)
+        .await
+        .map_err(|_| BrokerError::Timeout)??;
+    Ok(())
+}
+
+/// Renew the node key (not once the node is exiting).
 async fn beat(shared: &Context) -> Result<(), BrokerError> {
+    if shared.state.has_left() {
+        return Ok(());
+    }
     let mut conn = shared.topology.commands();
     let mut command = redis::cmd("SET");
     command

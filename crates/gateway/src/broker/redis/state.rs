@@ -16,6 +16,8 @@ pub(super) struct State {
     last_probe_back: AtomicU64,
     /// Newest Redis time (ms) known to have been delivered on the subscription.
     delivered_ms: AtomicU64,
+    /// The node is exiting: its presence must no longer count.
+    left: AtomicBool,
 }
 
 impl State {
@@ -26,6 +28,7 @@ impl State {
             subscribed: AtomicBool::new(false),
             last_probe_back: AtomicU64::new(0),
             delivered_ms: AtomicU64::new(0),
+            left: AtomicBool::new(false),
         }
     }
 
@@ -64,5 +67,15 @@ impl State {
     /// The newest Redis time known delivered (0: none).
     pub(super) fn delivered_ms(&self) -> u64 {
         self.delivered_ms.load(Ordering::Acquire)
+    }
+
+    /// The node is exiting (never undone).
+    pub(super) fn leave(&self) {
+        self.left.store(true, Ordering::Release);
+    }
+
+    /// True once the node is exiting.
+    pub(super) fn has_left(&self) -> bool {
+        self.left.load(Ordering::Acquire)
     }
 }

@@ -289,7 +289,14 @@ impl Metrics {
         for reason in ["slow_consumer", "closing"] {
             metrics.events_dropped.with_label_values(&[reason]);
         }
-        for reason in ["not_json", "not_object", "no_type", "oversize", "not_utf8"] {
+        for reason in [
+            "not_json",
+            "not_object",
+            "no_type",
+            "oversize",
+            "not_utf8",
+            "bad_probe",
+        ] {
             metrics.broker_malformed.with_label_values(&[reason]);
         }
         for reason in ["evicted", "timeout", "error"] {

@@ -70,17 +70,38 @@ async fn name_command_connections(shared: &Context, conn: &gleepost_event::Redis
     }
 }
 
-/// A probe came back: its send time (ns since the state's time base) and Redis time (ms).
-/// Payload: `<sent>:<Redis time, ms>`. Records the round trip.
+/// A probe came back: the time it came back (ns since the state's time base) and its Redis
+/// time (ms). Payload: `<sent>:<Redis time, ms>`. Records the round trip. What cannot be one
+/// of this node's probes (unparsable, or sent at a time this node has not reached yet) is
+/// counted as `bad_probe`, logged and ignored. A sanity check, not authentication: whoever
+/// can publish on Redis can forge events too (operations.md, "Redis is trusted").
 pub(super) fn on_probe(shared: &Context, payload: &[u8]) -> Option<(u64, u64)> {
-    let s = std::str::from_utf8(payload).ok()?;
-    let (sent, redis_ms) = s.split_once(':')?;
-    let (sent, redis_ms) = (sent.parse::<u64>().ok()?, redis_ms.parse::<u64>().ok()?);
     let now = shared.state.now_nanos();
-    shared
-        .dispatcher
-        .metrics()
+    let metrics = shared.dispatcher.metrics();
+    let Some((sent, redis_ms)) = parse(payload).filter(|&(sent, _)| sent != 0 && sent <= now)
+    else {
+        metrics
+            .broker_malformed
+            .with_label_values(&["bad_probe"])
+            .inc();
+        if let Some(suppressed) = super::reader::MALFORMED_LOG.allow() {
+            tracing::warn!(
+                payload = %String::from_utf8_lossy(&payload[..payload.len().min(64)]),
+                suppressed,
+                "ignored a message on the probe channel that is not this node's probe"
+            );
+        }
+        return None;
+    };
+    metrics
         .probe_rtt
         .observe(now.saturating_sub(sent) as f64 / 1e9);
     Some((now, redis_ms))
+}
+
+/// `<sent>:<Redis time, ms>`.
+fn parse(payload: &[u8]) -> Option<(u64, u64)> {
+    let s = std::str::from_utf8(payload).ok()?;
+    let (sent, redis_ms) = s.split_once(':')?;
+    Some((sent.parse().ok()?, redis_ms.parse().ok()?))
 }

@@ -17,7 +17,7 @@ use crate::log_limit::LogLimit;
 use crate::outbox::Frame;
 
 /// Malformed broker payloads are logged at most once per second (each one is counted).
-static MALFORMED_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
+pub(super) static MALFORMED_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 
 /// A channel name copied out of the read buffer; the names of user channels are short, so
 /// they are kept inline (no allocation per message).

@@ -12,7 +12,7 @@ use gleepost_event::{Event, HistoryConfig, Publisher};
 use gleepost_tests::eventually;
 use gleepost_tests::metrics::wait_metric;
 use gleepost_tests::resume::{parse_frame, seq_event, Frame, SeqCheck};
-use gleepost_tests::{Client, Gateway, RedisServer};
+use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -431,10 +431,23 @@ async fn read_allowing_resync(client: &mut Client, first: u64, last: u64) -> Res
 
 /// With a history of 10 events, `user` gets `before` events, then 300 are published during an
 /// outage, then one more: the connected client must get exactly one `resync` (trimmed), never a
-/// silent gap.
-async fn outage_longer_than_the_history(user: u64, before: u64) -> Result<()> {
+/// silent gap. With `acl`, the node's Redis user may not run these commands.
+async fn outage_longer_than_the_history(user: u64, before: u64, acl: &[&str]) -> Result<()> {
     let redis = RedisServer::start().await?;
-    let gw = Gateway::on_redis(&redis, &["--probe-timeout", "1s", "--history-size", "10"]).await?;
+    let mut url = redis.url();
+    if !acl.is_empty() {
+        let mut setuser = vec!["ACL", "SETUSER", "gw", "on", ">pw", "~*", "&*", "+@all"];
+        setuser.extend(acl);
+        let () = redis.cmd(&setuser).await?;
+        url = redis.url_as("gw", "pw");
+    }
+    let options = GatewayOptions::redis(url).fast_probes().arg(&[
+        "--probe-timeout",
+        "1s",
+        "--history-size",
+        "10",
+    ]);
+    let gw = Gateway::start_ready(options).await?;
     let publisher = Publisher::connect(&redis.url())
         .await?
         .with_history(HistoryConfig {
@@ -473,14 +486,21 @@ async fn outage_longer_than_the_history(user: u64, before: u64) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gap_repair_after_the_history_was_trimmed_during_the_outage_sends_resync() -> Result<()> {
-    outage_longer_than_the_history(72, 1).await
+    outage_longer_than_the_history(72, 1, &[]).await
 }
 
 /// Nothing delivered to the user before the outage: repair starts from the newest Redis time
 /// the node saw (its probes), and must still notice the trimming.
 #[tokio::test(flavor = "multi_thread")]
 async fn gap_repair_of_a_user_with_no_event_before_the_outage_reports_trimming() -> Result<()> {
-    outage_longer_than_the_history(74, 0).await
+    outage_longer_than_the_history(74, 0, &[]).await
+}
+
+/// The same when an ACL refuses `XINFO`, which tells trimming: not proven complete, so `resync`
+/// (before, the repair replayed what was left, silently).
+#[tokio::test(flavor = "multi_thread")]
+async fn gap_repair_without_xinfo_permission_still_reports_trimming() -> Result<()> {
+    outage_longer_than_the_history(75, 0, &["-xinfo"]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

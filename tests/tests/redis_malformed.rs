@@ -77,12 +77,16 @@ async fn garbage_on_the_probe_channel_is_counted_and_the_node_stays_ready() -> R
     let bad: [&[u8]; 4] = [b"garbage", b"1:2:3", b"18446744073709551615:1", b"0:1"];
     for payload in bad {
         let receivers = redis.publish(&channels[0], payload).await?;
-        ensure!(receivers == 1, "the node is not subscribed to its probe channel");
+        ensure!(
+            receivers == 1,
+            "the node is not subscribed to its probe channel"
+        );
     }
     let sample = format!(r#"{MALFORMED}{{reason="bad_probe"}}"#);
     gleepost_tests::metrics::wait_metric(&gw, &sample, bad.len() as f64).await?;
     // Its own probes still count: it stays ready, and delivers.
-    gw.wait_ready(true, std::time::Duration::from_secs(30)).await?;
+    gw.wait_ready(true, std::time::Duration::from_secs(30))
+        .await?;
     let mut client = gw.connect(9).await?;
     let event = r#"{"type":"marker","data":1}"#;
     redis.publish("c:9", event.as_bytes()).await?;

@@ -232,7 +232,8 @@ return out
 /// from which on no entry may have been trimmed, and the most bytes of events to return. With
 /// Redis ≥ 7.0 (`XINFO STREAM` reports `entries-added`), a stream that was ever trimmed and
 /// whose oldest entry is not older than that time may have lost entries after it, so the read
-/// reports not found. Entries are read 100 at a time and the read stops before the entry that
+/// reports not found; so does a read that cannot ask (`XINFO` refused by an ACL, the stream
+/// gone): completeness is then not proven. Entries are read 100 at a time and the read stops before the entry that
 /// would pass the byte bound, reporting it: neither Redis nor the reader holds more than that.
 /// Returns `{epoch or false, found (1/0), last stream id or '', over the byte bound (1/0),
 /// id1, event1, id2, event2, …}`.
@@ -245,6 +246,7 @@ if ARGV[2] ~= '' then
 end
 if ARGV[4] ~= '' then
   local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
+  if not ok then found = 0 end
   if ok then
     local f = {}
     for i = 1, #info, 2 do f[info[i]] = info[i + 1] end

@@ -202,3 +202,54 @@ async fn redis_down_answers_503_with_a_reason_and_the_node_stays_up() -> Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_whose_history_key_is_of_the_wrong_type_is_refused_alone() -> Result<()> {
+    // User 5's history key holds a string (written by another program): Redis refuses that
+    // user's copy (WRONGTYPE). Before, the script call stopped there: the users before it were
+    // published, yet the whole request (and every request sharing the call) was answered 503,
+    // so a retry published their event twice.
+    let redis = RedisServer::start().await?;
+    let gw = Gateway::on_redis(&redis, &[]).await?;
+    let (mut one, mut two) = (gw.connect(1).await?, gw.connect(2).await?);
+    let key = gleepost_event::keys::history_key(5);
+    let () = redis.cmd(&["SET", &key, "not a stream"]).await?;
+
+    let res = gw
+        .publish_raw(&format!(r#"{{"users":[1,5,2],"event":{}}}"#, marker(1)))
+        .await?;
+    ensure!(res.status == 200, "{}: {}", res.status, res.body_text());
+    let answer = res.json()?;
+    ensure!(answer["published"] == 2, "{answer}");
+    ensure!(
+        answer["ids"]["1"].is_string() && answer["ids"]["2"].is_string(),
+        "{answer}"
+    );
+    ensure!(answer["ids"].get("5").is_none(), "{answer}");
+    let refused = answer["failed"]["5"].as_str().unwrap_or_default();
+    ensure!(refused.contains("WRONGTYPE"), "{answer}");
+
+    // Alone, user 5 gets 503 (nothing was published); in a batch, only that item fails.
+    let res = gw
+        .publish_raw(&format!(r#"{{"users":[5],"event":{}}}"#, marker(2)))
+        .await?;
+    ensure!(res.status == 503, "{}: {}", res.status, res.body_text());
+    let body = batch(&[("[5]", marker(3)), ("[1]", marker(4))]);
+    let res = gw.admin_post("/v1/publish/batch", &body).await?;
+    ensure!(res.status == 200, "{}: {}", res.status, res.body_text());
+    let answer = res.json()?;
+    let results = answer["results"].as_array().context("results")?;
+    ensure!(results[0]["status"] == 503, "{answer}");
+    ensure!(results[1]["published"] == 1, "{answer}");
+
+    for (client, expected) in [(&mut one, [1, 4].as_slice()), (&mut two, &[1])] {
+        for n in expected {
+            let frame = client.next_text().await?;
+            let want = format!(r#"{{"marker":{n}}}"#);
+            ensure!(data_text(&frame) == Some(want.as_str()), "got {frame}");
+        }
+    }
+    let refused = gw.metric("gleepost_gateway_events_refused_total").await?;
+    ensure!(refused == 3.0, "events_refused_total {refused}");
+    Ok(())
+}

@@ -189,7 +189,9 @@ pub fn frame_id(frame: &[u8]) -> Option<(&str, u64, u64)> {
 /// cluster: the channel carries the keys' hash tag, so it is in their slot), the number `P` of
 /// distinct payloads, the `P` encoded events (without id), then per item: the user's channel,
 /// the index (1-based) of its payload, and `1` to refresh both keys' TTLs (else `0`).
-/// Returns per item: epoch, stream id, receivers.
+/// Returns per item: epoch, stream id, receivers; or, for an item whose own keys refused it
+/// (e.g. `WRONGTYPE`: a key holding something else), `false`, the error, `-1`. Such an item is
+/// not published, and the other items of the call still are (each item runs under `pcall`).
 ///
 /// Per item the common path is three commands (`GET`, `XADD NOMKSTREAM`, `PUBLISH`); the TTLs
 /// are set when the history is created, when its stream is gone, and when the caller asks for
@@ -200,12 +202,7 @@ local maxlen, ttl, fresh, publish = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local count = tonumber(ARGV[5])
 local bodies = {}
 for j = 1, count do bodies[j] = string.sub(ARGV[5 + j], 1, -2) end
-local out = {}
-local a = 5 + count
-for i = 1, #KEYS, 2 do
-  local stream, ekey = KEYS[i], KEYS[i + 1]
-  local j, refresh = tonumber(ARGV[a + 2]), ARGV[a + 3]
-  local payload = ARGV[5 + j]
+local function one(stream, ekey, payload, body, channel, refresh)
   local epoch = redis.call('GET', ekey)
   local sid = epoch and redis.call('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', maxlen, '*', 'e', payload)
   if not sid then
@@ -217,9 +214,22 @@ for i = 1, #KEYS, 2 do
     redis.call('SET', ekey, epoch, 'PX', ttl)
     redis.call('PEXPIRE', stream, ttl)
   end
-  out[#out + 1] = epoch
-  out[#out + 1] = sid
-  out[#out + 1] = redis.call(publish, ARGV[a + 1], bodies[j] .. ',"id":"' .. epoch .. '-' .. sid .. '"}')
+  return epoch, sid, redis.call(publish, channel, body .. ',"id":"' .. epoch .. '-' .. sid .. '"}')
+end
+local out = {}
+local a = 5 + count
+for i = 1, #KEYS, 2 do
+  local j = tonumber(ARGV[a + 2])
+  local ok, epoch, sid, n = pcall(one, KEYS[i], KEYS[i + 1], ARGV[5 + j], bodies[j], ARGV[a + 1], ARGV[a + 3])
+  if ok then
+    out[#out + 1] = epoch
+    out[#out + 1] = sid
+    out[#out + 1] = n
+  else
+    out[#out + 1] = false
+    out[#out + 1] = type(epoch) == 'table' and epoch.err or tostring(epoch)
+    out[#out + 1] = -1
+  end
   a = a + 3
 end
 return out

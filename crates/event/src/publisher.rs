@@ -44,10 +44,11 @@ pub enum PublishError {
     Redis(#[from] redis::RedisError),
 }
 
-/// Outcome of [`Publisher::publish`].
+/// Outcome of [`Publisher::publish`]. Check [`PublishReport::failed`]: a publish that reached
+/// Redis may be refused for some users only.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PublishReport {
-    /// Number of distinct users the event was published to.
+    /// Number of distinct users the event was published to (not counting `failed`).
     pub users: usize,
     /// Sum of the `PUBLISH` replies: how many subscriptions (gateway nodes) received it. Zero
     /// means no node currently has a subscription for any of the users.
@@ -57,6 +58,11 @@ pub struct PublishReport {
     /// `(user, receivers)` for each user: how many subscriptions (gateway nodes) received the
     /// user's copy; 0 means no node held a connection of that user.
     pub online: Vec<(u64, u64)>,
+    /// `(user, Redis's error)` for each user whose copy Redis refused, with history on: the
+    /// user's own keys answered with an error (e.g. `WRONGTYPE`: a key holding something
+    /// else), or Redis refused the script call of that user (e.g. `OOM`). That copy was not
+    /// published (it may have been stored in the user's history); the others were.
+    pub failed: Vec<(u64, String)>,
 }
 
 /// Publishes events to users through Redis. Cheap to clone; clones share one connection.
@@ -241,6 +247,7 @@ impl Publisher {
                 receivers: replies.iter().sum(),
                 ids: Vec::new(),
                 online: distinct.iter().copied().zip(replies).collect(),
+                failed: Vec::new(),
             });
         }
         if !self.history.enabled() {
@@ -255,6 +262,7 @@ impl Publisher {
                 receivers: replies.iter().sum(),
                 ids: Vec::new(),
                 online: distinct.iter().copied().zip(replies).collect(),
+                failed: Vec::new(),
             });
         }
         let batcher = self.batcher.get_or_init(|| {
@@ -264,23 +272,19 @@ impl Publisher {
                 replicas: self.replicas,
             })
         });
-        let replies = batcher.publish(distinct.clone(), payload).await?;
-        let receivers = replies.iter().map(|(_, r)| *r).sum();
-        let online = distinct
-            .iter()
-            .zip(&replies)
-            .map(|(&u, (_, r))| (u, *r))
-            .collect();
-        let ids = distinct
-            .iter()
-            .zip(replies)
-            .map(|(&user, (id, _))| (user, id))
-            .collect();
-        Ok(PublishReport {
-            users: distinct.len(),
-            receivers,
-            ids,
-            online,
-        })
+        let copies = batcher.publish(distinct.clone(), payload).await?;
+        let mut report = PublishReport::default();
+        for (user, copy) in distinct.into_iter().zip(copies) {
+            match copy {
+                Ok((id, receivers)) => {
+                    report.users += 1;
+                    report.receivers += receivers;
+                    report.ids.push((user, id));
+                    report.online.push((user, receivers));
+                }
+                Err(error) => report.failed.push((user, error)),
+            }
+        }
+        Ok(report)
     }
 }

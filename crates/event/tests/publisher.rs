@@ -64,6 +64,7 @@ async fn publishes_to_every_user_in_one_pipeline() {
             receivers: 2,
             ids: vec![],
             online: vec![(9, 1), (10, 1)],
+            failed: vec![],
         }
     );
 
@@ -86,6 +87,7 @@ async fn publishes_to_every_user_in_one_pipeline() {
             receivers: 1,
             ids: vec![],
             online: vec![(9, 1), (11, 0)],
+            failed: vec![],
         }
     );
     let (channel, _) = recv(&mut messages).await;

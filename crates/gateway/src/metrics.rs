@@ -52,6 +52,8 @@ pub(crate) struct Metrics {
     pub(crate) admin_dropped: IntCounterVec,
     /// Events accepted for publishing (one per recipient user).
     pub(crate) events_published: IntCounter,
+    /// Recipients of a publish whose copy Redis refused (their own keys).
+    pub(crate) events_refused: IntCounter,
     /// Frames written to client sockets.
     pub(crate) events_delivered: IntCounter,
     /// Events written, by transport (`ws`, `sse`, `poll`).
@@ -201,6 +203,10 @@ impl Metrics {
             events_published: counter(
                 "events_published_total",
                 "Events accepted for publishing, one per recipient user",
+            )?,
+            events_refused: counter(
+                "events_refused_total",
+                "Recipients of a publish whose copy Redis refused (their own keys answered an error): not published to them",
             )?,
             events_delivered: counter(
                 "events_delivered_total",

@@ -59,6 +59,12 @@ pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> 
         "published to {} users ({} subscribed gateway nodes received it)",
         report.users, report.receivers
     );
+    if !report.failed.is_empty() {
+        for (user, error) in &report.failed {
+            eprintln!("not published to user {user}: {error}");
+        }
+        anyhow::bail!("Redis refused the event for {} users", report.failed.len());
+    }
     Ok(())
 }
 

@@ -5,20 +5,25 @@ use std::time::Duration;
 
 use redis::{RedisError, Script, Value};
 
-use super::{Item, Settings};
+use super::{Item, Settings, UserCopy};
 use crate::conn::RedisConn;
 use crate::keys::history_key;
+
+/// Per call: its reply, or the error Redis answered it with (the call did not run); an error
+/// that leaves unknown what ran (the connection, the `WAIT`) fails the whole batch.
+pub(super) type CallReplies = Vec<Result<Value, RedisError>>;
 
 /// Every call in one pipeline (plus the `WAIT`, on the same connection: a failover in
 /// between would let a `WAIT` on the new primary return at once). Calls the server refused for
 /// not knowing the script (it was flushed, or this is a new primary) did not run: the script
 /// is loaded and only those are sent again, since the others ran (sending them all again
-/// published their events twice). Any other error fails the batch.
+/// published their events twice). Calls refused otherwise (out of memory, say) are answered
+/// one by one: the others ran.
 pub(super) async fn single_pipeline(
     settings: &Settings,
     script: &Script,
     commands: Vec<redis::Cmd>,
-) -> Result<Vec<Value>, RedisError> {
+) -> Result<CallReplies, RedisError> {
     let mut conn = settings.conn.clone();
     let mut values = pipeline_of(&commands, settings)
         .query_async::<Vec<Value>>(&mut conn)
@@ -47,14 +52,17 @@ pub(super) async fn single_pipeline(
             values[i] = value;
         }
     }
-    if let Some(e) = values.iter().find_map(server_error) {
-        return Err(e);
-    }
     if let Some((replicas, _)) = settings.replicas {
         let acked = values.pop().unwrap_or(Value::Nil);
         enough_replicas(acked, replicas)?;
     }
-    Ok(values)
+    Ok(values
+        .into_iter()
+        .map(|value| match server_error(&value) {
+            Some(e) => Err(e),
+            None => Ok(value),
+        })
+        .collect())
 }
 
 /// `commands` in one pipeline that returns every reply, errors included (plus the `WAIT`).
@@ -79,12 +87,13 @@ fn server_error(value: &Value) -> Option<RedisError> {
 }
 
 /// Each call on its slot's owner (concurrently), then the `WAIT`s per slot when configured.
+/// A call that failed without an answer from Redis (its node unreachable) fails the batch.
 pub(super) async fn cluster_calls(
     settings: &Settings,
     script: &Script,
     commands: &[redis::Cmd],
     calls: &[Vec<Item>],
-) -> Result<Vec<Value>, RedisError> {
+) -> Result<CallReplies, RedisError> {
     let runs = commands.iter().map(|cmd| {
         let mut conn = settings.conn.clone();
         async move {
@@ -97,7 +106,13 @@ pub(super) async fn cluster_calls(
             }
         }
     });
-    let values = futures_util::future::try_join_all(runs).await?;
+    let values = futures_util::future::join_all(runs).await;
+    if let Some(Err(e)) = values
+        .iter()
+        .find(|v| v.as_ref().is_err_and(|e| !answered(e)))
+    {
+        return Err(e.clone());
+    }
     if let (RedisConn::Cluster(conn), Some((replicas, timeout))) =
         (&settings.conn, settings.replicas)
     {
@@ -141,8 +156,18 @@ fn enough_replicas(acked: Value, replicas: u32) -> Result<(), RedisError> {
     Ok(())
 }
 
-/// `(id, receivers)` per item from the script's flat reply `epoch, stream id, receivers, …`.
-pub(super) fn parse_reply(reply: Value, items: usize) -> Result<Vec<(String, u64)>, RedisError> {
+/// An error that Redis answered (the command did not run), not a failure to reach it.
+fn answered(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    )
+}
+
+/// Per item, `(id, receivers)`, or the error the item's own keys answered (not published),
+/// from the script's flat reply `epoch, stream id, receivers, …` (`false, error, -1` for a
+/// refused item).
+pub(super) fn parse_reply(reply: Value, items: usize) -> Result<Vec<UserCopy>, RedisError> {
     let values: Vec<Value> = redis::from_redis_value(reply)
         .map_err(|e| parse_error("publish script reply", e.to_string()))?;
     if values.len() != items * 3 {
@@ -156,6 +181,12 @@ pub(super) fn parse_reply(reply: Value, items: usize) -> Result<Vec<(String, u64
     while let (Some(epoch), Some(sid), Some(receivers)) =
         (values.next(), values.next(), values.next())
     {
+        if epoch == Value::Nil {
+            let error: String = redis::from_redis_value(sid)
+                .map_err(|e| parse_error("publish script reply", e.to_string()))?;
+            out.push(Err(error));
+            continue;
+        }
         let parsed: Result<(String, String, u64), _> = (|| {
             Ok::<_, redis::ParsingError>((
                 redis::from_redis_value(epoch)?,
@@ -169,7 +200,7 @@ pub(super) fn parse_reply(reply: Value, items: usize) -> Result<Vec<(String, u64
         id.push_str(&epoch);
         id.push('-');
         id.push_str(&sid);
-        out.push((id, receivers));
+        out.push(Ok((id, receivers)));
     }
     Ok(out)
 }
@@ -203,8 +234,19 @@ mod tests {
         ]);
         assert_eq!(
             parse_reply(reply, 2).unwrap(),
-            [("ep-5-0".to_string(), 2), ("ep-5-1".to_string(), 0)]
+            [Ok(("ep-5-0".to_string(), 2)), Ok(("ep-5-1".to_string(), 0))]
         );
+        let refused = Value::Array(vec![
+            Value::Nil,
+            bulk("WRONGTYPE Operation against a key holding the wrong kind of value"),
+            Value::Int(-1),
+            bulk("ep"),
+            bulk("5-2"),
+            Value::Int(1),
+        ]);
+        let copies = parse_reply(refused, 2).unwrap();
+        assert!(matches!(&copies[0], Err(e) if e.starts_with("WRONGTYPE")));
+        assert_eq!(copies[1], Ok(("ep-5-2".to_string(), 1)));
         let short = Value::Array(vec![bulk("ep"), bulk("5-0")]);
         assert!(parse_reply(short, 1).is_err());
     }

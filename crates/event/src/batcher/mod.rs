@@ -42,8 +42,12 @@ const QUEUE: usize = 16_384;
 /// gave up pile up their events in memory).
 const QUEUE_BYTES: usize = 64 << 20;
 
-/// Per user of a publish: the event id and how many subscriptions received it.
-pub(crate) type Assigned = Vec<(String, u64)>;
+/// One user's copy of a publish: the event id and how many subscriptions received it, or the
+/// error the user's own keys answered (that copy was not published).
+pub(crate) type UserCopy = Result<(String, u64), String>;
+
+/// Per user of a publish, in order: what became of the user's copy.
+pub(crate) type Assigned = Vec<UserCopy>;
 
 /// What a batch needs besides its jobs.
 pub(crate) struct Settings {
@@ -194,7 +198,8 @@ impl Batch {
         Batch { jobs, calls }
     }
 
-    /// Run the calls and hand each job its result (or the error, to every job).
+    /// Run the calls and hand each job its result: per user its copy, or, when any call of
+    /// the job's users failed without an answer from Redis (what ran is unknown), the error.
     async fn send(self, settings: Arc<Settings>, script: Arc<Script>) {
         let epoch = new_epoch();
         let commands: Vec<redis::Cmd> = self
@@ -207,26 +212,39 @@ impl Batch {
         } else {
             single_pipeline(&settings, &script, commands).await
         };
-        let mut results: Vec<Vec<(String, u64)>> = self
+        let mut results: Vec<Result<Assigned, RedisError>> = self
             .jobs
             .iter()
-            .map(|job| vec![(String::new(), 0); job.users.len()])
+            .map(|job| Ok(vec![Err(String::new()); job.users.len()]))
             .collect();
-        let outcome = replies.and_then(|replies| {
-            for (items, reply) in self.calls.iter().zip(replies) {
-                let assigned = parse_reply(reply, items.len())?;
-                for (item, slot) in items.iter().zip(assigned) {
-                    results[item.job][item.position] = slot;
+        match replies {
+            Ok(replies) => {
+                for (items, reply) in self.calls.iter().zip(replies) {
+                    // A call Redis refused as a whole did not run: none of its copies went out.
+                    let copies = reply.and_then(|reply| parse_reply(reply, items.len()));
+                    let copies = match copies {
+                        Ok(copies) => copies,
+                        Err(e) if e.kind() == redis::ErrorKind::Parse => {
+                            // What ran is unknown: the jobs of these users fail.
+                            for item in items {
+                                results[item.job] = Err(e.clone());
+                            }
+                            continue;
+                        }
+                        Err(e) => vec![Err(e.to_string()); items.len()],
+                    };
+                    for (item, copy) in items.iter().zip(copies) {
+                        if let Ok(assigned) = &mut results[item.job] {
+                            assigned[item.position] = copy;
+                        }
+                    }
                 }
             }
-            Ok(())
-        });
+            Err(e) => results.iter_mut().for_each(|r| *r = Err(e.clone())),
+        }
         for (job, result) in self.jobs.into_iter().zip(results) {
             // The caller may have stopped waiting: nothing to do then.
-            let _ = job.reply.send(match &outcome {
-                Ok(()) => Ok(result),
-                Err(e) => Err(e.clone()),
-            });
+            let _ = job.reply.send(result);
         }
     }
 

@@ -30,7 +30,7 @@ enum Item {
 }
 
 /// Validate every item, publish the valid ones concurrently (so they share broker calls), and
-/// answer per item. 503 only when the broker failed every valid item (nothing published).
+/// answer per item. 503 only when the broker failed every valid item.
 pub(super) async fn publish_batch(body: &[u8], node: &Node) -> Result<BatchAnswer, Refusal> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     if !body.trim_ascii_start().starts_with(b"{") {
@@ -68,7 +68,10 @@ pub(super) async fn publish_batch(body: &[u8], node: &Node) -> Result<BatchAnswe
     let publishes = items.into_iter().map(|item| async move {
         match item {
             Item::Valid(users, encoded) => match broker_publish(node, &users, encoded).await {
-                Ok(report) => Outcome::Published(users.len(), result(users.len(), report)),
+                Ok(report) => match result(users.len(), report, node) {
+                    Ok(answer) => Outcome::Published(answer.published, answer),
+                    Err(refusal) => Outcome::Failed(refusal),
+                },
                 Err(e) => Outcome::Failed(unavailable(e)),
             },
             Item::Invalid(reason) => Outcome::Invalid(reason),
@@ -87,7 +90,7 @@ pub(super) async fn publish_batch(body: &[u8], node: &Node) -> Result<BatchAnswe
         _ => None,
     });
     if let (0, Some(refusal)) = (published, failed) {
-        // Every valid item failed at the broker: nothing was published, say so with a status.
+        // Every valid item failed at the broker: the request failed (as a single publish would).
         return Err(refusal);
     }
     let results: Vec<ItemAnswer> = outcomes

@@ -191,8 +191,11 @@ pub(super) async fn publish(body: &[u8], node: &Node) -> Result<PublishAnswer, R
     let published = broker_publish(node, &users, encoded)
         .await
         .map_err(unavailable)?;
-    node.metrics.events_published.inc_by(users.len() as u64);
-    Ok(result(users.len(), published))
+    let answer = result(users.len(), published, node)?;
+    node.metrics
+        .events_published
+        .inc_by(answer.published as u64);
+    Ok(answer)
 }
 
 /// One publish through the broker, timed into `broker_publish_duration_seconds` (answered or
@@ -254,13 +257,16 @@ pub(super) fn unavailable(e: BrokerError) -> Refusal {
 }
 
 /// The answer to one publish: `published`, `ids` (when history is on) and `online`, objects
-/// keyed by user id in the order of the request's `users`.
+/// keyed by user id in the order of the request's `users`, and `failed` (only when Redis
+/// refused some users' copies).
 #[derive(Serialize)]
 pub(super) struct PublishAnswer {
-    published: usize,
+    pub(super) published: usize,
     #[serde(skip_serializing_if = "PerUser::is_empty")]
     ids: PerUser<String>,
     online: PerUser<bool>,
+    #[serde(skip_serializing_if = "PerUser::is_empty")]
+    failed: PerUser<String>,
 }
 
 /// A JSON object keyed by user id (serde_json writes integer keys as strings).
@@ -278,13 +284,36 @@ impl<T: Serialize> Serialize for PerUser<T> {
     }
 }
 
-/// The answer to a publish to `users` users.
-pub(super) fn result(users: usize, published: Published) -> PublishAnswer {
-    PublishAnswer {
-        published: users,
+/// Log lines of copies Redis refused: at most one per second.
+static REFUSED_LOG: crate::log_limit::LogLimit =
+    crate::log_limit::LogLimit::new(std::time::Duration::from_secs(1));
+
+/// The answer to a publish to `users` users; 503 when Redis refused every user's copy
+/// (nothing was published). Refused copies are counted (`events_refused_total`) and logged.
+pub(super) fn result(
+    users: usize,
+    published: Published,
+    node: &Node,
+) -> Result<PublishAnswer, Refusal> {
+    let failed = published.failed;
+    if let Some((user, error)) = failed.first() {
+        node.metrics.events_refused.inc_by(failed.len() as u64);
+        if let Some(suppressed) = REFUSED_LOG.allow() {
+            tracing::warn!(user, %error, refused = failed.len(), suppressed, "Redis refused users' copies of a publish");
+        }
+        if failed.len() == users {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Redis refused the event for every user (user {user}: {error}); nothing was published"),
+            ));
+        }
+    }
+    Ok(PublishAnswer {
+        published: users - failed.len(),
         ids: PerUser(published.ids),
         online: PerUser(published.online),
-    }
+        failed: PerUser(failed),
+    })
 }
 
 /// `users` must be a non-empty array of distinct user ids, at most `max`.

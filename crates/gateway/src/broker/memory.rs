@@ -88,6 +88,7 @@ impl MemoryBroker {
         Published {
             ids: self.deliver(users, event),
             online,
+            failed: Vec::new(),
         }
     }
 

@@ -50,6 +50,9 @@ pub(crate) struct Published {
     /// Per user: whether any node held a connection of the user when it was published (the
     /// node was subscribed to the user's channel).
     pub(crate) online: Vec<(UserId, bool)>,
+    /// Users whose copy Redis refused (their own keys answered an error, or Redis refused
+    /// their script call): not published to them. Not in `ids` nor `online`.
+    pub(crate) failed: Vec<(UserId, String)>,
 }
 
 /// The node's broker.

@@ -145,6 +145,7 @@ impl RedisBroker {
         Ok(Published {
             ids: report.ids,
             online: report.online.into_iter().map(|(u, n)| (u, n > 0)).collect(),
+            failed: report.failed,
         })
     }
 

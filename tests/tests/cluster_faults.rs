@@ -192,3 +192,51 @@ async fn failover(replicas: u32) -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_to_an_idle_user_while_its_slot_migrates_is_repaired_after_the_move() -> Result<()>
+{
+    // While the slot migrates, the old owner ASKs commands on its moved keys to the new one:
+    // the publish script runs there, and its SPUBLISH reaches only that node's subscribers, so
+    // the gateway (subscribed on the old owner) misses the event. Probes on the old owner's
+    // other slots keep coming back meanwhile. Once the slot has moved (sunsubscribe,
+    // resubscribe, gap repair), a user that had received nothing yet must get the event:
+    // before, its repair started from those probes' time, after the event: lost, silently.
+    let cluster = RedisCluster::start(3, 0).await?;
+    let gw = Gateway::on_cluster(&cluster, &[]).await?;
+    let user = cluster.users_on_every_shard(1).await?[0];
+    // The user's history exists before its client connects (the keys then move with the slot),
+    // and probes came back since: its repair, if any, starts after that first event.
+    gw.publish(&[user], &seq_event(1, 0)).await?;
+    probes_come_back(&gw).await?;
+    let mut client = gw.connect(user).await?;
+    let slot = slot_of(&format!("gp:user:{{{user}}}"));
+    let owner = cluster.owner_of_slot(slot).await?;
+    let target = cluster
+        .primaries()
+        .await?
+        .into_iter()
+        .find(|p| *p != owner)
+        .context("no other primary")?;
+    let migration = cluster
+        .begin_migration(slot, &target)
+        .await?
+        .context("the slot is on the target already")?;
+    gw.publish(&[user], &seq_event(2, 0)).await?;
+    probes_come_back(&gw).await?;
+    migration.finish().await?;
+    SeqCheck::new("the idle user", 2)
+        .read_until(&mut client, 2)
+        .await
+}
+
+/// Wait until five more of the node's probes have come back.
+async fn probes_come_back(gw: &Gateway) -> Result<()> {
+    let probes = "gleepost_gateway_broker_probe_rtt_seconds_count";
+    let before = gw.metric(probes).await?;
+    gleepost_tests::eventually(READY, "probes came back", || async {
+        ensure!(gw.metric(probes).await? >= before + 5.0);
+        Ok(())
+    })
+    .await
+}

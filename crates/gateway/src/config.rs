@@ -284,7 +284,8 @@ pub struct Config {
     pub publish_replicas: u32,
 
     /// Timeout of a Redis command on the request path (token check, publish; a publish gets
-    /// one more per 1,000 recipients beyond the first, history reads and pub/sub rounds five).
+    /// one more per 1,000 recipients beyond the first, history reads and pub/sub rounds five;
+    /// on a cluster every command is cut at one).
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
     pub redis_timeout: Duration,
 

@@ -82,10 +82,11 @@ impl RedisSettings {
         self.timeout * PUBSUB_TIMEOUT_FACTOR
     }
 
-    /// The command connection's own response timeout: a backstop behind every caller's bound
-    /// (each request is bounded where it is made), as long as the longest of them. At the
-    /// request timeout itself it cut history reads and large publishes short (a 503 for a
-    /// publish Redis ran), and under Sentinel a slow read dropped a healthy primary.
+    /// The command connection's own response timeout (standalone, Sentinel): a backstop
+    /// behind every caller's bound (each request is bounded where it is made), as long as the
+    /// longest of them. At the request timeout itself it cut history reads and large publishes
+    /// short (a 503 for a publish Redis ran), and under Sentinel a slow read dropped a healthy
+    /// primary. A cluster keeps the request timeout (`cluster.rs` says why).
     pub(super) fn response_backstop(&self) -> Duration {
         self.history_limit()
             .max(self.publish_limit(self.max_publish_users))

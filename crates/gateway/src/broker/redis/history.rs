@@ -150,21 +150,20 @@ impl RedisHistory {
         Ok(out)
     }
 
-    /// Events of each user from stream time `ms` on (inclusive), for gap repair: `resync`
+    /// Events of each user from its stream time (ms) on (inclusive), for gap repair: `resync`
     /// (trimmed) when entries from that time on may have been trimmed away.
     pub(crate) async fn since_ms(
         &self,
-        users: &[UserId],
-        ms: u64,
+        users: &[(UserId, u64)],
     ) -> Result<Vec<(UserId, Replay)>, ReadError> {
-        let start = ms.to_string();
         let mut out = Vec::with_capacity(users.len());
         for chunk in users.chunks(256) {
-            let reads = futures_util::future::join_all(
-                chunk.iter().map(|&u| self.read(u, &start, "", &start)),
-            )
+            let reads = futures_util::future::join_all(chunk.iter().map(|&(u, ms)| async move {
+                let start = ms.to_string();
+                self.read(u, &start, "", &start).await
+            }))
             .await;
-            for (&user, read) in chunk.iter().zip(reads) {
+            for (&(user, _), read) in chunk.iter().zip(reads) {
                 let replay = repair_read(user, read, |read| match read.epoch.clone() {
                     Some(epoch) => read.replay_after(&epoch, self.max_replay),
                     None => Replay::Events(Vec::new()),

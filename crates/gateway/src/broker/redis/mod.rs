@@ -67,7 +67,7 @@ impl RedisBroker {
                 master,
                 node,
             } => Topology::sentinel(sentinels, master, node.clone(), settings.timeout, backstop)?,
-            RedisTarget::Cluster(seeds) => Topology::cluster(seeds, settings.timeout, backstop)?,
+            RedisTarget::Cluster(seeds) => Topology::cluster(seeds, settings.timeout)?,
         };
         let commands = topology.commands();
         let probe_channel = format!(

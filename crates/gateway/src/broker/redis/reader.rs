@@ -122,7 +122,11 @@ pub(super) fn handle_message(
                 // point, for users without a delivered event, comes from the probes only).
                 if let Some((epoch, ms, seq)) = frame.event_id() {
                     match wanted.delivered.get_mut(&user) {
-                        Some(last) if last.epoch == epoch => (last.ms, last.seq) = (ms, seq),
+                        // Only forward: a message held during a repair is older than the
+                        // repair's last event.
+                        Some(last) if last.epoch == epoch => {
+                            (last.ms, last.seq) = (last.ms, last.seq).max((ms, seq));
+                        }
                         // Only users still wanted (entries leave with the user).
                         _ if wanted.users.contains(&user) => {
                             let epoch = epoch.to_string();

@@ -2,7 +2,7 @@
 //! published meanwhile, from history, before any live event (duplicates are filtered per
 //! connection by event id).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Instant;
 
 use gleepost_event::history::frame_id;
@@ -10,6 +10,7 @@ use gleepost_event::EventId;
 
 use super::context::Context;
 use super::history::ReadError;
+use super::subscriptions::Wanted;
 use crate::history::{resync_frame, Replay};
 use crate::outbox::Frame;
 use crate::registry::UserId;
@@ -17,12 +18,14 @@ use crate::registry::UserId;
 /// After a reconnect, queue for every connected user the events published while the
 /// subscription was down: history after the last event delivered to the user (exact resume
 /// semantics, `resync` when that cannot be proved), or, for users that got no event yet, from
-/// the newest Redis time known delivered (events and probes).
+/// the Redis time known delivered when the user became wanted ([`Wanted::floors`]; the
+/// node-wide point of events and probes for users wanted before any was known).
 pub(super) async fn repair(
     shared: &Context,
     users: &HashSet<UserId>,
-    delivered: &mut HashMap<UserId, EventId>,
+    wanted: &mut Wanted,
 ) -> Result<(), ReadError> {
+    let delivered = &mut wanted.delivered;
     let Some(history) = &shared.history else {
         // Nothing to replay from: what was published meanwhile is lost to these connections,
         // and they are told so (a `resync`: refetch state), not left with a silent gap.
@@ -38,19 +41,26 @@ pub(super) async fn repair(
         tracing::info!(users = users.len(), "gap repair: history off, resync sent");
         return Ok(());
     };
-    let from = shared.state.delivered_ms();
+    let node_wide = shared.state.delivered_ms();
     let (known, fresh): (Vec<UserId>, Vec<UserId>) =
         users.iter().partition(|u| delivered.contains_key(u));
+    let fresh: Vec<(UserId, u64)> = fresh
+        .into_iter()
+        .map(|u| (u, wanted.floors.get(&u).copied().unwrap_or(node_wide)))
+        .collect();
     let known: Vec<(UserId, EventId)> = known
         .into_iter()
         .filter_map(|u| Some((u, delivered.get(&u)?.clone())))
         .collect();
     let mut replays = history.since_ids(&known).await?;
-    if from == 0 {
-        tracing::warn!("nothing was delivered before the outage: no gap repair point");
-    } else {
-        replays.extend(history.since_ms(&fresh, from).await?);
+    let (fresh, pointless): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|&(_, from)| from > 0);
+    if !pointless.is_empty() {
+        tracing::warn!(
+            users = pointless.len(),
+            "nothing was delivered before the outage: no gap repair point"
+        );
     }
+    replays.extend(history.since_ms(&fresh).await?);
     let entered = Instant::now();
     let (mut events, mut resyncs) = (0usize, 0usize);
     for (user, replay) in replays {
@@ -89,7 +99,7 @@ pub(super) async fn repair(
     }
     tracing::info!(
         users = users.len(),
-        from_ms = from,
+        from_ms = node_wide,
         events,
         resyncs,
         "gap repair queued"

@@ -120,7 +120,7 @@ async fn session(
 
     // Everything wanted is (re)subscribed on fresh connections.
     while let Ok(cmd) = requests.try_recv() {
-        wanted.apply(cmd);
+        wanted.apply(cmd, shared.state.delivered_ms());
     }
     // (Users that left meanwhile stay dirty: their repair point is dropped when synced.)
     let users: Vec<UserId> = wanted.users.iter().copied().collect();
@@ -139,7 +139,7 @@ async fn session(
             .iter()
             .flat_map(|l| l.sent.current.iter().copied())
             .collect();
-        repair::repair(shared, &users, &mut wanted.delivered).await?;
+        repair::repair(shared, &users, wanted).await?;
     }
     for (channel, payload) in held {
         reader::handle_message(shared, channel.as_bytes(), payload, wanted);
@@ -162,11 +162,11 @@ async fn session(
             biased;
             cmd = requests.recv() => {
                 let Some(cmd) = cmd else { return Ok(()) };
-                wanted.apply(cmd);
+                wanted.apply(cmd, shared.state.delivered_ms());
                 let mut n = 1;
                 while n < MAX_REQUESTS_PER_ROUND {
                     let Ok(cmd) = requests.try_recv() else { break };
-                    wanted.apply(cmd);
+                    wanted.apply(cmd, shared.state.delivered_ms());
                     n += 1;
                 }
                 // While a command is in flight, requests pile up and go out together when it is

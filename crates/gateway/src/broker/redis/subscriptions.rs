@@ -33,14 +33,24 @@ pub(super) struct Wanted {
     /// repair resumes each user from there, so a trimmed or reset history gives a `resync`
     /// instead of a silent gap.
     pub(super) delivered: HashMap<UserId, EventId>,
+    /// The Redis time (ms) known delivered when each user became wanted (absent when none was
+    /// known yet). For a user with no delivered event, everything in its history after this
+    /// was missed, whichever slot or node it went to: gap repair reads from here, not from
+    /// the node-wide point, which probes on other slots move past an event published where
+    /// the node was not subscribed (a slot being migrated, a stale primary).
+    pub(super) floors: HashMap<UserId, u64>,
 }
 
 impl Wanted {
-    /// Apply one registry request.
-    pub(super) fn apply(&mut self, cmd: SubCommand) {
+    /// Apply one registry request; `delivered_ms` is the node-wide Redis time known delivered
+    /// (0: none yet), the floor of a user that becomes wanted.
+    pub(super) fn apply(&mut self, cmd: SubCommand, delivered_ms: u64) {
         match cmd {
             SubCommand::Subscribe(user, tx) => {
                 self.users.insert(user);
+                if delivered_ms > 0 {
+                    self.floors.entry(user).or_insert(delivered_ms);
+                }
                 self.waiters.entry(user).or_default().push(tx);
                 self.dirty.insert(user);
             }
@@ -59,6 +69,7 @@ impl Wanted {
         for user in &dirty {
             if !self.users.contains(user) {
                 self.delivered.remove(user);
+                self.floors.remove(user);
             }
         }
         dirty
@@ -187,7 +198,7 @@ mod tests {
 
     fn subscribe(w: &mut Wanted, user: UserId) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
-        w.apply(SubCommand::Subscribe(user, tx));
+        w.apply(SubCommand::Subscribe(user, tx), 0);
         rx
     }
 
@@ -195,9 +206,9 @@ mod tests {
     fn last_request_per_user_wins() {
         let mut w = Wanted::default();
         let _r1 = subscribe(&mut w, 1);
-        w.apply(SubCommand::Unsubscribe(1));
+        w.apply(SubCommand::Unsubscribe(1), 0);
         let _r2 = subscribe(&mut w, 2);
-        w.apply(SubCommand::Unsubscribe(2));
+        w.apply(SubCommand::Unsubscribe(2), 0);
         let _r3 = subscribe(&mut w, 2);
         assert!(!w.users.contains(&1));
         assert!(w.users.contains(&2));
@@ -213,13 +224,34 @@ mod tests {
         w.take_dirty();
         let id = EventId::parse("ab1-5-0").unwrap();
         w.delivered.insert(7, id.clone());
-        w.apply(SubCommand::Unsubscribe(7));
+        w.apply(SubCommand::Unsubscribe(7), 0);
         let _r = subscribe(&mut w, 7);
         assert_eq!(w.take_dirty(), vec![7]);
         assert_eq!(w.delivered.get(&7), Some(&id));
-        w.apply(SubCommand::Unsubscribe(7));
+        w.apply(SubCommand::Unsubscribe(7), 0);
         w.take_dirty();
         assert!(w.delivered.is_empty());
+    }
+
+    #[test]
+    fn a_users_floor_is_the_point_known_when_it_became_wanted() {
+        let mut w = Wanted::default();
+        let (tx, _rx) = watch::channel(false);
+        w.apply(SubCommand::Subscribe(4, tx), 100);
+        let (tx, _rx) = watch::channel(false);
+        w.apply(SubCommand::Subscribe(4, tx), 200);
+        let (tx, _rx) = watch::channel(false);
+        w.apply(SubCommand::Subscribe(5, tx), 0);
+        assert_eq!(
+            w.floors.get(&4),
+            Some(&100),
+            "a second connection keeps the floor"
+        );
+        assert_eq!(w.floors.get(&5), None, "no point known yet");
+        w.take_dirty();
+        w.apply(SubCommand::Unsubscribe(4), 300);
+        w.take_dirty();
+        assert!(w.floors.is_empty());
     }
 
     #[test]
@@ -251,7 +283,7 @@ mod tests {
         let (add, _) = sent.plan(&w.users, w.dirty.drain());
         sent.subscribing(&add, 1);
         assert!(sent.confirmed());
-        w.apply(SubCommand::Unsubscribe(7));
+        w.apply(SubCommand::Unsubscribe(7), 0);
         let (_, remove) = sent.plan(&w.users, w.dirty.drain());
         assert_eq!(remove, vec![7]);
         sent.unsubscribing(&remove, 1);
@@ -278,7 +310,7 @@ mod tests {
     fn waiters_of_users_no_longer_wanted_are_dropped() {
         let (mut w, sent) = (Wanted::default(), Sent::default());
         let r = subscribe(&mut w, 3);
-        w.apply(SubCommand::Unsubscribe(3));
+        w.apply(SubCommand::Unsubscribe(3), 0);
         sent.release_waiters(&mut w);
         assert!(r.has_changed().is_err(), "sender dropped");
     }

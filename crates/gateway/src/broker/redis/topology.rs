@@ -68,12 +68,8 @@ impl Topology {
     }
 
     /// A cluster reached through `seeds`.
-    pub(super) fn cluster(
-        seeds: &[String],
-        timeout: Duration,
-        backstop: Duration,
-    ) -> Result<Self, BrokerError> {
-        Ok(Topology::Cluster(Cluster::new(seeds, timeout, backstop)?))
+    pub(super) fn cluster(seeds: &[String], timeout: Duration) -> Result<Self, BrokerError> {
+        Ok(Topology::Cluster(Cluster::new(seeds, timeout)?))
     }
 
     /// The shared command connection.

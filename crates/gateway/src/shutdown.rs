@@ -60,14 +60,51 @@ pub(crate) async fn drain(registry: &Registry, window: Duration) -> usize {
     n + late.len()
 }
 
-/// Wait until every connection has left the registry, at most `limit`.
+/// Wait until every connection has left the registry, at most `limit`. Connections that
+/// register meanwhile (admitted before the node stopped accepting, their authentication still
+/// under way when the drain ended) are closed too, so that they get 1001 rather than an exit.
 pub(crate) async fn wait_closed(registry: &Registry, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while !registry.is_empty() {
         if Instant::now() >= deadline {
             return false;
         }
+        // Closing twice is harmless: the first reason wins.
+        for conn in registry.connections() {
+            conn.outbox.close(CloseReason::GoingAway);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::QueueLimits;
+    use crate::registry::{Subscribed, Subscriptions, UserId};
+
+    struct Always;
+    impl Subscriptions for Always {
+        fn subscribe(&self, _: UserId) -> Subscribed {
+            tokio::sync::watch::channel(true).1
+        }
+        fn unsubscribe(&self, _: UserId) {}
+    }
+
+    #[tokio::test]
+    async fn a_connection_registered_after_the_drain_is_closed_while_waiting() {
+        let limits = QueueLimits {
+            max_events: 8,
+            max_bytes: 1024,
+        };
+        let registry = Registry::new(limits, 0, 0);
+        assert_eq!(drain(&registry, Duration::ZERO).await, 0);
+        let (late, _) = registry.insert(9, &Always).unwrap();
+        assert!(!wait_closed(&registry, Duration::from_millis(50)).await);
+        assert_eq!(
+            late.outbox.take(&mut Vec::new()),
+            Some(CloseReason::GoingAway)
+        );
+    }
 }

@@ -83,7 +83,20 @@ pub(crate) async fn run(shared: Arc<Context>, mut requests: mpsc::UnboundedRecei
         let delay = backoff(attempt);
         tracing::warn!(error = %err, retry_in = ?delay, "redis subscription lost");
         attempt = attempt.saturating_add(1);
-        tokio::time::sleep(delay).await;
+        // Requests are taken meanwhile: each connection attempt during an outage queues a
+        // subscribe and an unsubscribe, and the queue must not grow for as long as it lasts
+        // (what they leave in `wanted` is bounded by the users, not the attempts).
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                cmd = requests.recv() => match cmd {
+                    Some(cmd) => wanted.apply(cmd, shared.state.delivered_ms()),
+                    None => return,
+                },
+            }
+        }
     }
 }
 
@@ -103,6 +116,9 @@ async fn session(
     reconnect: bool,
 ) -> Result<(), SessionError> {
     let settings = &shared.settings;
+    while let Ok(cmd) = requests.try_recv() {
+        wanted.apply(cmd, shared.state.delivered_ms());
+    }
     // A Redis that stops answering must not wedge the subscriber: time out and reconnect.
     let limit = shared.pubsub_limit();
     let specs = tokio::time::timeout(limit, shared.topology.links())

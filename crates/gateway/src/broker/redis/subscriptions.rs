@@ -56,6 +56,8 @@ impl Wanted {
             }
             SubCommand::Unsubscribe(user) => {
                 self.users.remove(&user);
+                // The user's last connection left: so did every one that waited.
+                self.waiters.remove(&user);
                 self.dirty.insert(user);
             }
         }

@@ -373,7 +373,7 @@ pub async fn publish_via(admin: &str, users: &[u64], event: &str) -> Result<serd
 }
 
 /// POST a JSON `body` to `path` on the admin port at `admin` with the API key.
-async fn admin_post_to(admin: &str, path: &str, body: &str) -> Result<HttpResponse> {
+pub async fn admin_post_to(admin: &str, path: &str, body: &str) -> Result<HttpResponse> {
     let auth = format!("Bearer {API_KEY}");
     http::request(
         admin,

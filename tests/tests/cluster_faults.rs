@@ -5,11 +5,14 @@
 //! Each client checks its numbered events: each exactly once, in order.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, Publisher};
 use gleepost_tests::cluster::slot_of;
+use gleepost_tests::gateway::admin_post_to;
 use gleepost_tests::resume::{parse_frame, seq_event, Frame, SeqCheck};
 use gleepost_tests::{Client, Gateway, RedisCluster};
 use tokio::sync::oneshot;
@@ -239,4 +242,85 @@ async fn probes_come_back(gw: &Gateway) -> Result<()> {
         Ok(())
     })
     .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migrating_slot_holds_up_only_the_publishes_to_its_users() -> Result<()> {
+    // A user without history whose slot is being migrated cannot be written until the slot
+    // has moved (its keys are on neither node: the importing node answers TRYAGAIN), so its
+    // publishes fail meanwhile. Publishes to users of other slots must still be answered:
+    // before, they shared batches with the stuck calls and waited for them (503).
+    let cluster = RedisCluster::start(3, 0).await?;
+    let gw = Gateway::on_cluster(&cluster, &[]).await?;
+    let users = cluster.users_on_every_shard(1).await?;
+    let stuck = users[0];
+    let slot = slot_of(&format!("gp:user:{{{stuck}}}"));
+    let owner = cluster.owner_of_slot(slot).await?;
+    let mut others = Vec::new();
+    for &user in &users[1..] {
+        if cluster
+            .owner_of_slot(slot_of(&format!("gp:user:{{{user}}}")))
+            .await?
+            != owner
+        {
+            others.push(user);
+        }
+    }
+    let other = *others.first().context("no user on another primary")?;
+    let target = cluster
+        .primaries()
+        .await?
+        .into_iter()
+        .find(|p| *p != owner)
+        .context("no other primary")?;
+    let migration = cluster
+        .begin_migration(slot, &target)
+        .await?
+        .context("the slot is on the target already")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicU64::new(0));
+    let hammers: Vec<_> = (0..4)
+        .map(|_| {
+            let (admin, stop, refused) = (gw.admin.clone(), stop.clone(), refused.clone());
+            tokio::spawn(async move {
+                let body = format!(r#"{{"users":[{stuck}],"event":{}}}"#, seq_event(1, 0));
+                while !stop.load(Ordering::Relaxed) {
+                    let res = admin_post_to(&admin, "/v1/publish", &body).await?;
+                    if res.status == 503 {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    gleepost_tests::eventually(READY, "publishes to the stuck user fail", || async {
+        ensure!(refused.load(Ordering::Relaxed) >= 4);
+        Ok(())
+    })
+    .await?;
+    let mut client = gw.connect(other).await?;
+    for seq in 1..=5 {
+        let res = gw
+            .publish_raw(&format!(
+                r#"{{"users":[{other}],"event":{}}}"#,
+                seq_event(seq, 0)
+            ))
+            .await?;
+        ensure!(
+            res.status == 200,
+            "publish {seq} to user {other} in another slot: {} {}",
+            res.status,
+            res.body_text()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for hammer in hammers {
+        hammer.await??;
+    }
+    migration.finish().await?;
+    SeqCheck::new("the other user", 1)
+        .read_until(&mut client, 5)
+        .await
 }

@@ -1,11 +1,12 @@
-//! The Redis side of a batch: its calls sent in one pipeline (single server, Sentinel) or per
-//! slot owner (cluster), the replicas' acknowledgements, and the script's replies.
+//! The Redis side of a batch: its calls sent in one pipeline (single server, Sentinel) or each
+//! on its slot's owner in the slot's lane (cluster), the replicas' acknowledgements, and the
+//! script's replies.
 
 use std::time::Duration;
 
 use redis::{RedisError, Script, Value};
 
-use super::{Item, Settings, UserCopy};
+use super::{Settings, UserCopy};
 use crate::conn::RedisConn;
 use crate::keys::history_key;
 
@@ -86,51 +87,58 @@ fn server_error(value: &Value) -> Option<RedisError> {
     }
 }
 
-/// Each call on its slot's owner (concurrently), then the `WAIT`s per slot when configured.
-/// A call that failed without an answer from Redis (its node unreachable) fails the batch.
-pub(super) async fn cluster_calls(
+/// One lane per cluster slot: a slot's calls run one at a time, in the order they were
+/// made, so that a user's events keep their order even when redis-rs retries a call (a slot
+/// being migrated answers `TRYAGAIN` or `ASK`, a node that lost its scripts `NOSCRIPT`), and a
+/// slot that cannot be written for a while holds up only its own calls.
+pub(super) struct Lanes(Box<[tokio::sync::Mutex<()>]>);
+
+impl Lanes {
+    /// A lane for each of the cluster's 16,384 slots.
+    pub(super) fn new() -> Self {
+        Lanes((0..16_384).map(|_| tokio::sync::Mutex::new(())).collect())
+    }
+}
+
+/// One call on its slot's owner, in its slot's lane, then its `WAIT` on the same node when
+/// configured. The outer error: what ran is unknown (the node did not answer, the `WAIT`
+/// failed); the inner one: the error Redis answered (the call did not run).
+pub(super) async fn cluster_call(
     settings: &Settings,
     script: &Script,
-    commands: &[redis::Cmd],
-    calls: &[Vec<Item>],
-) -> Result<CallReplies, RedisError> {
-    let runs = commands.iter().map(|cmd| {
-        let mut conn = settings.conn.clone();
-        async move {
-            match cmd.query_async::<Value>(&mut conn).await {
-                Err(e) if is_noscript(&e) => {
-                    script.prepare_invoke().load_async(&mut conn).await?;
-                    cmd.query_async(&mut conn).await
-                }
-                other => other,
-            }
+    lanes: &Lanes,
+    cmd: &redis::Cmd,
+    user: u64,
+) -> Result<Result<Value, RedisError>, RedisError> {
+    let key = history_key(user);
+    let slot = usize::from(crate::keys::slot_of(key.as_bytes()));
+    let _lane = lanes.0[slot % lanes.0.len()].lock().await;
+    let mut conn = settings.conn.clone();
+    let value = match cmd.query_async::<Value>(&mut conn).await {
+        Err(e) if is_noscript(&e) => {
+            script.prepare_invoke().load_async(&mut conn).await?;
+            cmd.query_async(&mut conn).await
         }
-    });
-    let values = futures_util::future::join_all(runs).await;
-    if let Some(Err(e)) = values
-        .iter()
-        .find(|v| v.as_ref().is_err_and(|e| !answered(e)))
-    {
-        return Err(e.clone());
+        other => other,
+    };
+    match value {
+        Err(e) if !answered(&e) => return Err(e),
+        Err(e) => return Ok(Err(e)),
+        Ok(_) => {}
     }
     if let (RedisConn::Cluster(conn), Some((replicas, timeout))) =
         (&settings.conn, settings.replicas)
     {
         use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-        let waits = calls.iter().filter_map(|items| items.first()).map(|item| {
-            let mut conn = conn.clone();
-            let route = Route::with_key(history_key(item.user), SlotAddr::Master);
-            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-            async move {
-                let acked = conn
-                    .route_command(wait_command(replicas, timeout), routing)
-                    .await?;
-                enough_replicas(acked, replicas)
-            }
-        });
-        futures_util::future::try_join_all(waits).await?;
+        let route = Route::with_key(key, SlotAddr::Master);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+        let acked = conn
+            .clone()
+            .route_command(wait_command(replicas, timeout), routing)
+            .await?;
+        enough_replicas(acked, replicas)?;
     }
-    Ok(values)
+    Ok(value)
 }
 
 /// `WAIT <replicas> <timeout ms>`.

@@ -3,11 +3,15 @@
 //!
 //! Each publish is queued as a job; one task takes every job waiting (up to [`MAX_ITEMS`]
 //! users) and runs them as one [`PUBLISH_SCRIPT`] call per [`ITEMS_PER_CALL`] users, all in one
-//! pipeline on a single server (per slot on a cluster), while the previous batch is still on
-//! the wire ([`IN_FLIGHT`] batches at most). An idle publisher sends each publish at once; a
-//! busy one sends fewer, larger calls, which is what costs Redis less (a call's fixed cost is
-//! about as large as one user's work in it). Per user, events keep the order they were queued
-//! in: batches are written in order on one connection.
+//! pipeline on a single server, while the previous batch is still on the wire ([`IN_FLIGHT`]
+//! batches at most). On a cluster the calls are per slot, each on its slot's owner in the
+//! slot's lane ([`calls::Lanes`]), up to [`CLUSTER_IN_FLIGHT`] batches at once, and a job is
+//! answered as soon as its own calls are: a slot that cannot be written for a while (being
+//! migrated) holds up only the publishes to its users. An idle publisher sends each publish at
+//! once; a busy one sends fewer, larger calls, which is what costs Redis less (a call's fixed
+//! cost is about as large as one user's work in it). Per user, events keep the order they were
+//! queued in: batches are written in order on one connection, or in order in the user's
+//! slot's lane.
 //!
 //! The task also decides, per user, whether a call refreshes the history's TTLs
 //! ([`Refreshes`]), so that decision needs no lock.
@@ -28,7 +32,7 @@ use crate::refresh::Refreshes;
 
 mod calls;
 
-use self::calls::{cluster_calls, io_error, parse_reply, single_pipeline};
+use self::calls::{cluster_call, io_error, parse_reply, single_pipeline, Lanes};
 
 /// Users per script call: bounds how long one call holds Redis (about 7 µs each).
 const ITEMS_PER_CALL: usize = 64;
@@ -36,6 +40,8 @@ const ITEMS_PER_CALL: usize = 64;
 const MAX_ITEMS: usize = 512;
 /// Batches on the wire at once.
 const IN_FLIGHT: usize = 2;
+/// Batches under way at once on a cluster (their calls wait in their slots' lanes).
+const CLUSTER_IN_FLIGHT: usize = 16;
 /// Publishes queued before new ones fail at once (the caller answers "unavailable")…
 const QUEUE: usize = 16_384;
 /// …and the bytes of their events (a Redis that stops answering must not let callers that
@@ -114,13 +120,18 @@ impl Batcher {
 /// The task: take what is queued, send it, repeat; at most [`IN_FLIGHT`] batches at once.
 async fn run(settings: Arc<Settings>, mut rx: mpsc::Receiver<Job>, queued: Arc<AtomicUsize>) {
     let script = Arc::new(Script::new(PUBLISH_SCRIPT));
+    let (lanes, max_in_flight) = if settings.conn.is_cluster() {
+        (Some(Arc::new(Lanes::new())), CLUSTER_IN_FLIGHT)
+    } else {
+        (None, IN_FLIGHT)
+    };
     let mut refreshes = Refreshes::new(settings.history.refresh_interval(), Instant::now());
     let mut in_flight = FuturesUnordered::new();
     loop {
         tokio::select! {
             biased;
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            job = rx.recv(), if in_flight.len() < IN_FLIGHT => {
+            job = rx.recv(), if in_flight.len() < max_in_flight => {
                 let Some(job) = job else { break };
                 let mut jobs = vec![job];
                 let mut items = jobs[0].users.len();
@@ -137,7 +148,7 @@ async fn run(settings: Arc<Settings>, mut rx: mpsc::Receiver<Job>, queued: Arc<A
                     continue;
                 }
                 let batch = Batch::new(jobs, &settings, &mut refreshes);
-                in_flight.push(batch.send(settings.clone(), script.clone()));
+                in_flight.push(batch.send(settings.clone(), script.clone(), lanes.clone()));
             }
             else => break,
         }
@@ -200,51 +211,71 @@ impl Batch {
 
     /// Run the calls and hand each job its result: per user its copy, or, when any call of
     /// the job's users failed without an answer from Redis (what ran is unknown), the error.
-    async fn send(self, settings: Arc<Settings>, script: Arc<Script>) {
+    async fn send(self, settings: Arc<Settings>, script: Arc<Script>, lanes: Option<Arc<Lanes>>) {
         let epoch = new_epoch();
         let commands: Vec<redis::Cmd> = self
             .calls
             .iter()
             .map(|items| self.command(items, &settings, &script, &epoch))
             .collect();
-        let replies = if settings.conn.is_cluster() {
-            cluster_calls(&settings, &script, &commands, &self.calls).await
-        } else {
-            single_pipeline(&settings, &script, commands).await
-        };
         let mut results: Vec<Result<Assigned, RedisError>> = self
             .jobs
             .iter()
             .map(|job| Ok(vec![Err(String::new()); job.users.len()]))
             .collect();
-        match replies {
-            Ok(replies) => {
-                for (items, reply) in self.calls.iter().zip(replies) {
-                    // A call Redis refused as a whole did not run: none of its copies went out.
-                    let copies = reply.and_then(|reply| parse_reply(reply, items.len()));
-                    let copies = match copies {
-                        Ok(copies) => copies,
-                        Err(e) if e.kind() == redis::ErrorKind::Parse => {
-                            // What ran is unknown: the jobs of these users fail.
-                            for item in items {
-                                results[item.job] = Err(e.clone());
-                            }
-                            continue;
-                        }
-                        Err(e) => vec![Err(e.to_string()); items.len()],
-                    };
-                    for (item, copy) in items.iter().zip(copies) {
-                        if let Ok(assigned) = &mut results[item.job] {
-                            assigned[item.position] = copy;
-                        }
+        let mut replies: Vec<_> = self.jobs.into_iter().map(|job| Some(job.reply)).collect();
+        let Some(lanes) = lanes else {
+            match single_pipeline(&settings, &script, commands).await {
+                Ok(values) => {
+                    for (items, value) in self.calls.iter().zip(values) {
+                        fill(&mut results, items, value);
+                    }
+                }
+                Err(e) => results.iter_mut().for_each(|r| *r = Err(e.clone())),
+            }
+            for (reply, result) in replies.into_iter().zip(results) {
+                // The caller may have stopped waiting: nothing to do then.
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            return;
+        };
+        // Each job is answered once its last call is done.
+        let mut calls_left = vec![0usize; replies.len()];
+        for items in &self.calls {
+            for job in jobs_of(items) {
+                calls_left[job] += 1;
+            }
+        }
+        let mut runs: FuturesUnordered<_> = self
+            .calls
+            .iter()
+            .zip(&commands)
+            .enumerate()
+            .map(|(c, (items, cmd))| {
+                let (settings, script, lanes) = (&settings, &script, &lanes);
+                let user = items.first().map_or(0, |item| item.user);
+                async move { (c, cluster_call(settings, script, lanes, cmd, user).await) }
+            })
+            .collect();
+        while let Some((c, outcome)) = runs.next().await {
+            let items = &self.calls[c];
+            match outcome {
+                Ok(value) => fill(&mut results, items, value),
+                Err(e) => items
+                    .iter()
+                    .for_each(|item| results[item.job] = Err(e.clone())),
+            }
+            for job in jobs_of(items) {
+                calls_left[job] -= 1;
+                if calls_left[job] == 0 {
+                    if let Some(reply) = replies[job].take() {
+                        let result = std::mem::replace(&mut results[job], Ok(Vec::new()));
+                        let _ = reply.send(result);
                     }
                 }
             }
-            Err(e) => results.iter_mut().for_each(|r| *r = Err(e.clone())),
-        }
-        for (job, result) in self.jobs.into_iter().zip(results) {
-            // The caller may have stopped waiting: nothing to do then.
-            let _ = job.reply.send(result);
         }
     }
 
@@ -285,6 +316,41 @@ impl Batch {
         }
         cmd
     }
+}
+
+/// The copies of one call's `items` from its reply (or from the error Redis answered it
+/// with: the call did not run), into their jobs' results.
+fn fill(
+    results: &mut [Result<Assigned, RedisError>],
+    items: &[Item],
+    value: Result<redis::Value, RedisError>,
+) {
+    let copies = value.and_then(|reply| parse_reply(reply, items.len()));
+    let copies = match copies {
+        Ok(copies) => copies,
+        Err(e) if e.kind() == redis::ErrorKind::Parse => {
+            // The call ran but its reply is unreadable: what became of it is unknown.
+            for item in items {
+                results[item.job] = Err(e.clone());
+            }
+            return;
+        }
+        Err(e) => vec![Err(e.to_string()); items.len()],
+    };
+    for (item, copy) in items.iter().zip(copies) {
+        if let Ok(assigned) = &mut results[item.job] {
+            assigned[item.position] = copy;
+        }
+    }
+}
+
+/// The jobs with items in `items`, each once (items are in job order).
+fn jobs_of(items: &[Item]) -> impl Iterator<Item = usize> + '_ {
+    items
+        .iter()
+        .enumerate()
+        .filter(|&(i, item)| i == 0 || items[i - 1].job != item.job)
+        .map(|(_, item)| item.job)
 }
 
 /// `items` in runs of at most `size`.

@@ -114,6 +114,13 @@ impl RedisSentinel {
         }
     }
 
+    /// Send `sig` to every sentinel (`SIGSTOP`: they accept connections but answer nothing).
+    pub fn signal_sentinels(&self, sig: i32) {
+        for s in &self.sentinels {
+            s.signal(sig);
+        }
+    }
+
     /// SIGKILL every sentinel (the data nodes keep running).
     pub fn kill_sentinels(&mut self) {
         for s in &mut self.sentinels {

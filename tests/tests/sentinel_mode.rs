@@ -97,3 +97,27 @@ async fn with_every_sentinel_gone_the_node_keeps_its_working_primary() -> Result
     expect_seq(&mut client, 1, true).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_sentinels_do_not_stall_delivery_or_readiness() -> Result<()> {
+    // SIGSTOPped sentinels accept connections and answer nothing, so the node's periodic
+    // check of the primary waits seconds on each. Before, the subscriber waited for it
+    // without reading its pushes: probes went stale (unready) and deliveries stalled.
+    let sentinel = RedisSentinel::start(1).await?;
+    let gw = Gateway::on_sentinel(&sentinel, &["--probe-timeout", "1s"]).await?;
+    let mut client = gw.connect(9).await?;
+    sentinel.signal_sentinels(libc::SIGSTOP);
+    // 60 readiness checks 100 ms apart: a dozen periodic checks of the primary.
+    let mut unready = 0;
+    for _ in 0..60 {
+        if !gw.is_ready().await {
+            unready += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish_seq(&gw, 9, 1).await?;
+    expect_seq(&mut client, 1, true).await?;
+    sentinel.signal_sentinels(libc::SIGCONT);
+    ensure!(unready == 0, "unready at {unready} of 60 checks");
+    Ok(())
+}

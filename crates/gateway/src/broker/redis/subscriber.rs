@@ -15,6 +15,8 @@
 //! to the primary the sentinels name), resubscribes every wanted user in batches and repairs
 //! the gap from history, as after any pub/sub outage.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +58,7 @@ enum SessionError {
     Unserved(UserId),
     #[error("redis dropped shard channel {0} (slot migrated or failed over)")]
     ShardChannelDropped(String),
-    #[error("the cluster slot map changed")]
+    #[error("the Redis topology changed (the cluster's slot map, or the sentinels' primary)")]
     TopologyChanged,
     #[error("the primary moved to {0}:{1}")]
     PrimaryChanged(String, u16),
@@ -173,6 +175,9 @@ async fn session(
 
     let mut check = tokio::time::interval(settings.probe_interval);
     let mut ticks: u32 = 0;
+    // Under way beside the pushes (sentinels that do not answer take seconds, and pushes,
+    // probes included, must go on being read meanwhile).
+    let mut topology: Option<TopologyCheck<'_>> = None;
     loop {
         tokio::select! {
             biased;
@@ -202,6 +207,12 @@ async fn session(
                     return Err(SessionError::PrimaryChanged(addr.0, addr.1));
                 }
             }
+            moved = checked(&mut topology) => {
+                topology = None;
+                if moved {
+                    return Err(SessionError::TopologyChanged);
+                }
+            }
             _ = check.tick() => {
                 if connected.elapsed() > settings.probe_timeout && !shared.probe_fresh() {
                     return Err(SessionError::ProbeLost);
@@ -210,9 +221,10 @@ async fn session(
                     return Err(SessionError::CommandTimeout);
                 }
                 ticks = ticks.wrapping_add(1);
-                if shared.topology.can_move() && ticks % TOPOLOGY_CHECK_TICKS == 0 {
+                let due = ticks % TOPOLOGY_CHECK_TICKS == 0;
+                if shared.topology.can_move() && due && topology.is_none() {
                     let current: Vec<LinkSpec> = links.iter().map(|l| l.spec.clone()).collect();
-                    check_topology(shared, &current).await?;
+                    topology = Some(check_topology(shared, current));
                 }
             }
         }
@@ -342,14 +354,27 @@ async fn sync(
     Ok(())
 }
 
-/// The deployment must still be the links' (a slot that moved without a `sunsubscribe`
-/// reaching us, a new primary whose announcement was missed): otherwise reconnect.
-async fn check_topology(shared: &Context, current: &[LinkSpec]) -> Result<(), SessionError> {
-    let limit = shared.pubsub_limit();
-    match tokio::time::timeout(limit, shared.topology.moved(current)).await {
-        Ok(true) => Err(SessionError::TopologyChanged),
+/// A topology check under way: true when the deployment is no longer the links'.
+type TopologyCheck<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
+/// Whether the deployment is still the links' (a slot that moved without a `sunsubscribe`
+/// reaching us, a new primary whose announcement was missed): true when not (reconnect).
+fn check_topology(shared: &Context, current: Vec<LinkSpec>) -> TopologyCheck<'_> {
+    Box::pin(async move {
+        let limit = shared.pubsub_limit();
         // Unchanged, or not answering: the probes decide.
-        _ => Ok(()),
+        matches!(
+            tokio::time::timeout(limit, shared.topology.moved(&current)).await,
+            Ok(true)
+        )
+    })
+}
+
+/// The result of the check under way (never, while none is).
+async fn checked(check: &mut Option<TopologyCheck<'_>>) -> bool {
+    match check {
+        Some(check) => check.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -235,7 +235,8 @@ async fn interleaved_connects_and_disconnects_leave_exactly_the_connected_users_
         },
     )
     .await?;
-    // Per node, not just overall: each channel has one subscriber per node holding its user.
+    // Per node, not just overall: each channel has one subscriber per node holding its user
+    // (waited for too: a channel both nodes held may still be leaving one of them).
     let pool_channels: Vec<String> = (1..=POOL).flat_map(user_channels).collect();
     let want: BTreeMap<String, i64> = (1..=POOL)
         .flat_map(|u| {
@@ -243,11 +244,16 @@ async fn interleaved_connects_and_disconnects_leave_exactly_the_connected_users_
             user_channels(u).map(|c| (c, n))
         })
         .collect();
-    let got: BTreeMap<String, i64> = numsub(&redis, &pool_channels).await?.into_iter().collect();
-    ensure!(
-        got == want,
-        "PUBSUB NUMSUB per channel:\n got  {got:?}\n want {want:?}"
-    );
+    eventually(SETTLE, "PUBSUB NUMSUB per channel", || async {
+        let got: BTreeMap<String, i64> =
+            numsub(&redis, &pool_channels).await?.into_iter().collect();
+        ensure!(
+            got == want,
+            "PUBSUB NUMSUB per channel:\n got  {got:?}\n want {want:?}"
+        );
+        Ok(())
+    })
+    .await?;
     let probes = probe_channels_subscribed(&redis).await?;
     ensure!(probes.len() == 2, "probe channels: {probes:?}");
     for (node, gw) in nodes.iter().enumerate() {

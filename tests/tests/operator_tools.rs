@@ -131,3 +131,28 @@ async fn text_logs_to_a_pipe_carry_no_colour_codes() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_to_a_cluster_that_does_not_answer_fails_within_its_bound() -> Result<()> {
+    // Every primary paused: before, the subcommand waited for as long as redis-rs's cluster
+    // client would (past 30 s); now it fails within a few --redis-timeout with a reason.
+    let cluster = gleepost_tests::RedisCluster::start(3, 0).await?;
+    for node in cluster.primaries().await? {
+        let mut conn = node.connection().await?;
+        let () = redis::cmd("CLIENT")
+            .arg(&["PAUSE", "20000", "ALL"])
+            .query_async(&mut conn)
+            .await?;
+    }
+    let seeds = cluster.urls_csv();
+    let env = [
+        ("REDIS_CLUSTER_URLS", seeds.as_str()),
+        ("GATEWAY_REDIS_TIMEOUT", "500ms"),
+    ];
+    let event = r#"{"type":"message","data":1}"#;
+    let output = gateway_command(&["publish", "--users", "9", "--event", event], &env).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(!output.status.success(), "published to a paused cluster");
+    ensure!(stderr.contains("no answer from Redis"), "stderr: {stderr}");
+    Ok(())
+}

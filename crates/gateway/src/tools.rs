@@ -38,22 +38,38 @@ pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> 
         max_event_bytes: config.max_event_bytes,
     };
     let event = parse_and_validate(event.as_bytes(), &limits).context("invalid event")?;
-    let publisher = match target {
-        RedisTarget::Standalone(url) => Publisher::connect(&url).await,
-        RedisTarget::Cluster(seeds) => Publisher::connect_cluster(&seeds).await,
-        RedisTarget::Sentinel {
-            sentinels,
-            master,
-            node,
-        } => Publisher::connect_sentinel(&sentinels, &master, node, config.redis_timeout).await,
-    }
-    .map_err(|e| anyhow::anyhow!(causes(&e)))?
-    .with_history(config.history())
-    .with_replicas(config.publish_replicas, config.redis_timeout)
-    .with_limits(limits);
-    let report = publisher
-        .publish(users, &event)
+    let connect = async {
+        match target {
+            RedisTarget::Standalone(url) => Publisher::connect(&url).await,
+            RedisTarget::Cluster(seeds) => Publisher::connect_cluster(&seeds).await,
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                node,
+            } => Publisher::connect_sentinel(&sentinels, &master, node, config.redis_timeout).await,
+        }
+    };
+    // Connecting waits at most a few timeouts (finding a cluster's slots, a primary).
+    let connect_limit = config.redis_timeout * 3;
+    let publisher = tokio::time::timeout(connect_limit, connect)
         .await
+        .map_err(|_| anyhow::anyhow!("connecting: no answer from Redis within {connect_limit:?}"))?
+        .map_err(|e| anyhow::anyhow!(causes(&e)))?
+        .with_history(config.history())
+        .with_replicas(config.publish_replicas, config.redis_timeout)
+        .with_limits(limits);
+    // Bounded like the API's publish (a cluster's slot being migrated, say, can hold a call
+    // for as long as its client retries), plus one more timeout.
+    let rounds = 2 + u32::from(config.publish_replicas > 0);
+    let size = u32::try_from(users.len().saturating_sub(1) / 1000).unwrap_or(u32::MAX);
+    let limit = config.redis_timeout * rounds.saturating_add(size);
+    let report = tokio::time::timeout(limit, publisher.publish(users, &event))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "publishing: no answer from Redis within {limit:?}; the event may or may not have been published"
+            )
+        })?
         .map_err(|e| anyhow::anyhow!("publishing: {}", causes(&e)))?;
     println!(
         "published to {} users ({} subscribed gateway nodes received it)",

@@ -378,3 +378,56 @@ async fn a_flood_of_empty_continuation_frames_is_closed_with_1008() -> Result<()
     wait_metric(&gw, &closed("too_many_frames"), 1.0).await?;
     wait_metric(&gw, "gleepost_gateway_connections", 0.0).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_that_keeps_asking_for_its_history_gets_resync_instead_of_reads() -> Result<()> {
+    // Long-polls in a loop from an old id: each answer ~19 KB of history, with a replay bound
+    // of 20 KB, so a user's budget of 16 full replays a minute lasts 16 or 17 polls (each
+    // read is charged what it returned). Then `resync` (`too_many`) without a read, every
+    // time; another user's replays are not affected.
+    let redis = gleepost_tests::RedisServer::start().await?;
+    let gw = Gateway::on_redis(&redis, &["--max-replay-bytes", "20000"]).await?;
+    let mut since = std::collections::HashMap::new();
+    for user in [9, 10] {
+        let first = gw.publish(&[user], &seq_event(0, 0)).await?;
+        since.insert(
+            user,
+            first["ids"][user.to_string()]
+                .as_str()
+                .context("no id")?
+                .to_owned(),
+        );
+        for seq in 1..=18 {
+            gw.publish(&[user], &seq_event(seq, 950)).await?;
+        }
+    }
+    let mut replayed = 0;
+    let mut refused = 0;
+    for _ in 0..30 {
+        let res = poll(&gw.public, 9, Some(&since[&9]), "1s").await?;
+        let body = res.json()?;
+        let events = body["events"].as_array().context("events")?;
+        match events.first().map(|e| e["type"].as_str()) {
+            Some(Some("resync")) => {
+                ensure!(events[0]["data"]["reason"] == "too_many", "{body}");
+                refused += 1;
+            }
+            _ => {
+                ensure!(events.len() == 18, "a full replay: {} events", events.len());
+                ensure!(refused == 0, "a replay after a refusal");
+                replayed += 1;
+            }
+        }
+    }
+    ensure!(
+        (16..=17).contains(&replayed) && refused == 30 - replayed,
+        "{replayed} replayed, {refused} refused"
+    );
+    let res = poll(&gw.public, 10, Some(&since[&10]), "1s").await?;
+    let body = res.json()?;
+    ensure!(
+        body["events"].as_array().map(Vec::len) == Some(18),
+        "user 10: {body}"
+    );
+    Ok(())
+}

@@ -24,6 +24,7 @@ mod metrics;
 mod node;
 mod outbox;
 mod registry;
+mod replay_budget;
 pub mod server;
 mod shutdown;
 pub mod tools;

@@ -12,6 +12,7 @@ use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::replay_budget::ReplayBudget;
 
 /// Per-connection settings.
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +27,8 @@ pub(crate) struct ConnSettings {
     pub(crate) websocket: WebSocketConfig,
     /// Most frames a client may send in one second (closed with 1008 beyond).
     pub(crate) client_frame_rate: u32,
+    /// Most bytes of one replay (a user's replay budget is counted in these).
+    pub(crate) max_replay_bytes: usize,
 }
 
 /// Shared state of one gateway node.
@@ -44,6 +47,8 @@ pub(crate) struct Node {
     pub(crate) publish: PublishSettings,
     /// Per-connection settings.
     pub(crate) conn: ConnSettings,
+    /// Each user's budget of history replays.
+    pub(crate) replay_budget: ReplayBudget,
     draining: AtomicBool,
 }
 
@@ -82,6 +87,7 @@ impl Node {
             limits,
             publish,
             conn,
+            replay_budget: ReplayBudget::new(conn.max_replay_bytes),
             draining: AtomicBool::new(false),
         })
     }

@@ -219,6 +219,7 @@ pub async fn run(config: Config) -> Result<()> {
             subscribe_timeout: config.redis_timeout * PUBSUB_TIMEOUT_FACTOR,
             websocket: websocket_config(&config),
             client_frame_rate: config.client_frame_rate,
+            max_replay_bytes: config.max_replay_bytes,
         },
     );
 

@@ -208,7 +208,19 @@ pub(super) async fn replayed(
     dedup: &mut Dedup,
     node: &Node,
 ) -> Vec<Frame> {
-    let frames = match node.broker.replay(user, since).await {
+    let Some(reserved) = node.replay_budget.reserve(user, Instant::now()) else {
+        // Spent: no read (a client looping over an old id must not keep Redis reading).
+        node.metrics.resyncs.with_label_values(&["too_many"]).inc();
+        let frame = resync_frame("too_many", None);
+        return vec![Frame::new(frame, Instant::now())];
+    };
+    let replay = node.broker.replay(user, since).await;
+    let bytes = match &replay {
+        Replay::Events(frames) => frames.iter().map(|f| f.len()).sum(),
+        Replay::Resync { .. } => 0,
+    };
+    reserved.settle(bytes);
+    let frames = match replay {
         Replay::Events(frames) => {
             if let Some(id) = EventId::parse(since) {
                 *dedup = Dedup::after(&id);

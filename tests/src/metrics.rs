@@ -333,6 +333,18 @@ pub async fn wait_metric(gw: &Gateway, sample: &str, expected: f64) -> Result<()
     .await
 }
 
+/// Wait until `n` more of the node's self-probes have come back (everything published before
+/// them, on Redis, has reached the node or is lost to it).
+pub async fn probes_come_back(gw: &Gateway, n: u32) -> Result<()> {
+    let probes = "gleepost_gateway_broker_probe_rtt_seconds_count";
+    let before = gw.metric(probes).await?;
+    crate::eventually(Duration::from_secs(30), "probes came back", || async {
+        ensure!(gw.metric(probes).await? >= before + f64::from(n));
+        Ok(())
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, Publisher};
 use gleepost_tests::cluster::slot_of;
 use gleepost_tests::gateway::admin_post_to;
+use gleepost_tests::metrics::probes_come_back;
 use gleepost_tests::resume::{parse_frame, seq_event, Frame, SeqCheck};
 use gleepost_tests::{Client, Gateway, RedisCluster};
 use tokio::sync::oneshot;
@@ -211,7 +212,7 @@ async fn an_event_to_an_idle_user_while_its_slot_migrates_is_repaired_after_the_
     // The user's history exists before its client connects (the keys then move with the slot),
     // and probes came back since: its repair, if any, starts after that first event.
     gw.publish(&[user], &seq_event(1, 0)).await?;
-    probes_come_back(&gw).await?;
+    probes_come_back(&gw, 5).await?;
     let mut client = gw.connect(user).await?;
     let slot = slot_of(&format!("gp:user:{{{user}}}"));
     let owner = cluster.owner_of_slot(slot).await?;
@@ -226,22 +227,11 @@ async fn an_event_to_an_idle_user_while_its_slot_migrates_is_repaired_after_the_
         .await?
         .context("the slot is on the target already")?;
     gw.publish(&[user], &seq_event(2, 0)).await?;
-    probes_come_back(&gw).await?;
+    probes_come_back(&gw, 5).await?;
     migration.finish().await?;
     SeqCheck::new("the idle user", 2)
         .read_until(&mut client, 2)
         .await
-}
-
-/// Wait until five more of the node's probes have come back.
-async fn probes_come_back(gw: &Gateway) -> Result<()> {
-    let probes = "gleepost_gateway_broker_probe_rtt_seconds_count";
-    let before = gw.metric(probes).await?;
-    gleepost_tests::eventually(READY, "probes came back", || async {
-        ensure!(gw.metric(probes).await? >= before + 5.0);
-        Ok(())
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use gleepost_event::{Event, HistoryConfig, Publisher};
 use gleepost_tests::eventually;
-use gleepost_tests::metrics::wait_metric;
+use gleepost_tests::metrics::{probes_come_back, wait_metric};
 use gleepost_tests::resume::{parse_frame, seq_event, Frame, SeqCheck};
 use gleepost_tests::{Client, Gateway, GatewayOptions, RedisServer};
 use tokio::sync::mpsc;
@@ -505,15 +505,39 @@ async fn gap_repair_without_xinfo_permission_still_reports_trimming() -> Result<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gap_repair_after_redis_lost_its_data_during_the_outage_sends_resync() -> Result<()> {
+    redis_lost_its_data_during_an_outage(73, true).await
+}
+
+/// The same for a user whose history existed but who had received nothing through the node:
+/// before, the repair replayed the events after the loss, under the new epoch, and said
+/// nothing of those before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn gap_repair_of_an_idle_user_after_redis_lost_its_data_sends_resync() -> Result<()> {
+    redis_lost_its_data_during_an_outage(77, false).await
+}
+
+/// `user`'s history has event 1 (delivered to its client when `delivered`, else published
+/// before it connected); events 2–5 are published during an outage, then Redis loses its
+/// data, then 6–8: the client must get one `resync` (`epoch_changed`).
+async fn redis_lost_its_data_during_an_outage(user: u64, delivered: bool) -> Result<()> {
     let redis = RedisServer::start().await?;
     let gw = Gateway::on_redis(&redis, &PROBE_TIMEOUT).await?;
     let publisher = Publisher::connect(&redis.url()).await?;
-    let publish = |seq: u64| publish_seq_to(&publisher, 73, seq);
-    let mut client = gw.connect(73).await?;
-    publish(1).await?;
-    SeqCheck::new("user 73", 1)
-        .read_until(&mut client, 1)
-        .await?;
+    let publish = |seq: u64| publish_seq_to(&publisher, user, seq);
+    let mut client = if delivered {
+        let mut client = gw.connect(user).await?;
+        publish(1).await?;
+        SeqCheck::new("the user", 1)
+            .read_until(&mut client, 1)
+            .await?;
+        client
+    } else {
+        publish(1).await?;
+        let client = gw.connect(user).await?;
+        // The node has read the history's epoch (right after subscribing) meanwhile.
+        probes_come_back(&gw, 5).await?;
+        client
+    };
 
     let mut outage = Outage::begin(&redis, &[&gw]).await?;
     for seq in 2..=5 {

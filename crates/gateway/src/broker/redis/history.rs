@@ -11,6 +11,7 @@ use gleepost_event::RedisConn;
 use redis::{Script, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::epochs;
 use crate::history::Replay;
 use crate::registry::UserId;
 
@@ -150,25 +151,32 @@ impl RedisHistory {
         Ok(out)
     }
 
-    /// Events of each user from its stream time (ms) on (inclusive), for gap repair: `resync`
-    /// (trimmed) when entries from that time on may have been trimmed away.
-    pub(crate) async fn since_ms(
+    /// Events of each user with no delivered event from its stream time on (inclusive), for
+    /// gap repair: `resync` (trimmed) when entries from that time on may have been trimmed
+    /// away, (`epoch_changed`) when the history is not the one the user had when subscribed.
+    pub(super) async fn since_ms(
         &self,
-        users: &[(UserId, u64)],
+        users: &[Fresh],
     ) -> Result<Vec<(UserId, Replay)>, ReadError> {
         let mut out = Vec::with_capacity(users.len());
         for chunk in users.chunks(256) {
-            let reads = futures_util::future::join_all(chunk.iter().map(|&(u, ms)| async move {
-                let start = ms.to_string();
-                self.read(u, &start, "", &start).await
+            let reads = futures_util::future::join_all(chunk.iter().map(|f| async move {
+                let start = f.from.to_string();
+                self.read(f.user, &start, "", &start).await
             }))
             .await;
-            for (&(user, _), read) in chunk.iter().zip(reads) {
-                let replay = repair_read(user, read, |read| match read.epoch.clone() {
-                    Some(epoch) => read.replay_after(&epoch, self.max_replay),
-                    None => Replay::Events(Vec::new()),
-                })?;
-                out.push((user, replay));
+            for (f, read) in chunk.iter().zip(reads) {
+                let replay =
+                    repair_read(f.user, read, |read| match (read.epoch.clone(), f.epoch) {
+                        // Reset since (or gone): what it held is lost.
+                        (Some(epoch), Some(Some(seen))) if epochs::hash(&epoch) != seen => {
+                            read.resync("epoch_changed")
+                        }
+                        (None, Some(Some(_))) => read.resync("epoch_changed"),
+                        (Some(epoch), _) => read.replay_after(&epoch, self.max_replay),
+                        (None, _) => Replay::Events(Vec::new()),
+                    })?;
+                out.push((f.user, replay));
             }
         }
         Ok(out)
@@ -203,6 +211,14 @@ impl RedisHistory {
             user_only: true,
         })
     }
+}
+
+/// A user with no delivered event, to repair: from stream time `from` on, and the epoch its
+/// history had when the node subscribed it (`None`: not read; `Some(None)`: it had none).
+pub(super) struct Fresh {
+    pub(super) user: UserId,
+    pub(super) from: u64,
+    pub(super) epoch: Option<Option<u64>>,
 }
 
 /// One history read.

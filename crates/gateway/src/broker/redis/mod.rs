@@ -13,6 +13,7 @@
 mod cluster;
 mod context;
 mod control;
+mod epochs;
 mod history;
 mod links;
 mod presence;
@@ -21,6 +22,7 @@ pub(crate) mod pubsub;
 mod reader;
 mod repair;
 mod sentinel;
+mod side_tasks;
 mod standalone;
 mod state;
 mod subscriber;

@@ -9,7 +9,7 @@ use gleepost_event::history::frame_id;
 use gleepost_event::EventId;
 
 use super::context::Context;
-use super::history::ReadError;
+use super::history::{Fresh, ReadError};
 use super::subscriptions::Wanted;
 use crate::history::{resync_frame, Replay};
 use crate::outbox::Frame;
@@ -44,16 +44,20 @@ pub(super) async fn repair(
     let node_wide = shared.state.delivered_ms();
     let (known, fresh): (Vec<UserId>, Vec<UserId>) =
         users.iter().partition(|u| delivered.contains_key(u));
-    let fresh: Vec<(UserId, u64)> = fresh
+    let fresh: Vec<Fresh> = fresh
         .into_iter()
-        .map(|u| (u, wanted.floors.get(&u).copied().unwrap_or(node_wide)))
+        .map(|user| Fresh {
+            user,
+            from: wanted.floors.get(&user).copied().unwrap_or(node_wide),
+            epoch: wanted.epochs.get(&user).copied(),
+        })
         .collect();
     let known: Vec<(UserId, EventId)> = known
         .into_iter()
         .filter_map(|u| Some((u, delivered.get(&u)?.clone())))
         .collect();
     let mut replays = history.since_ids(&known).await?;
-    let (fresh, pointless): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|&(_, from)| from > 0);
+    let (fresh, pointless): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|f| f.from > 0);
     if !pointless.is_empty() {
         tracing::warn!(
             users = pointless.len(),

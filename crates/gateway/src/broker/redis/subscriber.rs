@@ -1,7 +1,8 @@
 //! The node's Redis pub/sub links: per-user channel subscriptions, the message reader and
 //! reconnection (the RESP connection: `pubsub.rs`; one link and its commands: `links.rs`;
 //! bookkeeping: `subscriptions.rs`; what a push does: `reader.rs`; gap repair after a
-//! reconnect: `repair.rs`; the self-probe: `probe.rs`).
+//! reconnect: `repair.rs`; the self-probe: `probe.rs`; what a session awaits beside its pushes:
+//! `side_tasks.rs`).
 //!
 //! A standalone server has one link; a cluster one per primary, each serving the users whose
 //! gateway channel's slot it owns (from `CLUSTER SLOTS` at connect). Subscribe/unsubscribe
@@ -15,22 +16,21 @@
 //! to the primary the sentinels name), resubscribes every wanted user in batches and repairs
 //! the gap from history, as after any pub/sub outage.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use tokio::sync::mpsc;
-
-use gleepost_event::sentinel::NodeAddr;
-use tokio::sync::watch;
 
 use super::context::Context;
 use super::history::ReadError;
 use super::links::{Link, LinkError, BATCH_USERS};
 use super::pubsub::PubSubError;
 use super::reader::{self, Channel, Pushed};
+use super::side_tasks::{
+    check_topology, checked, next_primary, read_epochs, EpochRead, TopologyCheck,
+};
 use super::subscriptions::{SubCommand, Wanted};
 use super::topology::LinkSpec;
 use super::{probe, repair};
@@ -150,6 +150,8 @@ async fn session(
     // Messages arriving until every channel is confirmed and the repair is queued are held, so
     // every connection sees history first, then live (duplicates filtered).
     let mut held = Vec::new();
+    // Epoch reads of newly subscribed users, under way beside everything else.
+    let mut epoch_reads: FuturesUnordered<EpochRead<'_>> = FuturesUnordered::new();
     // A chunk of users at a time, each confirmed before the next is sent: Redis queues one
     // confirmation per channel in the output buffer of a client that is not reading, and all
     // of a large node's at once would pass its pub/sub limit (32 MB by default: about 220,000
@@ -161,7 +163,8 @@ async fn session(
     };
     for chunk in rounds {
         wanted.dirty.extend(chunk);
-        sync(shared, &mut links, wanted).await?;
+        let added = sync(shared, &mut links, wanted).await?;
+        read_epochs(shared, wanted, added, &mut epoch_reads);
         for i in 0..links.len() {
             tokio::time::timeout(limit, settle(shared, &mut links, i, wanted, &mut held))
                 .await
@@ -209,19 +212,24 @@ async fn session(
                 // While a command is in flight, requests pile up and go out together when it is
                 // confirmed: a connection storm becomes a few large commands.
                 if links.iter().all(|l| l.sent.settled()) || wanted.dirty.len() >= BATCH_USERS {
-                    sync(shared, &mut links, wanted).await?;
+                    let added = sync(shared, &mut links, wanted).await?;
+                    read_epochs(shared, wanted, added, &mut epoch_reads);
                 }
             }
             (i, pushed) = next_push(&mut links) => {
                 on_push(shared, &mut links, i, pushed?, wanted, &mut None)?;
                 if links.iter().all(|l| l.sent.settled()) && !wanted.dirty.is_empty() {
-                    sync(shared, &mut links, wanted).await?;
+                    let added = sync(shared, &mut links, wanted).await?;
+                    read_epochs(shared, wanted, added, &mut epoch_reads);
                 }
             }
             Some(addr) = next_primary(&mut primary) => {
                 if links.first().and_then(|l| l.spec.primary.as_ref()) != Some(&addr) {
                     return Err(SessionError::PrimaryChanged(addr.0, addr.1));
                 }
+            }
+            Some(read) = epoch_reads.next(), if !epoch_reads.is_empty() => {
+                wanted.remember_epochs(read);
             }
             moved = checked(&mut topology) => {
                 topology = None;
@@ -337,13 +345,14 @@ async fn settle(
 }
 
 /// Send the commands that bring the links' subscriptions in line with the dirty part of
-/// `wanted` (confirmations arrive later, through the reader).
+/// `wanted` (confirmations arrive later, through the reader); returns the users subscribed.
 async fn sync(
     shared: &Context,
     links: &mut [Link],
     wanted: &mut Wanted,
-) -> Result<(), SessionError> {
+) -> Result<Vec<UserId>, SessionError> {
     let mut dirty: Vec<Vec<UserId>> = vec![Vec::new(); links.len()];
+    let mut added = Vec::new();
     for user in wanted.take_dirty() {
         let i = links.iter().position(|l| l.spec.serves(user));
         let i = i.ok_or(SessionError::Unserved(user))?;
@@ -360,6 +369,7 @@ async fn sync(
         link.unsubscribe(&remove, templates, limit).await?;
         // Waiters of users that were subscribed already (a reconnect of a connected user).
         link.sent.release_waiters(wanted);
+        added.extend(add);
     }
     let channels: usize = links.iter().map(|l| l.channels(templates.len())).sum();
     shared
@@ -367,42 +377,7 @@ async fn sync(
         .metrics()
         .subscribed_channels
         .set(channels as i64);
-    Ok(())
-}
-
-/// A topology check under way: true when the deployment is no longer the links'.
-type TopologyCheck<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
-
-/// Whether the deployment is still the links' (a slot that moved without a `sunsubscribe`
-/// reaching us, a new primary whose announcement was missed): true when not (reconnect).
-fn check_topology(shared: &Context, current: Vec<LinkSpec>) -> TopologyCheck<'_> {
-    Box::pin(async move {
-        let limit = shared.pubsub_limit();
-        // Unchanged, or not answering: the probes decide.
-        matches!(
-            tokio::time::timeout(limit, shared.topology.moved(&current)).await,
-            Ok(true)
-        )
-    })
-}
-
-/// The result of the check under way (never, while none is).
-async fn checked(check: &mut Option<TopologyCheck<'_>>) -> bool {
-    match check {
-        Some(check) => check.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next primary announced on `changes` (never, without Sentinel).
-async fn next_primary(changes: &mut Option<watch::Receiver<Option<NodeAddr>>>) -> Option<NodeAddr> {
-    let Some(rx) = changes else {
-        return std::future::pending().await;
-    };
-    if rx.changed().await.is_err() {
-        return std::future::pending().await;
-    }
-    rx.borrow_and_update().clone()
+    Ok(added)
 }
 
 #[cfg(test)]

@@ -39,6 +39,10 @@ pub(super) struct Wanted {
     /// the node-wide point, which probes on other slots move past an event published where
     /// the node was not subscribed (a slot being migrated, a stale primary).
     pub(super) floors: HashMap<UserId, u64>,
+    /// The hashed epoch of each user's history when the node subscribed it (`None`: it had
+    /// none), once read ([`super::epochs`]): for a user with no delivered event, a history
+    /// whose epoch changed since was reset, and gap repair says so.
+    pub(super) epochs: HashMap<UserId, Option<u64>>,
 }
 
 impl Wanted {
@@ -63,6 +67,23 @@ impl Wanted {
         }
     }
 
+    /// Of `users`, those whose epoch is still to be read: no epoch known, no delivered event.
+    pub(super) fn epochs_unknown(&self, users: Vec<UserId>) -> Vec<UserId> {
+        users
+            .into_iter()
+            .filter(|u| !self.epochs.contains_key(u) && !self.delivered.contains_key(u))
+            .collect()
+    }
+
+    /// Epochs read for users (only those still wanted; a first answer is kept).
+    pub(super) fn remember_epochs(&mut self, read: Vec<(UserId, Option<u64>)>) {
+        for (user, epoch) in read {
+            if self.users.contains(&user) {
+                self.epochs.entry(user).or_insert(epoch);
+            }
+        }
+    }
+
     /// The users whose wanted state changed since the last call. Those no longer wanted lose
     /// their repair point here, not at their unsubscribe request: a user that left and came
     /// back within one round was never unsubscribed and keeps its exact point.
@@ -72,6 +93,7 @@ impl Wanted {
             if !self.users.contains(user) {
                 self.delivered.remove(user);
                 self.floors.remove(user);
+                self.epochs.remove(user);
             }
         }
         dirty

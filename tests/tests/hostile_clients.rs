@@ -388,7 +388,7 @@ async fn a_user_that_keeps_asking_for_its_history_gets_resync_instead_of_reads()
     let redis = gleepost_tests::RedisServer::start().await?;
     let gw = Gateway::on_redis(&redis, &["--max-replay-bytes", "20000"]).await?;
     let mut since = std::collections::HashMap::new();
-    for user in [9, 10] {
+    for user in [9, 10, 11] {
         let first = gw.publish(&[user], &seq_event(0, 0)).await?;
         since.insert(
             user,
@@ -422,6 +422,24 @@ async fn a_user_that_keeps_asking_for_its_history_gets_resync_instead_of_reads()
     ensure!(
         (16..=17).contains(&replayed) && refused == 30 - replayed,
         "{replayed} replayed, {refused} refused"
+    );
+    // An id of another epoch costs the same read before its `resync` (`epoch_changed`): it
+    // is charged too (before, a resync was charged nothing, and such a loop was never cut).
+    let mut reasons = Vec::new();
+    for _ in 0..30 {
+        let res = poll(&gw.public, 11, Some("zzzzzzzzzz-1-0"), "1s").await?;
+        let body = res.json()?;
+        reasons.push(
+            body["events"][0]["data"]["reason"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned(),
+        );
+    }
+    let changed = reasons.iter().take_while(|r| *r == "epoch_changed").count();
+    ensure!(
+        changed == 16 && reasons[changed..].iter().all(|r| r == "too_many"),
+        "resync reasons: {reasons:?}"
     );
     let res = poll(&gw.public, 10, Some(&since[&10]), "1s").await?;
     let body = res.json()?;

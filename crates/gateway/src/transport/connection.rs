@@ -215,9 +215,16 @@ pub(super) async fn replayed(
         return vec![Frame::new(frame, Instant::now())];
     };
     let replay = node.broker.replay(user, since).await;
+    // What Redis read for it: the events sent, or, for a `resync` after a read (the id's
+    // epoch is gone, trimmed, too many), up to a full replay (the read collects entries up to
+    // the byte bound before the gateway decides); nothing when nothing was read.
     let bytes = match &replay {
         Replay::Events(frames) => frames.iter().map(|f| f.len()).sum(),
-        Replay::Resync { .. } => 0,
+        Replay::Resync {
+            reason: "unknown_id" | "unavailable" | "history_off",
+            ..
+        } => 0,
+        Replay::Resync { .. } => usize::MAX,
     };
     reserved.settle(bytes);
     let frames = match replay {

@@ -38,26 +38,28 @@ pub async fn publish(config: &Config, users: &[u64], event: &str) -> Result<()> 
         max_event_bytes: config.max_event_bytes,
     };
     let event = parse_and_validate(event.as_bytes(), &limits).context("invalid event")?;
-    let connect = async {
-        match target {
-            RedisTarget::Standalone(url) => Publisher::connect(&url).await,
-            RedisTarget::Cluster(seeds) => Publisher::connect_cluster(&seeds).await,
-            RedisTarget::Sentinel {
-                sentinels,
-                master,
-                node,
-            } => Publisher::connect_sentinel(&sentinels, &master, node, config.redis_timeout).await,
+    let publisher = match target {
+        // Bounded by their own settings (a refused connection is retried a few times, then
+        // named with its cause).
+        RedisTarget::Standalone(url) => Publisher::connect(&url).await,
+        RedisTarget::Sentinel {
+            sentinels,
+            master,
+            node,
+        } => Publisher::connect_sentinel(&sentinels, &master, node, config.redis_timeout).await,
+        // redis-rs's cluster client waits for the slot map as long as nodes accept connections
+        // without answering: at most a few timeouts here.
+        RedisTarget::Cluster(seeds) => {
+            let limit = config.redis_timeout * 3;
+            tokio::time::timeout(limit, Publisher::connect_cluster(&seeds))
+                .await
+                .map_err(|_| anyhow::anyhow!("connecting: no answer from Redis within {limit:?}"))?
         }
-    };
-    // Connecting waits at most a few timeouts (finding a cluster's slots, a primary).
-    let connect_limit = config.redis_timeout * 3;
-    let publisher = tokio::time::timeout(connect_limit, connect)
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting: no answer from Redis within {connect_limit:?}"))?
-        .map_err(|e| anyhow::anyhow!(causes(&e)))?
-        .with_history(config.history())
-        .with_replicas(config.publish_replicas, config.redis_timeout)
-        .with_limits(limits);
+    }
+    .map_err(|e| anyhow::anyhow!(causes(&e)))?
+    .with_history(config.history())
+    .with_replicas(config.publish_replicas, config.redis_timeout)
+    .with_limits(limits);
     // Bounded like the API's publish (a cluster's slot being migrated, say, can hold a call
     // for as long as its client retries), plus one more timeout.
     let rounds = 2 + u32::from(config.publish_replicas > 0);

@@ -108,6 +108,10 @@ async fn beat(shared: &Context) -> Result<(), BrokerError> {
     tokio::time::timeout(shared.settings.timeout, set)
         .await
         .map_err(|_| BrokerError::Timeout)??;
+    if shared.state.has_left() {
+        // The node left while this renewal was under way: its key must not outlive it.
+        return leave(shared).await;
+    }
     Ok(())
 }
 

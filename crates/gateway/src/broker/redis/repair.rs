@@ -19,7 +19,7 @@ use crate::registry::UserId;
 /// subscription was down: history after the last event delivered to the user (exact resume
 /// semantics, `resync` when that cannot be proved), or, for users that got no event yet, from
 /// the Redis time known delivered when the user became wanted ([`Wanted::floors`]; the
-/// node-wide point of events and probes for users wanted before any was known).
+/// first such time for users wanted before any was known).
 pub(super) async fn repair(
     shared: &Context,
     users: &HashSet<UserId>,
@@ -48,7 +48,13 @@ pub(super) async fn repair(
         .into_iter()
         .map(|user| Fresh {
             user,
-            from: wanted.floors.get(&user).copied().unwrap_or(node_wide),
+            // Wanted before any point was known: the first one known (the node-wide point is
+            // later, moved by probes of other slots past what this user may have missed).
+            from: wanted
+                .floors
+                .get(&user)
+                .copied()
+                .unwrap_or_else(|| shared.state.first_delivered_ms()),
             epoch: wanted.epochs.get(&user).copied(),
         })
         .collect();

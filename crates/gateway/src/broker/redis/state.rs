@@ -16,6 +16,8 @@ pub(super) struct State {
     last_probe_back: AtomicU64,
     /// Newest Redis time (ms) known to have been delivered on the subscription.
     delivered_ms: AtomicU64,
+    /// The first such time (0: none yet).
+    first_delivered_ms: AtomicU64,
     /// The node is exiting: its presence must no longer count.
     left: AtomicBool,
 }
@@ -28,6 +30,7 @@ impl State {
             subscribed: AtomicBool::new(false),
             last_probe_back: AtomicU64::new(0),
             delivered_ms: AtomicU64::new(0),
+            first_delivered_ms: AtomicU64::new(0),
             left: AtomicBool::new(false),
         }
     }
@@ -62,6 +65,15 @@ impl State {
     /// Everything published before Redis time `ms` was delivered (never moves back).
     pub(super) fn delivered_until(&self, ms: u64) {
         self.delivered_ms.fetch_max(ms, Ordering::AcqRel);
+        let _ =
+            self.first_delivered_ms
+                .compare_exchange(0, ms, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The first Redis time known delivered (0: none yet): the earliest repair point of users
+    /// that were wanted before any was known.
+    pub(super) fn first_delivered_ms(&self) -> u64 {
+        self.first_delivered_ms.load(Ordering::Acquire)
     }
 
     /// The newest Redis time known delivered (0: none).
@@ -77,5 +89,23 @@ impl State {
     /// True once the node is exiting.
     pub(super) fn has_left(&self) -> bool {
         self.left.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_delivered_time_stays_while_the_newest_moves_on() {
+        let state = State::new();
+        assert_eq!(state.first_delivered_ms(), 0);
+        state.delivered_until(100);
+        state.delivered_until(300);
+        state.delivered_until(200);
+        assert_eq!(
+            (state.first_delivered_ms(), state.delivered_ms()),
+            (100, 300)
+        );
     }
 }

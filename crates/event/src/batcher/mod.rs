@@ -7,7 +7,8 @@
 //! batches at most). On a cluster the calls are per slot, each on its slot's owner in the
 //! slot's lane ([`calls::Lanes`]), up to [`CLUSTER_IN_FLIGHT`] batches at once, and a job is
 //! answered as soon as its own calls are: a slot that cannot be written for a while (being
-//! migrated) holds up only the publishes to its users. An idle publisher sends each publish at
+//! migrated) holds up only the publishes to its users, as long as fewer than
+//! [`CLUSTER_IN_FLIGHT`] batches wait on it; beyond, new publishes wait for a batch to end. An idle publisher sends each publish at
 //! once; a busy one sends fewer, larger calls, which is what costs Redis less (a call's fixed
 //! cost is about as large as one user's work in it). Per user, events keep the order they were
 //! queued in: batches are written in order on one connection, or in order in the user's

@@ -289,7 +289,8 @@ static REFUSED_LOG: crate::log_limit::LogLimit =
     crate::log_limit::LogLimit::new(std::time::Duration::from_secs(1));
 
 /// The answer to a publish to `users` users; 503 when Redis refused every user's copy
-/// (nothing was published). Refused copies are counted (`events_refused_total`) and logged.
+/// (not published: see `failed` in openapi.yaml for the one exception on a cluster). Refused
+/// copies are counted (`events_refused_total`) and logged.
 pub(super) fn result(
     users: usize,
     published: Published,
@@ -304,7 +305,7 @@ pub(super) fn result(
         if failed.len() == users {
             return Err((
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("Redis refused the event for every user (user {user}: {error}); nothing was published"),
+                format!("Redis refused the event for every user (user {user}: {error})"),
             ));
         }
     }

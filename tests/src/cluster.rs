@@ -24,6 +24,7 @@ use anyhow::{bail, ensure, Context, Result};
 use futures_util::future::try_join_all;
 use redis::aio::MultiplexedConnection;
 
+pub use reshard::Migration;
 pub use shard_sub::{ShardPush, ShardSubscriber};
 pub use slot::{slot_of, SLOTS};
 pub use topology::ClusterNode;

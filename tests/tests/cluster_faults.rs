@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gleepost_event::{Event, Publisher};
-use gleepost_tests::cluster::slot_of;
+use gleepost_tests::cluster::{slot_of, ClusterNode, Migration};
 use gleepost_tests::gateway::admin_post_to;
 use gleepost_tests::metrics::probes_come_back;
 use gleepost_tests::resume::{parse_frame, seq_event, Frame, SeqCheck};
@@ -214,18 +214,7 @@ async fn an_event_to_an_idle_user_while_its_slot_migrates_is_repaired_after_the_
     gw.publish(&[user], &seq_event(1, 0)).await?;
     probes_come_back(&gw, 5).await?;
     let mut client = gw.connect(user).await?;
-    let slot = slot_of(&format!("gp:user:{{{user}}}"));
-    let owner = cluster.owner_of_slot(slot).await?;
-    let target = cluster
-        .primaries()
-        .await?
-        .into_iter()
-        .find(|p| *p != owner)
-        .context("no other primary")?;
-    let migration = cluster
-        .begin_migration(slot, &target)
-        .await?
-        .context("the slot is on the target already")?;
+    let (migration, _) = begin_moving(&cluster, user).await?;
     gw.publish(&[user], &seq_event(2, 0)).await?;
     probes_come_back(&gw, 5).await?;
     migration.finish().await?;
@@ -244,8 +233,7 @@ async fn a_migrating_slot_holds_up_only_the_publishes_to_its_users() -> Result<(
     let gw = Gateway::on_cluster(&cluster, &[]).await?;
     let users = cluster.users_on_every_shard(1).await?;
     let stuck = users[0];
-    let slot = slot_of(&format!("gp:user:{{{stuck}}}"));
-    let owner = cluster.owner_of_slot(slot).await?;
+    let (migration, owner) = begin_moving(&cluster, stuck).await?;
     let mut others = Vec::new();
     for &user in &users[1..] {
         if cluster
@@ -257,16 +245,6 @@ async fn a_migrating_slot_holds_up_only_the_publishes_to_its_users() -> Result<(
         }
     }
     let other = *others.first().context("no user on another primary")?;
-    let target = cluster
-        .primaries()
-        .await?
-        .into_iter()
-        .find(|p| *p != owner)
-        .context("no other primary")?;
-    let migration = cluster
-        .begin_migration(slot, &target)
-        .await?
-        .context("the slot is on the target already")?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let refused = Arc::new(AtomicU64::new(0));
@@ -313,4 +291,22 @@ async fn a_migrating_slot_holds_up_only_the_publishes_to_its_users() -> Result<(
     SeqCheck::new("the other user", 1)
         .read_until(&mut client, 5)
         .await
+}
+
+/// Begin moving the slot of `user`'s keys to another primary (its keys move, the slot does not
+/// yet); returns the migration and the slot's owner until it finishes.
+async fn begin_moving(cluster: &RedisCluster, user: u64) -> Result<(Migration<'_>, ClusterNode)> {
+    let slot = slot_of(&format!("gp:user:{{{user}}}"));
+    let owner = cluster.owner_of_slot(slot).await?;
+    let target = cluster
+        .primaries()
+        .await?
+        .into_iter()
+        .find(|p| *p != owner)
+        .context("no other primary")?;
+    let migration = cluster
+        .begin_migration(slot, &target)
+        .await?
+        .context("the slot is on the target already")?;
+    Ok((migration, owner))
 }

@@ -183,13 +183,7 @@ async fn history_appends_and_publishes_with_ids_atomically() {
     pubsub.subscribe("gp:user:{9}").await.unwrap();
     let mut messages = pubsub.into_on_message();
 
-    let publisher = Publisher::connect(&server.url())
-        .await
-        .unwrap()
-        .with_history(HistoryConfig {
-            size: 10,
-            ttl: std::time::Duration::from_secs(60),
-        });
+    let publisher = server.history_publisher(10).await;
     let event = seed_message();
     let first = publisher.publish(&[9], &event).await.unwrap();
     assert_eq!(first.receivers, 1);

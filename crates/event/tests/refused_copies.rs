@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use gleepost_event::keys::history_key;
-use gleepost_event::{Event, HistoryConfig, Publisher};
+use gleepost_event::Event;
 
 use common::RedisServer;
 
@@ -22,13 +20,7 @@ async fn entries(conn: &mut redis::aio::MultiplexedConnection, user: u64) -> u64
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_whose_key_is_of_the_wrong_type_is_refused_alone() {
     let server = RedisServer::start();
-    let publisher = Publisher::connect(&server.url())
-        .await
-        .unwrap()
-        .with_history(HistoryConfig {
-            size: 100,
-            ttl: Duration::from_secs(60),
-        });
+    let publisher = server.history_publisher(100).await;
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("SET")

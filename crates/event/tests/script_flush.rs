@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use gleepost_event::keys::history_key;
-use gleepost_event::{Event, HistoryConfig, Publisher};
+use gleepost_event::Event;
 
 use common::RedisServer;
 
@@ -17,13 +17,7 @@ const ROUNDS: u64 = 16;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_script_flush_during_a_pipeline_stores_no_event_twice() {
     let server = RedisServer::start();
-    let publisher = Publisher::connect(&server.url())
-        .await
-        .unwrap()
-        .with_history(HistoryConfig {
-            size: 100,
-            ttl: Duration::from_secs(60),
-        });
+    let publisher = server.history_publisher(100).await;
     // 1,000 users: 16 script calls of 64 users in one pipeline.
     let users: Vec<u64> = (1..=1000).collect();
     let text = format!(r#"{{"type":"message","data":"{}"}}"#, "x".repeat(5_000));

@@ -44,11 +44,11 @@ impl RedisCluster {
     /// `SETSLOT IMPORTING` on `to`, `MIGRATING` on the owner, then `MIGRATE` of every key in
     /// batches (`GETKEYSINSLOT`). The slot is then still the old owner's, which `ASK`s every
     /// command on its keys to `to`. `None` when `to` owns the slot already.
-    pub async fn begin_migration<'a>(
-        &'a self,
+    pub async fn begin_migration(
+        &self,
         slot: u16,
-        to: &'a ClusterNode,
-    ) -> Result<Option<Migration<'a>>> {
+        to: &ClusterNode,
+    ) -> Result<Option<Migration<'_>>> {
         ensure!(slot < super::SLOTS, "no slot {slot}");
         let view = self.any_view().await?;
         let from = self.by_id(
@@ -68,7 +68,7 @@ impl RedisCluster {
             cluster: self,
             slot,
             from,
-            to,
+            to: to.clone(),
             moved: 0,
         };
         let mut target = self.conn(to.port()).await?;
@@ -93,7 +93,7 @@ pub struct Migration<'a> {
     cluster: &'a RedisCluster,
     slot: u16,
     from: ClusterNode,
-    to: &'a ClusterNode,
+    to: ClusterNode,
     moved: usize,
 }
 
@@ -110,7 +110,7 @@ impl Migration<'_> {
     /// `SETSLOT NODE` on the new owner, on the old owner and on every other primary; returns
     /// once every running node agrees, with the number of keys handed to `MIGRATE`.
     pub async fn finish(self) -> Result<usize> {
-        let (cluster, slot, to) = (self.cluster, self.slot, self.to);
+        let (cluster, slot, to) = (self.cluster, self.slot, &self.to);
         let view = cluster.any_view().await?;
         let mut target = cluster.conn(to.port()).await?;
         let mut source = cluster.conn(self.from.port()).await?;

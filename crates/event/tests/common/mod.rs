@@ -66,6 +66,18 @@ impl RedisServer {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
+
+    /// A publisher on this server keeping `size` events per user for a minute.
+    #[allow(dead_code)] // each test file compiles this module; not all of them publish
+    pub async fn history_publisher(&self, size: usize) -> gleepost_event::Publisher {
+        gleepost_event::Publisher::connect(&self.url())
+            .await
+            .unwrap()
+            .with_history(gleepost_event::HistoryConfig {
+                size,
+                ttl: Duration::from_secs(60),
+            })
+    }
 }
 
 /// The `process_id` reported by `INFO server`.

@@ -8,9 +8,9 @@
 //! slot's lane ([`calls::Lanes`]), up to [`CLUSTER_IN_FLIGHT`] batches at once, and a job is
 //! answered as soon as its own calls are: a slot that cannot be written for a while (being
 //! migrated) holds up only the publishes to its users, as long as fewer than
-//! [`CLUSTER_IN_FLIGHT`] batches wait on it; beyond, new publishes wait for a batch to end. An idle publisher sends each publish at
-//! once; a busy one sends fewer, larger calls, which is what costs Redis less (a call's fixed
-//! cost is about as large as one user's work in it). Per user, events keep the order they were
+//! [`CLUSTER_IN_FLIGHT`] batches wait on it; beyond, new publishes wait for a batch to end.
+//! An idle publisher sends each publish at once; a busy one sends fewer, larger calls, which
+//! is what costs Redis less (a call's fixed cost is about as large as one user's work in it). Per user, events keep the order they were
 //! queued in: batches are written in order on one connection, or in order in the user's
 //! slot's lane.
 //!
@@ -118,7 +118,8 @@ impl Batcher {
     }
 }
 
-/// The task: take what is queued, send it, repeat; at most [`IN_FLIGHT`] batches at once.
+/// The task: take what is queued, send it, repeat; at most [`IN_FLIGHT`] batches at once
+/// ([`CLUSTER_IN_FLIGHT`] on a cluster).
 async fn run(settings: Arc<Settings>, mut rx: mpsc::Receiver<Job>, queued: Arc<AtomicUsize>) {
     let script = Arc::new(Script::new(PUBLISH_SCRIPT));
     let (lanes, max_in_flight) = if settings.conn.is_cluster() {

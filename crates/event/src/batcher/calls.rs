@@ -101,18 +101,23 @@ impl Lanes {
 }
 
 /// One call on its slot's owner, in its slot's lane, then its `WAIT` on the same node when
-/// configured. The outer error: what ran is unknown (the node did not answer, the `WAIT`
-/// failed); the inner one: the error Redis answered (the call did not run).
+/// configured; not sent when, its turn come, `wanted` says none of its callers still waits.
+/// The outer error: what ran is unknown (the node did not answer, the `WAIT` failed), or
+/// nobody waits for it; the inner one: the error Redis answered (the call did not run).
 pub(super) async fn cluster_call(
     settings: &Settings,
     script: &Script,
     lanes: &Lanes,
     cmd: &redis::Cmd,
     user: u64,
+    wanted: impl Fn() -> bool,
 ) -> Result<Result<Value, RedisError>, RedisError> {
     let key = history_key(user);
     let slot = usize::from(crate::keys::slot_of(key.as_bytes()));
     let _lane = lanes.0[slot % lanes.0.len()].lock().await;
+    if !wanted() {
+        return Err(io_error("publish not sent", "every caller gave up".into()));
+    }
     let mut conn = settings.conn.clone();
     let value = match cmd.query_async::<Value>(&mut conn).await {
         Err(e) if is_noscript(&e) => {

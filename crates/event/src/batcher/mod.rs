@@ -225,7 +225,7 @@ impl Batch {
             .iter()
             .map(|job| Ok(vec![Err(String::new()); job.users.len()]))
             .collect();
-        let mut replies: Vec<_> = self.jobs.into_iter().map(|job| Some(job.reply)).collect();
+        let replies: Vec<_> = self.jobs.into_iter().map(|job| Some(job.reply)).collect();
         let Some(lanes) = lanes else {
             match single_pipeline(&settings, &script, commands).await {
                 Ok(values) => {
@@ -250,6 +250,13 @@ impl Batch {
                 calls_left[job] += 1;
             }
         }
+        // A call that waited in its lane runs only if one of its callers still waits: one that
+        // gave up was answered 503, and publishing after that could duplicate its retry.
+        let waiting = std::sync::Mutex::new(replies);
+        let still_wanted = |items: &[Item]| {
+            let replies = waiting.lock().unwrap_or_else(|p| p.into_inner());
+            jobs_of(items).any(|j| replies[j].as_ref().is_some_and(|r| !r.is_closed()))
+        };
         let mut runs: FuturesUnordered<_> = self
             .calls
             .iter()
@@ -258,7 +265,13 @@ impl Batch {
             .map(|(c, (items, cmd))| {
                 let (settings, script, lanes) = (&settings, &script, &lanes);
                 let user = items.first().map_or(0, |item| item.user);
-                async move { (c, cluster_call(settings, script, lanes, cmd, user).await) }
+                let wanted = || still_wanted(items);
+                async move {
+                    (
+                        c,
+                        cluster_call(settings, script, lanes, cmd, user, wanted).await,
+                    )
+                }
             })
             .collect();
         while let Some((c, outcome)) = runs.next().await {
@@ -272,7 +285,8 @@ impl Batch {
             for job in jobs_of(items) {
                 calls_left[job] -= 1;
                 if calls_left[job] == 0 {
-                    if let Some(reply) = replies[job].take() {
+                    let reply = waiting.lock().unwrap_or_else(|p| p.into_inner())[job].take();
+                    if let Some(reply) = reply {
                         let result = std::mem::replace(&mut results[job], Ok(Vec::new()));
                         let _ = reply.send(result);
                     }

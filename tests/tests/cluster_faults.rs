@@ -29,12 +29,7 @@ async fn a_slot_of_connected_users_migrates_while_publishing_without_loss_or_dup
     let moving = users[0];
     let slot = slot_of(&format!("gp:user:{{{moving}}}"));
     let owner = cluster.owner_of_slot(slot).await?;
-    let target = cluster
-        .primaries()
-        .await?
-        .into_iter()
-        .find(|p| *p != owner)
-        .context("no other primary")?;
+    let target = other_primary(&cluster, &owner).await?;
     let (a, b) = (
         Gateway::on_cluster(&cluster, &[]).await?,
         Gateway::on_cluster(&cluster, &[]).await?,
@@ -317,15 +312,20 @@ async fn a_migrating_slot_holds_up_only_the_publishes_to_its_users() -> Result<(
 async fn begin_moving(cluster: &RedisCluster, user: u64) -> Result<(Migration<'_>, ClusterNode)> {
     let slot = slot_of(&format!("gp:user:{{{user}}}"));
     let owner = cluster.owner_of_slot(slot).await?;
-    let target = cluster
-        .primaries()
-        .await?
-        .into_iter()
-        .find(|p| *p != owner)
-        .context("no other primary")?;
+    let target = other_primary(cluster, &owner).await?;
     let migration = cluster
         .begin_migration(slot, &target)
         .await?
         .context("the slot is on the target already")?;
     Ok((migration, owner))
+}
+
+/// A primary other than `owner`.
+async fn other_primary(cluster: &RedisCluster, owner: &ClusterNode) -> Result<ClusterNode> {
+    cluster
+        .primaries()
+        .await?
+        .into_iter()
+        .find(|p| p != owner)
+        .context("no other primary")
 }

@@ -42,18 +42,25 @@ impl GleepostAuth {
         let key = self.key.render_token(user, token);
         let mut conn = self.redis.clone();
         let checked_at = SystemTime::now();
-        // PTTL: -2 no such key, -1 no expiry, else milliseconds left.
+        // PTTL: -2 no such key, -1 no expiry, else milliseconds left. Only an integer reply
+        // counts: a string that reads like one is not a time to live (redis-rs would convert it).
         let ttl = tokio::time::timeout(self.timeout, async {
             redis::cmd("PTTL")
                 .arg(&key)
-                .query_async::<i64>(&mut conn)
+                .query_async::<redis::Value>(&mut conn)
                 .await
         })
         .await;
         match ttl {
-            Ok(Ok(-1)) => Ok(None),
-            Ok(Ok(ms @ 0..)) => Ok(Some(checked_at + Duration::from_millis(ms as u64))),
-            Ok(Ok(_)) => Err(AuthError::Invalid("gp_unknown_token")),
+            Ok(Ok(redis::Value::Int(-1))) => Ok(None),
+            Ok(Ok(redis::Value::Int(ms @ 0..))) => {
+                Ok(Some(checked_at + Duration::from_millis(ms as u64)))
+            }
+            Ok(Ok(redis::Value::Int(_))) => Err(AuthError::Invalid("gp_unknown_token")),
+            Ok(Ok(other)) => {
+                tracing::warn!(reply = ?other, "token check: PTTL answered a non-integer");
+                Err(AuthError::Unavailable)
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "token check failed");
                 Err(AuthError::Unavailable)

@@ -329,3 +329,63 @@ async fn other_primary(cluster: &RedisCluster, owner: &ClusterNode) -> Result<Cl
         .find(|p| p != owner)
         .context("no other primary")
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publishes_stuck_on_a_paused_primary_do_not_hold_up_the_other_primaries() -> Result<()> {
+    // One primary takes no writes for a while (`CLIENT PAUSE … WRITE`: it stays in the
+    // cluster, its script calls wait), and more publishes wait on it than the batches a
+    // publisher keeps under way at once. Publishes to users of the other primaries must still
+    // go through meanwhile: before, every batch under way waited on the paused node, and new
+    // publishes to any node waited for them.
+    let cluster = RedisCluster::start(3, 0).await?;
+    let users = cluster.users_on_every_shard(20).await?;
+    let owner_of = |user: u64| cluster.owner_of_slot(slot_of(&format!("gp:user:{{{user}}}")));
+    let paused = owner_of(users[0]).await?;
+    let (mut on_paused, mut elsewhere) = (Vec::new(), Vec::new());
+    for &user in &users {
+        if owner_of(user).await? == paused {
+            on_paused.push(user);
+        } else {
+            elsewhere.push(user);
+        }
+    }
+    ensure!(
+        on_paused.len() > 16,
+        "{} users on the paused primary",
+        on_paused.len()
+    );
+    let publisher = Arc::new(Publisher::connect_cluster(&cluster.seed_urls()).await?);
+    let event = Event::from_json(seq_event(1, 0).as_bytes())?;
+    paused
+        .cmd::<String>(&["CLIENT", "PAUSE", "120000", "WRITE"])
+        .await?;
+    let mut stuck = Vec::new();
+    for &user in &on_paused {
+        let (publisher, event) = (publisher.clone(), event.clone());
+        stuck.push(tokio::spawn(async move {
+            publisher.publish(&[user], &event).await
+        }));
+        // Not needed for the check: each publish then goes in a batch of its own.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for &user in &elsewhere[..5] {
+        let report = publisher
+            .publish(&[user], &event)
+            .await
+            .with_context(|| format!("publishing to user {user} on another primary"))?;
+        ensure!(report.ids.len() == 1, "user {user}: {report:?}");
+        let answered = stuck.iter().filter(|p| p.is_finished()).count();
+        ensure!(
+            answered == 0,
+            "{answered} publishes to the paused primary were answered before one to user {user} \
+             on another primary (it waited for them)"
+        );
+    }
+    paused.cmd::<String>(&["CLIENT", "UNPAUSE"]).await?;
+    // Held up, not lost: each is published once the node takes writes again.
+    for (publish, user) in stuck.into_iter().zip(&on_paused) {
+        let report = publish.await?.with_context(|| format!("user {user}"))?;
+        ensure!(report.ids.len() == 1, "user {user}: {report:?}");
+    }
+    Ok(())
+}

@@ -51,6 +51,7 @@ pub mod keys;
 pub mod payload;
 pub mod publisher;
 mod refresh;
+pub mod script;
 pub mod sentinel;
 pub mod single;
 pub mod validate;
@@ -64,6 +65,7 @@ pub use keys::{
 };
 pub use payload::{event, kinds};
 pub use publisher::{PublishError, PublishReport, Publisher};
+pub use script::SlotScript;
 pub use sentinel::SentinelConn;
 pub use serde_json::value::RawValue;
 pub use single::SingleConn;

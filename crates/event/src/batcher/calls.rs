@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use redis::{RedisError, Script, Value};
+use redis::{RedisError, Value};
 
 use super::{Settings, UserCopy};
 use crate::conn::RedisConn;
 use crate::keys::history_key;
+use crate::script::{is_noscript, SlotScript};
 
 /// Per call: its reply, or the error Redis answered it with (the call did not run); an error
 /// that leaves unknown what ran (the connection, the `WAIT`) fails the whole batch.
@@ -22,7 +23,7 @@ pub(super) type CallReplies = Vec<Result<Value, RedisError>>;
 /// one by one: the others ran.
 pub(super) async fn single_pipeline(
     settings: &Settings,
-    script: &Script,
+    script: &SlotScript,
     commands: Vec<redis::Cmd>,
 ) -> Result<CallReplies, RedisError> {
     let mut conn = settings.conn.clone();
@@ -38,7 +39,7 @@ pub(super) async fn single_pipeline(
         })
         .collect();
     if !lost.is_empty() {
-        script.prepare_invoke().load_async(&mut conn).await?;
+        script.load(&mut conn).await?;
         let again: Vec<redis::Cmd> = lost.iter().map(|&i| commands[i].clone()).collect();
         let mut retried = pipeline_of(&again, settings)
             .query_async::<Vec<Value>>(&mut conn)
@@ -106,7 +107,7 @@ impl Lanes {
 /// nobody waits for it; the inner one: the error Redis answered (the call did not run).
 pub(super) async fn cluster_call(
     settings: &Settings,
-    script: &Script,
+    script: &SlotScript,
     lanes: &Lanes,
     cmd: &redis::Cmd,
     user: u64,
@@ -120,10 +121,9 @@ pub(super) async fn cluster_call(
     }
     let mut conn = settings.conn.clone();
     let value = match cmd.query_async::<Value>(&mut conn).await {
-        Err(e) if is_noscript(&e) => {
-            script.prepare_invoke().load_async(&mut conn).await?;
-            cmd.query_async(&mut conn).await
-        }
+        // Sent again with the script's code, where the call went: a plain `SCRIPT LOAD`
+        // would wait for every primary.
+        Err(e) if is_noscript(&e) => script.eval_of(cmd).query_async(&mut conn).await,
         other => other,
     };
     match value {
@@ -216,10 +216,6 @@ pub(super) fn parse_reply(reply: Value, items: usize) -> Result<Vec<UserCopy>, R
         out.push(Ok((id, receivers)));
     }
     Ok(out)
-}
-
-fn is_noscript(e: &RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
 pub(super) fn io_error(what: &'static str, detail: String) -> RedisError {

@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use gleepost_event::keys::{revoked_key, user_channel, DISCONNECT_PAYLOAD};
-use gleepost_event::RedisConn;
-use redis::Script;
+use gleepost_event::{RedisConn, SlotScript};
 
 use crate::broker::BrokerError;
 use crate::registry::UserId;
@@ -52,13 +51,13 @@ pub(super) async fn revoke(
     before: u64,
     ttl: Duration,
 ) -> Result<(), BrokerError> {
-    let script = Script::new(REVOKE_SCRIPT);
+    let script = SlotScript::new(REVOKE_SCRIPT);
     let ttl = ttl.as_secs().max(1);
     let calls = users.iter().map(|&user| {
-        let mut conn = conn.clone();
-        let mut invocation = script.key(revoked_key(user));
-        invocation.arg(before).arg(ttl);
-        async move { invocation.invoke_async::<i64>(&mut conn).await }
+        let (mut conn, script) = (conn.clone(), &script);
+        let mut cmd = script.evalsha(1);
+        cmd.arg(revoked_key(user)).arg(before).arg(ttl);
+        async move { script.run::<i64>(&mut conn, &cmd).await }
     });
     futures_util::future::try_join_all(calls).await?;
     Ok(())

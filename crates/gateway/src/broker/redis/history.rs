@@ -7,8 +7,8 @@ use bytes::Bytes;
 use gleepost_event::history::{parse_stream_id, splice_id, READ_SCRIPT};
 use gleepost_event::keys::{epoch_key, history_key};
 use gleepost_event::EventId;
-use gleepost_event::RedisConn;
-use redis::{Script, Value};
+use gleepost_event::{RedisConn, SlotScript};
+use redis::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::epochs;
@@ -19,7 +19,7 @@ use crate::registry::UserId;
 #[derive(Clone)]
 pub(crate) struct RedisHistory {
     conn: RedisConn,
-    script: Script,
+    script: SlotScript,
     max_replay: usize,
     /// Most bytes of events one read returns (`resync` `too_many` beyond).
     max_bytes: usize,
@@ -96,7 +96,7 @@ impl RedisHistory {
     ) -> Self {
         RedisHistory {
             conn,
-            script: Script::new(READ_SCRIPT),
+            script: SlotScript::new(READ_SCRIPT),
             max_replay,
             max_bytes,
             timeout,
@@ -191,21 +191,19 @@ impl RedisHistory {
         untrimmed_from: &str,
     ) -> Result<Read, ReadError> {
         let mut conn = self.conn.clone();
-        let mut invocation = self.script.key(history_key(user));
-        invocation
-            .key(epoch_key(user))
+        let mut cmd = self.script.evalsha(2);
+        cmd.arg(history_key(user))
+            .arg(epoch_key(user))
             .arg(start)
             .arg(check)
             .arg(self.max_replay + 1)
             .arg(untrimmed_from)
             .arg(self.max_bytes);
-        let reply = tokio::time::timeout(
-            self.timeout,
-            invocation.invoke_async::<Vec<Value>>(&mut conn),
-        )
-        .await
-        .map_err(|_| ReadError::node("timed out"))?
-        .map_err(ReadError::of)?;
+        let reply =
+            tokio::time::timeout(self.timeout, self.script.run::<Vec<Value>>(&mut conn, &cmd))
+                .await
+                .map_err(|_| ReadError::node("timed out"))?
+                .map_err(ReadError::of)?;
         Read::parse(reply).ok_or_else(|| ReadError {
             message: "unexpected reply shape".into(),
             user_only: true,

@@ -25,7 +25,7 @@ pub(crate) async fn run(shared: Weak<Context>) {
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let script = redis::Script::new(PROBE_SCRIPT);
+    let script = gleepost_event::SlotScript::new(PROBE_SCRIPT);
     loop {
         tick.tick().await;
         let Some(shared) = shared.upgrade() else {
@@ -36,13 +36,14 @@ pub(crate) async fn run(shared: Weak<Context>) {
         let command = conn.publish_command();
         let sent = shared.state.now_nanos().to_string();
         let publishes = shared.probe_targets().into_iter().map(|channel| {
-            let mut conn = conn.clone();
-            let mut invocation = script.prepare_invoke();
-            if conn.is_cluster() {
-                invocation.key(&channel);
+            let (mut conn, script) = (conn.clone(), &script);
+            let cluster = conn.is_cluster();
+            let mut cmd = script.evalsha(usize::from(cluster));
+            if cluster {
+                cmd.arg(&channel);
             }
-            invocation.arg(&channel).arg(&sent).arg(command);
-            async move { invocation.invoke_async::<i64>(&mut conn).await }
+            cmd.arg(&channel).arg(&sent).arg(command);
+            async move { script.run::<i64>(&mut conn, &cmd).await }
         });
         let all = futures_util::future::join_all(publishes);
         match tokio::time::timeout(shared.settings.timeout, all).await {

@@ -305,6 +305,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "24h", value_parser = parse_positive_duration)]
     pub history_ttl: Duration,
 
+    /// Embedded broker: most bytes of events its history holds over all users; beyond, the
+    /// histories of the users published to least recently are dropped (`resync` on resume).
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_BYTES", default_value_t = 268_435_456, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_max_bytes: u64,
+
     /// Most events replayed on one resume; more means `resync` instead.
     #[arg(long, env = "GATEWAY_MAX_REPLAY", default_value_t = 1_000)]
     pub max_replay: usize,

@@ -17,7 +17,7 @@ use crate::auth::{
     Authenticator, GleepostAuth, Jwks, JwksClient, JwksMetrics, JwksUrl, JwtAuth, Minter, PublicKey,
 };
 use crate::broker::redis::PUBSUB_TIMEOUT_FACTOR;
-use crate::broker::{Broker, Dispatcher, MemoryBroker, RedisBroker, RedisSettings};
+use crate::broker::{Broker, Dispatcher, MemoryBroker, RedisBroker, RedisSettings, RingLimits};
 use crate::config::{Config, LogFormat};
 use crate::metrics::Metrics;
 use crate::node::{ConnSettings, Node, PublishSettings};
@@ -192,9 +192,12 @@ pub async fn run(config: Config) -> Result<()> {
             (
                 Broker::Memory(MemoryBroker::new(
                     dispatcher,
-                    config.history(),
-                    config.max_replay,
-                    config.max_replay_bytes,
+                    RingLimits {
+                        history: config.history(),
+                        max_replay: config.max_replay,
+                        max_replay_bytes: config.max_replay_bytes,
+                        max_bytes: usize::try_from(config.history_max_bytes).unwrap_or(usize::MAX),
+                    },
                 )),
                 None,
             )

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-pub(crate) use self::memory::MemoryBroker;
+pub(crate) use self::memory::{MemoryBroker, RingLimits};
 pub(crate) use self::redis::{RedisBroker, RedisSettings, RedisTarget};
 
 use crate::history::Replay;

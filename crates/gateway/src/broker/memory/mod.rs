@@ -1,21 +1,22 @@
 //! The embedded broker: publishing hands the event straight to this node's registry, and keeps
 //! a per-user in-memory ring with the same id, resume and resync semantics as Redis history.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use gleepost_event::history::{new_epoch, splice_id};
-use gleepost_event::{EventId, HistoryConfig};
+use gleepost_event::history::splice_id;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+pub(crate) use self::rings::RingLimits;
+use self::rings::Rings;
 use super::{Dispatcher, Published};
 use crate::history::Replay;
 use crate::registry::{Subscribed, Subscriptions, UserId};
+
+mod rings;
 
 /// In-process broker for a single node.
 pub(crate) struct MemoryBroker {
@@ -28,47 +29,12 @@ pub(crate) struct MemoryBroker {
     revoked: DashMap<UserId, (u64, Instant)>,
 }
 
-/// Per-user rings of recent events (frames with their ids).
-struct Rings {
-    epoch: String,
-    /// The last sequence number given, over all users: an id is never given twice in an
-    /// epoch, also after a user's ring was swept (a per-ring counter would start again at 1,
-    /// and its ids would be taken for ones a client already has).
-    last: AtomicU64,
-    config: HistoryConfig,
-    max_replay: usize,
-    /// Most bytes of events one replay returns: SSE and long-poll copy them into one chunk.
-    max_replay_bytes: usize,
-    users: DashMap<UserId, Ring>,
-}
-
-struct Ring {
-    touched: Instant,
-    events: VecDeque<(u64, Utf8Bytes)>,
-}
-
 impl MemoryBroker {
-    /// A broker delivering into `dispatcher`, keeping history per `history`; a replay returns
-    /// at most `max_replay` events and `max_replay_bytes` of them (`resync` beyond).
-    pub(crate) fn new(
-        dispatcher: Dispatcher,
-        history: HistoryConfig,
-        max_replay: usize,
-        max_replay_bytes: usize,
-    ) -> Self {
+    /// A broker delivering into `dispatcher`, keeping history within `limits` (none when its
+    /// size is 0).
+    pub(crate) fn new(dispatcher: Dispatcher, limits: RingLimits) -> Self {
         let (tx, rx) = watch::channel(true);
-        let history = history.enabled().then(|| {
-            let rings = Arc::new(Rings {
-                epoch: new_epoch(),
-                last: AtomicU64::new(0),
-                config: history,
-                max_replay,
-                max_replay_bytes,
-                users: DashMap::new(),
-            });
-            tokio::spawn(sweep(Arc::downgrade(&rings)));
-            rings
-        });
+        let history = limits.history.enabled().then(|| Rings::new(limits));
         MemoryBroker {
             dispatcher,
             confirmed: rx,
@@ -144,29 +110,13 @@ impl MemoryBroker {
         };
         let mut ids = Vec::with_capacity(users.len());
         for &user in users {
-            let mut ring = rings.users.entry(user).or_insert_with(|| Ring {
-                touched: entered,
-                events: VecDeque::new(),
-            });
-            if entered.duration_since(ring.touched) > rings.config.ttl {
-                ring.events.clear();
-            }
-            // Taken under the user's ring lock: per user, ids grow in the order of the ring.
-            let seq = rings.last.fetch_add(1, Ordering::Relaxed) + 1;
-            ring.touched = entered;
-            let id = format!("{}-{seq}-0", rings.epoch);
-            let Some(text) = self.utf8(splice_id(&event, &id)) else {
-                continue;
+            let frame = |id: &str| self.utf8(splice_id(&event, id));
+            let deliver = |text| {
+                self.dispatcher.dispatch(user, text, entered);
             };
-            ring.events.push_back((seq, text.clone()));
-            while ring.events.len() > rings.config.size {
-                ring.events.pop_front();
+            if let Some(id) = rings.append(user, entered, frame, deliver) {
+                ids.push((user, id));
             }
-            // Dispatch while holding the user's ring: concurrent publishes to one user reach
-            // its connections in id order.
-            self.dispatcher.dispatch(user, text, entered);
-            drop(ring);
-            ids.push((user, id));
         }
         ids
     }
@@ -188,59 +138,13 @@ impl MemoryBroker {
 
     /// Events of `user` after the wire id `since`.
     pub(crate) fn replay(&self, user: UserId, since: &str) -> Replay {
-        let Some(rings) = &self.history else {
-            return Replay::Resync {
+        match &self.history {
+            Some(rings) => rings.replay(user, since),
+            None => Replay::Resync {
                 reason: "history_off",
                 latest: None,
-            };
-        };
-        let ring = rings.users.get(&user);
-        let latest = ring
-            .as_ref()
-            .and_then(|r| r.events.back())
-            .map(|(seq, _)| format!("{}-{seq}-0", rings.epoch));
-        let resync = |reason| Replay::Resync {
-            reason,
-            latest: latest.clone(),
-        };
-        let Some(id) = EventId::parse(since) else {
-            return resync("unknown_id");
-        };
-        if id.epoch != rings.epoch {
-            return resync("epoch_changed");
+            },
         }
-        let Some(ring) = ring else {
-            return resync("trimmed");
-        };
-        if ring.touched.elapsed() > rings.config.ttl {
-            return resync("trimmed");
-        }
-        let Some(pos) = ring.events.iter().position(|(seq, _)| *seq == id.ms) else {
-            return resync("trimmed");
-        };
-        let after = ring.events.len() - pos - 1;
-        let bytes: usize = ring.events.iter().skip(pos + 1).map(|(_, t)| t.len()).sum();
-        if after > rings.max_replay || bytes > rings.max_replay_bytes {
-            return resync("too_many");
-        }
-        Replay::Events(
-            ring.events
-                .iter()
-                .skip(pos + 1)
-                .map(|(_, t)| t.clone())
-                .collect(),
-        )
-    }
-}
-
-/// Drop rings whose TTL passed, once a minute, while the broker lives.
-async fn sweep(rings: Weak<Rings>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tick.tick().await;
-        let Some(rings) = rings.upgrade() else { return };
-        let ttl = rings.config.ttl;
-        rings.users.retain(|_, ring| ring.touched.elapsed() <= ttl);
     }
 }
 
@@ -258,16 +162,26 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::outbox::QueueLimits;
     use crate::registry::Registry;
+    use gleepost_event::{EventId, HistoryConfig};
 
     fn broker(ttl: Duration) -> MemoryBroker {
+        broker_of(ttl, 1 << 30)
+    }
+
+    fn broker_of(ttl: Duration, max_bytes: usize) -> MemoryBroker {
         let limits = QueueLimits {
             max_events: 8,
             max_bytes: 1024,
         };
         let registry = Arc::new(Registry::new(limits, 0, 0));
         let metrics = Arc::new(Metrics::new().unwrap());
-        let history = HistoryConfig { size: 10, ttl };
-        MemoryBroker::new(Dispatcher::new(registry, metrics), history, 100, 1 << 20)
+        let limits = RingLimits {
+            history: HistoryConfig { size: 10, ttl },
+            max_replay: 100,
+            max_replay_bytes: 1 << 20,
+            max_bytes,
+        };
+        MemoryBroker::new(Dispatcher::new(registry, metrics), limits)
     }
 
     fn id(broker: &MemoryBroker, user: UserId) -> EventId {
@@ -284,10 +198,7 @@ mod tests {
         // The ring's TTL passes (its clock is std's), then the sweep runs (tokio's, paused).
         std::thread::sleep(Duration::from_millis(5));
         tokio::time::sleep(Duration::from_secs(61)).await;
-        assert!(
-            broker.history.as_ref().unwrap().users.is_empty(),
-            "not swept"
-        );
+        assert!(broker.history.as_ref().unwrap().is_empty(), "not swept");
         let second = id(&broker, 1);
         assert_eq!(first.epoch, second.epoch);
         assert!(
@@ -316,5 +227,28 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn the_rings_stay_under_their_byte_bound_dropping_the_least_recent_users() {
+        let broker = broker_of(Duration::from_secs(60), 10_000);
+        let event = format!(r#"{{"type":"x","data":"{}"}}"#, "a".repeat(900));
+        let mut first = Vec::new();
+        for user in 1..=30 {
+            let ids = broker.publish(&[user], Bytes::from(event.clone())).ids;
+            first.push(ids[0].1.clone());
+            let stored = broker.history.as_ref().unwrap().bytes();
+            assert!(stored <= 10_000, "{stored} bytes stored after user {user}");
+        }
+        // The oldest users' rings went, the latest users' are whole.
+        assert!(matches!(
+            broker.replay(1, &first[0]),
+            Replay::Resync {
+                reason: "trimmed",
+                ..
+            }
+        ));
+        broker.publish(&[30], Bytes::from(event));
+        assert!(matches!(broker.replay(30, &first[29]), Replay::Events(e) if e.len() == 1));
     }
 }

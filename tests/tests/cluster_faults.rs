@@ -389,3 +389,49 @@ async fn publishes_stuck_on_a_paused_primary_do_not_hold_up_the_other_primaries(
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_stays_ready_while_a_probe_slot_migrates() -> Result<()> {
+    // Each link's probe channel is in one slot of its shard, the same slot on every node
+    // (`…{p<n>}`). While that slot is being migrated, the probe must still come back: before, it
+    // was sent with the channel as the call's key, which the owner redirected (ASK) to the
+    // importing node, where no node is subscribed: every node went unready and reconnected
+    // every probe timeout, for as long as the migration lasted.
+    let cluster = RedisCluster::start(3, 0).await?;
+    let gw = Gateway::on_cluster(&cluster, &[]).await?;
+    probes_come_back(&gw, 3).await?;
+    let owner = cluster.primaries().await?[0].clone();
+    let mut slot = None;
+    for n in 0..1_000u32 {
+        let candidate = slot_of(&format!("{{p{n}}}"));
+        if cluster.owner_of_slot(candidate).await? == owner {
+            slot = Some(candidate);
+            break;
+        }
+    }
+    let slot = slot.context("no probe slot on the first primary")?;
+    let target = other_primary(&cluster, &owner).await?;
+    let reconnects = "gleepost_gateway_broker_reconnects_total";
+    let before = gw.metric(reconnects).await?;
+    let migration = cluster
+        .begin_migration(slot, &target)
+        .await?
+        .context("the slot is on the target already")?;
+    // Longer than the probe timeout (3 s): a lost probe would have made the node unready.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ensure!(
+            gw.is_ready().await,
+            "unready while probe slot {slot} migrates"
+        );
+    }
+    let after = gw.metric(reconnects).await?;
+    ensure!(
+        after == before,
+        "{} reconnects while the slot migrated",
+        after - before
+    );
+    probes_come_back(&gw, 3).await?;
+    migration.finish().await?;
+    Ok(())
+}

@@ -7,6 +7,7 @@
 //! again as `EVAL`, the call goes where the first one went (the slot's owner, or the node an
 //! `ASK` points to during a migration), which then knows the script.
 
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Arg, Cmd, FromRedisValue, RedisResult, Script};
 
 use crate::conn::RedisConn;
@@ -46,6 +47,38 @@ impl SlotScript {
             Err(e) if is_noscript(&e) => self.eval_of(cmd).query_async(conn).await,
             other => other,
         }
+    }
+
+    /// As [`SlotScript::run`], but on a cluster sent to the primary that owns the slot of
+    /// `name` (a key or a shard channel the call does not declare as a key): a declared key
+    /// missing from a slot being migrated makes its owner redirect the call (`ASK`) to the
+    /// importing node, where a shard channel's subscribers are not until the slot has moved.
+    pub async fn run_in_slot_of<T: FromRedisValue>(
+        &self,
+        conn: &mut RedisConn,
+        cmd: &Cmd,
+        name: &str,
+    ) -> RedisResult<T> {
+        let RedisConn::Cluster(cluster) = conn else {
+            return self.run(conn, cmd).await;
+        };
+        let route = Route::with_key(name, SlotAddr::Master);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+        // A routed command's server error comes back as a value.
+        let routed = |cmd: Cmd, routing: RoutingInfo| {
+            let mut cluster = cluster.clone();
+            async move {
+                match cluster.route_command(cmd, routing).await? {
+                    redis::Value::ServerError(e) => Err(e.into()),
+                    value => Ok(value),
+                }
+            }
+        };
+        let value = match routed(cmd.clone(), routing.clone()).await {
+            Err(e) if is_noscript(&e) => routed(self.eval_of(cmd), routing).await,
+            other => other,
+        }?;
+        Ok(redis::from_redis_value(value)?)
     }
 
     /// `cmd` (an `EVALSHA` of this script) as `EVAL` with the script's code: the same keys and

@@ -8,8 +8,10 @@ use std::sync::Weak;
 
 use super::context::Context;
 
-/// Publishes the probe with Redis's clock appended (KEYS: the channel on a cluster, for routing;
-/// ARGV: channel, sender's timestamp, publish command).
+/// Publishes the probe with Redis's clock appended (no KEYS; ARGV: channel, sender's
+/// timestamp, publish command). On a cluster it is sent to the owner of the channel's slot,
+/// also while that slot is being migrated (the channel is not declared as a key: see
+/// [`gleepost_event::SlotScript::run_in_slot_of`]).
 const PROBE_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
@@ -37,13 +39,13 @@ pub(crate) async fn run(shared: Weak<Context>) {
         let sent = shared.state.now_nanos().to_string();
         let publishes = shared.probe_targets().into_iter().map(|channel| {
             let (mut conn, script) = (conn.clone(), &script);
-            let cluster = conn.is_cluster();
-            let mut cmd = script.evalsha(usize::from(cluster));
-            if cluster {
-                cmd.arg(&channel);
-            }
+            let mut cmd = script.evalsha(0);
             cmd.arg(&channel).arg(&sent).arg(command);
-            async move { script.run::<i64>(&mut conn, &cmd).await }
+            async move {
+                script
+                    .run_in_slot_of::<i64>(&mut conn, &cmd, &channel)
+                    .await
+            }
         });
         let all = futures_util::future::join_all(publishes);
         match tokio::time::timeout(shared.settings.timeout, all).await {

@@ -435,3 +435,50 @@ async fn a_node_stays_ready_while_a_probe_slot_migrates() -> Result<()> {
     migration.finish().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_without_history_in_a_migrating_slot_does_not_stall_gap_repair() -> Result<()> {
+    // A connected user without history whose slot is being migrated cannot have its history
+    // read until the slot has moved (its keys are on neither node: the importing node answers
+    // TRYAGAIN). When the node's subscription restarts meanwhile, its gap repair must still
+    // go on for the other users: before, that one read failed the whole repair, and the node
+    // delivered nothing to anyone until the migration ended.
+    let cluster = RedisCluster::start(3, 0).await?;
+    let gw = Gateway::on_cluster(&cluster, &[]).await?;
+    let users = cluster.users_on_every_shard(1).await?;
+    let keyless = users[0];
+    let (migration, owner) = begin_moving(&cluster, keyless).await?;
+    let mut other = None;
+    for &user in &users[1..] {
+        let node = cluster
+            .owner_of_slot(slot_of(&format!("gp:user:{{{user}}}")))
+            .await?;
+        if node != owner {
+            other = Some((user, node));
+        }
+    }
+    let (other, other_node) = other.context("no user on another primary")?;
+    let _keyless_client = gw.connect(keyless).await?;
+    let mut client = gw.connect(other).await?;
+    gw.publish(&[other], &seq_event(1, 0)).await?;
+    SeqCheck::new("the other user", 1)
+        .read_until(&mut client, 1)
+        .await?;
+    // The node's subscription restarts: Redis closes its pub/sub connections.
+    let reconnects = "gleepost_gateway_broker_reconnects_total";
+    let before = gw.metric(reconnects).await?;
+    other_node
+        .cmd::<i64>(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .await?;
+    gleepost_tests::eventually(READY, "the subscription restarted", || async {
+        ensure!(gw.metric(reconnects).await? > before);
+        Ok(())
+    })
+    .await?;
+    gw.publish(&[other], &seq_event(2, 0)).await?;
+    let mut check = SeqCheck::new("the other user", 2);
+    check.read_until(&mut client, 2).await?;
+    gw.wait_ready(true, READY).await?;
+    migration.finish().await?;
+    Ok(())
+}

@@ -199,14 +199,60 @@ impl RedisHistory {
             .arg(self.max_replay + 1)
             .arg(untrimmed_from)
             .arg(self.max_bytes);
-        let reply =
-            tokio::time::timeout(self.timeout, self.script.run::<Vec<Value>>(&mut conn, &cmd))
-                .await
-                .map_err(|_| ReadError::node("timed out"))?
-                .map_err(ReadError::of)?;
+        let reply = match tokio::time::timeout(
+            self.timeout,
+            self.script.run::<Vec<Value>>(&mut conn, &cmd),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => reply,
+            // The cluster client's own response timeout, or ours.
+            Ok(Err(e)) if self.conn.is_cluster() && e.is_timeout() => {
+                return self.timed_out_in_cluster(user).await
+            }
+            Ok(Err(e)) => return Err(ReadError::of(e)),
+            Err(_) if self.conn.is_cluster() => return self.timed_out_in_cluster(user).await,
+            Err(_) => return Err(ReadError::node("timed out")),
+        };
         Read::parse(reply).ok_or_else(|| ReadError {
             message: "unexpected reply shape".into(),
             user_only: true,
+        })
+    }
+}
+
+impl RedisHistory {
+    /// A cluster read of `user` that timed out: a slot being migrated answers `TRYAGAIN` (which
+    /// redis-rs retries) to the read's two keys while they are on neither node, or split between
+    /// them. Single-key commands are still answered there: when neither key exists the user has
+    /// no history (an empty read, exactly what the script returns then); when one does, only
+    /// this user's read failed (gap repair goes on for the others). When those time out too,
+    /// the node is not answering: the whole repair fails, as before.
+    async fn timed_out_in_cluster(&self, user: UserId) -> Result<Read, ReadError> {
+        let mut exists = 0;
+        for key in [history_key(user), epoch_key(user)] {
+            let mut conn = self.conn.clone();
+            let mut check = redis::cmd("EXISTS");
+            check.arg(&key);
+            exists += tokio::time::timeout(self.timeout, check.query_async::<i64>(&mut conn))
+                .await
+                .map_err(|_| ReadError::node("timed out"))?
+                .map_err(ReadError::of)?;
+        }
+        if exists > 0 {
+            return Err(ReadError {
+                message: "timed out, while the user's slot answers single-key commands (a \
+                          migration?)"
+                    .into(),
+                user_only: true,
+            });
+        }
+        Ok(Read {
+            epoch: None,
+            found: false,
+            last: None,
+            over_budget: false,
+            entries: Vec::new(),
         })
     }
 }

@@ -14,6 +14,7 @@ mod routing;
 mod shard_sub;
 mod slot;
 mod topology;
+mod users;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -214,3 +214,37 @@ async fn an_event_to_an_idle_user_while_its_slot_migrates_is_repaired_after_the_
         .read_until(&mut client, 2)
         .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_publish_replicas_a_publish_redirected_by_a_migration_waits_on_the_node_that_took_it(
+) -> Result<()> {
+    // A user's keys have moved to the importing node of a migration that is not finished: its
+    // publishes run there (ASK), not on the slot's owner. `--publish-replicas 1` must then count
+    // the replicas of the node that took the write: before, `WAIT` went to the owner by the slot
+    // map, whose replica acknowledged at once, and the API answered 200 for an event that no
+    // replica had (here the importing node has none left).
+    let cluster = RedisCluster::start(3, 1).await?;
+    let gw = Gateway::on_cluster(&cluster, &["--publish-replicas", "1"]).await?;
+    let user = cluster.users_on_every_shard(1).await?[0];
+    gw.publish(&[user], &seq_event(1, 0)).await?;
+    let (migration, owner) = cluster.begin_moving(user).await?;
+    // The importing node: begin_moving moves the keys to the first primary but the owner.
+    let target = cluster.other_primary(&owner).await?;
+    for replica in cluster.replicas_of(&target).await? {
+        cluster.kill(&replica).await?;
+    }
+    let res = gw
+        .publish_raw(&format!(
+            r#"{{"users":[{user}],"event":{}}}"#,
+            seq_event(2, 0)
+        ))
+        .await?;
+    ensure!(
+        res.status == 503,
+        "a publish no replica has was answered {} {}",
+        res.status,
+        res.body_text()
+    );
+    migration.finish().await?;
+    Ok(())
+}

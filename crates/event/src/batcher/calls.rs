@@ -134,14 +134,28 @@ pub(super) async fn cluster_call(
     if let (RedisConn::Cluster(conn), Some((replicas, timeout))) =
         (&settings.conn, settings.replicas)
     {
-        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-        let route = Route::with_key(key, SlotAddr::Master);
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-        let acked = conn
+        use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+        // `WAIT` counts the replicas of the node it runs on: it must be the node that took the
+        // write. The call went to the slot's owner by the slot map, unless the owner sent it on
+        // (`ASK`: the user's keys had moved to the importing node of a migration), which the map
+        // does not show; the owner holding the user's history says the write was its own.
+        let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(&key, SlotAddr::Master));
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("EXISTS").arg(&key);
+        pipe.add_command(wait_command(replicas, timeout));
+        let mut replies = conn
             .clone()
-            .route_command(wait_command(replicas, timeout), routing)
-            .await?;
-        enough_replicas(acked, replicas)?;
+            .route_pipeline(pipe, 0, 2, route)
+            .await?
+            .into_iter();
+        if replies.next() != Some(Value::Int(1)) {
+            return Err(io_error(
+                "replicas not counted",
+                "the write went to another node than the slot's owner (a migration)".into(),
+            ));
+        }
+        enough_replicas(replies.next().unwrap_or(Value::Nil), replicas)?;
     }
     Ok(value)
 }

@@ -64,6 +64,20 @@ impl ClusterNode {
             .await
             .with_context(|| format!("{} on node :{}", args.join(" "), self.port))
     }
+
+    /// The client ids of the gateways' pub/sub connections on this node (`CLIENT LIST`
+    /// entries named `gleepost-gateway-<node>-sub<i>`), sorted: a reconnected link has a new
+    /// id.
+    pub async fn gateway_link_ids(&self) -> Result<Vec<u64>> {
+        let list: String = self.cmd(&["CLIENT", "LIST"]).await?;
+        let mut ids: Vec<u64> = list
+            .lines()
+            .filter(|l| l.contains(" name=gleepost-gateway-") && l.contains("-sub"))
+            .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
 }
 
 /// One line of `CLUSTER NODES`.

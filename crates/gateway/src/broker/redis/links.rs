@@ -12,6 +12,7 @@ use gleepost_event::keys::{slot_of, user_channel, Template};
 
 use super::cluster::Shard;
 use super::pubsub::{PubSubConn, PubSubError};
+use super::reader::Channel;
 use super::subscriptions::Sent;
 use super::topology::LinkSpec;
 use crate::registry::UserId;
@@ -44,6 +45,19 @@ pub(super) struct Link {
     /// it carried (ms).
     pub(super) probe_back: u64,
     pub(super) probe_ms: u64,
+    /// The link's index in its session's topology (its name's `sub<n>`).
+    pub(super) id: usize,
+    /// When the link opened (ns, the state's clock): its probe is due within the probe
+    /// timeout from then.
+    pub(super) opened: u64,
+    /// While the link settles (its users' channels being subscribed, their gap repair not
+    /// applied): the messages it delivered meanwhile, dispatched after the repair.
+    pub(super) held: Option<Vec<(Channel, bytes::Bytes)>>,
+    /// A gap repair of its users is under way (it holds its messages meanwhile).
+    pub(super) repairing: bool,
+    /// Failed reopening attempts before this link opened (its backoff if it fails again
+    /// before its probe came back).
+    pub(super) retries: u32,
 }
 
 /// Await a command write, bounded by `limit`.
@@ -90,6 +104,11 @@ impl Link {
             leaving: HashMap::new(),
             probe_back: 0,
             probe_ms: 0,
+            id: 0,
+            held: None,
+            repairing: false,
+            opened: 0,
+            retries: 0,
         })
     }
 

@@ -15,6 +15,8 @@ mod context;
 mod control;
 mod epochs;
 mod history;
+mod link_io;
+mod link_set;
 mod links;
 mod presence;
 mod probe;

@@ -3,6 +3,8 @@
 //! connection by event id).
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use gleepost_event::history::frame_id;
@@ -10,6 +12,7 @@ use gleepost_event::EventId;
 
 use super::context::Context;
 use super::history::{Fresh, ReadError};
+use super::links::Link;
 use super::subscriptions::Wanted;
 use crate::history::{resync_frame, Replay};
 use crate::outbox::Frame;
@@ -19,16 +22,33 @@ use crate::registry::UserId;
 /// subscription was down: history after the last event delivered to the user (exact resume
 /// semantics, `resync` when that cannot be proved), or, for users that got no event yet, from
 /// the Redis time known delivered when the user became wanted ([`Wanted::floors`]; the
-/// first such time for users wanted before any was known).
+/// first such time for users wanted before any was known). [`plan`], [`read`] and [`apply`]
+/// in one go.
 pub(super) async fn repair(
     shared: &Context,
     users: &HashSet<UserId>,
     wanted: &mut Wanted,
 ) -> Result<(), ReadError> {
-    let delivered = &mut wanted.delivered;
-    let Some(history) = &shared.history else {
-        // Nothing to replay from: what was published meanwhile is lost to these connections,
-        // and they are told so (a `resync`: refetch state), not left with a silent gap.
+    let Some(plan) = plan(shared, users, wanted) else {
+        return Ok(());
+    };
+    let replays = read(shared, plan).await?;
+    apply(shared, users.len(), replays, wanted);
+    Ok(())
+}
+
+/// What a repair of some users reads from history, fixed when it starts: the users' live
+/// messages must be held until it is applied (their repair points must not move meanwhile).
+pub(super) struct Plan {
+    known: Vec<(UserId, EventId)>,
+    fresh: Vec<Fresh>,
+}
+
+/// The repair of `users`: `None` when history is off, in which case they were sent a
+/// `resync` (what was published meanwhile is lost to their connections, and they are told
+/// so, not left with a silent gap).
+pub(super) fn plan(shared: &Context, users: &HashSet<UserId>, wanted: &Wanted) -> Option<Plan> {
+    if shared.history.is_none() {
         let frame = Frame::new(resync_frame("history_off", None), Instant::now());
         let metrics = shared.dispatcher.metrics();
         for &user in users {
@@ -39,9 +59,9 @@ pub(super) async fn repair(
                 .inc_by(queued as u64);
         }
         tracing::info!(users = users.len(), "gap repair: history off, resync sent");
-        return Ok(());
-    };
-    let node_wide = shared.state.delivered_ms();
+        return None;
+    }
+    let delivered = &wanted.delivered;
     let (known, fresh): (Vec<UserId>, Vec<UserId>) =
         users.iter().partition(|u| delivered.contains_key(u));
     let fresh: Vec<Fresh> = fresh
@@ -62,7 +82,6 @@ pub(super) async fn repair(
         .into_iter()
         .filter_map(|u| Some((u, delivered.get(&u)?.clone())))
         .collect();
-    let mut replays = history.since_ids(&known).await?;
     let (fresh, pointless): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|f| f.from > 0);
     if !pointless.is_empty() {
         tracing::warn!(
@@ -70,7 +89,28 @@ pub(super) async fn repair(
             "nothing was delivered before the outage: no gap repair point"
         );
     }
-    replays.extend(history.since_ms(&fresh).await?);
+    Some(Plan { known, fresh })
+}
+
+/// Read what `plan` needs from history.
+pub(super) async fn read(shared: &Context, plan: Plan) -> Result<Vec<(UserId, Replay)>, ReadError> {
+    let Some(history) = &shared.history else {
+        return Ok(Vec::new());
+    };
+    let mut replays = history.since_ids(&plan.known).await?;
+    replays.extend(history.since_ms(&plan.fresh).await?);
+    Ok(replays)
+}
+
+/// Queue the `replays` read for a repair of `users` users, and move their repair points.
+pub(super) fn apply(
+    shared: &Context,
+    users: usize,
+    replays: Vec<(UserId, Replay)>,
+    wanted: &mut Wanted,
+) {
+    let delivered = &mut wanted.delivered;
+    let node_wide = shared.state.delivered_ms();
     let entered = Instant::now();
     let (mut events, mut resyncs) = (0usize, 0usize);
     for (user, replay) in replays {
@@ -108,11 +148,40 @@ pub(super) async fn repair(
         }
     }
     tracing::info!(
-        users = users.len(),
+        users,
         from_ms = node_wide,
         events,
         resyncs,
         "gap repair queued"
     );
-    Ok(())
+}
+
+/// A gap repair under way for a reopened link.
+pub(super) type RepairRead<'a> = Pin<Box<dyn Future<Output = RepairDone> + Send + 'a>>;
+
+/// A finished gap repair of a link: the link's id and opening time (a link reopened since is
+/// another), the number of users, and what was read.
+pub(super) type RepairDone = (usize, u64, usize, Result<Vec<(UserId, Replay)>, ReadError>);
+
+/// The gap repair of a reopened `link`, once every channel it was sent is confirmed (its
+/// messages are held until the repair is applied).
+pub(super) fn start_repair<'a>(
+    shared: &'a Context,
+    link: &mut Link,
+    wanted: &Wanted,
+) -> Option<RepairRead<'a>> {
+    if link.held.is_none() || link.repairing || !link.sent.settled() {
+        return None;
+    }
+    link.repairing = true;
+    let users: HashSet<UserId> = link.sent.current.iter().copied().collect();
+    let plan = plan(shared, &users, wanted);
+    let (id, opened, n) = (link.id, link.opened, users.len());
+    Some(Box::pin(async move {
+        let read = match plan {
+            Some(plan) => read(shared, plan).await,
+            None => Ok(Vec::new()),
+        };
+        (id, opened, n, read)
+    }))
 }

@@ -1,8 +1,8 @@
 //! The node's Redis pub/sub links: per-user channel subscriptions, the message reader and
-//! reconnection (the RESP connection: `pubsub.rs`; one link and its commands: `links.rs`;
-//! bookkeeping: `subscriptions.rs`; what a push does: `reader.rs`; gap repair after a
-//! reconnect: `repair.rs`; the self-probe: `probe.rs`; what a session awaits beside its pushes:
-//! `side_tasks.rs`).
+//! reconnection (the RESP connection: `pubsub.rs`; one link and its commands: `links.rs`; the
+//! session's links and which are up: `link_set.rs`; bookkeeping: `subscriptions.rs`; what a
+//! push does: `reader.rs`; gap repair after a reconnect: `repair.rs`; the self-probe:
+//! `probe.rs`; what a session awaits beside its pushes: `side_tasks.rs`).
 //!
 //! A standalone server has one link; a cluster one per primary, each serving the users whose
 //! gateway channel's slot it owns (from `CLUSTER SLOTS` at connect). Subscribe/unsubscribe
@@ -10,14 +10,20 @@
 //! the queue at once and keeps at most one round of commands in flight per link: requests
 //! arriving meanwhile go out together once it is confirmed (so a connection storm becomes a few
 //! large commands). It confirms each waiting connection when Redis confirmed its user's
-//! channels; messages keep flowing meanwhile. Any failure of any link — an error, a stale
-//! probe, an unsolicited `sunsubscribe` (slot migrated, failover), a changed slot map, a new
-//! primary under Sentinel — ends the session: every link reconnects from a fresh slot map (or
-//! to the primary the sentinels name), resubscribes every wanted user in batches and repairs
-//! the gap from history, as after any pub/sub outage.
+//! channels; messages keep flowing meanwhile.
+//!
+//! On a cluster, a link that fails (an error, a stale probe, a command not confirmed in time)
+//! is given up alone: its users wait while it reopens with backoff, then it subscribes them,
+//! holds its messages until their gap is repaired from history, and delivers; the other links
+//! go on meanwhile. A change of the whole deployment — an unsolicited `sunsubscribe` (slot
+//! migrated, failover), a changed slot map, a new primary under Sentinel — or the failure of
+//! the only link (standalone, Sentinel) ends the session: every link reconnects from a fresh
+//! slot map (or to the primary the sentinels name), resubscribes every wanted user in batches
+//! and repairs the gap from history, as after any pub/sub outage.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
@@ -25,15 +31,15 @@ use tokio::sync::mpsc;
 
 use super::context::Context;
 use super::history::ReadError;
-use super::links::{Link, LinkError, BATCH_USERS};
+use super::link_io::{dispatch_held, next_push, on_push, settle, stale, sync};
+use super::link_set::{Fault, Links};
+use super::links::{LinkError, BATCH_USERS};
 use super::pubsub::PubSubError;
-use super::reader::{self, Channel, Pushed};
+use super::repair::{self, start_repair, RepairRead};
 use super::side_tasks::{
     check_topology, checked, next_primary, read_epochs, EpochRead, TopologyCheck,
 };
 use super::subscriptions::{SubCommand, Wanted};
-use super::topology::LinkSpec;
-use super::{probe, repair};
 use crate::registry::UserId;
 
 /// Most queued requests applied before talking to Redis.
@@ -43,7 +49,7 @@ const MAX_REQUESTS_PER_ROUND: usize = 4_096;
 const TOPOLOGY_CHECK_TICKS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(super) enum SessionError {
     #[error("{0}")]
     Link(#[from] LinkError),
     #[error("{0}")]
@@ -54,8 +60,6 @@ enum SessionError {
     CommandTimeout,
     #[error("self-probe did not come back: subscription presumed dead")]
     ProbeLost,
-    #[error("no link serves user {0}: a slot without an owner")]
-    Unserved(UserId),
     #[error("redis dropped shard channel {0} (slot migrated or failed over)")]
     ShardChannelDropped(String),
     #[error("the Redis topology changed (the cluster's slot map, or the sentinels' primary)")]
@@ -64,6 +68,22 @@ enum SessionError {
     PrimaryChanged(String, u16),
     #[error("gap repair: {0}")]
     Repair(#[from] ReadError),
+}
+
+impl Fault for SessionError {
+    fn is_local(&self) -> bool {
+        match self {
+            SessionError::Link(_)
+            | SessionError::PubSub(_)
+            | SessionError::CommandTimeout
+            | SessionError::ProbeLost
+            | SessionError::Repair(_) => true,
+            SessionError::TopologyTimeout
+            | SessionError::ShardChannelDropped(_)
+            | SessionError::TopologyChanged
+            | SessionError::PrimaryChanged(..) => false,
+        }
+    }
 }
 
 /// Users resubscribed at once after a reconnect (16,384 users of 3 channels: about 2.5 MB of
@@ -107,7 +127,7 @@ pub(crate) async fn run(shared: Arc<Context>, mut requests: mpsc::UnboundedRecei
 }
 
 /// Exponential backoff with jitter: a random delay in [d/2, d], d = 100 ms · 2^attempt ≤ 5 s.
-fn backoff(attempt: u32) -> Duration {
+pub(super) fn backoff(attempt: u32) -> Duration {
     let max = Duration::from_millis(100).saturating_mul(1 << attempt.min(6));
     let max = max.min(Duration::from_secs(5));
     let jittered = rand::rng().random_range(max.as_millis() / 2..=max.as_millis());
@@ -130,12 +150,7 @@ async fn session(
     let specs = tokio::time::timeout(limit, shared.topology.links())
         .await
         .map_err(|_| SessionError::TopologyTimeout)??;
-    let mut links = Vec::with_capacity(specs.len());
-    for (i, spec) in specs.iter().enumerate() {
-        let name = format!("gleepost-gateway-{}-sub{i}", shared.node_name());
-        links.push(Link::open(spec.clone(), &shared.probe_channel, &name, limit).await?);
-    }
-    shared.set_probe_targets(links.iter().map(|l| l.probe.clone()).collect());
+    let mut links = Links::open(shared, specs).await?;
     // Under Sentinel: a primary found after these links opened (by the watcher, a command's
     // failure or `READONLY`) moves them.
     let mut primary = shared.topology.primary_changes();
@@ -149,7 +164,7 @@ async fn session(
     todo.extend(wanted.users.iter().copied());
     // Messages arriving until every channel is confirmed and the repair is queued are held, so
     // every connection sees history first, then live (duplicates filtered).
-    let mut held = Vec::new();
+    links.hold();
     // Epoch reads of newly subscribed users, under way beside everything else.
     let mut epoch_reads: FuturesUnordered<EpochRead<'_>> = FuturesUnordered::new();
     // A chunk of users at a time, each confirmed before the next is sent: Redis queues one
@@ -165,28 +180,30 @@ async fn session(
         wanted.dirty.extend(chunk);
         let added = sync(shared, &mut links, wanted).await?;
         read_epochs(shared, wanted, added, &mut epoch_reads);
-        for i in 0..links.len() {
-            tokio::time::timeout(limit, settle(shared, &mut links, i, wanted, &mut held))
-                .await
-                .map_err(|_| SessionError::CommandTimeout)??;
+        let mut i = 0;
+        while i < links.up.len() {
+            match settle(shared, &mut links, i, wanted).await {
+                Ok(()) => i += 1,
+                Err(e) => links.fail(i, e, wanted)?,
+            }
         }
     }
     if reconnect {
-        let users: std::collections::HashSet<UserId> = links
+        let users: HashSet<UserId> = links
+            .up
             .iter()
             .flat_map(|l| l.sent.current.iter().copied())
             .collect();
         repair::repair(shared, &users, wanted).await?;
     }
-    for (channel, payload) in held {
-        reader::handle_message(shared, channel.as_bytes(), payload, wanted);
+    for i in 0..links.up.len() {
+        dispatch_held(shared, &mut links, i, wanted);
     }
-    shared.state.set_subscribed(true);
-    let connected = Instant::now();
+    shared.state.set_subscribed(links.complete());
     if *attempt > 0 {
         tracing::info!(
             users = wanted.users.len(),
-            links = links.len(),
+            links = links.up.len(),
             "redis subscription restored"
         );
     }
@@ -197,6 +214,8 @@ async fn session(
     // Under way beside the pushes (sentinels that do not answer take seconds, and pushes,
     // probes included, must go on being read meanwhile).
     let mut topology: Option<TopologyCheck<'_>> = None;
+    // Gap repairs of reopened links, under way beside the other links' pushes.
+    let mut repairs: FuturesUnordered<RepairRead<'_>> = FuturesUnordered::new();
     loop {
         tokio::select! {
             biased;
@@ -211,20 +230,55 @@ async fn session(
                 }
                 // While a command is in flight, requests pile up and go out together when it is
                 // confirmed: a connection storm becomes a few large commands.
-                if links.iter().all(|l| l.sent.settled()) || wanted.dirty.len() >= BATCH_USERS {
+                if links.up.iter().all(|l| l.sent.settled()) || wanted.dirty.len() >= BATCH_USERS {
                     let added = sync(shared, &mut links, wanted).await?;
                     read_epochs(shared, wanted, added, &mut epoch_reads);
                 }
             }
-            (i, pushed) = next_push(&mut links) => {
-                on_push(shared, &mut links, i, pushed?, wanted, &mut None)?;
-                if links.iter().all(|l| l.sent.settled()) && !wanted.dirty.is_empty() {
+            (i, pushed) = next_push(&mut links.up) => {
+                let handled = pushed.map_err(SessionError::from);
+                let handled = handled.and_then(|p| on_push(shared, &mut links, i, p, wanted));
+                match handled {
+                    Err(e) => links.fail(i, e, wanted)?,
+                    Ok(()) => repairs.extend(start_repair(shared, &mut links.up[i], wanted)),
+                }
+                if links.up.iter().all(|l| l.sent.settled()) && !wanted.dirty.is_empty() {
                     let added = sync(shared, &mut links, wanted).await?;
                     read_epochs(shared, wanted, added, &mut epoch_reads);
+                }
+            }
+            Some(done) = links.reopening.next(), if !links.reopening.is_empty() => match links.reopened(done) {
+                Ok(link) => {
+                    links.adopt(link, wanted);
+                    let added = sync(shared, &mut links, wanted).await?;
+                    read_epochs(shared, wanted, added, &mut epoch_reads);
+                }
+                // A primary that stays away may have been replaced: a new slot map moves
+                // every link (checked at the reopening's pace, not only every few ticks).
+                Err(_) if topology.is_none() => {
+                    topology = Some(check_topology(shared, links.specs.clone()));
+                }
+                Err(_) => {}
+            },
+            Some((id, opened, users, read)) = repairs.next(), if !repairs.is_empty() => {
+                // (A link that failed meanwhile is no longer there: its users wait again.)
+                let link = links.up.iter().position(|l| (l.id, l.opened) == (id, opened));
+                match (link, read) {
+                    (None, _) => {}
+                    (Some(i), Err(e)) => links.fail(i, SessionError::Repair(e), wanted)?,
+                    (Some(i), Ok(replays)) => {
+                        repair::apply(shared, users, replays, wanted);
+                        links.up[i].repairing = false;
+                        dispatch_held(shared, &mut links, i, wanted);
+                        let complete = links.complete();
+                        shared.state.set_subscribed(complete);
+                        let node = links.up[i].spec.name();
+                        tracing::info!(node = %node, complete, "redis pub/sub link restored");
+                    }
                 }
             }
             Some(addr) = next_primary(&mut primary) => {
-                if links.first().and_then(|l| l.spec.primary.as_ref()) != Some(&addr) {
+                if links.specs.first().and_then(|l| l.primary.as_ref()) != Some(&addr) {
                     return Err(SessionError::PrimaryChanged(addr.0, addr.1));
                 }
             }
@@ -238,146 +292,20 @@ async fn session(
                 }
             }
             _ = check.tick() => {
-                if connected.elapsed() > settings.probe_timeout && !shared.probe_fresh() {
-                    return Err(SessionError::ProbeLost);
-                }
-                if links.iter().any(|l| l.sent.overdue(limit)) {
-                    return Err(SessionError::CommandTimeout);
+                // Newest first: failing a link moves the last one into its place.
+                for i in (0..links.up.len()).rev() {
+                    if let Some(e) = stale(shared, &links.up[i]) {
+                        links.fail(i, e, wanted)?;
+                    }
                 }
                 ticks = ticks.wrapping_add(1);
                 let due = ticks % TOPOLOGY_CHECK_TICKS == 0;
                 if shared.topology.can_move() && due && topology.is_none() {
-                    let current: Vec<LinkSpec> = links.iter().map(|l| l.spec.clone()).collect();
-                    topology = Some(check_topology(shared, current));
+                    topology = Some(check_topology(shared, links.specs.clone()));
                 }
             }
         }
     }
-}
-
-/// The next push of any link (with its index).
-async fn next_push(links: &mut [Link]) -> (usize, Result<Pushed, PubSubError>) {
-    if let [link] = links {
-        return (0, reader::next(&mut link.conn).await);
-    }
-    let reads = links
-        .iter_mut()
-        .map(|l| Box::pin(reader::next(&mut l.conn)));
-    let (pushed, i, _) = futures_util::future::select_all(reads).await;
-    (i, pushed)
-}
-
-/// Handle one push of link `i`. Messages go to the connections, or to `held` while the
-/// session is settling.
-fn on_push(
-    shared: &Context,
-    links: &mut [Link],
-    i: usize,
-    pushed: Pushed,
-    wanted: &mut Wanted,
-    held: &mut Option<&mut Vec<(Channel, bytes::Bytes)>>,
-) -> Result<(), SessionError> {
-    match pushed {
-        Pushed::Message { channel, payload } => {
-            shared.dispatcher.metrics().broker_messages.inc();
-            if channel.as_bytes() == links[i].probe.as_bytes() {
-                if let Some((back, ms)) = probe::on_probe(shared, &payload) {
-                    (links[i].probe_back, links[i].probe_ms) = (back, ms);
-                    probe_returned(shared, links, held.is_none());
-                }
-            } else if let Some(held) = held {
-                held.push((channel, payload));
-            } else {
-                reader::handle_message(shared, channel.as_bytes(), payload, wanted);
-            }
-        }
-        Pushed::Confirmed => confirmed(&mut links[i], wanted),
-        Pushed::ShardUnsubscribed(channel) => {
-            if !links[i].shard_unsubscribed(&channel) {
-                let channel = String::from_utf8_lossy(&channel).into_owned();
-                return Err(SessionError::ShardChannelDropped(channel));
-            }
-            confirmed(&mut links[i], wanted);
-        }
-        Pushed::Other => {}
-    }
-    Ok(())
-}
-
-/// One channel of link's commands was confirmed.
-fn confirmed(link: &mut Link, wanted: &mut Wanted) {
-    if link.sent.confirmed() {
-        link.sent.release_waiters(wanted);
-    }
-}
-
-/// A probe came back on some link: readiness and the node-wide repair point follow the
-/// oldest of the links' latest probes (a cluster's shards each have their own). While the
-/// session `settled` is false (channels still being subscribed, the repair not done) a probe
-/// proves nothing about the users' channels: the repair point stays where the last session
-/// left it, or the repair of users without a delivered event would start after the outage.
-fn probe_returned(shared: &Context, links: &[Link], settled: bool) {
-    let back = links.iter().map(|l| l.probe_back).min().unwrap_or(0);
-    if back != 0 {
-        shared.state.probes_back_since(back);
-        if settled {
-            // Everything published before each probe was delivered before it: a repair point.
-            let ms = links.iter().map(|l| l.probe_ms).min().unwrap_or(0);
-            shared.state.delivered_until(ms);
-        }
-    }
-}
-
-/// Read link `i` until every command sent on it is confirmed, holding the messages that
-/// arrive meanwhile (probes are taken).
-async fn settle(
-    shared: &Context,
-    links: &mut [Link],
-    i: usize,
-    wanted: &mut Wanted,
-    held: &mut Vec<(Channel, bytes::Bytes)>,
-) -> Result<(), SessionError> {
-    while !links[i].sent.settled() {
-        let pushed = reader::next(&mut links[i].conn).await?;
-        on_push(shared, links, i, pushed, wanted, &mut Some(held))?;
-    }
-    Ok(())
-}
-
-/// Send the commands that bring the links' subscriptions in line with the dirty part of
-/// `wanted` (confirmations arrive later, through the reader); returns the users subscribed.
-async fn sync(
-    shared: &Context,
-    links: &mut [Link],
-    wanted: &mut Wanted,
-) -> Result<Vec<UserId>, SessionError> {
-    let mut dirty: Vec<Vec<UserId>> = vec![Vec::new(); links.len()];
-    let mut added = Vec::new();
-    for user in wanted.take_dirty() {
-        let i = links.iter().position(|l| l.spec.serves(user));
-        let i = i.ok_or(SessionError::Unserved(user))?;
-        dirty[i].push(user);
-    }
-    let templates = &shared.settings.channels;
-    let limit = shared.pubsub_limit();
-    for (link, users) in links.iter_mut().zip(dirty) {
-        if users.is_empty() {
-            continue;
-        }
-        let (add, remove) = link.sent.plan(&wanted.users, users);
-        link.subscribe(&add, templates, limit).await?;
-        link.unsubscribe(&remove, templates, limit).await?;
-        // Waiters of users that were subscribed already (a reconnect of a connected user).
-        link.sent.release_waiters(wanted);
-        added.extend(add);
-    }
-    let channels: usize = links.iter().map(|l| l.channels(templates.len())).sum();
-    shared
-        .dispatcher
-        .metrics()
-        .subscribed_channels
-        .set(channels as i64);
-    Ok(added)
 }
 
 #[cfg(test)]

@@ -155,6 +155,11 @@ impl LinkSpec {
         PubSubConn::connect(&self.info, name).await
     }
 
+    /// The node the link goes to, for logs (`host:port`).
+    pub(super) fn name(&self) -> String {
+        self.info.addr().to_string()
+    }
+
     /// True when this link serves `user` (its gateway channel's slot is here).
     pub(super) fn serves(&self, user: UserId) -> bool {
         match &self.shard {

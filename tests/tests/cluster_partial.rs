@@ -1,0 +1,169 @@
+//! One primary of a Redis Cluster away (paused, dead without a replica): the node's link to it
+//! fails alone. Its users' deliveries wait for it and are repaired when it is back; the users
+//! of the other primaries go on receiving on the same links, never reconnected meanwhile.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use gleepost_tests::cluster::ClusterNode;
+use gleepost_tests::resume::{publish_seq, seq_event, SeqCheck};
+use gleepost_tests::{eventually, Gateway, RedisCluster};
+
+const READY: Duration = Duration::from_secs(30);
+
+/// The gateway's pub/sub link ids on each of `nodes`.
+async fn link_ids(nodes: &[ClusterNode]) -> Result<Vec<Vec<u64>>> {
+    let mut ids = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        ids.push(node.gateway_link_ids().await?);
+    }
+    Ok(ids)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_primary_without_a_replica_stops_only_its_own_users_deliveries() -> Result<()> {
+    // With `cluster-require-full-coverage no` the rest of a cluster goes on serving while a
+    // primary without a replica is down. Before, the node's one subscriber session over all
+    // links failed on the dead one and could not reopen it: nobody got any event until the
+    // primary was back.
+    let mut cluster = RedisCluster::start(3, 0).await?;
+    for node in cluster.nodes() {
+        let set = ["CONFIG", "SET", "cluster-require-full-coverage", "no"];
+        node.cmd::<String>(&set).await?;
+    }
+    let gw = Gateway::on_cluster(&cluster, &[]).await?;
+    let users = cluster.users_on_every_shard(1).await?;
+    let lost = users[0];
+    let dead = cluster.owner_of_user(lost).await?;
+    let others = cluster.users_elsewhere(&users, &dead).await?;
+    ensure!(others.len() == 2, "users elsewhere: {others:?}");
+    let mut survivors = Vec::new();
+    for &user in &others {
+        survivors.push(cluster.owner_of_user(user).await?);
+    }
+    let mut lost_client = gw.connect(lost).await?;
+    let mut clients = Vec::new();
+    for &user in &others {
+        clients.push((
+            user,
+            gw.connect(user).await?,
+            SeqCheck::new(format!("user {user}"), 1),
+        ));
+    }
+    let links_before = link_ids(&survivors).await?;
+
+    cluster.kill(&dead).await?;
+    gw.wait_ready(false, READY)
+        .await
+        .context("unready while a primary is down (its users get nothing)")?;
+    // The first publish may find the command connection still learning that the node died.
+    let (first_user, ..) = clients[0];
+    eventually(READY, "a publish to a live primary's user", || async {
+        publish_seq(&gw, first_user, 1).await.map(drop)
+    })
+    .await?;
+    for &user in &others[1..] {
+        publish_seq(&gw, user, 1).await?;
+    }
+    for seq in 2..=5 {
+        for &user in &others {
+            publish_seq(&gw, user, seq).await?;
+        }
+    }
+    for (_, client, check) in &mut clients {
+        check.read_until(client, 5).await?;
+    }
+    let body = format!(r#"{{"users":[{lost}],"event":{}}}"#, seq_event(1, 0));
+    let res = gw.publish_raw(&body).await?;
+    ensure!(
+        res.status == 503,
+        "publish to the dead primary's user: {} {}",
+        res.status,
+        res.body_text()
+    );
+    ensure!(
+        link_ids(&survivors).await? == links_before,
+        "the links to the live primaries were reconnected while one primary was down"
+    );
+
+    let dead = cluster.restart(&dead).await?;
+    gw.wait_ready(true, READY)
+        .await
+        .context("ready again once the primary is back")?;
+    ensure!(
+        !dead.gateway_link_ids().await?.is_empty(),
+        "no link to the restarted primary"
+    );
+    eventually(
+        READY,
+        "a publish to the restarted primary's user",
+        || async { publish_seq(&gw, lost, 1).await.map(drop) },
+    )
+    .await?;
+    SeqCheck::new("the restarted primary's user", 1)
+        .read_until(&mut lost_client, 1)
+        .await?;
+    for (user, client, check) in &mut clients {
+        publish_seq(&gw, *user, 6).await?;
+        check.read_until(client, 6).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_primary_reconnects_only_its_own_link() -> Result<()> {
+    // A primary that takes no writes (`CLIENT PAUSE … WRITE`) stops sending the probe back on
+    // its link. Only that link is given up and reopened: before, the lost probe ended the
+    // session of every link, every probe timeout, for as long as the pause lasted.
+    let cluster = RedisCluster::start(3, 0).await?;
+    let gw = Gateway::on_cluster(&cluster, &[]).await?;
+    let users = cluster.users_on_every_shard(1).await?;
+    let paused = cluster.owner_of_user(users[0]).await?;
+    let others = cluster.users_elsewhere(&users, &paused).await?;
+    let mut survivors = Vec::new();
+    for &user in &others {
+        survivors.push(cluster.owner_of_user(user).await?);
+    }
+    let mut clients = Vec::new();
+    for &user in &others {
+        clients.push((
+            user,
+            gw.connect(user).await?,
+            SeqCheck::new(format!("user {user}"), 1),
+        ));
+    }
+    let links_before = link_ids(&survivors).await?;
+    let reconnects = "gleepost_gateway_broker_reconnects_total";
+    let before = gw.metric(reconnects).await?;
+
+    // Paused for longer than two probe timeouts (3 s each).
+    paused
+        .cmd::<String>(&["CLIENT", "PAUSE", "9000", "WRITE"])
+        .await?;
+    gw.wait_ready(false, READY)
+        .await
+        .context("unready while a primary's probe does not come back")?;
+    eventually(READY, "the paused link given up twice", || async {
+        let after = gw.metric(reconnects).await?;
+        ensure!(after >= before + 2.0, "{} link reconnects", after - before);
+        Ok(())
+    })
+    .await?;
+    for (user, client, check) in &mut clients {
+        publish_seq(&gw, *user, 1).await?;
+        check.read_until(client, 1).await?;
+    }
+    ensure!(
+        link_ids(&survivors).await? == links_before,
+        "the links to the other primaries were reconnected while one was paused"
+    );
+    paused.cmd::<String>(&["CLIENT", "UNPAUSE"]).await?;
+    gw.wait_ready(true, READY)
+        .await
+        .context("ready again after the pause")?;
+    for (user, client, check) in &mut clients {
+        publish_seq(&gw, *user, 2).await?;
+        check.read_until(client, 2).await?;
+    }
+    Ok(())
+}

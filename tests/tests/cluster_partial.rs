@@ -51,11 +51,24 @@ async fn a_dead_primary_without_a_replica_stops_only_its_own_users_deliveries() 
         ));
     }
     let links_before = link_ids(&survivors).await?;
+    let gauge = "gleepost_gateway_broker_subscribed_channels";
+    let channels = gw.metric(gauge).await?;
 
     cluster.kill(&dead).await?;
     gw.wait_ready(false, READY)
         .await
         .context("unready while a primary is down (its users get nothing)")?;
+    // Its user's channels and its probe channel are no longer subscribed (each of the three
+    // links holds one user: a third of the channels).
+    eventually(READY, "the dead link's channels uncounted", || async {
+        let now = gw.metric(gauge).await?;
+        ensure!(
+            now == channels * 2.0 / 3.0,
+            "{now} channels, {channels} before"
+        );
+        Ok(())
+    })
+    .await?;
     // The first publish may find the command connection still learning that the node died.
     let (first_user, ..) = clients[0];
     eventually(READY, "a publish to a live primary's user", || async {

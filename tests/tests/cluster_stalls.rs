@@ -1,6 +1,6 @@
 //! What one stuck part of a Redis Cluster may hold up, and what it must not: a slot being
 //! migrated or a primary that takes no writes holds up the publishes to its own users only;
-//! the self-probe and gap repair go on while slots migrate.
+//! the self-probe, gap repair and presence go on while slots migrate.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -239,5 +239,34 @@ async fn a_user_without_history_in_a_migrating_slot_does_not_stall_gap_repair() 
     check.read_until(&mut client, 2).await?;
     gw.wait_ready(true, READY).await?;
     migration.finish().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_counts_a_user_whose_slot_is_being_migrated() -> Result<()> {
+    // A user that connects while its slot migrates has its presence hash written on the
+    // importing node (the owner redirects a missing key there, `ASK`), and counted there and
+    // after the move. (A session's notes saw presence writes fail with `Ask` during a
+    // migration; this case, at least, does not.)
+    let cluster = RedisCluster::start(3, 0).await?;
+    let gw = Gateway::on_cluster(&cluster, &[]).await?;
+    let users = cluster.users_on_every_shard(1).await?;
+    let (moving, other) = (users[0], users[1]);
+    let (migration, _owner) = cluster.begin_moving(moving).await?;
+    let _moving_client = gw.connect(moving).await?;
+    let _other_client = gw.connect(other).await?;
+    let counted = || async {
+        let path = format!("/v1/presence?users={moving},{other}");
+        let body = gw.admin_get_json(&path).await?;
+        let count = |user: u64| body["users"][user.to_string()]["connections"].as_u64();
+        ensure!(
+            count(moving) == Some(1) && count(other) == Some(1),
+            "presence {body}"
+        );
+        Ok(())
+    };
+    gleepost_tests::eventually(READY, "presence while the slot migrates", counted).await?;
+    migration.finish().await?;
+    gleepost_tests::eventually(READY, "presence after the slot moved", counted).await?;
     Ok(())
 }

@@ -164,7 +164,9 @@ impl<'a> Links<'a> {
         // the events they are missing; the repair when it is back replays them from history.)
         self.parked.extend(users);
         self.shared.state.set_subscribed(false);
-        self.shared.dispatcher.metrics().broker_reconnects.inc();
+        let metrics = self.shared.dispatcher.metrics();
+        metrics.broker_reconnects.inc();
+        metrics.subscribed_channels.set(self.channels() as i64);
         self.publish_probes();
         self.reopen(link.spec, attempt);
         Ok(())

@@ -270,3 +270,32 @@ async fn presence_counts_a_user_whose_slot_is_being_migrated() -> Result<()> {
     gleepost_tests::eventually(READY, "presence after the slot moved", counted).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_published_while_a_slot_stays_migrating_is_delivered_before_the_move_ends(
+) -> Result<()> {
+    // Once a user's keys have moved to the importing node, its publishes run there (`ASK`),
+    // where no node is subscribed to the slot's shard channels until the slot itself moves.
+    // A migration can stay there for long (a reshard tool that died half-way): the node must
+    // deliver those events meanwhile, from history. Before, they waited for the end of the
+    // migration while the node reported ready.
+    let cluster = RedisCluster::start(3, 0).await?;
+    let gw = Gateway::on_cluster(&cluster, &[]).await?;
+    let users = cluster.users_on_every_shard(1).await?;
+    let user = users[0];
+    let mut client = gw.connect(user).await?;
+    let mut check = SeqCheck::new("the moving user", 1);
+    gw.publish(&[user], &seq_event(1, 0)).await?;
+    check.read_until(&mut client, 1).await?;
+    let (migration, _owner) = cluster.begin_moving(user).await?;
+    for seq in 2..=3 {
+        gw.publish(&[user], &seq_event(seq, 0)).await?;
+    }
+    check.read_until(&mut client, 3).await?;
+    ensure!(gw.is_ready().await, "unready while a slot migrates");
+    migration.finish().await?;
+    // After the move (every link resubscribed, every user repaired): nothing twice.
+    gw.publish(&[user], &seq_event(4, 0)).await?;
+    check.read_until(&mut client, 4).await?;
+    Ok(())
+}

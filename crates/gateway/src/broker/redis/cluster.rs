@@ -5,10 +5,12 @@
 //! an error, a `MOVED`, an unsolicited `sunsubscribe` (slot migrated, failover) or a periodic
 //! check that finds the map changed.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use gleepost_event::RedisConn;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ConnectionInfo, IntoConnectionInfo, Value};
 
 use crate::broker::BrokerError;
@@ -81,6 +83,37 @@ impl Cluster {
         })
     }
 
+    /// The slots that any of `shards` is migrating or importing (each node lists only its own,
+    /// on its `myself` line of `CLUSTER NODES`). A node that does not answer adds none.
+    pub(super) async fn migrating_slots(&self, shards: &[Shard]) -> HashSet<u16> {
+        let RedisConn::Cluster(conn) = &self.commands else {
+            return HashSet::new();
+        };
+        let asks = shards.iter().map(|shard| {
+            let mut conn = conn.clone();
+            let (host, port) = shard.addr.clone();
+            async move {
+                let node = SingleNodeRoutingInfo::ByAddress { host, port };
+                let reply = conn
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("NODES").clone(),
+                        RoutingInfo::SingleNode(node),
+                    )
+                    .await;
+                match reply {
+                    Ok(Value::BulkString(text)) => own_migrations(&String::from_utf8_lossy(&text)),
+                    Ok(Value::VerbatimString { text, .. }) => own_migrations(&text),
+                    _ => Vec::new(),
+                }
+            }
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Connection settings of a node: its address with the seeds' credentials.
     pub(super) fn node_info(&self, shard: &Shard) -> ConnectionInfo {
         let (host, port) = &shard.addr;
@@ -88,6 +121,27 @@ impl Cluster {
             .clone()
             .set_addr(redis::ConnectionAddr::Tcp(host.clone(), *port))
     }
+}
+
+/// The slots a node migrates or imports, from its `CLUSTER NODES`: the `[<slot>->-<id>]` and
+/// `[<slot>-<-<id>]` entries of its `myself` line.
+fn own_migrations(nodes: &str) -> Vec<u16> {
+    let Some(myself) = nodes.lines().find(|l| {
+        l.split(' ')
+            .nth(2)
+            .is_some_and(|f| f.split(',').any(|f| f == "myself"))
+    }) else {
+        return Vec::new();
+    };
+    myself
+        .split(' ')
+        .skip(8)
+        .filter_map(|entry| {
+            let entry = entry.strip_prefix('[')?;
+            let (slot, _) = entry.split_once('-')?;
+            slot.parse().ok()
+        })
+        .collect()
 }
 
 /// `CLUSTER SLOTS`: `[[start, end, [host, port, id, …], replicas…], …]`, grouped by primary.
@@ -170,5 +224,19 @@ mod tests {
         assert!(shards[0].owns(16383) && !shards[0].owns(5461));
         assert!(shards[1].owns(5461));
         assert_eq!(parse_slots(Value::Int(1)), None);
+    }
+
+    #[test]
+    fn a_node_lists_its_own_migrating_and_importing_slots() {
+        let nodes = "\
+a1 127.0.0.1:7001@17001 master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7002@17002 myself,master - 0 0 2 connected 5461-10922 [5798->-a1] [12000-<-c3]
+c3 127.0.0.1:7003@17003 master - 0 0 3 connected 10923-16383 [9->-b2]
+";
+        assert_eq!(own_migrations(nodes), vec![5798, 12000]);
+        assert_eq!(
+            own_migrations("a1 127.0.0.1:7001@17001 master - 0 0 1 connected 0-5460"),
+            Vec::<u16>::new()
+        );
     }
 }

@@ -18,6 +18,7 @@ mod history;
 mod link_io;
 mod link_set;
 mod links;
+mod migrations;
 mod presence;
 mod probe;
 pub(crate) mod pubsub;

@@ -123,8 +123,16 @@ pub(super) fn apply(
             }),
             Replay::Resync { latest, .. } => latest.as_deref().and_then(EventId::parse),
         };
-        if let Some(last) = last {
-            delivered.insert(user, last);
+        // Only forward within one history (a catch-up during a migration runs beside live
+        // delivery, which may have moved the point already).
+        match (last, delivered.get_mut(&user)) {
+            (Some(last), Some(had)) if had.epoch == last.epoch => {
+                (had.ms, had.seq) = (had.ms, had.seq).max((last.ms, last.seq));
+            }
+            (Some(last), _) => {
+                delivered.insert(user, last);
+            }
+            (None, _) => {}
         }
         // Counted like a resume's, once per connection the frame was queued on.
         let metrics = shared.dispatcher.metrics();

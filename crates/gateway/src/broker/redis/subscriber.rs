@@ -34,6 +34,7 @@ use super::history::ReadError;
 use super::link_io::{dispatch_held, next_push, on_push, settle, stale, sync};
 use super::link_set::{Fault, Links};
 use super::links::{LinkError, BATCH_USERS};
+use super::migrations::Migrations;
 use super::pubsub::PubSubError;
 use super::repair::{self, start_repair, RepairRead};
 use super::side_tasks::{
@@ -216,6 +217,7 @@ async fn session(
     let mut topology: Option<TopologyCheck<'_>> = None;
     // Gap repairs of reopened links, under way beside the other links' pushes.
     let mut repairs: FuturesUnordered<RepairRead<'_>> = FuturesUnordered::new();
+    let mut migrations = Migrations::new(shared);
     loop {
         tokio::select! {
             biased;
@@ -277,6 +279,7 @@ async fn session(
                     }
                 }
             }
+            done = migrations.next() => migrations.done(done, &links, wanted),
             Some(addr) = next_primary(&mut primary) => {
                 if links.specs.first().and_then(|l| l.primary.as_ref()) != Some(&addr) {
                     return Err(SessionError::PrimaryChanged(addr.0, addr.1));
@@ -302,6 +305,9 @@ async fn session(
                 let due = ticks % TOPOLOGY_CHECK_TICKS == 0;
                 if shared.topology.can_move() && due && topology.is_none() {
                     topology = Some(check_topology(shared, links.specs.clone()));
+                }
+                if due {
+                    migrations.check(links.specs.clone());
                 }
             }
         }

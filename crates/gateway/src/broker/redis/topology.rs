@@ -4,6 +4,7 @@
 //! standalone server or a Sentinel primary, the users whose gateway channel's slot it owns on
 //! a cluster), and whether the links must move (a failover, a changed slot map).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use gleepost_event::keys::{slot_of, user_channel};
@@ -138,6 +139,15 @@ impl Topology {
                 Err(_) => false,
             },
         }
+    }
+
+    /// The slots being migrated in the cluster of `current`'s shards (none elsewhere).
+    pub(super) async fn migrating(&self, current: &[LinkSpec]) -> HashSet<u16> {
+        let Topology::Cluster(c) = self else {
+            return HashSet::new();
+        };
+        let shards: Vec<Shard> = current.iter().filter_map(|l| l.shard.clone()).collect();
+        c.migrating_slots(&shards).await
     }
 
     /// Changes of the primary in use (Sentinel only).

@@ -180,3 +180,52 @@ async fn a_paused_primary_reconnects_only_its_own_link() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_without_an_owner_leaves_only_its_users_waiting() -> Result<()> {
+    // A slot that no primary owns (deleted with `CLUSTER DELSLOTS`, with
+    // `cluster-require-full-coverage no` for the rest to go on): its users cannot be
+    // subscribed anywhere and wait; the other users are served. Before, the node's session
+    // failed on such a user each time it (re)started: nobody was served.
+    let cluster = RedisCluster::start(3, 0).await?;
+    for node in cluster.nodes() {
+        let set = ["CONFIG", "SET", "cluster-require-full-coverage", "no"];
+        node.cmd::<String>(&set).await?;
+    }
+    let gw = Gateway::on_cluster(&cluster, &[]).await?;
+    let users = cluster.users_on_every_shard(1).await?;
+    let orphan = users[0];
+    let slot = gleepost_tests::cluster::slot_of(&format!("gp:user:{{{orphan}}}")).to_string();
+    let mut clients = Vec::new();
+    for &user in &users[1..] {
+        clients.push((
+            user,
+            gw.connect(user).await?,
+            SeqCheck::new(format!("user {user}"), 1),
+        ));
+    }
+    let _orphan_client = gw.connect(orphan).await?;
+    let reconnects = "gleepost_gateway_broker_reconnects_total";
+    let before = gw.metric(reconnects).await?;
+    for node in cluster.nodes() {
+        node.cmd::<String>(&["CLUSTER", "DELSLOTS", &slot]).await?;
+    }
+    // The node notices the new slot map (checked every 5 probe intervals) and restarts its
+    // links: the orphan's user waits, and the node says so.
+    eventually(READY, "the links restarted on the new slot map", || async {
+        ensure!(gw.metric(reconnects).await? > before);
+        Ok(())
+    })
+    .await?;
+    gw.wait_ready(false, READY)
+        .await
+        .context("unready while a wanted user's slot has no owner")?;
+    for (user, client, check) in &mut clients {
+        eventually(READY, &format!("a publish to user {user}"), || async {
+            publish_seq(&gw, *user, 1).await.map(drop)
+        })
+        .await?;
+        check.read_until(client, 1).await?;
+    }
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The embedded broker: publishing hands the event straight to this node's registry, and keeps
 //! a per-user in-memory ring with the same id, resume and resync semantics as Redis history.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,14 @@ pub(crate) struct MemoryBroker {
     history: Option<Arc<Rings>>,
     /// Token revocations: user → (revoke JWTs issued before this unix time, until).
     revoked: DashMap<UserId, (u64, Instant)>,
+    /// Revocations left after the last sweep of expired ones: the next runs when the map has
+    /// doubled since (at least [`SWEEP_AT`]), so expired entries of users that never come back
+    /// cost at most as much as the live ones.
+    swept: AtomicUsize,
 }
+
+/// The revocation map is swept of expired entries no sooner than at this size.
+const SWEEP_AT: usize = 1024;
 
 impl MemoryBroker {
     /// A broker delivering into `dispatcher`, keeping history within `limits` (none when its
@@ -41,6 +49,7 @@ impl MemoryBroker {
             _confirmed_tx: tx,
             history,
             revoked: DashMap::new(),
+            swept: AtomicUsize::new(0),
         }
     }
 
@@ -75,6 +84,12 @@ impl MemoryBroker {
             if entry.0 <= before {
                 *entry = (before, until);
             }
+        }
+        let len = self.revoked.len();
+        if len >= SWEEP_AT.max(2 * self.swept.load(Ordering::Relaxed)) {
+            let now = Instant::now();
+            self.revoked.retain(|_, (_, until)| *until > now);
+            self.swept.store(self.revoked.len(), Ordering::Relaxed);
         }
     }
 
@@ -189,6 +204,20 @@ mod tests {
             .publish(&[user], Bytes::from_static(br#"{"type":"x","data":1}"#))
             .ids;
         EventId::parse(&ids[0].1).unwrap()
+    }
+
+    #[tokio::test]
+    async fn expired_revocations_of_users_that_never_come_back_are_swept() {
+        let broker = broker(Duration::from_secs(60));
+        let live: Vec<UserId> = (1..=10).collect();
+        broker.revoke(&live, 100, Duration::from_secs(3600));
+        for batch in 0..50u64 {
+            let users: Vec<UserId> = (0..100).map(|i| 1_000 + batch * 100 + i).collect();
+            broker.revoke(&users, 100, Duration::ZERO);
+        }
+        let kept = broker.revoked.len();
+        assert!(kept <= SWEEP_AT + 100, "{kept} revocations kept of 5,010");
+        assert!(live.iter().all(|&u| broker.revoked_before(u) == Some(100)));
     }
 
     #[tokio::test(start_paused = true)]

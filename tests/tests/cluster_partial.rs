@@ -229,3 +229,53 @@ async fn a_slot_without_an_owner_leaves_only_its_users_waiting() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_history_read_on_one_primary_does_not_hold_up_the_others_after_a_restart(
+) -> Result<()> {
+    // Every link restarts (Redis closed them all); the gap repair of one primary's users
+    // cannot read their history (the primary takes no scripts: `CLIENT PAUSE … WRITE`). The
+    // other primaries' users must get their events meanwhile: before, the one repair over
+    // all users held every link's messages until that read gave up (5 × the Redis timeout:
+    // 50 s here, against the 20 s this test waits).
+    let cluster = RedisCluster::start(3, 0).await?;
+    let gw = Gateway::on_cluster(&cluster, &["--redis-timeout", "10s"]).await?;
+    let users = cluster.users_on_every_shard(1).await?;
+    let stalled = users[0];
+    let paused = cluster.owner_of_user(stalled).await?;
+    let other = *cluster
+        .users_elsewhere(&users, &paused)
+        .await?
+        .first()
+        .context("no user on another primary")?;
+    let _stalled_client = gw.connect(stalled).await?;
+    let mut client = gw.connect(other).await?;
+    let mut check = SeqCheck::new("the other user", 1);
+    publish_seq(&gw, stalled, 1).await?;
+    publish_seq(&gw, other, 1).await?;
+    check.read_until(&mut client, 1).await?;
+
+    let reconnects = "gleepost_gateway_broker_reconnects_total";
+    let before = gw.metric(reconnects).await?;
+    paused
+        .cmd::<String>(&["CLIENT", "PAUSE", "120000", "WRITE"])
+        .await?;
+    for node in cluster.primaries().await? {
+        node.cmd::<i64>(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .await?;
+    }
+    eventually(READY, "every link restarted", || async {
+        ensure!(gw.metric(reconnects).await? > before);
+        Ok(())
+    })
+    .await?;
+    publish_seq(&gw, other, 2).await?;
+    let text = client
+        .next_text_within(Duration::from_secs(20))
+        .await
+        .context("the other user's event while the paused primary's repair waits")?;
+    check.accept(&text)?;
+    paused.cmd::<String>(&["CLIENT", "UNPAUSE"]).await?;
+    gw.wait_ready(true, READY).await?;
+    Ok(())
+}

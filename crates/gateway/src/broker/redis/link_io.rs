@@ -3,7 +3,7 @@
 //! commands that follow the registry's requests, and when a link must be given up.
 
 use super::context::Context;
-use super::link_set::Links;
+use super::link_set::{Hold, Links};
 use super::links::Link;
 use super::probe;
 use super::pubsub::PubSubError;
@@ -67,8 +67,14 @@ pub(super) fn on_push(
                     (link.probe_back, link.probe_ms) = (back, ms);
                     links.probe_returned();
                 }
-            } else if let Some((channel, payload)) = links.held_or(i, channel, payload) {
-                reader::handle_message(shared, channel.as_bytes(), payload, wanted);
+            } else {
+                match links.hold_or(i, channel, payload) {
+                    Hold::Kept => {}
+                    Hold::Full => return Err(SessionError::HeldOverflow),
+                    Hold::Deliver(channel, payload) => {
+                        reader::handle_message(shared, channel.as_bytes(), payload, wanted);
+                    }
+                }
             }
         }
         Pushed::Confirmed => confirmed(&mut links.up[i], wanted),

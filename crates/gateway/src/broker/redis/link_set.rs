@@ -42,6 +42,22 @@ pub(super) struct Links<'a> {
     isolated: bool,
 }
 
+/// Most bytes of messages one link holds while it settles (twice Redis's default hard limit
+/// of a pub/sub client's output buffer, 32 MB: what the link would have been cut at had it not
+/// been read). Past it the link is given up (its users repaired from history when it is back),
+/// so a repair that does not end cannot grow the process.
+const MAX_HELD_BYTES: usize = 64 << 20;
+
+/// What became of a message of a link (see [`Links::hold_or`]).
+pub(super) enum Hold {
+    /// Held until the link's users are repaired.
+    Kept,
+    /// Held, and the link holds too much: give it up.
+    Full,
+    /// Not holding: deliver it.
+    Deliver(Channel, bytes::Bytes),
+}
+
 /// What ends a link, or the session.
 pub(super) trait Fault {
     /// True when the failure concerns one link only (the others go on).
@@ -97,22 +113,24 @@ impl<'a> Links<'a> {
 
     /// Stop holding link `i`'s messages: those held, in arrival order.
     pub(super) fn release(&mut self, i: usize) -> Vec<(Channel, bytes::Bytes)> {
+        self.up[i].held_bytes = 0;
         self.up[i].held.take().unwrap_or_default()
     }
 
-    /// Keep a message of link `i` while it is held; gives it back otherwise.
-    pub(super) fn held_or(
-        &mut self,
-        i: usize,
-        channel: Channel,
-        payload: bytes::Bytes,
-    ) -> Option<(Channel, bytes::Bytes)> {
-        match &mut self.up[i].held {
+    /// Keep a message of link `i` while it is held ([`Hold::Kept`], or [`Hold::Full`] past
+    /// [`MAX_HELD_BYTES`]); gives it back otherwise.
+    pub(super) fn hold_or(&mut self, i: usize, channel: Channel, payload: bytes::Bytes) -> Hold {
+        let link = &mut self.up[i];
+        match &mut link.held {
             Some(held) => {
+                link.held_bytes = link.held_bytes.saturating_add(payload.len());
                 held.push((channel, payload));
-                None
+                match link.held_bytes > MAX_HELD_BYTES {
+                    true => Hold::Full,
+                    false => Hold::Kept,
+                }
             }
-            None => Some((channel, payload)),
+            None => Hold::Deliver(channel, payload),
         }
     }
 

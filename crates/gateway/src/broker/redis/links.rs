@@ -53,6 +53,8 @@ pub(super) struct Link {
     /// While the link settles (its users' channels being subscribed, their gap repair not
     /// applied): the messages it delivered meanwhile, dispatched after the repair.
     pub(super) held: Option<Vec<(Channel, bytes::Bytes)>>,
+    /// Bytes of the payloads held.
+    pub(super) held_bytes: usize,
     /// A gap repair of its users is under way (it holds its messages meanwhile).
     pub(super) repairing: bool,
     /// Failed reopening attempts before this link opened (its backoff if it fails again
@@ -106,6 +108,7 @@ impl Link {
             probe_ms: 0,
             id: 0,
             held: None,
+            held_bytes: 0,
             repairing: false,
             opened: 0,
             retries: 0,

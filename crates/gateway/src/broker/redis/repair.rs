@@ -18,25 +18,12 @@ use crate::history::{resync_frame, Replay};
 use crate::outbox::Frame;
 use crate::registry::UserId;
 
-/// After a reconnect, queue for every connected user the events published while the
-/// subscription was down: history after the last event delivered to the user (exact resume
-/// semantics, `resync` when that cannot be proved), or, for users that got no event yet, from
-/// the Redis time known delivered when the user became wanted ([`Wanted::floors`]; the
-/// first such time for users wanted before any was known). [`plan`], [`read`] and [`apply`]
-/// in one go.
-pub(super) async fn repair(
-    shared: &Context,
-    users: &HashSet<UserId>,
-    wanted: &mut Wanted,
-) -> Result<(), ReadError> {
-    let Some(plan) = plan(shared, users, wanted) else {
-        return Ok(());
-    };
-    let replays = read(shared, plan).await?;
-    apply(shared, users.len(), replays, wanted);
-    Ok(())
-}
-
+/// After a reconnect, a link's gap repair queues for each of its connected users the events
+/// published while the subscription was down: history after the last event delivered to the
+/// user (exact resume semantics, `resync` when that cannot be proved), or, for users that got
+/// no event yet, from the Redis time known delivered when the user became wanted
+/// ([`Wanted::floors`]; the first such time for users wanted before any was known): [`plan`]
+/// (fixed when it starts), [`read`] (under way beside the pushes), [`apply`].
 /// What a repair of some users reads from history, fixed when it starts: the users' live
 /// messages must be held until it is applied (their repair points must not move meanwhile).
 pub(super) struct Plan {

@@ -21,7 +21,6 @@
 //! slot map (or to the primary the sentinels name), resubscribes every wanted user in batches
 //! and repairs the gap from history, as after any pub/sub outage.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +60,8 @@ pub(super) enum SessionError {
     CommandTimeout,
     #[error("self-probe did not come back: subscription presumed dead")]
     ProbeLost,
+    #[error("too many messages held while the link's users are repaired")]
+    HeldOverflow,
     #[error("redis dropped shard channel {0} (slot migrated or failed over)")]
     ShardChannelDropped(String),
     #[error("the Redis topology changed (the cluster's slot map, or the sentinels' primary)")]
@@ -78,6 +79,7 @@ impl Fault for SessionError {
             | SessionError::PubSub(_)
             | SessionError::CommandTimeout
             | SessionError::ProbeLost
+            | SessionError::HeldOverflow
             | SessionError::Repair(_) => true,
             SessionError::TopologyTimeout
             | SessionError::ShardChannelDropped(_)
@@ -189,16 +191,17 @@ async fn session(
             }
         }
     }
+    // Gap repairs, one per link, under way beside the pushes: each link delivers what it held
+    // once its own users are repaired (one primary slow to answer holds up its users only).
+    let mut repairs: FuturesUnordered<RepairRead<'_>> = FuturesUnordered::new();
     if reconnect {
-        let users: HashSet<UserId> = links
-            .up
-            .iter()
-            .flat_map(|l| l.sent.current.iter().copied())
-            .collect();
-        repair::repair(shared, &users, wanted).await?;
-    }
-    for i in 0..links.up.len() {
-        dispatch_held(shared, &mut links, i, wanted);
+        for link in &mut links.up {
+            repairs.extend(start_repair(shared, link, wanted));
+        }
+    } else {
+        for i in 0..links.up.len() {
+            dispatch_held(shared, &mut links, i, wanted);
+        }
     }
     shared.state.set_subscribed(links.complete());
     if *attempt > 0 {
@@ -215,8 +218,6 @@ async fn session(
     // Under way beside the pushes (sentinels that do not answer take seconds, and pushes,
     // probes included, must go on being read meanwhile).
     let mut topology: Option<TopologyCheck<'_>> = None;
-    // Gap repairs of reopened links, under way beside the other links' pushes.
-    let mut repairs: FuturesUnordered<RepairRead<'_>> = FuturesUnordered::new();
     let mut migrations = Migrations::new(shared);
     loop {
         tokio::select! {
